@@ -1,0 +1,69 @@
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Stamp that records which dependency files the venv was last installed from.
+VENV_STAMP := $(VENV)/.installed
+PROTOS := $(shell find protos -name '*.proto' | sort)
+GEN_OUT ?= gen
+PROTODEPS := .build/protodeps
+
+help: ## Show this help
+	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(VENV_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(VENV_STAMP) ## Create .venv and install the project with its development tools
+
+run: $(VENV_STAMP) ## Run the whole platform (embedded PostgreSQL and Redis unless URLs are given)
+	$(VENV)/bin/foretell up
+
+test: $(VENV_STAMP) ## Run the whole test suite against real PostgreSQL, Redis and Envoy
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV_STAMP) protodeps ## ruff, mypy --strict, buf lint and buf format
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/buf format --diff --exit-code protos
+
+fmt: $(VENV_STAMP) ## Format Python and protos in place
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/buf format -w protos
+
+protodeps: $(VENV_STAMP) ## Copy google/api and google/rpc protos out of the installed package (for buf)
+	@rm -rf $(PROTODEPS) && mkdir -p $(PROTODEPS)/google
+	@site=$$($(PY) -c 'import google.api, os; print(os.path.dirname(list(google.api.__path__)[0]))'); \
+	  for d in api rpc; do mkdir -p $(PROTODEPS)/google/$$d; cp $$site/$$d/*.proto $(PROTODEPS)/google/$$d/; done
+
+gen: $(VENV_STAMP) ## Regenerate gen/ (Python stubs and the Envoy descriptor set) from protos/
+	$(PY) -m foretell._gen $(GEN_OUT)
+
+gen-check: $(VENV_STAMP) ## Fail when gen/ is stale
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	  $(MAKE) gen GEN_OUT=$$tmp/gen >/dev/null; \
+	  diff -r -x __pycache__ $$tmp/gen gen || { echo "gen/ is stale: run 'make gen' and commit"; exit 1; }
+
+breaking: $(VENV_STAMP) protodeps ## buf breaking against main (skipped while main has no protos)
+	@if git cat-file -e origin/main:buf.yaml 2>/dev/null || git cat-file -e main:buf.yaml 2>/dev/null; then \
+	  ref=$$(git rev-parse --verify -q origin/main || git rev-parse main); \
+	  $(VENV)/bin/buf breaking protos --against ".git#ref=$$ref,subdir=protos"; \
+	else echo "main has no protos yet: nothing to compare"; fi
+
+bench: $(VENV_STAMP) ## Print the RPC throughput and latency figures (bench/README.md)
+	$(PY) bench/rpc.py
+
+clean: ## Remove the virtualenv, build leftovers and the local data directory
+	rm -rf $(VENV) .build .foretell .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: help venv run test lint fmt protodeps gen gen-check breaking bench clean

@@ -1,0 +1,45 @@
+"""Who may call what: one explicit entry per RPC of every service. A method missing here is
+refused (and a test fails), so adding an RPC forces a decision about its access."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Role(enum.StrEnum):
+    PROVIDER = "provider"
+    SUBSCRIBER = "subscriber"
+    ADMIN = "admin"
+
+
+ANYONE_SIGNED_IN = frozenset(Role)
+
+
+@dataclass(frozen=True)
+class Policy:
+    # None: no credential needed (the method authenticates by other means, e.g. a password).
+    roles: frozenset[Role] | None
+    # Whether an API key is an acceptable credential (read-only methods).
+    api_key: bool = False
+
+
+PUBLIC = Policy(roles=None)
+SIGNED_IN = Policy(roles=ANYONE_SIGNED_IN)
+SIGNED_IN_READ = Policy(roles=ANYONE_SIGNED_IN, api_key=True)
+
+POLICY: dict[str, Policy] = {
+    "/foretell.account.v1.AccountService/CreateUser": PUBLIC,
+    "/foretell.account.v1.AccountService/Login": PUBLIC,
+    "/foretell.account.v1.AccountService/Refresh": PUBLIC,
+    "/foretell.account.v1.AccountService/Logout": PUBLIC,
+    "/foretell.account.v1.AccountService/GetJwks": PUBLIC,
+    "/foretell.account.v1.AccountService/GetMe": SIGNED_IN_READ,
+    # Key management needs a session: a leaked API key must not be able to mint more keys.
+    "/foretell.account.v1.AccountService/CreateApiKey": SIGNED_IN,
+    "/foretell.account.v1.AccountService/ListApiKeys": SIGNED_IN,
+    "/foretell.account.v1.AccountService/RevokeApiKey": SIGNED_IN,
+}
+
+# Infrastructure services every process exposes; they carry no user data.
+INFRASTRUCTURE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")

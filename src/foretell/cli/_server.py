@@ -1,0 +1,124 @@
+"""Operator commands: run the platform, run services, migrate, manage accounts."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import NoReturn
+
+import click
+
+SERVICE_CHOICES = ("all", "account", "registry", "subscription", "datafeed", "forecast")
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from foretell.logs import configure_logging
+    from foretell.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        _fail(str(error))
+    configure_logging(settings)
+    return settings
+
+
+@click.command()
+def up() -> None:
+    """Run the whole platform: embedded PostgreSQL and Redis (unless FORETELL_DATABASE_URL and
+    FORETELL_REDIS_URL are set), migrations, the services and Envoy. Ctrl-C stops it all.
+
+    \b
+    Examples:
+      foretell up
+      FORETELL_HTTP_ADDR=127.0.0.1:9080 foretell up
+      FORETELL_TOPOLOGY=split foretell up     # one process per service
+    """
+    from foretell.up import AlreadyRunning, StartupError, run_up
+
+    try:
+        sys.exit(run_up(_settings()))
+    except (AlreadyRunning, StartupError) as error:
+        _fail(str(error), 1)
+
+
+@click.command()
+@click.argument("service", type=click.Choice(SERVICE_CHOICES))
+def serve(service: str) -> None:
+    """Run one service (or `all`) in this process until SIGTERM.
+
+    Listens on FORETELL_GRPC_ADDR and serves metrics on FORETELL_METRICS_ADDR.
+
+    \b
+    Examples:
+      FORETELL_DATABASE_URL=postgresql://localhost/foretell \\
+      FORETELL_REDIS_URL=redis://localhost:6379/0 foretell serve all
+    """
+    from foretell.runtime import serve as serve_services
+    from foretell.runtime.server import PortInUse
+    from foretell.services import SERVICES
+    from foretell.settings import SettingsError
+
+    settings = _settings()
+    names = list(SERVICES) if service == "all" else [service]
+    try:
+        asyncio.run(serve_services(settings, names))
+    except (SettingsError, PortInUse, OSError) as error:
+        _fail(str(error), 1)
+
+
+@click.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+def db_upgrade(revision: str) -> None:
+    """Migrate the database at FORETELL_DATABASE_URL to the latest schema."""
+    from foretell.db.migrate import upgrade_sync
+
+    settings = _settings()
+    if not settings.database_url:
+        _fail("FORETELL_DATABASE_URL is not set")
+    upgrade_sync(settings.database_url, revision)
+    click.echo(f"database at revision {revision}")
+
+
+@click.group()
+def admin() -> None:
+    """Administration commands (run on the server, against its database)."""
+
+
+@admin.command("create-user")
+@click.option("--email", required=True)
+@click.option("--display-name", default="Administrator", show_default=True)
+@click.option(
+    "--role",
+    type=click.Choice(["admin", "provider", "subscriber"]),
+    default="admin",
+    show_default=True,
+)
+@click.password_option("--password", help="Prompted for when not given.")
+def admin_create_user(email: str, display_name: str, role: str, password: str) -> None:
+    """Create an account, including admin accounts (which the API never creates).
+
+    \b
+    Example:
+      foretell admin create-user --email ops@example.com
+    """
+    from foretell.services.account.admin import create_account
+
+    settings = _settings()
+    if not settings.database_url:
+        _fail("FORETELL_DATABASE_URL is not set")
+    try:
+        user_id = asyncio.run(create_account(settings, email, password, display_name, role))
+    except ValueError as error:
+        _fail(str(error))
+    click.echo(f"created {role} {email} ({user_id})")

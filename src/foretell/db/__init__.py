@@ -1,0 +1,7 @@
+"""PostgreSQL access: SQLAlchemy 2 async on asyncpg, schema managed by Alembic."""
+
+from foretell.db._engine import Database, async_url, connect
+from foretell.db.migrate import upgrade
+from foretell.db.models import ApiKey, Base, RefreshToken, User
+
+__all__ = ["ApiKey", "Base", "Database", "RefreshToken", "User", "async_url", "connect", "upgrade"]

@@ -1,0 +1,166 @@
+"""One server interceptor wraps every RPC handler with, from the outside in: metrics, error
+translation, authentication and the policy check. Authentication happens inside the wrapped
+handler (not in intercept_service) so the principal lives in the handler's own context."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from foretell.auth.policy import INFRASTRUCTURE_PREFIXES, POLICY
+from foretell.auth.principal import Principal, set_principal
+from foretell.auth.tokens import TokenVerifier
+from foretell.errors import ForetellError, PermissionDenied, Unauthenticated
+from foretell.logs import get_logger
+from foretell.runtime import metrics
+from foretell.runtime._status import error_status, internal_status
+
+log = get_logger("foretell.rpc")
+
+API_KEY_PREFIX = "ftk_"
+
+ApiKeyResolver = Callable[[str], Awaitable[Principal | None]]
+
+
+def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            raise Unauthenticated("authorization header must be 'Bearer <token>'")
+    return None
+
+
+@dataclass(frozen=True)
+class Authenticator:
+    verifier: TokenVerifier
+    resolve_api_key: ApiKeyResolver
+
+    async def authenticate(self, method: str, metadata: Any) -> Principal | None:
+        policy = POLICY.get(method)
+        if policy is None:
+            # Fail closed: a method nobody wrote a policy for is callable by nobody.
+            raise PermissionDenied("this method is not available")
+        if policy.roles is None:
+            return None
+        token = bearer_token(metadata)
+        if token is None:
+            raise Unauthenticated("sign in first: send 'authorization: Bearer <token>'")
+        if token.startswith(API_KEY_PREFIX):
+            principal = await self.resolve_api_key(token)
+            if principal is None:
+                raise Unauthenticated("API key is not valid")
+            if not policy.api_key:
+                raise PermissionDenied("API keys may call read methods only; sign in for this one")
+        else:
+            claims = self.verifier.verify(token)
+            principal = Principal(claims.user_id, claims.role, "jwt")
+        if principal.role not in policy.roles:
+            raise PermissionDenied(f"a {principal.role.value} may not call this method")
+        return principal
+
+
+class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._auth = authenticator
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method: str = details.method
+        if handler is None or method.startswith(INFRASTRUCTURE_PREFIXES):
+            return handler
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(method, handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._stream(method, handler.stream_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _unary(self, method: str, behavior: Callable[..., Awaitable[Any]]) -> Any:
+        async def wrapped(request: Any, context: aio.ServicerContext) -> Any:
+            outcome = _Outcome(method)
+            try:
+                set_principal(await self._auth.authenticate(method, context.invocation_metadata()))
+                return await behavior(request, context)
+            except BaseException as error:  # noqa: BLE001 - translated, never swallowed
+                await outcome.fail(error, context)
+            finally:
+                outcome.record()
+
+        return wrapped
+
+    def _stream(self, method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Any:
+        async def wrapped(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            outcome = _Outcome(method)
+            try:
+                set_principal(await self._auth.authenticate(method, context.invocation_metadata()))
+                async for response in behavior(request, context):
+                    yield response
+            except BaseException as error:  # noqa: BLE001 - translated, never swallowed
+                await outcome.fail(error, context)
+            finally:
+                outcome.record()
+
+        return wrapped
+
+
+class _Outcome:
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.code = "OK"
+        self.started = time.perf_counter()
+
+    def record(self) -> None:
+        metrics.observe(self.method, self.code, time.perf_counter() - self.started)
+
+    async def fail(self, error: BaseException, context: aio.ServicerContext) -> None:
+        """Aborts the RPC for `error`; always raises."""
+        if isinstance(error, ForetellError):
+            self.code = error.code.name
+            status = error_status(error)
+        elif isinstance(error, aio.AbortError):
+            # The handler aborted on purpose; its status is already set.
+            code = context.code()
+            self.code = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+            raise error
+        elif isinstance(error, (GeneratorExit, KeyboardInterrupt, SystemExit)):
+            self.code = "CANCELLED"
+            raise error
+        elif not isinstance(error, Exception):
+            # asyncio.CancelledError: the client went away or the server is stopping.
+            self.code = "CANCELLED"
+            raise error
+        else:
+            error_id = uuid.uuid4().hex[:12]
+            self.code = "INTERNAL"
+            log.error("unhandled error", method=self.method, error_id=error_id, exc_info=error)
+            status = internal_status(error_id)
+        await context.abort(status.code, status.details, status.trailing_metadata)

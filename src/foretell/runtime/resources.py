@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import redis.asyncio as aioredis
+
+from foretell.auth.keys import SigningKeys, load_or_create_keys
+from foretell.db import Database, connect
+from foretell.settings import Settings, SettingsError
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Connections and keys a process opens once and its services share."""
+
+    settings: Settings
+    db: Database
+    redis: aioredis.Redis
+    keys: SigningKeys
+    # Injected so tests can move time.
+    clock: Clock = utc_now
+
+
+@asynccontextmanager
+async def open_resources(settings: Settings, clock: Clock = utc_now) -> AsyncIterator[Resources]:
+    if not settings.database_url:
+        raise SettingsError(
+            "FORETELL_DATABASE_URL is not set: `foretell up` starts an embedded PostgreSQL, "
+            "`foretell serve` needs a URL"
+        )
+    if not settings.redis_url:
+        raise SettingsError(
+            "FORETELL_REDIS_URL is not set: `foretell up` starts an embedded Redis, "
+            "`foretell serve` needs a URL"
+        )
+    db = connect(settings.database_url)
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        yield Resources(settings, db, redis, load_or_create_keys(settings.keys_dir), clock)
+    finally:
+        await redis.aclose()
+        await db.close()

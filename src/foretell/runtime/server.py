@@ -1,0 +1,98 @@
+"""gRPC server processes, shaped like grpc's asyncio examples: `start_server()` binds (port 0
+works, the bound port is returned) and `serve()` runs until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from foretell.auth.tokens import TokenVerifier
+from foretell.logs import get_logger
+from foretell.runtime._interceptor import Authenticator, ServiceInterceptor
+from foretell.runtime.metrics import serve_metrics
+from foretell.runtime.resources import Resources, open_resources
+from foretell.services import SERVICES
+from foretell.settings import Address, Settings
+
+log = get_logger("foretell.server")
+
+
+class PortInUse(OSError):
+    pass
+
+
+@dataclass
+class RunningServer:
+    server: aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: tuple[str, ...]
+
+    async def stop(self, grace: float) -> None:
+        # Report NOT_SERVING first so Envoy's health checks drain traffic during the grace period.
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_server(
+    resources: Resources, services: Sequence[str], address: Address
+) -> RunningServer:
+    """Starts a server with the named services (keys of `foretell.services.SERVICES`)."""
+    from foretell.services.account import resolve_api_key
+
+    keys = resources.keys
+    settings = resources.settings
+    verifier = TokenVerifier(keys, settings.jwt_issuer, settings.jwt_audience)
+
+    async def api_key(secret: str):  # type: ignore[no-untyped-def]
+        return await resolve_api_key(resources, secret)
+
+    server = aio.server(interceptors=[ServiceInterceptor(Authenticator(verifier, api_key))])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = []
+    for name in services:
+        definition = SERVICES[name]
+        definition.add(server, resources)
+        names.append(definition.full_name)
+    # Reflection lists every Foretell service, not only this process's: behind Envoy the
+    # gateway serves them all, and a reflection client sees the whole API from any of them.
+    reflection.enable_server_reflection(
+        [*(d.full_name for d in SERVICES.values()), health.SERVICE_NAME, reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(str(address))
+    if port == 0 and address.port != 0:
+        raise PortInUse(f"cannot listen on {address}: the port is taken or the host is not local")
+    await server.start()
+    for name in names:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, health_servicer, tuple(names))
+
+
+async def serve(settings: Settings, services: Sequence[str]) -> None:
+    """Runs the named services in this process until SIGTERM or SIGINT, then drains."""
+    async with open_resources(settings) as resources:
+        running = await start_server(resources, services, settings.grpc_addr)
+        metrics_port = serve_metrics(settings.metrics_addr)
+        log.info(
+            "serving",
+            services=list(running.service_names),
+            grpc=str(settings.grpc_addr.with_port(running.port)),
+            metrics=f"http://{settings.metrics_addr.with_port(metrics_port)}/metrics",
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping", grace_s=settings.shutdown_grace_s)
+        await running.stop(settings.shutdown_grace_s)
+        log.info("stopped")

@@ -1,0 +1,72 @@
+"""The platform's gRPC services, by the short name `foretell serve NAME` takes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from foretell.datafeed.v1 import datafeed_service_pb2_grpc
+from foretell.forecast.v1 import forecast_service_pb2_grpc
+from foretell.registry.v1 import registry_service_pb2_grpc
+from foretell.subscription.v1 import subscription_service_pb2_grpc
+
+if TYPE_CHECKING:
+    from grpc import aio
+
+    from foretell.runtime.resources import Resources
+
+
+@dataclass(frozen=True)
+class ServiceDef:
+    full_name: str
+    add: Callable[[aio.Server, Resources], None]
+
+
+def _account(server: aio.Server, resources: Resources) -> None:
+    from foretell.services.account import add_to_server
+
+    add_to_server(server, resources)
+
+
+def _placeholder(add: Callable[[Any, Any], None], servicer: Any) -> Callable[..., None]:
+    """Services whose RPCs arrive in later releases: registered so that they answer health
+    checks and reflection."""
+
+    def register(server: aio.Server, _resources: Resources) -> None:
+        add(servicer(), server)
+
+    return register
+
+
+SERVICES: dict[str, ServiceDef] = {
+    "account": ServiceDef("foretell.account.v1.AccountService", _account),
+    "registry": ServiceDef(
+        "foretell.registry.v1.RegistryService",
+        _placeholder(
+            registry_service_pb2_grpc.add_RegistryServiceServicer_to_server,
+            registry_service_pb2_grpc.RegistryServiceServicer,
+        ),
+    ),
+    "subscription": ServiceDef(
+        "foretell.subscription.v1.SubscriptionService",
+        _placeholder(
+            subscription_service_pb2_grpc.add_SubscriptionServiceServicer_to_server,
+            subscription_service_pb2_grpc.SubscriptionServiceServicer,
+        ),
+    ),
+    "datafeed": ServiceDef(
+        "foretell.datafeed.v1.DataFeedService",
+        _placeholder(
+            datafeed_service_pb2_grpc.add_DataFeedServiceServicer_to_server,
+            datafeed_service_pb2_grpc.DataFeedServiceServicer,
+        ),
+    ),
+    "forecast": ServiceDef(
+        "foretell.forecast.v1.ForecastService",
+        _placeholder(
+            forecast_service_pb2_grpc.add_ForecastServiceServicer_to_server,
+            forecast_service_pb2_grpc.ForecastServiceServicer,
+        ),
+    ),
+}

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc import aio
+
+from foretell.account.v1 import account_service_pb2 as pb
+from foretell.account.v1 import account_service_pb2_grpc as pb_grpc
+from foretell.auth.policy import Role
+from foretell.auth.principal import current_principal
+from foretell.db import ApiKey, User
+from foretell.runtime.resources import Resources
+from foretell.services.account import _store, _validate
+
+_ROLES = {Role.PROVIDER: pb.ROLE_PROVIDER, Role.SUBSCRIBER: pb.ROLE_SUBSCRIBER, Role.ADMIN: pb.ROLE_ADMIN}
+
+
+def _ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def user_pb(user: User) -> pb.User:
+    return pb.User(
+        id=str(user.id),
+        email=user.email,
+        display_name=user.display_name,
+        role=_ROLES[Role(user.role)],
+        create_time=_ts(user.created_at),
+    )
+
+
+def _api_key_pb(key: ApiKey) -> pb.ApiKey:
+    return pb.ApiKey(
+        id=str(key.id),
+        name=key.name,
+        prefix=key.prefix,
+        create_time=_ts(key.created_at),
+        last_use_time=_ts(key.last_used_at),
+        revoke_time=_ts(key.revoked_at),
+    )
+
+
+def _tokens_pb(session: _store.Session) -> pb.AuthTokens:
+    return pb.AuthTokens(
+        access_token=session.access_token,
+        token_type="Bearer",
+        access_token_expire_time=_ts(session.access_expires),
+        refresh_token=session.refresh_token,
+        refresh_token_expire_time=_ts(session.refresh_expires),
+    )
+
+
+class AccountServicer(pb_grpc.AccountServiceServicer):
+    def __init__(self, resources: Resources) -> None:
+        self._res = resources
+
+    async def CreateUser(
+        self, request: pb.CreateUserRequest, context: aio.ServicerContext
+    ) -> pb.CreateUserResponse:
+        email, name, role = _validate.create_user(request)
+        user = await _store.create_user(
+            self._res.db,
+            email=email,
+            password=request.password,
+            display_name=name,
+            role=Role(role),
+            now=self._res.clock(),
+        )
+        return pb.CreateUserResponse(user=user_pb(user))
+
+    async def Login(self, request: pb.LoginRequest, context: aio.ServicerContext) -> pb.LoginResponse:
+        _validate.login(request)
+        session = await _store.login(self._res, request.email, request.password)
+        return pb.LoginResponse(tokens=_tokens_pb(session), user=user_pb(session.user))
+
+    async def Refresh(
+        self, request: pb.RefreshRequest, context: aio.ServicerContext
+    ) -> pb.RefreshResponse:
+        _validate.refresh_token(request.refresh_token)
+        session = await _store.refresh(self._res, request.refresh_token)
+        return pb.RefreshResponse(tokens=_tokens_pb(session))
+
+    async def Logout(self, request: pb.LogoutRequest, context: aio.ServicerContext) -> pb.LogoutResponse:
+        _validate.refresh_token(request.refresh_token)
+        await _store.logout(self._res, request.refresh_token)
+        return pb.LogoutResponse()
+
+    async def GetMe(self, request: pb.GetMeRequest, context: aio.ServicerContext) -> pb.GetMeResponse:
+        user = await _store.get_user(self._res.db, current_principal().user_id)
+        return pb.GetMeResponse(user=user_pb(user))
+
+    async def CreateApiKey(
+        self, request: pb.CreateApiKeyRequest, context: aio.ServicerContext
+    ) -> pb.CreateApiKeyResponse:
+        name = _validate.api_key_name(request.name)
+        key, secret = await _store.create_api_key(self._res, current_principal().user_id, name)
+        return pb.CreateApiKeyResponse(api_key=_api_key_pb(key), secret=secret)
+
+    async def ListApiKeys(
+        self, request: pb.ListApiKeysRequest, context: aio.ServicerContext
+    ) -> pb.ListApiKeysResponse:
+        keys = await _store.list_api_keys(self._res.db, current_principal().user_id)
+        return pb.ListApiKeysResponse(api_keys=[_api_key_pb(k) for k in keys])
+
+    async def RevokeApiKey(
+        self, request: pb.RevokeApiKeyRequest, context: aio.ServicerContext
+    ) -> pb.RevokeApiKeyResponse:
+        key_id = _validate.api_key_id(request.id)
+        key = await _store.revoke_api_key(self._res, current_principal().user_id, key_id)
+        return pb.RevokeApiKeyResponse(api_key=_api_key_pb(key))
+
+    async def GetJwks(self, request: pb.GetJwksRequest, context: aio.ServicerContext) -> pb.GetJwksResponse:
+        return pb.GetJwksResponse(keys=[pb.Jwk(**k.jwk()) for k in self._res.keys.public.values()])
+
+
+def add_to_server(server: aio.Server, resources: Resources) -> None:
+    pb_grpc.add_AccountServiceServicer_to_server(AccountServicer(resources), server)
