@@ -54,11 +54,19 @@ gen-check: $(VENV_STAMP) ## Fail when gen/ is stale
 	  $(MAKE) gen GEN_OUT=$$tmp/gen >/dev/null; \
 	  diff -r -x __pycache__ $$tmp/gen gen || { echo "gen/ is stale: run 'make gen' and commit"; exit 1; }
 
-breaking: $(VENV_STAMP) protodeps ## buf breaking against main (skipped while main has no protos)
-	@if git cat-file -e origin/main:buf.yaml 2>/dev/null || git cat-file -e main:buf.yaml 2>/dev/null; then \
-	  ref=$$(git rev-parse --verify -q origin/main || git rev-parse main); \
-	  $(VENV)/bin/buf breaking protos --against ".git#ref=$$ref,subdir=protos"; \
-	else echo "main has no protos yet: nothing to compare"; fi
+# The contract a change is checked against: the previous commit of main by default.
+BREAKING_REF ?= HEAD~1
+
+breaking: $(VENV_STAMP) protodeps ## buf breaking (FILE rules) against BREAKING_REF, default HEAD~1
+	@if git cat-file -e "$(BREAKING_REF):protos" 2>/dev/null; then \
+	  tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	  git archive "$(BREAKING_REF)" protos buf.yaml | tar -x -C $$tmp; \
+	  mkdir -p $$tmp/.build && cp -r $(PROTODEPS) $$tmp/.build/; \
+	  (cd $$tmp && $(CURDIR)/$(VENV)/bin/buf build -o $$tmp/against.binpb); \
+	  $(VENV)/bin/buf build -o $$tmp/current.binpb; \
+	  $(VENV)/bin/buf breaking $$tmp/current.binpb --against $$tmp/against.binpb --exclude-imports; \
+	  echo "buf breaking: no breaking change against $(BREAKING_REF)"; \
+	else echo "buf breaking: $(BREAKING_REF) has no protos, nothing to compare"; fi
 
 bench: $(VENV_STAMP) ## Print the RPC throughput and latency figures (bench/README.md)
 	$(PY) bench/rpc.py

@@ -34,11 +34,17 @@ def generate(out: Path) -> None:
     protos = sorted(str(p.relative_to(_PROTOS)) for p in _PROTOS.rglob("*.proto"))
     python_out = out / "python"
     python_out.mkdir(parents=True, exist_ok=True)
+    # Type stubs come from mypy-protobuf: its _pb2_grpc.pyi types the stubs and servicers,
+    # which grpc_tools' --pyi_out does not.
+    bin_dir = Path(sys.executable).parent
     _protoc(
         [
+            f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
+            f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
             f"--python_out={python_out}",
-            f"--pyi_out={python_out}",
+            f"--mypy_out={python_out}",
             f"--grpc_python_out={python_out}",
+            f"--mypy_grpc_out={python_out}",
             *protos,
         ]
     )

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 Topology = Literal["all", "split"]
 LogFormat = Literal["console", "json"]
+
 
 class SettingsError(ValueError):
     """A `FORETELL_*` variable holds a value that cannot be used."""
@@ -62,16 +63,6 @@ class Settings:
         return self.data_dir / "keys"
 
 
-_ADDRESS_FIELDS = ("http_addr", "grpc_addr", "metrics_addr", "envoy_admin_addr")
-_INT_FIELDS = (
-    "access_token_ttl_s",
-    "refresh_token_ttl_s",
-    "login_free_failures",
-    "login_max_backoff_s",
-    "auth_rate_limit_per_min",
-)
-
-
 def parse_address(name: str, raw: str) -> Address:
     host, sep, port_text = raw.rpartition(":")
     host = host.strip("[]")
@@ -80,7 +71,7 @@ def parse_address(name: str, raw: str) -> Address:
     return Address(host, int(port_text))
 
 
-def _parse_int(name: str, raw: str) -> int:
+def _positive_int(name: str, raw: str) -> int:
     try:
         value = int(raw)
     except ValueError:
@@ -90,48 +81,81 @@ def _parse_int(name: str, raw: str) -> int:
     return value
 
 
-def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
-    if raw not in choices:
-        raise SettingsError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
+def _seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected seconds") from None
+    if not value >= 0:
+        raise SettingsError(f"{name}={raw!r}: must be zero or more")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        if raw not in choices:
+            raise SettingsError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
+        return raw
+
+    return parse
+
+
+def _url(*schemes: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        if not raw.startswith(schemes):
+            raise SettingsError(f"{name}={raw!r}: expected a URL starting {' or '.join(schemes)}")
+        return raw
+
+    return parse
+
+
+def _text(name: str, raw: str) -> str:
     return raw
 
 
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in raw.split(",") if o.strip())
+
+
+_PARSERS: dict[str, Callable[[str, str], object]] = {
+    "data_dir": lambda _name, raw: Path(raw),
+    "database_url": _url("postgresql://", "postgres://"),
+    "redis_url": _url("redis://", "rediss://", "unix://"),
+    "http_addr": parse_address,
+    "grpc_addr": parse_address,
+    "metrics_addr": parse_address,
+    "envoy_admin_addr": parse_address,
+    "topology": _choice("all", "split"),
+    "log_format": _choice("console", "json"),
+    "log_level": lambda name, raw: _choice("DEBUG", "INFO", "WARNING", "ERROR")(name, raw.upper()),
+    "cors_origins": _origins,
+    "jwt_issuer": _text,
+    "jwt_audience": _text,
+    "access_token_ttl_s": _positive_int,
+    "refresh_token_ttl_s": _positive_int,
+    "login_free_failures": _positive_int,
+    "login_max_backoff_s": _positive_int,
+    "auth_rate_limit_per_min": _positive_int,
+    "shutdown_grace_s": _seconds,
+}
+
+
+# Variables the test suite and the client CLI read for themselves.
+_NOT_SERVER_SETTINGS = ("FORETELL_TEST_", "FORETELL_URL")
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Builds Settings from `FORETELL_*` variables (os.environ by default)."""
+    """Builds Settings from `FORETELL_*` variables (os.environ by default); an unknown
+    `FORETELL_*` variable is an error too, since it is most likely a typo."""
     env = os.environ if environ is None else environ
     values: dict[str, object] = {}
-
-    def get(field: str) -> tuple[str, str] | None:
-        name = f"FORETELL_{field.upper()}"
-        raw = env.get(name)
-        return None if raw is None or raw == "" else (name, raw)
-
-    for field in _ADDRESS_FIELDS:
-        if item := get(field):
-            values[field] = parse_address(*item)
-    for field in _INT_FIELDS:
-        if item := get(field):
-            values[field] = _parse_int(*item)
-    if item := get("shutdown_grace_s"):
-        try:
-            values["shutdown_grace_s"] = float(item[1])
-        except ValueError:
-            raise SettingsError(f"{item[0]}={item[1]!r}: expected seconds") from None
-    if item := get("data_dir"):
-        values["data_dir"] = Path(item[1])
-    for field in ("database_url", "redis_url", "jwt_issuer", "jwt_audience"):
-        if item := get(field):
-            values[field] = item[1]
-    if item := get("topology"):
-        values["topology"] = _choice(*item, ("all", "split"))
-    if item := get("log_format"):
-        values["log_format"] = _choice(*item, ("console", "json"))
-    if item := get("log_level"):
-        values["log_level"] = _choice(item[0], item[1].upper(), ("DEBUG", "INFO", "WARNING", "ERROR"))
-    if item := get("cors_origins"):
-        values["cors_origins"] = tuple(o.strip() for o in item[1].split(",") if o.strip())
-    if (url := values.get("database_url")) and not str(url).startswith("postgresql"):
-        raise SettingsError(f"FORETELL_DATABASE_URL={url!r}: expected a postgresql:// URL")
-    if (url := values.get("redis_url")) and not str(url).startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError(f"FORETELL_REDIS_URL={url!r}: expected a redis:// or unix:// URL")
+    for name, raw in env.items():
+        if not name.startswith("FORETELL_") or name.startswith(_NOT_SERVER_SETTINGS):
+            continue
+        field = name.removeprefix("FORETELL_").lower()
+        parser = _PARSERS.get(field)
+        if parser is None:
+            raise SettingsError(f"{name}: unknown setting (see README, Configuration)")
+        if raw != "":
+            values[field] = parser(name, raw)
     return dataclasses.replace(Settings(), **values)  # type: ignore[arg-type]

@@ -42,7 +42,10 @@ class TokenIssuer:
             "jti": uuid.uuid4().hex,
         }
         token = jwt.encode(
-            claims, self.keys.signing_key, algorithm=ALGORITHM, headers={"kid": self.keys.signing_kid}
+            claims,
+            self.keys.signing_key,
+            algorithm=ALGORITHM,
+            headers={"kid": self.keys.signing_kid},
         )
         return token, expires
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
+
+if TYPE_CHECKING:
+    from foretell.settings import Settings
 
 SERVICE_CHOICES = ("all", "account", "registry", "subscription", "datafeed", "forecast")
 
@@ -16,7 +19,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def _settings():  # type: ignore[no-untyped-def]
+def _settings() -> Settings:
     from foretell.logs import configure_logging
     from foretell.settings import SettingsError, load_settings
 

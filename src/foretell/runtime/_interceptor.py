@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc import aio
@@ -67,15 +67,21 @@ class Authenticator:
         return principal
 
 
-class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+if TYPE_CHECKING:
+    # Generic only in the type stubs.
+    Context = aio.ServicerContext[Any, Any]
+    Handler = grpc.RpcMethodHandler[Any, Any]
+
+
+class ServiceInterceptor(aio.ServerInterceptor):
     def __init__(self, authenticator: Authenticator) -> None:
         self._auth = authenticator
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(details)
         method: str = details.method
         if handler is None or method.startswith(INFRASTRUCTURE_PREFIXES):
@@ -98,6 +104,7 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        assert handler.stream_stream is not None
         return grpc.stream_stream_rpc_method_handler(
             self._stream(method, handler.stream_stream),
             request_deserializer=handler.request_deserializer,
@@ -105,7 +112,7 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         )
 
     def _unary(self, method: str, behavior: Callable[..., Awaitable[Any]]) -> Any:
-        async def wrapped(request: Any, context: aio.ServicerContext) -> Any:
+        async def wrapped(request: Any, context: Context) -> Any:
             outcome = _Outcome(method)
             try:
                 set_principal(await self._auth.authenticate(method, context.invocation_metadata()))
@@ -117,8 +124,8 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
         return wrapped
 
-    def _stream(self, method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Any:
-        async def wrapped(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+    def _stream(self, method: str, behavior: Callable[..., Any]) -> Any:
+        async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
             outcome = _Outcome(method)
             try:
                 set_principal(await self._auth.authenticate(method, context.invocation_metadata()))
@@ -141,7 +148,7 @@ class _Outcome:
     def record(self) -> None:
         metrics.observe(self.method, self.code, time.perf_counter() - self.started)
 
-    async def fail(self, error: BaseException, context: aio.ServicerContext) -> None:
+    async def fail(self, error: BaseException, context: Context) -> None:
         """Aborts the RPC for `error`; always raises."""
         if isinstance(error, ForetellError):
             self.code = error.code.name

@@ -51,7 +51,8 @@ def error_status(error: ForetellError) -> grpc.Status:
         delay.FromMilliseconds(int(error.retry_after_s * 1000))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
-    return rpc_status.to_status(status)
+    converted: grpc.Status = rpc_status.to_status(status)
+    return converted
 
 
 def internal_status(error_id: str) -> grpc.Status:
@@ -60,4 +61,5 @@ def internal_status(error_id: str) -> grpc.Status:
         message=f"internal error; reference {error_id}",
         details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN))],
     )
-    return rpc_status.to_status(status)
+    converted: grpc.Status = rpc_status.to_status(status)
+    return converted

@@ -7,7 +7,7 @@ from prometheus_client import Counter, Histogram, disable_created_metrics, start
 from foretell.settings import Address
 
 # The *_created series double the output and nothing here reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 RPC_HANDLED = Counter(
     "foretell_grpc_server_handled",
@@ -30,5 +30,10 @@ def observe(full_method: str, code: str, seconds: float) -> None:
 
 def serve_metrics(address: Address) -> int:
     """Starts the /metrics HTTP endpoint in a daemon thread; returns the bound port."""
-    server, _thread = start_http_server(address.port, addr=address.host)
+    try:
+        server, _thread = start_http_server(address.port, addr=address.host)
+    except OSError as error:
+        raise OSError(
+            f"cannot serve metrics on {address} (FORETELL_METRICS_ADDR): {error.strerror}"
+        ) from None
     return int(server.server_port)

@@ -67,9 +67,15 @@ async def start_server(
         [*(d.full_name for d in SERVICES.values()), health.SERVICE_NAME, reflection.SERVICE_NAME],
         server,
     )
-    port = server.add_insecure_port(str(address))
-    if port == 0 and address.port != 0:
-        raise PortInUse(f"cannot listen on {address}: the port is taken or the host is not local")
+    try:
+        port = server.add_insecure_port(str(address))
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise PortInUse(
+            f"cannot listen on {address} (FORETELL_GRPC_ADDR): the port is taken "
+            "or the host is not an address of this machine"
+        )
     await server.start()
     for name in names:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -6,10 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from foretell.datafeed.v1 import datafeed_service_pb2_grpc
-from foretell.forecast.v1 import forecast_service_pb2_grpc
-from foretell.registry.v1 import registry_service_pb2_grpc
-from foretell.subscription.v1 import subscription_service_pb2_grpc
+from google.protobuf.descriptor import ServiceDescriptor
+
+from foretell.account.v1 import account_service_pb2
+from foretell.datafeed.v1 import datafeed_service_pb2, datafeed_service_pb2_grpc
+from foretell.forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
+from foretell.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
+from foretell.subscription.v1 import subscription_service_pb2, subscription_service_pb2_grpc
 
 if TYPE_CHECKING:
     from grpc import aio
@@ -19,8 +22,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ServiceDef:
-    full_name: str
+    descriptor: ServiceDescriptor
     add: Callable[[aio.Server, Resources], None]
+
+    @property
+    def full_name(self) -> str:
+        return str(self.descriptor.full_name)
 
 
 def _account(server: aio.Server, resources: Resources) -> None:
@@ -40,30 +47,32 @@ def _placeholder(add: Callable[[Any, Any], None], servicer: Any) -> Callable[...
 
 
 SERVICES: dict[str, ServiceDef] = {
-    "account": ServiceDef("foretell.account.v1.AccountService", _account),
+    "account": ServiceDef(
+        account_service_pb2.DESCRIPTOR.services_by_name["AccountService"], _account
+    ),
     "registry": ServiceDef(
-        "foretell.registry.v1.RegistryService",
+        registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"],
         _placeholder(
             registry_service_pb2_grpc.add_RegistryServiceServicer_to_server,
             registry_service_pb2_grpc.RegistryServiceServicer,
         ),
     ),
     "subscription": ServiceDef(
-        "foretell.subscription.v1.SubscriptionService",
+        subscription_service_pb2.DESCRIPTOR.services_by_name["SubscriptionService"],
         _placeholder(
             subscription_service_pb2_grpc.add_SubscriptionServiceServicer_to_server,
             subscription_service_pb2_grpc.SubscriptionServiceServicer,
         ),
     ),
     "datafeed": ServiceDef(
-        "foretell.datafeed.v1.DataFeedService",
+        datafeed_service_pb2.DESCRIPTOR.services_by_name["DataFeedService"],
         _placeholder(
             datafeed_service_pb2_grpc.add_DataFeedServiceServicer_to_server,
             datafeed_service_pb2_grpc.DataFeedServiceServicer,
         ),
     ),
     "forecast": ServiceDef(
-        "foretell.forecast.v1.ForecastService",
+        forecast_service_pb2.DESCRIPTOR.services_by_name["ForecastService"],
         _placeholder(
             forecast_service_pb2_grpc.add_ForecastServiceServicer_to_server,
             forecast_service_pb2_grpc.ForecastServiceServicer,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
@@ -13,7 +14,15 @@ from foretell.db import ApiKey, User
 from foretell.runtime.resources import Resources
 from foretell.services.account import _store, _validate
 
-_ROLES = {Role.PROVIDER: pb.ROLE_PROVIDER, Role.SUBSCRIBER: pb.ROLE_SUBSCRIBER, Role.ADMIN: pb.ROLE_ADMIN}
+if TYPE_CHECKING:
+    # Generic only in the type stubs.
+    Context = aio.ServicerContext[Any, Any]
+
+_ROLES = {
+    Role.PROVIDER: pb.ROLE_PROVIDER,
+    Role.SUBSCRIBER: pb.ROLE_SUBSCRIBER,
+    Role.ADMIN: pb.ROLE_ADMIN,
+}
 
 
 def _ts(value: datetime | None) -> Timestamp | None:
@@ -48,7 +57,7 @@ def _api_key_pb(key: ApiKey) -> pb.ApiKey:
 def _tokens_pb(session: _store.Session) -> pb.AuthTokens:
     return pb.AuthTokens(
         access_token=session.access_token,
-        token_type="Bearer",
+        token_type="Bearer",  # noqa: S106 - a scheme name, not a secret
         access_token_expire_time=_ts(session.access_expires),
         refresh_token=session.refresh_token,
         refresh_token_expire_time=_ts(session.refresh_expires),
@@ -60,7 +69,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         self._res = resources
 
     async def CreateUser(
-        self, request: pb.CreateUserRequest, context: aio.ServicerContext
+        self, request: pb.CreateUserRequest, context: Context
     ) -> pb.CreateUserResponse:
         email, name, role = _validate.create_user(request)
         user = await _store.create_user(
@@ -73,48 +82,56 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         )
         return pb.CreateUserResponse(user=user_pb(user))
 
-    async def Login(self, request: pb.LoginRequest, context: aio.ServicerContext) -> pb.LoginResponse:
+    async def Login(
+        self, request: pb.LoginRequest, context: Context
+    ) -> pb.LoginResponse:
         _validate.login(request)
         session = await _store.login(self._res, request.email, request.password)
         return pb.LoginResponse(tokens=_tokens_pb(session), user=user_pb(session.user))
 
     async def Refresh(
-        self, request: pb.RefreshRequest, context: aio.ServicerContext
+        self, request: pb.RefreshRequest, context: Context
     ) -> pb.RefreshResponse:
         _validate.refresh_token(request.refresh_token)
         session = await _store.refresh(self._res, request.refresh_token)
         return pb.RefreshResponse(tokens=_tokens_pb(session))
 
-    async def Logout(self, request: pb.LogoutRequest, context: aio.ServicerContext) -> pb.LogoutResponse:
+    async def Logout(
+        self, request: pb.LogoutRequest, context: Context
+    ) -> pb.LogoutResponse:
         _validate.refresh_token(request.refresh_token)
         await _store.logout(self._res, request.refresh_token)
         return pb.LogoutResponse()
 
-    async def GetMe(self, request: pb.GetMeRequest, context: aio.ServicerContext) -> pb.GetMeResponse:
+    async def GetMe(
+        self, request: pb.GetMeRequest, context: Context
+    ) -> pb.GetMeResponse:
         user = await _store.get_user(self._res.db, current_principal().user_id)
         return pb.GetMeResponse(user=user_pb(user))
 
     async def CreateApiKey(
-        self, request: pb.CreateApiKeyRequest, context: aio.ServicerContext
+        self, request: pb.CreateApiKeyRequest, context: Context
     ) -> pb.CreateApiKeyResponse:
         name = _validate.api_key_name(request.name)
         key, secret = await _store.create_api_key(self._res, current_principal().user_id, name)
         return pb.CreateApiKeyResponse(api_key=_api_key_pb(key), secret=secret)
 
     async def ListApiKeys(
-        self, request: pb.ListApiKeysRequest, context: aio.ServicerContext
+        self, request: pb.ListApiKeysRequest, context: Context
     ) -> pb.ListApiKeysResponse:
         keys = await _store.list_api_keys(self._res.db, current_principal().user_id)
         return pb.ListApiKeysResponse(api_keys=[_api_key_pb(k) for k in keys])
 
     async def RevokeApiKey(
-        self, request: pb.RevokeApiKeyRequest, context: aio.ServicerContext
+        self, request: pb.RevokeApiKeyRequest, context: Context
     ) -> pb.RevokeApiKeyResponse:
         key_id = _validate.api_key_id(request.id)
         key = await _store.revoke_api_key(self._res, current_principal().user_id, key_id)
         return pb.RevokeApiKeyResponse(api_key=_api_key_pb(key))
 
-    async def GetJwks(self, request: pb.GetJwksRequest, context: aio.ServicerContext) -> pb.GetJwksResponse:
+    async def GetJwks(
+        self, request: pb.GetJwksRequest, context: Context
+    ) -> pb.GetJwksResponse:
         return pb.GetJwksResponse(keys=[pb.Jwk(**k.jwk()) for k in self._res.keys.public.values()])
 
 

@@ -29,7 +29,12 @@ async def create_account(
     db = connect(settings.database_url, pool_size=1)
     try:
         user = await _store.create_user(
-            db, email=email, password=password, display_name=display_name, role=Role(role), now=utc_now()
+            db,
+            email=email,
+            password=password,
+            display_name=display_name,
+            role=Role(role),
+            now=utc_now(),
         )
     except ForetellError as error:
         raise ValueError(error.message) from None
