@@ -62,7 +62,7 @@ def serve(service: str) -> None:
       FORETELL_DATABASE_URL=postgresql://localhost/foretell \\
       FORETELL_REDIS_URL=redis://localhost:6379/0 foretell serve all
     """
-    from foretell.runtime import serve as serve_services
+    from foretell.runtime import run_services as serve_services
     from foretell.runtime.server import PortInUse
     from foretell.services import SERVICES
     from foretell.settings import SettingsError
@@ -70,7 +70,7 @@ def serve(service: str) -> None:
     settings = _settings()
     names = list(SERVICES) if service == "all" else [service]
     try:
-        asyncio.run(serve_services(settings, names))
+        serve_services(settings, names)
     except (SettingsError, PortInUse, OSError) as error:
         _fail(str(error), 1)
 

@@ -8,6 +8,7 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import uvloop
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -81,6 +82,13 @@ async def start_server(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, port, health_servicer, tuple(names))
+
+
+def run_services(settings: Settings, services: Sequence[str]) -> None:
+    """Runs `serve` on uvloop, which carries grpc.aio's per-RPC overhead ~15% faster than the
+    default loop (bench/README.md)."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(settings, services))
 
 
 async def serve(settings: Settings, services: Sequence[str]) -> None:

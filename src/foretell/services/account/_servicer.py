@@ -82,30 +82,22 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         )
         return pb.CreateUserResponse(user=user_pb(user))
 
-    async def Login(
-        self, request: pb.LoginRequest, context: Context
-    ) -> pb.LoginResponse:
+    async def Login(self, request: pb.LoginRequest, context: Context) -> pb.LoginResponse:
         _validate.login(request)
         session = await _store.login(self._res, request.email, request.password)
         return pb.LoginResponse(tokens=_tokens_pb(session), user=user_pb(session.user))
 
-    async def Refresh(
-        self, request: pb.RefreshRequest, context: Context
-    ) -> pb.RefreshResponse:
+    async def Refresh(self, request: pb.RefreshRequest, context: Context) -> pb.RefreshResponse:
         _validate.refresh_token(request.refresh_token)
         session = await _store.refresh(self._res, request.refresh_token)
         return pb.RefreshResponse(tokens=_tokens_pb(session))
 
-    async def Logout(
-        self, request: pb.LogoutRequest, context: Context
-    ) -> pb.LogoutResponse:
+    async def Logout(self, request: pb.LogoutRequest, context: Context) -> pb.LogoutResponse:
         _validate.refresh_token(request.refresh_token)
         await _store.logout(self._res, request.refresh_token)
         return pb.LogoutResponse()
 
-    async def GetMe(
-        self, request: pb.GetMeRequest, context: Context
-    ) -> pb.GetMeResponse:
+    async def GetMe(self, request: pb.GetMeRequest, context: Context) -> pb.GetMeResponse:
         user = await _store.get_user(self._res.db, current_principal().user_id)
         return pb.GetMeResponse(user=user_pb(user))
 
@@ -129,9 +121,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         key = await _store.revoke_api_key(self._res, current_principal().user_id, key_id)
         return pb.RevokeApiKeyResponse(api_key=_api_key_pb(key))
 
-    async def GetJwks(
-        self, request: pb.GetJwksRequest, context: Context
-    ) -> pb.GetJwksResponse:
+    async def GetJwks(self, request: pb.GetJwksRequest, context: Context) -> pb.GetJwksResponse:
         return pb.GetJwksResponse(keys=[pb.Jwk(**k.jwk()) for k in self._res.keys.public.values()])
 
 

@@ -1,0 +1,5 @@
+"""The Envoy gateway in front of the gRPC services: config rendering and validation."""
+
+from foretell.gateway._envoy import envoy_binary, render_envoy_config, validate_envoy_config
+
+__all__ = ["envoy_binary", "render_envoy_config", "validate_envoy_config"]

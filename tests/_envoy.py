@@ -1,0 +1,130 @@
+"""Runs a real Envoy for tests: rendered from the production template, on ports the kernel
+picks (port 0), discovered through the admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import httpx
+
+from foretell.gateway import envoy_binary, render_envoy_config
+from foretell.settings import Address, Settings
+
+_READY_TIMEOUT_S = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Envoy:
+    base_url: str
+    admin_url: str
+    port: int
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def _wait_for(what: str, check: object, proc: subprocess.Popen[bytes], log: Path) -> object:
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"envoy exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        result = check()  # type: ignore[operator]
+        if result:
+            return result
+        # Envoy offers no readiness notification; poll at a short interval within a deadline.
+        time.sleep(0.05)
+    raise TimeoutError(
+        f"envoy: {what} not ready after {_READY_TIMEOUT_S}s:\n{log.read_text()[-4000:]}"
+    )
+
+
+@contextmanager
+def run_envoy(
+    settings: Settings, upstreams: Mapping[str, Address], workdir: Path
+) -> Iterator[Envoy]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "envoy.yaml"
+    admin_file = workdir / "admin-address"
+    log = workdir / "envoy.log"
+    admin_file.unlink(missing_ok=True)
+    config.write_text(
+        render_envoy_config(
+            settings,
+            upstreams,
+            http_addr=Address("127.0.0.1", 0),
+            admin_addr=Address("127.0.0.1", 0),
+        )
+    )
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            [
+                envoy_binary(),
+                "-c",
+                str(config),
+                "--admin-address-path",
+                str(admin_file),
+                "--use-dynamic-base-id",
+                "--log-level",
+                "warn",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def admin_address() -> str | None:
+            text = admin_file.read_text().strip() if admin_file.exists() else ""
+            return text or None
+
+        admin_url = f"http://{_wait_for('admin', admin_address, proc, log)}"
+
+        def listener_port() -> int | None:
+            try:
+                body = httpx.get(f"{admin_url}/listeners?format=json", timeout=1).json()
+            except httpx.HTTPError:
+                return None
+            for listener in body.get("listener_statuses", []):
+                port = listener["local_address"]["socket_address"].get("port_value")
+                if port:
+                    return int(port)
+            return None
+
+        port = int(_wait_for("listener", listener_port, proc, log))  # type: ignore[call-overload]
+        base_url = f"http://127.0.0.1:{port}"
+
+        def upstream_healthy() -> bool:
+            try:
+                return httpx.get(f"{base_url}/v1/auth/jwks", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait_for("upstream health", upstream_healthy, proc, log)
+        yield Envoy(base_url, admin_url, port)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@asynccontextmanager
+async def running_envoy(
+    settings: Settings, upstreams: Mapping[str, Address], workdir: Path
+) -> AsyncIterator[Envoy]:
+    """run_envoy for async tests: waits in a thread, so an in-process gRPC server on the
+    running event loop can answer Envoy's health checks meanwhile."""
+    manager = run_envoy(settings, upstreams, workdir)
+    gateway = await asyncio.to_thread(manager.__enter__)
+    try:
+        yield gateway
+    finally:
+        await asyncio.to_thread(manager.__exit__, None, None, None)
