@@ -69,6 +69,7 @@ breaking: $(VENV_STAMP) protodeps ## buf breaking (FILE rules) against BREAKING_
 	else echo "buf breaking: $(BREAKING_REF) has no protos, nothing to compare"; fi
 
 bench: $(VENV_STAMP) ## Print the RPC throughput and latency figures (bench/README.md)
+	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
 	$(PY) bench/rpc.py
 
 clean: ## Remove the virtualenv, build leftovers and the local data directory

@@ -34,7 +34,7 @@ def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | 
             scheme, _, token = value.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
-            raise Unauthenticated("authorization header must be 'Bearer <token>'")
+            raise Unauthenticated("the authorization header must be 'Bearer TOKEN'")
     return None
 
 
@@ -52,7 +52,7 @@ class Authenticator:
             return None
         token = bearer_token(metadata)
         if token is None:
-            raise Unauthenticated("sign in first: send 'authorization: Bearer <token>'")
+            raise Unauthenticated("sign in first: send the header 'authorization: Bearer TOKEN'")
         if token.startswith(API_KEY_PREFIX):
             principal = await self.resolve_api_key(token)
             if principal is None:
