@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -32,6 +33,7 @@ from foretell.settings import Address, Settings
 from tests import _envoy
 
 PASSWORD = "correct horse battery staple"
+FORETELL = str(Path(sys.executable).parent / "foretell")
 
 
 def _answers(host: str, port: int) -> bool:
@@ -209,6 +211,18 @@ def sign_up(account: account_grpc.AccountServiceAsyncStub) -> SignUp:
         return SignedIn(login.user, login.tokens, email, PASSWORD)
 
     return make
+
+
+def foretell_env(settings: Settings, **variables: str) -> dict[str, str]:
+    """Environment for a `foretell` subprocess: ours without FORETELL_*, the session's stores."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORETELL_")}
+    env.update(
+        FORETELL_DATABASE_URL=str(settings.database_url),
+        FORETELL_REDIS_URL=str(settings.redis_url),
+        FORETELL_DATA_DIR=str(settings.data_dir),
+        **variables,
+    )
+    return env
 
 
 def status_code(error: grpc.RpcError) -> grpc.StatusCode:

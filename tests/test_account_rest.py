@@ -22,6 +22,7 @@ from foretell.account.v1 import account_service_pb2 as pb
 from foretell.account.v1 import account_service_pb2_grpc as pb_grpc
 from foretell.runtime import RunningServer
 from foretell.services import SERVICES
+from foretell.services.account import _store
 from foretell.settings import Address, Settings
 from tests import _envoy
 from tests._envoy import Envoy
@@ -311,3 +312,18 @@ async def test_envoy_rate_limits_the_auth_routes(
             with pytest.raises(grpc.RpcError) as caught:
                 await stub.Login(pb.LoginRequest(email="x@example.com", password="y" * 12))
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_an_unexpected_error_is_a_bare_500_over_rest(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, auth = await sign_in(http)
+
+    async def explode(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("asyncpg: relation users at /srv/foretell/_store.py line 12")
+
+    monkeypatch.setattr(_store, "get_user", explode)
+    response = await http.get("/v1/users/me", headers=auth)
+    assert response.status_code == 500
+    assert response.json()["message"].startswith("internal error; reference ")
+    assert_no_leak(response)

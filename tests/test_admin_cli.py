@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from foretell.account.v1 import account_service_pb2 as pb
 from foretell.account.v1 import account_service_pb2_grpc as pb_grpc
 from foretell.settings import Settings
-from tests.conftest import PASSWORD, unique_email
+from tests.conftest import FORETELL, PASSWORD, foretell_env, unique_email
 
 
 def _run(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORETELL_")}
-    env.update(
-        FORETELL_DATABASE_URL=str(settings.database_url), FORETELL_DATA_DIR=str(settings.data_dir)
-    )
-    foretell = Path(sys.executable).parent / "foretell"
     return subprocess.run(
-        [str(foretell), "admin", "create-user", *args],
-        env=env,
+        [FORETELL, "admin", "create-user", *args],
+        env=foretell_env(settings),
         capture_output=True,
         text=True,
         timeout=60,

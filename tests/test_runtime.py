@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -22,7 +20,7 @@ from foretell.runtime import metrics
 from foretell.services import SERVICES
 from foretell.services.account import _store
 from foretell.settings import Address, Settings, SettingsError, load_settings
-from tests.conftest import SignUp
+from tests.conftest import FORETELL, SignUp, foretell_env
 
 
 def _service_methods() -> set[str]:
@@ -143,18 +141,14 @@ def test_serve_logs_json_and_stops_gracefully_on_sigterm(
     settings: Settings, tmp_path: Path
 ) -> None:
     grpc_port, metrics_port = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORETELL_")}
-    env.update(
-        FORETELL_DATABASE_URL=str(settings.database_url),
-        FORETELL_REDIS_URL=str(settings.redis_url),
-        FORETELL_DATA_DIR=str(settings.data_dir),
+    env = foretell_env(
+        settings,
         FORETELL_GRPC_ADDR=f"127.0.0.1:{grpc_port}",
         FORETELL_METRICS_ADDR=f"127.0.0.1:{metrics_port}",
         FORETELL_LOG_FORMAT="json",
     )
-    foretell = Path(sys.executable).parent / "foretell"
     with subprocess.Popen(
-        [str(foretell), "serve", "account"], env=env, stderr=subprocess.PIPE, text=True
+        [FORETELL, "serve", "account"], env=env, stderr=subprocess.PIPE, text=True
     ) as proc:
         assert proc.stderr is not None
         first = json.loads(proc.stderr.readline())
@@ -177,17 +171,13 @@ def test_serve_reports_a_taken_port(settings: Settings) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FORETELL_")}
-        env.update(
-            FORETELL_DATABASE_URL=str(settings.database_url),
-            FORETELL_REDIS_URL=str(settings.redis_url),
-            FORETELL_DATA_DIR=str(settings.data_dir),
+        env = foretell_env(
+            settings,
             FORETELL_GRPC_ADDR=f"127.0.0.1:{port}",
             FORETELL_METRICS_ADDR=f"127.0.0.1:{_free_port()}",
         )
-        foretell = Path(sys.executable).parent / "foretell"
         result = subprocess.run(
-            [str(foretell), "serve", "all"], env=env, capture_output=True, text=True, timeout=30
+            [FORETELL, "serve", "all"], env=env, capture_output=True, text=True, timeout=30
         )
     assert result.returncode == 1
     assert f"127.0.0.1:{port}" in result.stderr and "taken" in result.stderr
