@@ -57,10 +57,23 @@ class Settings:
     # Requests per minute Envoy lets through to the auth routes, per listener.
     auth_rate_limit_per_min: int = 60
     shutdown_grace_s: float = 5.0
+    # Content-addressed bundles and images; default: data_dir/store.
+    store_dir: Path | None = None
+    # Where builds get wheels: an index URL, or a local wheelhouse (then no index is used).
+    pip_index_url: str | None = None
+    wheelhouse: Path | None = None
+    max_bundle_bytes: int = 64 * 1024 * 1024
+    build_timeout_s: int = 600
+    # The arq queue; separate names keep sites (or test sessions) sharing one Redis apart.
+    queue_name: str = "foretell:queue"
 
     @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.store_dir or self.data_dir / "store"
 
 
 def parse_address(name: str, raw: str) -> Address:
@@ -137,11 +150,17 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "login_max_backoff_s": _positive_int,
     "auth_rate_limit_per_min": _positive_int,
     "shutdown_grace_s": _seconds,
+    "store_dir": lambda _name, raw: Path(raw),
+    "pip_index_url": _url("http://", "https://", "file://"),
+    "wheelhouse": lambda _name, raw: Path(raw),
+    "max_bundle_bytes": _positive_int,
+    "build_timeout_s": _positive_int,
+    "queue_name": _text,
 }
 
 
 # Variables the test suite and the client CLI read for themselves.
-_NOT_SERVER_SETTINGS = ("FORETELL_TEST_", "FORETELL_URL")
+_NOT_SERVER_SETTINGS = ("FORETELL_TEST_", "FORETELL_URL", "FORETELL_CONFIG_DIR")
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

@@ -622,7 +622,7 @@ def run_up(settings: Settings) -> int:
         raise StartupError(f"FORETELL_DATA_DIR {data_dir}: {error.strerror}") from error
     settings = dataclasses.replace(settings, data_dir=data_dir)
     plan = plan_services(settings)
-    names = [p.name for p in plan] + ["envoy"] + ([] if settings.redis_url else ["redis"])
+    names = [p.name for p in plan] + ["worker", "envoy"] + ([] if settings.redis_url else ["redis"])
     console = _Console(sys.stdout, names)
 
     with _startup_signals(), _data_dir_lock(data_dir), contextlib.ExitStack() as stack:
@@ -685,6 +685,12 @@ def _supervise(
     for process in plan:
         argv = [*_foretell_command(), "serve", process.service]
         manager.add_process(process.name, _shell(argv), env=_child_env(settings, stores, process))
+    # The worker runs background jobs (builds); it reads the same stores as the services.
+    manager.add_process(
+        "worker",
+        _shell([*_foretell_command(), "worker"]),
+        env=_child_env(settings, stores, plan[0]),
+    )
     if redis_argv is not None:
         manager.add_process("redis", _shell(redis_argv))
     envoy_argv = [

@@ -28,6 +28,11 @@ PUBLIC = Policy(roles=None)
 SIGNED_IN = Policy(roles=ANYONE_SIGNED_IN)
 SIGNED_IN_READ = Policy(roles=ANYONE_SIGNED_IN, api_key=True)
 
+PROVIDERS = Policy(roles=frozenset({Role.PROVIDER}))
+PROVIDERS_AND_ADMINS = Policy(roles=frozenset({Role.PROVIDER, Role.ADMIN}))
+
+_REGISTRY = "/foretell.registry.v1.RegistryService/"
+
 POLICY: dict[str, Policy] = {
     "/foretell.account.v1.AccountService/CreateUser": PUBLIC,
     "/foretell.account.v1.AccountService/Login": PUBLIC,
@@ -39,6 +44,20 @@ POLICY: dict[str, Policy] = {
     "/foretell.account.v1.AccountService/CreateApiKey": SIGNED_IN,
     "/foretell.account.v1.AccountService/ListApiKeys": SIGNED_IN,
     "/foretell.account.v1.AccountService/RevokeApiKey": SIGNED_IN,
+    # Ownership (only the owner changes a model; others' private models are invisible) is
+    # checked by the service; this table only says which roles may try.
+    _REGISTRY + "CreateModel": PROVIDERS,
+    _REGISTRY + "GetModel": SIGNED_IN_READ,
+    _REGISTRY + "ListModels": SIGNED_IN_READ,
+    _REGISTRY + "UpdateModel": PROVIDERS,
+    _REGISTRY + "DeleteModel": PROVIDERS,
+    _REGISTRY + "UploadVersion": PROVIDERS,
+    _REGISTRY + "GetVersion": SIGNED_IN_READ,
+    _REGISTRY + "ListVersions": SIGNED_IN_READ,
+    _REGISTRY + "StreamBuildLog": PROVIDERS_AND_ADMINS,
+    _REGISTRY + "PublishVersion": PROVIDERS,
+    # Admins may take a model offline (moderation); they never publish for a provider.
+    _REGISTRY + "TakeOffline": PROVIDERS_AND_ADMINS,
 }
 
 # Infrastructure services every process exposes; they carry no user data.

@@ -4,7 +4,20 @@ import sys
 
 import click
 
-from foretell.cli._server import admin, db, serve, up
+from foretell.cli._account import login, logout, whoami
+from foretell.cli._client import EXIT_CODES_HELP
+from foretell.cli._registry import (
+    create,
+    init,
+    logs,
+    models,
+    offline,
+    publish,
+    push,
+    versions,
+    visibility,
+)
+from foretell.cli._server import admin, db, serve, up, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,8 +36,26 @@ def cli() -> None:
 
 cli.add_command(up)
 cli.add_command(serve)
+cli.add_command(worker)
 cli.add_command(db)
 cli.add_command(admin)
+# Provider commands: client side only, against a running Foretell (--url / FORETELL_URL).
+for command in (
+    login,
+    logout,
+    whoami,
+    init,
+    create,
+    push,
+    models,
+    versions,
+    publish,
+    offline,
+    visibility,
+    logs,
+):
+    cli.add_command(command)
+cli.epilog = EXIT_CODES_HELP
 
 
 def main() -> None:

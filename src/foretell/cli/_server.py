@@ -75,6 +75,40 @@ def serve(service: str) -> None:
         _fail(str(error), 1)
 
 
+@click.command()
+def worker() -> None:
+    """Run background jobs (version builds) until SIGTERM.
+
+    Needs FORETELL_DATABASE_URL and FORETELL_REDIS_URL; `foretell up` starts one for you.
+
+    \b
+    Example:
+      FORETELL_DATABASE_URL=postgresql://localhost/foretell \\
+      FORETELL_REDIS_URL=redis://localhost:6379/0 foretell worker
+    """
+    from foretell.settings import SettingsError
+    from foretell.worker import create_worker
+
+    settings = _settings()
+    if not settings.database_url or not settings.redis_url:
+        _fail("FORETELL_DATABASE_URL and FORETELL_REDIS_URL must be set")
+
+    async def run() -> None:
+        running = create_worker(settings)
+        try:
+            await running.async_run()
+        except asyncio.CancelledError:
+            # arq cancels its main task on SIGTERM or SIGINT: that is a clean stop.
+            pass
+        finally:
+            await running.close()
+
+    try:
+        asyncio.run(run())
+    except SettingsError as error:
+        _fail(str(error), 1)
+
+
 @click.group()
 def db() -> None:
     """Database schema commands."""

@@ -2,6 +2,17 @@
 
 from foretell.db._engine import Database, async_url, connect
 from foretell.db.migrate import upgrade
-from foretell.db.models import ApiKey, Base, RefreshToken, User
+from foretell.db.models import ApiKey, Base, Model, RefreshToken, User, Version
 
-__all__ = ["ApiKey", "Base", "Database", "RefreshToken", "User", "async_url", "connect", "upgrade"]
+__all__ = [
+    "ApiKey",
+    "Base",
+    "Database",
+    "Model",
+    "RefreshToken",
+    "User",
+    "Version",
+    "async_url",
+    "connect",
+    "upgrade",
+]

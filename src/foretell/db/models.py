@@ -7,7 +7,20 @@ import uuid
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Index, LargeBinary, String, Text, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -59,3 +72,55 @@ class ApiKey(Base):
     created_at: Mapped[datetime]
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+
+
+class Model(Base):
+    __tablename__ = "models"
+    __table_args__ = (
+        Index("models_owner_idx", "owner_id"),
+        ForeignKeyConstraint(
+            ["id", "live_version"],
+            ["versions.model_id", "versions.number"],
+            name="models_live_version_fkey",
+            use_alter=True,
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(40), unique=True)
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    title: Mapped[str] = mapped_column(String(120))
+    description: Mapped[str] = mapped_column(Text)
+    symbols: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    resolution: Mapped[str] = mapped_column(String(4))
+    horizon: Mapped[int]
+    tags: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    visibility: Mapped[str] = mapped_column(String(8))
+    live_version: Mapped[int | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Version(Base):
+    """One immutable build of a model. Database triggers refuse changes to what a version is
+    (see migration 0002); code never tries."""
+
+    __tablename__ = "versions"
+    __table_args__ = (
+        UniqueConstraint("model_id", "number", name="versions_model_number_key"),
+        UniqueConstraint("model_id", "digest", name="versions_model_digest_key"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    number: Mapped[int]
+    digest: Mapped[str] = mapped_column(String(71))
+    bundle_size: Mapped[int] = mapped_column(BigInteger)
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime]
+    build_state: Mapped[str] = mapped_column(String(8))
+    failure_reason: Mapped[str] = mapped_column(Text)
+    image_digest: Mapped[str | None] = mapped_column(String(71))
+    build_finished_at: Mapped[datetime | None]
+    build_log: Mapped[str] = mapped_column(Text)
+    published_at: Mapped[datetime | None]

@@ -105,6 +105,13 @@ def render_envoy_config(
         auth_rate_limit_per_min=settings.auth_rate_limit_per_min,
         rate_limited_paths=[f"/{account}/{method}" for method in _RATE_LIMITED_METHODS],
         account_cluster=cluster_of["account"],
+        # Read from the contracts, so a new streaming RPC gets its route without an edit here.
+        streaming_routes=[
+            {"path": f"/{definition.full_name}/{method.name}", "cluster": cluster_of[name]}
+            for name, definition in SERVICES.items()
+            for method in definition.descriptor.methods
+            if method.client_streaming or method.server_streaming
+        ],
         service_routes=[
             {"prefix": f"/{definition.full_name}/", "cluster": cluster_of[name]}
             for name, definition in SERVICES.items()

@@ -5,11 +5,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import redis.asyncio as aioredis
+from arq.connections import ArqRedis
 
 from foretell.auth.keys import SigningKeys, load_or_create_keys
 from foretell.db import Database, connect
 from foretell.settings import Settings, SettingsError
+from foretell.store import ArtifactStore
 
 Clock = Callable[[], datetime]
 
@@ -24,10 +25,15 @@ class Resources:
 
     settings: Settings
     db: Database
-    redis: aioredis.Redis
+    # arq's client is a redis.asyncio.Redis that can also enqueue jobs.
+    redis: ArqRedis
     keys: SigningKeys
     # Injected so tests can move time.
     clock: Clock = utc_now
+
+    @property
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(self.settings.artifacts_dir)
 
 
 @asynccontextmanager
@@ -43,7 +49,7 @@ async def open_resources(settings: Settings, clock: Clock = utc_now) -> AsyncIte
             "`foretell serve` needs a URL"
         )
     db = connect(settings.database_url)
-    redis = aioredis.Redis.from_url(settings.redis_url)
+    redis = ArqRedis.from_url(settings.redis_url)
     try:
         yield Resources(settings, db, redis, load_or_create_keys(settings.keys_dir), clock)
     finally:

@@ -11,7 +11,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from foretell.account.v1 import account_service_pb2
 from foretell.datafeed.v1 import datafeed_service_pb2, datafeed_service_pb2_grpc
 from foretell.forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
-from foretell.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
+from foretell.registry.v1 import registry_service_pb2
 from foretell.subscription.v1 import subscription_service_pb2, subscription_service_pb2_grpc
 
 if TYPE_CHECKING:
@@ -36,6 +36,12 @@ def _account(server: aio.Server, resources: Resources) -> None:
     add_to_server(server, resources)
 
 
+def _registry(server: aio.Server, resources: Resources) -> None:
+    from foretell.services.registry import add_to_server
+
+    add_to_server(server, resources)
+
+
 def _placeholder(add: Callable[[Any, Any], None], servicer: Any) -> Callable[..., None]:
     """Services whose RPCs arrive in later releases: registered so that they answer health
     checks and reflection."""
@@ -51,11 +57,7 @@ SERVICES: dict[str, ServiceDef] = {
         account_service_pb2.DESCRIPTOR.services_by_name["AccountService"], _account
     ),
     "registry": ServiceDef(
-        registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"],
-        _placeholder(
-            registry_service_pb2_grpc.add_RegistryServiceServicer_to_server,
-            registry_service_pb2_grpc.RegistryServiceServicer,
-        ),
+        registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"], _registry
     ),
     "subscription": ServiceDef(
         subscription_service_pb2.DESCRIPTOR.services_by_name["SubscriptionService"],

@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
 from foretell.account.v1 import account_service_pb2 as pb
@@ -12,6 +10,7 @@ from foretell.auth.policy import Role
 from foretell.auth.principal import current_principal
 from foretell.db import ApiKey, User
 from foretell.runtime.resources import Resources
+from foretell.services._convert import timestamp as _ts
 from foretell.services.account import _store, _validate
 
 if TYPE_CHECKING:
@@ -23,14 +22,6 @@ _ROLES = {
     Role.SUBSCRIBER: pb.ROLE_SUBSCRIBER,
     Role.ADMIN: pb.ROLE_ADMIN,
 }
-
-
-def _ts(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def user_pb(user: User) -> pb.User:

@@ -22,15 +22,146 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from foretell.common.v1 import common_pb2 as foretell_dot_common_dot_v1_dot_common__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+foretell/registry/v1/registry_service.proto\x12\x14\x66oretell.registry.v12\x11\n\x0fRegistryServiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+foretell/registry/v1/registry_service.proto\x12\x14\x66oretell.registry.v1\x1a\x1f\x66oretell/common/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x03\n\x05Model\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x05\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x15\n\x07symbols\x18\x04 \x03(\tB\x04\xe2\x41\x01\x05\x12\x38\n\nresolution\x18\x05 \x01(\x0e\x32\x1e.foretell.common.v1.ResolutionB\x04\xe2\x41\x01\x05\x12\x15\n\x07horizon\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x05\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12\x34\n\nvisibility\x18\x08 \x01(\x0e\x32 .foretell.registry.v1.Visibility\x12\x16\n\x08owner_id\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12 \n\x12owner_display_name\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0clive_version\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0elatest_version\x18\x0c \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x9c\x01\n\x08Manifest\x12\x12\n\nentrypoint\x18\x01 \x01(\t\x12\x0f\n\x07symbols\x18\x02 \x03(\t\x12\x32\n\nresolution\x18\x03 \x01(\x0e\x32\x1e.foretell.common.v1.Resolution\x12\x0f\n\x07horizon\x18\x04 \x01(\x05\x12\x10\n\x08lookback\x18\x05 \x01(\x05\x12\x14\n\x0crequirements\x18\x06 \x01(\t\"\x8c\x03\n\x07Version\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\x05\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x13\n\x0b\x62undle_size\x18\x04 \x01(\x03\x12\x30\n\x08manifest\x18\x05 \x01(\x0b\x32\x1e.foretell.registry.v1.Manifest\x12\x35\n\x0b\x62uild_state\x18\x06 \x01(\x0e\x32 .foretell.registry.v1.BuildState\x12\x16\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\t\x12\x14\n\x0cimage_digest\x18\x08 \x01(\t\x12\x0c\n\x04live\x18\t \x01(\x08\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11\x62uild_finish_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cpublish_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x12\x43reateModelRequest\x12\x30\n\x05model\x18\x01 \x01(\x0b\x32\x1b.foretell.registry.v1.ModelB\x04\xe2\x41\x01\x02\"A\n\x13\x43reateModelResponse\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.foretell.registry.v1.Model\"%\n\x0fGetModelRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\">\n\x10GetModelResponse\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.foretell.registry.v1.Model\"\x9e\x01\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06symbol\x18\x03 \x01(\t\x12\x0b\n\x03tag\x18\x04 \x01(\t\x12\x32\n\nresolution\x18\x05 \x01(\x0e\x32\x1e.foretell.common.v1.Resolution\x12\x11\n\tonly_mine\x18\x06 \x01(\x08\"Z\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.foretell.registry.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"}\n\x12UpdateModelRequest\x12\x30\n\x05model\x18\x01 \x01(\x0b\x32\x1b.foretell.registry.v1.ModelB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x02\"A\n\x13UpdateModelResponse\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.foretell.registry.v1.Model\"(\n\x12\x44\x65leteModelRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x15\n\x13\x44\x65leteModelResponse\"M\n\x0cUploadHeader\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04size\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x14\n\x06\x64igest\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"e\n\x14UploadVersionRequest\x12\x34\n\x06header\x18\x01 \x01(\x0b\x32\".foretell.registry.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"X\n\x15UploadVersionResponse\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.foretell.registry.v1.Version\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\">\n\x11GetVersionRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06number\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\"D\n\x12GetVersionResponse\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.foretell.registry.v1.Version\"Q\n\x13ListVersionsRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x14ListVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.foretell.registry.v1.Version\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"B\n\x15StreamBuildLogRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06number\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\"v\n\x16StreamBuildLogResponse\x12\r\n\x05lines\x18\x01 \x03(\t\x12\x35\n\x0b\x62uild_state\x18\x02 \x01(\x0e\x32 .foretell.registry.v1.BuildState\x12\x16\n\x0e\x66\x61ilure_reason\x18\x03 \x01(\t\"B\n\x15PublishVersionRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06number\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\"t\n\x16PublishVersionResponse\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.foretell.registry.v1.Model\x12.\n\x07version\x18\x02 \x01(\x0b\x32\x1d.foretell.registry.v1.Version\"(\n\x12TakeOfflineRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"A\n\x13TakeOfflineResponse\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.foretell.registry.v1.Model*W\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x16\n\x12VISIBILITY_PRIVATE\x10\x01\x12\x15\n\x11VISIBILITY_PUBLIC\x10\x02*\x8a\x01\n\nBuildState\x12\x1b\n\x17\x42UILD_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42UILD_STATE_QUEUED\x10\x01\x12\x18\n\x14\x42UILD_STATE_BUILDING\x10\x02\x12\x15\n\x11\x42UILD_STATE_READY\x10\x03\x12\x16\n\x12\x42UILD_STATE_FAILED\x10\x04\x32\xb5\x0b\n\x0fRegistryService\x12}\n\x0b\x43reateModel\x12(.foretell.registry.v1.CreateModelRequest\x1a).foretell.registry.v1.CreateModelResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\n/v1/models:\x05model\x12t\n\x08GetModel\x12%.foretell.registry.v1.GetModelRequest\x1a&.foretell.registry.v1.GetModelResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/models/{name}\x12s\n\nListModels\x12\'.foretell.registry.v1.ListModelsRequest\x1a(.foretell.registry.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12\x8a\x01\n\x0bUpdateModel\x12(.foretell.registry.v1.UpdateModelRequest\x1a).foretell.registry.v1.UpdateModelResponse\"&\x82\xd3\xe4\x93\x02 2\x17/v1/models/{model.name}:\x05model\x12}\n\x0b\x44\x65leteModel\x12(.foretell.registry.v1.DeleteModelRequest\x1a).foretell.registry.v1.DeleteModelResponse\"\x19\x82\xd3\xe4\x93\x02\x13*\x11/v1/models/{name}\x12j\n\rUploadVersion\x12*.foretell.registry.v1.UploadVersionRequest\x1a+.foretell.registry.v1.UploadVersionResponse(\x01\x12\x8d\x01\n\nGetVersion\x12\'.foretell.registry.v1.GetVersionRequest\x1a(.foretell.registry.v1.GetVersionResponse\",\x82\xd3\xe4\x93\x02&\x12$/v1/models/{model}/versions/{number}\x12\x8a\x01\n\x0cListVersions\x12).foretell.registry.v1.ListVersionsRequest\x1a*.foretell.registry.v1.ListVersionsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/models/{model}/versions\x12m\n\x0eStreamBuildLog\x12+.foretell.registry.v1.StreamBuildLogRequest\x1a,.foretell.registry.v1.StreamBuildLogResponse0\x01\x12\xa4\x01\n\x0ePublishVersion\x12+.foretell.registry.v1.PublishVersionRequest\x1a,.foretell.registry.v1.PublishVersionResponse\"7\x82\xd3\xe4\x93\x02\x31\",/v1/models/{model}/versions/{number}:publish:\x01*\x12\x8c\x01\n\x0bTakeOffline\x12(.foretell.registry.v1.TakeOfflineRequest\x1a).foretell.registry.v1.TakeOfflineResponse\"(\x82\xd3\xe4\x93\x02\"\"\x1d/v1/models/{name}:takeOffline:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'foretell.registry.v1.registry_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REGISTRYSERVICE']._serialized_start=69
-  _globals['_REGISTRYSERVICE']._serialized_end=86
+  _globals['_MODEL'].fields_by_name['name']._loaded_options = None
+  _globals['_MODEL'].fields_by_name['name']._serialized_options = b'\342A\001\005'
+  _globals['_MODEL'].fields_by_name['symbols']._loaded_options = None
+  _globals['_MODEL'].fields_by_name['symbols']._serialized_options = b'\342A\001\005'
+  _globals['_MODEL'].fields_by_name['resolution']._loaded_options = None
+  _globals['_MODEL'].fields_by_name['resolution']._serialized_options = b'\342A\001\005'
+  _globals['_MODEL'].fields_by_name['horizon']._loaded_options = None
+  _globals['_MODEL'].fields_by_name['horizon']._serialized_options = b'\342A\001\005'
+  _globals['_MODEL'].fields_by_name['owner_id']._loaded_options = None
+  _globals['_MODEL'].fields_by_name['owner_id']._serialized_options = b'\342A\001\003'
+  _globals['_MODEL'].fields_by_name['owner_display_name']._loaded_options = None
+  _globals['_MODEL'].fields_by_name['owner_display_name']._serialized_options = b'\342A\001\003'
+  _globals['_MODEL'].fields_by_name['live_version']._loaded_options = None
+  _globals['_MODEL'].fields_by_name['live_version']._serialized_options = b'\342A\001\003'
+  _globals['_MODEL'].fields_by_name['latest_version']._loaded_options = None
+  _globals['_MODEL'].fields_by_name['latest_version']._serialized_options = b'\342A\001\003'
+  _globals['_MODEL'].fields_by_name['create_time']._loaded_options = None
+  _globals['_MODEL'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_MODEL'].fields_by_name['update_time']._loaded_options = None
+  _globals['_MODEL'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_CREATEMODELREQUEST'].fields_by_name['model']._loaded_options = None
+  _globals['_CREATEMODELREQUEST'].fields_by_name['model']._serialized_options = b'\342A\001\002'
+  _globals['_GETMODELREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETMODELREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_UPDATEMODELREQUEST'].fields_by_name['model']._loaded_options = None
+  _globals['_UPDATEMODELREQUEST'].fields_by_name['model']._serialized_options = b'\342A\001\002'
+  _globals['_UPDATEMODELREQUEST'].fields_by_name['update_mask']._loaded_options = None
+  _globals['_UPDATEMODELREQUEST'].fields_by_name['update_mask']._serialized_options = b'\342A\001\002'
+  _globals['_DELETEMODELREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_DELETEMODELREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_UPLOADHEADER'].fields_by_name['model']._loaded_options = None
+  _globals['_UPLOADHEADER'].fields_by_name['model']._serialized_options = b'\342A\001\002'
+  _globals['_UPLOADHEADER'].fields_by_name['size']._loaded_options = None
+  _globals['_UPLOADHEADER'].fields_by_name['size']._serialized_options = b'\342A\001\002'
+  _globals['_UPLOADHEADER'].fields_by_name['digest']._loaded_options = None
+  _globals['_UPLOADHEADER'].fields_by_name['digest']._serialized_options = b'\342A\001\002'
+  _globals['_GETVERSIONREQUEST'].fields_by_name['model']._loaded_options = None
+  _globals['_GETVERSIONREQUEST'].fields_by_name['model']._serialized_options = b'\342A\001\002'
+  _globals['_GETVERSIONREQUEST'].fields_by_name['number']._loaded_options = None
+  _globals['_GETVERSIONREQUEST'].fields_by_name['number']._serialized_options = b'\342A\001\002'
+  _globals['_LISTVERSIONSREQUEST'].fields_by_name['model']._loaded_options = None
+  _globals['_LISTVERSIONSREQUEST'].fields_by_name['model']._serialized_options = b'\342A\001\002'
+  _globals['_STREAMBUILDLOGREQUEST'].fields_by_name['model']._loaded_options = None
+  _globals['_STREAMBUILDLOGREQUEST'].fields_by_name['model']._serialized_options = b'\342A\001\002'
+  _globals['_STREAMBUILDLOGREQUEST'].fields_by_name['number']._loaded_options = None
+  _globals['_STREAMBUILDLOGREQUEST'].fields_by_name['number']._serialized_options = b'\342A\001\002'
+  _globals['_PUBLISHVERSIONREQUEST'].fields_by_name['model']._loaded_options = None
+  _globals['_PUBLISHVERSIONREQUEST'].fields_by_name['model']._serialized_options = b'\342A\001\002'
+  _globals['_PUBLISHVERSIONREQUEST'].fields_by_name['number']._loaded_options = None
+  _globals['_PUBLISHVERSIONREQUEST'].fields_by_name['number']._serialized_options = b'\342A\001\002'
+  _globals['_TAKEOFFLINEREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_TAKEOFFLINEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_REGISTRYSERVICE'].methods_by_name['CreateModel']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['CreateModel']._serialized_options = b'\202\323\344\223\002\023\"\n/v1/models:\005model'
+  _globals['_REGISTRYSERVICE'].methods_by_name['GetModel']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['GetModel']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/models/{name}'
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListModels']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListModels']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/models'
+  _globals['_REGISTRYSERVICE'].methods_by_name['UpdateModel']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['UpdateModel']._serialized_options = b'\202\323\344\223\002 2\027/v1/models/{model.name}:\005model'
+  _globals['_REGISTRYSERVICE'].methods_by_name['DeleteModel']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['DeleteModel']._serialized_options = b'\202\323\344\223\002\023*\021/v1/models/{name}'
+  _globals['_REGISTRYSERVICE'].methods_by_name['GetVersion']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['GetVersion']._serialized_options = b'\202\323\344\223\002&\022$/v1/models/{model}/versions/{number}'
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListVersions']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListVersions']._serialized_options = b'\202\323\344\223\002\035\022\033/v1/models/{model}/versions'
+  _globals['_REGISTRYSERVICE'].methods_by_name['PublishVersion']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['PublishVersion']._serialized_options = b'\202\323\344\223\0021\",/v1/models/{model}/versions/{number}:publish:\001*'
+  _globals['_REGISTRYSERVICE'].methods_by_name['TakeOffline']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['TakeOffline']._serialized_options = b'\202\323\344\223\002\"\"\035/v1/models/{name}:takeOffline:\001*'
+  _globals['_VISIBILITY']._serialized_start=3078
+  _globals['_VISIBILITY']._serialized_end=3165
+  _globals['_BUILDSTATE']._serialized_start=3168
+  _globals['_BUILDSTATE']._serialized_end=3306
+  _globals['_MODEL']._serialized_start=233
+  _globals['_MODEL']._serialized_end=694
+  _globals['_MANIFEST']._serialized_start=697
+  _globals['_MANIFEST']._serialized_end=853
+  _globals['_VERSION']._serialized_start=856
+  _globals['_VERSION']._serialized_end=1252
+  _globals['_CREATEMODELREQUEST']._serialized_start=1254
+  _globals['_CREATEMODELREQUEST']._serialized_end=1324
+  _globals['_CREATEMODELRESPONSE']._serialized_start=1326
+  _globals['_CREATEMODELRESPONSE']._serialized_end=1391
+  _globals['_GETMODELREQUEST']._serialized_start=1393
+  _globals['_GETMODELREQUEST']._serialized_end=1430
+  _globals['_GETMODELRESPONSE']._serialized_start=1432
+  _globals['_GETMODELRESPONSE']._serialized_end=1494
+  _globals['_LISTMODELSREQUEST']._serialized_start=1497
+  _globals['_LISTMODELSREQUEST']._serialized_end=1655
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1657
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1747
+  _globals['_UPDATEMODELREQUEST']._serialized_start=1749
+  _globals['_UPDATEMODELREQUEST']._serialized_end=1874
+  _globals['_UPDATEMODELRESPONSE']._serialized_start=1876
+  _globals['_UPDATEMODELRESPONSE']._serialized_end=1941
+  _globals['_DELETEMODELREQUEST']._serialized_start=1943
+  _globals['_DELETEMODELREQUEST']._serialized_end=1983
+  _globals['_DELETEMODELRESPONSE']._serialized_start=1985
+  _globals['_DELETEMODELRESPONSE']._serialized_end=2006
+  _globals['_UPLOADHEADER']._serialized_start=2008
+  _globals['_UPLOADHEADER']._serialized_end=2085
+  _globals['_UPLOADVERSIONREQUEST']._serialized_start=2087
+  _globals['_UPLOADVERSIONREQUEST']._serialized_end=2188
+  _globals['_UPLOADVERSIONRESPONSE']._serialized_start=2190
+  _globals['_UPLOADVERSIONRESPONSE']._serialized_end=2278
+  _globals['_GETVERSIONREQUEST']._serialized_start=2280
+  _globals['_GETVERSIONREQUEST']._serialized_end=2342
+  _globals['_GETVERSIONRESPONSE']._serialized_start=2344
+  _globals['_GETVERSIONRESPONSE']._serialized_end=2412
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=2414
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=2495
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=2497
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=2593
+  _globals['_STREAMBUILDLOGREQUEST']._serialized_start=2595
+  _globals['_STREAMBUILDLOGREQUEST']._serialized_end=2661
+  _globals['_STREAMBUILDLOGRESPONSE']._serialized_start=2663
+  _globals['_STREAMBUILDLOGRESPONSE']._serialized_end=2781
+  _globals['_PUBLISHVERSIONREQUEST']._serialized_start=2783
+  _globals['_PUBLISHVERSIONREQUEST']._serialized_end=2849
+  _globals['_PUBLISHVERSIONRESPONSE']._serialized_start=2851
+  _globals['_PUBLISHVERSIONRESPONSE']._serialized_end=2967
+  _globals['_TAKEOFFLINEREQUEST']._serialized_start=2969
+  _globals['_TAKEOFFLINEREQUEST']._serialized_end=3009
+  _globals['_TAKEOFFLINERESPONSE']._serialized_start=3011
+  _globals['_TAKEOFFLINERESPONSE']._serialized_end=3076
+  _globals['_REGISTRYSERVICE']._serialized_start=3309
+  _globals['_REGISTRYSERVICE']._serialized_end=4770
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from foretell.registry.v1 import registry_service_pb2 as foretell_dot_registry_dot_v1_dot_registry__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -25,8 +26,12 @@ if _version_not_supported:
 
 
 class RegistryServiceStub:
-    """RegistryService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """RegistryService holds models and their immutable, content-addressed versions.
+
+    A provider creates a model, uploads versions of it (each a bundle of code,
+    requirements and a `foretell.toml` manifest, identified by the sha256 of the
+    canonical bundle), and publishes one version as the model's live version.
+    A version never changes after upload; a change is a new version.
     """
 
     def __init__(self, channel):
@@ -35,16 +40,218 @@ class RegistryServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.CreateModel = channel.unary_unary(
+                '/foretell.registry.v1.RegistryService/CreateModel',
+                request_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.CreateModelRequest.SerializeToString,
+                response_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.CreateModelResponse.FromString,
+                _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/foretell.registry.v1.RegistryService/GetModel',
+                request_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.GetModelResponse.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/foretell.registry.v1.RegistryService/ListModels',
+                request_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.UpdateModel = channel.unary_unary(
+                '/foretell.registry.v1.RegistryService/UpdateModel',
+                request_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.UpdateModelRequest.SerializeToString,
+                response_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.UpdateModelResponse.FromString,
+                _registered_method=True)
+        self.DeleteModel = channel.unary_unary(
+                '/foretell.registry.v1.RegistryService/DeleteModel',
+                request_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.DeleteModelRequest.SerializeToString,
+                response_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.DeleteModelResponse.FromString,
+                _registered_method=True)
+        self.UploadVersion = channel.stream_unary(
+                '/foretell.registry.v1.RegistryService/UploadVersion',
+                request_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.UploadVersionRequest.SerializeToString,
+                response_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.UploadVersionResponse.FromString,
+                _registered_method=True)
+        self.GetVersion = channel.unary_unary(
+                '/foretell.registry.v1.RegistryService/GetVersion',
+                request_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.GetVersionRequest.SerializeToString,
+                response_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.GetVersionResponse.FromString,
+                _registered_method=True)
+        self.ListVersions = channel.unary_unary(
+                '/foretell.registry.v1.RegistryService/ListVersions',
+                request_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.ListVersionsRequest.SerializeToString,
+                response_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.ListVersionsResponse.FromString,
+                _registered_method=True)
+        self.StreamBuildLog = channel.unary_stream(
+                '/foretell.registry.v1.RegistryService/StreamBuildLog',
+                request_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.StreamBuildLogRequest.SerializeToString,
+                response_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.StreamBuildLogResponse.FromString,
+                _registered_method=True)
+        self.PublishVersion = channel.unary_unary(
+                '/foretell.registry.v1.RegistryService/PublishVersion',
+                request_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.PublishVersionRequest.SerializeToString,
+                response_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.PublishVersionResponse.FromString,
+                _registered_method=True)
+        self.TakeOffline = channel.unary_unary(
+                '/foretell.registry.v1.RegistryService/TakeOffline',
+                request_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.TakeOfflineRequest.SerializeToString,
+                response_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.TakeOfflineResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
-    """RegistryService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """RegistryService holds models and their immutable, content-addressed versions.
+
+    A provider creates a model, uploads versions of it (each a bundle of code,
+    requirements and a `foretell.toml` manifest, identified by the sha256 of the
+    canonical bundle), and publishes one version as the model's live version.
+    A version never changes after upload; a change is a new version.
     """
+
+    def CreateModel(self, request, context):
+        """Creates a model owned by the calling provider. The name is a global,
+        permanent slug. New models are private.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModel(self, request, context):
+        """Returns a model: a public one, or one of the caller's own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Lists the public catalog plus the caller's own private models, ordered by
+        name, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateModel(self, request, context):
+        """Updates the fields named in `update_mask`: title, description, tags,
+        visibility. Only the owner may.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModel(self, request, context):
+        """Deletes a model that never had a published version (FAILED_PRECONDITION
+        otherwise: a track record is never deleted). Only the owner may.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadVersion(self, request_iterator, context):
+        """Uploads a bundle: first a message with the header, then the bundle's bytes
+        in chunks of at most 1 MiB. Uploading a bundle identical to an existing
+        version of the model returns that version (`created` false). The new
+        version is built in the background; follow it with StreamBuildLog.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVersion(self, request, context):
+        """Returns one version of a model the caller may see.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVersions(self, request, context):
+        """Lists a model's versions, newest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamBuildLog(self, request, context):
+        """Streams a version's build log: what has been written so far, then new
+        lines as the build writes them, and a last message with the final state.
+        Only the owner (or an admin) may read build logs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishVersion(self, request, context):
+        """Makes a READY version the model's live version. The previous live version
+        is retired; its record stays.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TakeOffline(self, request, context):
+        """Takes the model offline: no live version, no more runs. Every record stays,
+        and a version can be published again later.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'CreateModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateModel,
+                    request_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.CreateModelRequest.FromString,
+                    response_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.CreateModelResponse.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.GetModelRequest.FromString,
+                    response_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.GetModelResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.ListModelsRequest.FromString,
+                    response_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'UpdateModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateModel,
+                    request_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.UpdateModelRequest.FromString,
+                    response_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.UpdateModelResponse.SerializeToString,
+            ),
+            'DeleteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModel,
+                    request_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.DeleteModelRequest.FromString,
+                    response_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.DeleteModelResponse.SerializeToString,
+            ),
+            'UploadVersion': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadVersion,
+                    request_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.UploadVersionRequest.FromString,
+                    response_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.UploadVersionResponse.SerializeToString,
+            ),
+            'GetVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVersion,
+                    request_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.GetVersionRequest.FromString,
+                    response_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.GetVersionResponse.SerializeToString,
+            ),
+            'ListVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVersions,
+                    request_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.ListVersionsRequest.FromString,
+                    response_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.ListVersionsResponse.SerializeToString,
+            ),
+            'StreamBuildLog': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamBuildLog,
+                    request_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.StreamBuildLogRequest.FromString,
+                    response_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.StreamBuildLogResponse.SerializeToString,
+            ),
+            'PublishVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishVersion,
+                    request_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.PublishVersionRequest.FromString,
+                    response_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.PublishVersionResponse.SerializeToString,
+            ),
+            'TakeOffline': grpc.unary_unary_rpc_method_handler(
+                    servicer.TakeOffline,
+                    request_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.TakeOfflineRequest.FromString,
+                    response_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.TakeOfflineResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'foretell.registry.v1.RegistryService', rpc_method_handlers)
@@ -54,6 +261,307 @@ def add_RegistryServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RegistryService:
-    """RegistryService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """RegistryService holds models and their immutable, content-addressed versions.
+
+    A provider creates a model, uploads versions of it (each a bundle of code,
+    requirements and a `foretell.toml` manifest, identified by the sha256 of the
+    canonical bundle), and publishes one version as the model's live version.
+    A version never changes after upload; a change is a new version.
     """
+
+    @staticmethod
+    def CreateModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.registry.v1.RegistryService/CreateModel',
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.CreateModelRequest.SerializeToString,
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.CreateModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.registry.v1.RegistryService/GetModel',
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.GetModelRequest.SerializeToString,
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.GetModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.registry.v1.RegistryService/ListModels',
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.ListModelsRequest.SerializeToString,
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.registry.v1.RegistryService/UpdateModel',
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.UpdateModelRequest.SerializeToString,
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.UpdateModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.registry.v1.RegistryService/DeleteModel',
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.DeleteModelRequest.SerializeToString,
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.DeleteModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadVersion(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/foretell.registry.v1.RegistryService/UploadVersion',
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.UploadVersionRequest.SerializeToString,
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.UploadVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.registry.v1.RegistryService/GetVersion',
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.GetVersionRequest.SerializeToString,
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.GetVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.registry.v1.RegistryService/ListVersions',
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.ListVersionsRequest.SerializeToString,
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamBuildLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/foretell.registry.v1.RegistryService/StreamBuildLog',
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.StreamBuildLogRequest.SerializeToString,
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.StreamBuildLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.registry.v1.RegistryService/PublishVersion',
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.PublishVersionRequest.SerializeToString,
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.PublishVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TakeOffline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.registry.v1.RegistryService/TakeOffline',
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.TakeOfflineRequest.SerializeToString,
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.TakeOfflineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from foretell.registry.v1 import registry_service_pb2 as _registry_service_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -26,28 +27,227 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class RegistryServiceStub:
-    """RegistryService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """RegistryService holds models and their immutable, content-addressed versions.
+
+    A provider creates a model, uploads versions of it (each a bundle of code,
+    requirements and a `foretell.toml` manifest, identified by the sha256 of the
+    canonical bundle), and publishes one version as the model's live version.
+    A version never changes after upload; a change is a new version.
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RegistryServiceAsyncStub: ...
+    CreateModel: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.CreateModelRequest, _registry_service_pb2.CreateModelResponse]
+    """Creates a model owned by the calling provider. The name is a global,
+    permanent slug. New models are private.
+    """
+    GetModel: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.GetModelRequest, _registry_service_pb2.GetModelResponse]
+    """Returns a model: a public one, or one of the caller's own."""
+    ListModels: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListModelsRequest, _registry_service_pb2.ListModelsResponse]
+    """Lists the public catalog plus the caller's own private models, ordered by
+    name, a page at a time.
+    """
+    UpdateModel: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.UpdateModelRequest, _registry_service_pb2.UpdateModelResponse]
+    """Updates the fields named in `update_mask`: title, description, tags,
+    visibility. Only the owner may.
+    """
+    DeleteModel: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.DeleteModelRequest, _registry_service_pb2.DeleteModelResponse]
+    """Deletes a model that never had a published version (FAILED_PRECONDITION
+    otherwise: a track record is never deleted). Only the owner may.
+    """
+    UploadVersion: _grpc.StreamUnaryMultiCallable[_registry_service_pb2.UploadVersionRequest, _registry_service_pb2.UploadVersionResponse]
+    """Uploads a bundle: first a message with the header, then the bundle's bytes
+    in chunks of at most 1 MiB. Uploading a bundle identical to an existing
+    version of the model returns that version (`created` false). The new
+    version is built in the background; follow it with StreamBuildLog.
+    """
+    GetVersion: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.GetVersionRequest, _registry_service_pb2.GetVersionResponse]
+    """Returns one version of a model the caller may see."""
+    ListVersions: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListVersionsRequest, _registry_service_pb2.ListVersionsResponse]
+    """Lists a model's versions, newest first, a page at a time."""
+    StreamBuildLog: _grpc.UnaryStreamMultiCallable[_registry_service_pb2.StreamBuildLogRequest, _registry_service_pb2.StreamBuildLogResponse]
+    """Streams a version's build log: what has been written so far, then new
+    lines as the build writes them, and a last message with the final state.
+    Only the owner (or an admin) may read build logs.
+    """
+    PublishVersion: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.PublishVersionRequest, _registry_service_pb2.PublishVersionResponse]
+    """Makes a READY version the model's live version. The previous live version
+    is retired; its record stays.
+    """
+    TakeOffline: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.TakeOfflineRequest, _registry_service_pb2.TakeOfflineResponse]
+    """Takes the model offline: no live version, no more runs. Every record stays,
+    and a version can be published again later.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
-    """RegistryService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """RegistryService holds models and their immutable, content-addressed versions.
+
+    A provider creates a model, uploads versions of it (each a bundle of code,
+    requirements and a `foretell.toml` manifest, identified by the sha256 of the
+    canonical bundle), and publishes one version as the model's live version.
+    A version never changes after upload; a change is a new version.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-
-class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
-    """RegistryService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    CreateModel: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.CreateModelRequest, _registry_service_pb2.CreateModelResponse]  # type: ignore[assignment]
+    """Creates a model owned by the calling provider. The name is a global,
+    permanent slug. New models are private.
+    """
+    GetModel: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetModelRequest, _registry_service_pb2.GetModelResponse]  # type: ignore[assignment]
+    """Returns a model: a public one, or one of the caller's own."""
+    ListModels: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListModelsRequest, _registry_service_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """Lists the public catalog plus the caller's own private models, ordered by
+    name, a page at a time.
+    """
+    UpdateModel: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.UpdateModelRequest, _registry_service_pb2.UpdateModelResponse]  # type: ignore[assignment]
+    """Updates the fields named in `update_mask`: title, description, tags,
+    visibility. Only the owner may.
+    """
+    DeleteModel: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.DeleteModelRequest, _registry_service_pb2.DeleteModelResponse]  # type: ignore[assignment]
+    """Deletes a model that never had a published version (FAILED_PRECONDITION
+    otherwise: a track record is never deleted). Only the owner may.
+    """
+    UploadVersion: _aio.StreamUnaryMultiCallable[_registry_service_pb2.UploadVersionRequest, _registry_service_pb2.UploadVersionResponse]  # type: ignore[assignment]
+    """Uploads a bundle: first a message with the header, then the bundle's bytes
+    in chunks of at most 1 MiB. Uploading a bundle identical to an existing
+    version of the model returns that version (`created` false). The new
+    version is built in the background; follow it with StreamBuildLog.
+    """
+    GetVersion: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetVersionRequest, _registry_service_pb2.GetVersionResponse]  # type: ignore[assignment]
+    """Returns one version of a model the caller may see."""
+    ListVersions: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListVersionsRequest, _registry_service_pb2.ListVersionsResponse]  # type: ignore[assignment]
+    """Lists a model's versions, newest first, a page at a time."""
+    StreamBuildLog: _aio.UnaryStreamMultiCallable[_registry_service_pb2.StreamBuildLogRequest, _registry_service_pb2.StreamBuildLogResponse]  # type: ignore[assignment]
+    """Streams a version's build log: what has been written so far, then new
+    lines as the build writes them, and a last message with the final state.
+    Only the owner (or an admin) may read build logs.
+    """
+    PublishVersion: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.PublishVersionRequest, _registry_service_pb2.PublishVersionResponse]  # type: ignore[assignment]
+    """Makes a READY version the model's live version. The previous live version
+    is retired; its record stays.
+    """
+    TakeOffline: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.TakeOfflineRequest, _registry_service_pb2.TakeOfflineResponse]  # type: ignore[assignment]
+    """Takes the model offline: no live version, no more runs. Every record stays,
+    and a version can be published again later.
     """
 
-    ...
+class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
+    """RegistryService holds models and their immutable, content-addressed versions.
+
+    A provider creates a model, uploads versions of it (each a bundle of code,
+    requirements and a `foretell.toml` manifest, identified by the sha256 of the
+    canonical bundle), and publishes one version as the model's live version.
+    A version never changes after upload; a change is a new version.
+    """
+
+    @_abc_1.abstractmethod
+    def CreateModel(
+        self,
+        request: _registry_service_pb2.CreateModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.CreateModelResponse, _abc.Awaitable[_registry_service_pb2.CreateModelResponse]]:
+        """Creates a model owned by the calling provider. The name is a global,
+        permanent slug. New models are private.
+        """
+
+    @_abc_1.abstractmethod
+    def GetModel(
+        self,
+        request: _registry_service_pb2.GetModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.GetModelResponse, _abc.Awaitable[_registry_service_pb2.GetModelResponse]]:
+        """Returns a model: a public one, or one of the caller's own."""
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _registry_service_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.ListModelsResponse, _abc.Awaitable[_registry_service_pb2.ListModelsResponse]]:
+        """Lists the public catalog plus the caller's own private models, ordered by
+        name, a page at a time.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateModel(
+        self,
+        request: _registry_service_pb2.UpdateModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.UpdateModelResponse, _abc.Awaitable[_registry_service_pb2.UpdateModelResponse]]:
+        """Updates the fields named in `update_mask`: title, description, tags,
+        visibility. Only the owner may.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteModel(
+        self,
+        request: _registry_service_pb2.DeleteModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.DeleteModelResponse, _abc.Awaitable[_registry_service_pb2.DeleteModelResponse]]:
+        """Deletes a model that never had a published version (FAILED_PRECONDITION
+        otherwise: a track record is never deleted). Only the owner may.
+        """
+
+    @_abc_1.abstractmethod
+    def UploadVersion(
+        self,
+        request_iterator: _MaybeAsyncIterator[_registry_service_pb2.UploadVersionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.UploadVersionResponse, _abc.Awaitable[_registry_service_pb2.UploadVersionResponse]]:
+        """Uploads a bundle: first a message with the header, then the bundle's bytes
+        in chunks of at most 1 MiB. Uploading a bundle identical to an existing
+        version of the model returns that version (`created` false). The new
+        version is built in the background; follow it with StreamBuildLog.
+        """
+
+    @_abc_1.abstractmethod
+    def GetVersion(
+        self,
+        request: _registry_service_pb2.GetVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.GetVersionResponse, _abc.Awaitable[_registry_service_pb2.GetVersionResponse]]:
+        """Returns one version of a model the caller may see."""
+
+    @_abc_1.abstractmethod
+    def ListVersions(
+        self,
+        request: _registry_service_pb2.ListVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.ListVersionsResponse, _abc.Awaitable[_registry_service_pb2.ListVersionsResponse]]:
+        """Lists a model's versions, newest first, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def StreamBuildLog(
+        self,
+        request: _registry_service_pb2.StreamBuildLogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_registry_service_pb2.StreamBuildLogResponse], _abc.AsyncIterator[_registry_service_pb2.StreamBuildLogResponse]]:
+        """Streams a version's build log: what has been written so far, then new
+        lines as the build writes them, and a last message with the final state.
+        Only the owner (or an admin) may read build logs.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishVersion(
+        self,
+        request: _registry_service_pb2.PublishVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.PublishVersionResponse, _abc.Awaitable[_registry_service_pb2.PublishVersionResponse]]:
+        """Makes a READY version the model's live version. The previous live version
+        is retired; its record stays.
+        """
+
+    @_abc_1.abstractmethod
+    def TakeOffline(
+        self,
+        request: _registry_service_pb2.TakeOfflineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.TakeOfflineResponse, _abc.Awaitable[_registry_service_pb2.TakeOfflineResponse]]:
+        """Takes the model offline: no live version, no more runs. Every record stays,
+        and a version can be published again later.
+        """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,121 @@
+"""The content-addressed artifact store: bundles by their sha256, built images by the digest
+of their file tree. Nothing in it is ever modified; every read re-verifies the digest, so a
+file changed on disk behind the platform's back is caught before it is used."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+_CHUNK = 1024 * 1024
+
+
+class ArtifactCorrupt(Exception):
+    """An artifact's content no longer matches its digest."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def tree_digest(root: Path) -> str:
+    """Digest of a directory tree: every regular file's relative path, executable bit and
+    content, in sorted order. Timestamps and owners do not count, so the same build inputs
+    give the same digest. Anything but files and directories is refused."""
+    outer = hashlib.sha256()
+    entries: list[tuple[str, Path]] = []
+    for directory, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in [*dirnames, *filenames]:
+            path = Path(directory, name)
+            mode = path.lstat().st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise ArtifactCorrupt(f"{path.relative_to(root)}: not a file or directory")
+        entries += [
+            (str(Path(directory, f).relative_to(root)), Path(directory, f)) for f in filenames
+        ]
+    for relative, path in sorted(entries, key=lambda e: e[0].encode()):
+        executable = "x" if path.stat().st_mode & 0o111 else "-"
+        outer.update(f"{relative}\0{executable}\0{sha256_file(path)}\n".encode())
+    return f"sha256:{outer.hexdigest()}"
+
+
+def _hex(digest: str) -> str:
+    algorithm, _, value = digest.partition(":")
+    if algorithm != "sha256" or len(value) != 64 or not all(c in "0123456789abcdef" for c in value):
+        raise ValueError(f"not a sha256 digest: {digest!r}")
+    return value
+
+
+def _make_read_only(root: Path) -> None:
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(directory, name)
+            path.chmod(path.stat().st_mode & 0o555)
+        Path(directory).chmod(0o555)
+
+
+@dataclass(frozen=True)
+class ArtifactStore:
+    root: Path
+
+    def scratch(self) -> Path:
+        """A new private working directory inside the store's filesystem, so finished
+        artifacts move into place with an atomic rename."""
+        path = self.root / "tmp" / uuid.uuid4().hex
+        path.mkdir(parents=True, mode=0o700)
+        return path
+
+    def bundle_path(self, digest: str) -> Path:
+        return self.root / "bundles" / _hex(digest)
+
+    def put_bundle(self, source: Path, digest: str) -> Path:
+        """Moves `source` (a file in scratch space) into the store as `digest`."""
+        if sha256_file(source) != digest:
+            raise ArtifactCorrupt(f"bundle does not match {digest}")
+        target = self.bundle_path(digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source.chmod(0o444)
+        if target.exists():
+            source.unlink()
+        else:
+            os.replace(source, target)
+        return target
+
+    def read_bundle(self, digest: str) -> bytes:
+        data = self.bundle_path(digest).read_bytes()
+        if f"sha256:{hashlib.sha256(data).hexdigest()}" != digest:
+            raise ArtifactCorrupt(f"bundle {digest} was modified in the store")
+        return data
+
+    def image_path(self, image_digest: str) -> Path:
+        return self.root / "images" / _hex(image_digest)
+
+    def put_image(self, built: Path) -> str:
+        """Moves a built image directory into the store; returns its digest. An identical
+        image already there is kept and `built` discarded."""
+        digest = tree_digest(built)
+        target = self.image_path(digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            shutil.rmtree(built)
+        else:
+            _make_read_only(built)
+            os.replace(built, target)
+        return digest
+
+    def verified_image(self, image_digest: str) -> Path:
+        """The image's directory, after checking its files still match its digest."""
+        path = self.image_path(image_digest)
+        if not path.is_dir() or tree_digest(path) != image_digest:
+            raise ArtifactCorrupt(f"image {image_digest} is missing or was modified")
+        return path
