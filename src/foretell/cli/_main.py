@@ -26,9 +26,17 @@ def cli() -> None:
     """Foretell: host forecasting models in a sandbox and sell their forecasts.
 
     \b
-    Examples:
+    Providers:
+      foretell login                   # sign in to localhost:8080 (or --url, FORETELL_URL)
+      foretell init eurusd-momentum    # a model folder that works as generated
+      foretell push eurusd-momentum --create
+      foretell publish eurusd-momentum 1
+
+    \b
+    Operators:
       foretell up                      # run the whole platform on this machine
       foretell serve account           # run one service (needs FORETELL_DATABASE_URL)
+      foretell worker                  # run background jobs (builds)
       foretell db upgrade              # migrate the database
       foretell admin create-user --email ops@example.com
     """
