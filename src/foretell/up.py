@@ -6,12 +6,12 @@ Order of start-up, cheapest checks first so that a mistake costs nothing:
 2. check that every address we will listen on is free;
 3. create the JWT signing key, render and validate the Envoy config;
 4. start the embedded PostgreSQL (unless FORETELL_DATABASE_URL is set) and migrate;
-5. run the children under honcho: the services, the worker (background jobs), Envoy and the
-   embedded redis-server (unless FORETELL_REDIS_URL is set); a thread waits until they all
-   answer, then prints a banner.
+5. start the embedded Redis (unless FORETELL_REDIS_URL is set);
+6. run the children under honcho: the services, the worker (background jobs) and Envoy; a
+   thread waits until they all answer, then prints a banner.
 
 When any child exits, honcho stops the others; Ctrl-C or SIGTERM stops them all, each with the
-services' grace period. The embedded PostgreSQL is stopped last.
+services' grace period. The embedded Redis and PostgreSQL are stopped last.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import os
 import shlex
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 import grpc
 import honcho.manager
@@ -529,11 +530,10 @@ def _banner(
 # The command
 
 
-def _start_stores(
-    settings: Settings, console: _Console, stack: contextlib.ExitStack
-) -> tuple[_Stores, list[str] | None]:
-    """The database (started and migrated) and the Redis URL, plus the redis-server command line
-    when Redis is embedded (it runs under honcho with the other children)."""
+def _start_stores(settings: Settings, console: _Console, stack: contextlib.ExitStack) -> _Stores:
+    """The database (started and migrated) and Redis, embedded ones started when no URL is
+    given. Both run outside honcho and stop after its children (`stack` unwinds last): the
+    services and the worker must never see their stores vanish while they shut down."""
     from foretell._embedded import redis_command, start_postgres
     from foretell.db.migrate import upgrade_sync
 
@@ -551,15 +551,22 @@ def _start_stores(
         stack.callback(_stop_postgres, postgres.stop, console)
         database_url = postgres.url
 
-    redis_argv: list[str] | None = None
     redis_dir: Path | None = None
     redis_url = settings.redis_url
     if redis_url is None:
         try:
             embedded = redis_command(settings.data_dir / "redis")
+            log = open(embedded.directory / "redis.log", "ab")  # noqa: SIM115 - closed on stop
+            # A session of its own, like PostgreSQL's: a Ctrl-C in the terminal must not stop
+            # it before the services and the worker.
+            redis = subprocess.Popen(  # noqa: S603 - our own redis-server command line
+                embedded.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         except OSError as error:
-            raise StartupError(f"embedded Redis cannot be set up: {error}") from error
-        redis_argv, redis_url, redis_dir = embedded.argv, embedded.url, embedded.directory
+            raise StartupError(f"embedded Redis cannot be started: {error}") from error
+        console.say(f"started embedded Redis in {embedded.directory} (pid {redis.pid})")
+        stack.callback(_stop_redis, redis, log, console)
+        redis_url, redis_dir = embedded.url, embedded.directory
 
     console.say(f"migrating the database at {_safe_url(database_url)}")
     try:
@@ -568,7 +575,18 @@ def _start_stores(
         raise StartupError(
             f"could not migrate the database at {_safe_url(database_url)}: {error}"
         ) from error
-    return _Stores(database_url, redis_url, pgdata, redis_dir), redis_argv
+    return _Stores(database_url, redis_url, pgdata, redis_dir)
+
+
+def _stop_redis(process: subprocess.Popen[bytes], log: IO[bytes], console: _Console) -> None:
+    console.say("stopping embedded Redis")
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    log.close()
 
 
 def _stop_postgres(stop: Callable[[], None], console: _Console) -> None:
@@ -623,7 +641,7 @@ def run_up(settings: Settings) -> int:
         raise StartupError(f"FORETELL_DATA_DIR {data_dir}: {error.strerror}") from error
     settings = dataclasses.replace(settings, data_dir=data_dir)
     plan = plan_services(settings)
-    names = [p.name for p in plan] + ["worker", "envoy"] + ([] if settings.redis_url else ["redis"])
+    names = [p.name for p in plan] + ["worker", "envoy"]
     console = _Console(sys.stdout, names)
 
     with _startup_signals(), _data_dir_lock(data_dir), contextlib.ExitStack() as stack:
@@ -633,11 +651,11 @@ def run_up(settings: Settings) -> int:
 
             load_or_create_keys(settings.keys_dir)
             envoy_yaml = _envoy_config(settings, plan)
-            stores, redis_argv = _start_stores(settings, console, stack)
+            stores = _start_stores(settings, console, stack)
         except KeyboardInterrupt:
             console.say("interrupted during start-up")
             return 0
-        return _supervise(settings, plan, stores, redis_argv, envoy_yaml, console, started_at)
+        return _supervise(settings, plan, stores, envoy_yaml, console, started_at)
     raise AssertionError("unreachable")  # pragma: no cover - the with block always returns
 
 
@@ -645,7 +663,6 @@ def _supervise(
     settings: Settings,
     plan: Sequence[ServiceProcess],
     stores: _Stores,
-    redis_argv: list[str] | None,
     envoy_yaml: Path,
     console: _Console,
     started_at: float,
@@ -692,8 +709,6 @@ def _supervise(
         _shell([*_foretell_command(), "worker"]),
         env=_child_env(settings, stores, plan[0]),
     )
-    if redis_argv is not None:
-        manager.add_process("redis", _shell(redis_argv))
     envoy_argv = [
         envoy_binary(),
         "-c",

@@ -86,8 +86,13 @@ def worker() -> None:
       FORETELL_DATABASE_URL=postgresql://localhost/foretell \\
       FORETELL_REDIS_URL=redis://localhost:6379/0 foretell worker
     """
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from foretell.logs import get_logger
     from foretell.settings import SettingsError
     from foretell.worker import create_worker
+
+    log = get_logger("foretell.worker")
 
     settings = _settings()
     if not settings.database_url or not settings.redis_url:
@@ -101,7 +106,11 @@ def worker() -> None:
             # arq cancels its main task on SIGTERM or SIGINT: that is a clean stop.
             pass
         finally:
-            await running.close()
+            try:
+                await running.close()
+            except RedisConnectionError:
+                # When the whole platform stops, Redis may go first: nothing left to tidy.
+                log.info("redis gone before the worker closed")
 
     try:
         asyncio.run(run())
