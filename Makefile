@@ -15,7 +15,18 @@ PROTODEPS := .build/protodeps
 help: ## Show this help
 	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
+# Debian packages the platform needs beyond pip: the jail's Python runtime (the sandbox binds
+# Debian's world-readable /usr/bin/python3.11 and its stdlib into each run).
+SYSTEM_PACKAGES := python3.11-minimal libpython3.11-stdlib
+
+system-deps: ## Install the Debian packages the sandbox needs (as root; no-op when present)
+	@if ! [ -x /usr/bin/python3.11 ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES); \
+	  else echo "install $(SYSTEM_PACKAGES) (apt-get, as root) for the sandbox" >&2; exit 1; fi; \
+	fi
+
 $(VENV_STAMP): pyproject.toml
+	@$(MAKE) system-deps
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -75,4 +86,4 @@ bench: $(VENV_STAMP) ## Print the RPC throughput and latency figures (bench/READ
 clean: ## Remove the virtualenv, build leftovers and the local data directory
 	rm -rf $(VENV) .build .foretell .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv run test lint fmt protodeps gen gen-check breaking bench clean
+.PHONY: help system-deps venv run test lint fmt protodeps gen gen-check breaking bench clean

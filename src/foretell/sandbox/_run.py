@@ -1,0 +1,158 @@
+"""One run: render the policy, start nsjail, supervise it, always clean up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import stat
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from foretell.sandbox._capture import CappedOutput
+from foretell.sandbox._cgroups import CgroupHost, create_run_cgroups, detect_cgroups
+from foretell.sandbox._errors import SandboxUnavailable
+from foretell.sandbox._host import PythonRuntime, check_reachable, nsjail_binary, system_python
+from foretell.sandbox._limits import DEFAULT_USER, JailUser, SandboxLimits
+from foretell.sandbox._outcome import SandboxResult, classify, read_ending
+from foretell.sandbox._policy import SOCKET_NAME, RunPaths, render_policy
+
+# nsjail checks its time limit about once a second; the outside deadline leaves it room to do
+# so (and to log it) before we kill it ourselves.
+_OUTSIDE_GRACE_S = 2.0
+# After nsjail is gone nothing can hold the pipes open for long; this only guards a hang.
+_DRAIN_TIMEOUT_S = 5.0
+
+OutputJudge = Callable[[SandboxResult], str | None]
+
+
+@functools.cache
+def default_cgroups() -> CgroupHost:
+    return detect_cgroups()
+
+
+def prepare_run_dir(run_dir: Path) -> Path:
+    """Creates the run's directory and its socket directory, and returns the host path where
+    the worker serves the run's gRPC socket (FORETELL_SOCKET inside the jail). Serve it before
+    `run_in_sandbox`, which hands the directory and the sockets in it to the jail's user. Keep
+    `run_dir` short: a Unix socket path is limited to ~107 bytes."""
+    run_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+    (run_dir / "sock").mkdir(mode=0o700, exist_ok=True)
+    return run_dir / "sock" / SOCKET_NAME
+
+
+def _hand_over_socket_dir(run: RunPaths) -> None:
+    """The jail's user must search the socket directory and write to the sockets in it (connect
+    needs write permission on the socket inode); nobody else on the host gets in."""
+    # Others may only traverse the run directory (to the socket directory), not list it.
+    os.chmod(run.run_dir, 0o711)  # noqa: S103
+    directory = run.socket_dir
+    os.chown(directory, run.user.outside_uid, run.user.outside_gid)
+    os.chmod(directory, 0o700)
+    for entry in directory.iterdir():
+        if stat.S_ISSOCK(entry.lstat().st_mode):
+            os.chown(entry, run.user.outside_uid, run.user.outside_gid, follow_symlinks=False)
+    for path in (run.image_dir / "app", run.image_dir / "site-packages", directory):
+        check_reachable(path, run.user)
+
+
+async def run_in_sandbox(
+    image_dir: Path,
+    run_dir: Path,
+    argv: Sequence[str],
+    limits: SandboxLimits,
+    *,
+    user: JailUser = DEFAULT_USER,
+    runtime: PythonRuntime | None = None,
+    cgroups: CgroupHost | None = None,
+    judge_output: OutputJudge | None = None,
+) -> SandboxResult:
+    """Runs the jail's Python with `argv` (interpreter arguments, e.g. ["-m", "pkg.main"]) on
+    the image at `image_dir` (its `app/` and `site-packages/`), the run's socket served in
+    `prepare_run_dir(run_dir)`. The jail is killed on timeout, on error and on cancellation,
+    and its cgroups are removed, before this returns or raises.
+
+    `judge_output` sees a result that ended OK and returns a reason to call it INVALID_OUTPUT,
+    or None. Raises SandboxError (never a model outcome) when the jail itself fails."""
+    if os.geteuid() != 0:
+        raise SandboxUnavailable("nsjail needs root to map users and create cgroups")
+    prepare_run_dir(run_dir)
+    run_cgroups = create_run_cgroups(cgroups or default_cgroups())
+    try:
+        run = RunPaths(image_dir, run_dir, runtime or system_python(), run_cgroups, user)
+        _hand_over_socket_dir(run)
+        run.config_file.write_text(render_policy(limits, run))
+        run.config_file.chmod(0o600)
+        run.log_file.unlink(missing_ok=True)
+        result = await _supervise(run, argv, limits)
+    finally:
+        await asyncio.shield(run_cgroups.remove())
+    if judge_output is not None and (reason := judge_output(result)) is not None:
+        return result.invalid_output(reason)
+    return result
+
+
+async def _supervise(run: RunPaths, argv: Sequence[str], limits: SandboxLimits) -> SandboxResult:
+    started = time.monotonic()
+    process = await asyncio.create_subprocess_exec(
+        nsjail_binary(), "--config", str(run.config_file), "--",
+        str(run.runtime.executable), *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={},
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stderr is not None
+    stdout, stderr = CappedOutput(limits.output_bytes), CappedOutput(limits.output_bytes)
+    readers = [
+        asyncio.create_task(stdout.drain(process.stdout)),
+        asyncio.create_task(stderr.drain(process.stderr)),
+    ]
+    killed_from_outside = False
+    try:
+        try:
+            await asyncio.wait_for(process.wait(), limits.wall_seconds + _OUTSIDE_GRACE_S)
+        except TimeoutError:
+            killed_from_outside = True
+    finally:
+        # Synchronous and first: a cancelled job (arq's timeout) must not leave nsjail running.
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        await asyncio.shield(_reap(process, readers))
+    duration = time.monotonic() - started
+    log = run.log_file.read_text(errors="replace") if run.log_file.exists() else ""
+    ending = read_ending(log)
+    outcome, detail = classify(
+        ending,
+        stderr.text(),
+        limits,
+        killed_from_outside=killed_from_outside,
+        oom=run.cgroups.out_of_memory(limits.memory_bytes),
+        duration_s=duration,
+    )
+    return SandboxResult(
+        outcome=outcome,
+        detail=detail,
+        stdout=stdout.text(),
+        stderr=stderr.text(),
+        stdout_truncated=stdout.truncated,
+        stderr_truncated=stderr.truncated,
+        exit_code=ending.exit_code,
+        signal=ending.signal,
+        duration_s=duration,
+        log=log,
+    )
+
+
+async def _reap(process: asyncio.subprocess.Process, readers: list[asyncio.Task[None]]) -> None:
+    await process.wait()
+    # The jail's first process is PID 1 of its namespace and dies with nsjail, taking the rest
+    # with it; the pipes then reach EOF, and reading them to the end closes the transports.
+    _done, pending = await asyncio.wait(readers, timeout=_DRAIN_TIMEOUT_S)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
