@@ -48,6 +48,9 @@ def _answers(host: str, port: int) -> bool:
 def tmp_root() -> Iterator[Path]:
     # Short path: Unix sockets (embedded PostgreSQL and Redis) cap path length at ~107 bytes.
     with tempfile.TemporaryDirectory(prefix="ft-", dir="/tmp") as root:
+        # Searchable by others: the sandbox bind-mounts images from the store in here as the
+        # jail's unprivileged user.
+        Path(root).chmod(0o711)
         yield Path(root)
 
 

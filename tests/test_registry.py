@@ -358,7 +358,7 @@ async def test_the_import_check_has_no_network(
         )
     ).version
     assert version.build_state == pb.BUILD_STATE_FAILED
-    assert "unreachable" in version.failure_reason.lower()
+    assert "operation not permitted" in version.failure_reason.lower()
 
 
 async def test_same_bundle_same_image(

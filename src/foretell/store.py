@@ -72,7 +72,9 @@ class ArtifactStore:
         """A new private working directory inside the store's filesystem, so finished
         artifacts move into place with an atomic rename."""
         path = self.root / "tmp" / uuid.uuid4().hex
-        path.mkdir(parents=True, mode=0o700)
+        # Searchable (not listable) by others: the sandbox bind-mounts an image being built
+        # from here as the jail's unprivileged user.
+        path.mkdir(parents=True, mode=0o711)
         return path
 
     def bundle_path(self, digest: str) -> Path:

@@ -5,17 +5,17 @@ import os
 import shutil
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from foretell.bundle import Manifest, extract_bundle
+from foretell.sandbox import Outcome, SandboxError, SandboxLimits, run_in_sandbox
 from foretell.store import ArtifactStore
 
 LogWriter = Callable[[str], Awaitable[None]]
 
-# Imports the entrypoint and checks it is callable; the bundle's code runs here for the first
-# time, so it runs with no network and no bytecode written into the image.
+# Imports the entrypoint and checks it is callable (inside the jail; -B: no bytecode written).
 _IMPORT_CHECK = """
 import importlib, sys
 app, site, entrypoint = sys.argv[1:4]
@@ -26,7 +26,6 @@ if not callable(function):
     sys.exit(f"{entrypoint}: {function_name} is not a callable in {module_name}")
 print(f"imported {entrypoint}")
 """
-_IMPORT_TIMEOUT_S = 60
 
 
 class BuildFailed(Exception):
@@ -39,15 +38,6 @@ class Builder(Protocol):
         ...
 
 
-def _no_network_prefix() -> list[str]:
-    # A network namespace of its own (no interfaces): needs root or user namespaces. The
-    # sandbox (nsjail) replaces this once it exists.
-    unshare = shutil.which("unshare")
-    if unshare and os.geteuid() == 0:
-        return [unshare, "--net", "--"]
-    return []
-
-
 @dataclass(frozen=True)
 class NativeBuilder:
     """Installs the requirements, wheels only, into `image/site-packages`, copies the code to
@@ -58,6 +48,8 @@ class NativeBuilder:
     wheelhouse: Path | None = None
     timeout_s: float = 600
     python: str = sys.executable
+    # The import check runs under the limits of a run.
+    limits: SandboxLimits = field(default_factory=lambda: SandboxLimits(wall_seconds=60))
 
     async def build(self, bundle: bytes, manifest: Manifest, log: LogWriter) -> str:
         work = self.store.scratch()
@@ -110,16 +102,24 @@ class NativeBuilder:
             raise BuildFailed(f"installing {requirements} failed: {tail or f'pip exited {code}'}")
 
     async def _check_import(self, image: Path, entrypoint: str, log: LogWriter) -> None:
-        # Relative paths (the step runs in the image's parent): tracebacks in the provider's
-        # build log name their own files, not the server's directories.
-        argv = [
-            *_no_network_prefix(), self.python, "-I", "-B", "-c", _IMPORT_CHECK,
-            f"{image.name}/app", f"{image.name}/site-packages", entrypoint,
-        ]  # fmt: skip
-        await log(f"importing {entrypoint} (no network)")
-        code, tail = await self._run(argv, image.parent, log, timeout_s=_IMPORT_TIMEOUT_S)
-        if code != 0:
-            raise BuildFailed(f"importing {entrypoint} failed: {tail or f'exit code {code}'}")
+        """Imports the entrypoint in the sandbox the runs use: no network, the image read-only,
+        the same limits as a run. The bundle's code executes here for the first time."""
+        argv = ["-I", "-B", "-c", _IMPORT_CHECK, "/image/app", "/image/site-packages", entrypoint]
+        await log(f"importing {entrypoint} in the sandbox (no network)")
+        run_dir = image.parent / "run"
+        try:
+            result = await run_in_sandbox(image, run_dir, argv, self.limits)
+        except SandboxError as error:
+            raise BuildFailed(f"the sandbox could not run the import check: {error}") from None
+        for line in (result.stdout + result.stderr).splitlines():
+            await log(line)
+        if result.outcome != Outcome.OK:
+            # The reason is one line (the traceback's last); the whole traceback is in the log.
+            lines = [line for line in result.detail.splitlines() if line.strip()]
+            summary = lines[-1].strip() if lines else str(result.outcome)
+            if result.outcome != Outcome.MODEL_ERROR:
+                summary = f"{result.outcome}: {summary}"
+            raise BuildFailed(f"importing {entrypoint} failed: {summary}")
 
     async def _run(
         self, argv: Sequence[str], cwd: Path, log: LogWriter, timeout_s: float | None = None
