@@ -30,8 +30,10 @@ SIGNED_IN_READ = Policy(roles=ANYONE_SIGNED_IN, api_key=True)
 
 PROVIDERS = Policy(roles=frozenset({Role.PROVIDER}))
 PROVIDERS_AND_ADMINS = Policy(roles=frozenset({Role.PROVIDER, Role.ADMIN}))
+ADMINS = Policy(roles=frozenset({Role.ADMIN}))
 
 _REGISTRY = "/foretell.registry.v1.RegistryService/"
+_DATAFEED = "/foretell.datafeed.v1.DataFeedService/"
 
 POLICY: dict[str, Policy] = {
     "/foretell.account.v1.AccountService/CreateUser": PUBLIC,
@@ -58,6 +60,11 @@ POLICY: dict[str, Policy] = {
     _REGISTRY + "PublishVersion": PROVIDERS,
     # Admins may take a model offline (moderation); they never publish for a provider.
     _REGISTRY + "TakeOffline": PROVIDERS_AND_ADMINS,
+    # Market data is the platform's: everyone signed in reads it (API keys too, for scripts);
+    # only an admin adds or corrects it.
+    _DATAFEED + "ListSymbols": SIGNED_IN_READ,
+    _DATAFEED + "GetBars": SIGNED_IN_READ,
+    _DATAFEED + "IngestBars": ADMINS,
 }
 
 # Infrastructure services every process exposes; they carry no user data.

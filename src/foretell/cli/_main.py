@@ -6,6 +6,8 @@ import click
 
 from foretell.cli._account import login, logout, whoami
 from foretell.cli._client import EXIT_CODES_HELP
+from foretell.cli._data import data
+from foretell.cli._demo import demo
 from foretell.cli._registry import (
     create,
     init,
@@ -33,12 +35,19 @@ def cli() -> None:
       foretell publish eurusd-momentum 1
 
     \b
+    Market data:
+      foretell data symbols            # what there is: symbols, resolutions, time spans
+      foretell data bars EURUSD --last 10
+      foretell data import EURUSD.csv --symbol EURUSD --resolution 1h   # admins
+
+    \b
     Operators:
       foretell up                      # run the whole platform on this machine
       foretell serve account           # run one service (needs FORETELL_DATABASE_URL)
       foretell worker                  # run background jobs (builds)
       foretell db upgrade              # migrate the database
       foretell admin create-user --email ops@example.com
+      foretell demo                    # load the demo market data (EURUSD, GOOG)
     """
 
 
@@ -47,6 +56,7 @@ cli.add_command(serve)
 cli.add_command(worker)
 cli.add_command(db)
 cli.add_command(admin)
+cli.add_command(demo)
 # Provider commands: client side only, against a running Foretell (--url / FORETELL_URL).
 for command in (
     login,
@@ -61,6 +71,7 @@ for command in (
     offline,
     visibility,
     logs,
+    data,
 ):
     cli.add_command(command)
 cli.epilog = EXIT_CODES_HELP

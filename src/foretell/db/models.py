@@ -11,10 +11,12 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Double,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
     LargeBinary,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
@@ -124,3 +126,21 @@ class Version(Base):
     build_finished_at: Mapped[datetime | None]
     build_log: Mapped[str] = mapped_column(Text)
     published_at: Mapped[datetime | None]
+
+
+class Bar(Base):
+    """One OHLCV bar. Its rules (grid-aligned open time, finite values, high and low around
+    open and close) are CHECK constraints of migration 0003 as well as code."""
+
+    __tablename__ = "bars"
+    __table_args__ = (PrimaryKeyConstraint("symbol", "resolution", "open_time", name="bars_pkey"),)
+
+    symbol: Mapped[str] = mapped_column(String(32))
+    resolution: Mapped[str] = mapped_column(String(4))
+    open_time: Mapped[datetime]
+    close_time: Mapped[datetime]
+    open: Mapped[float] = mapped_column(Double)
+    high: Mapped[float] = mapped_column(Double)
+    low: Mapped[float] = mapped_column(Double)
+    close: Mapped[float] = mapped_column(Double)
+    volume: Mapped[float] = mapped_column(Double)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.descriptor import ServiceDescriptor
 
 from foretell.account.v1 import account_service_pb2
-from foretell.datafeed.v1 import datafeed_service_pb2, datafeed_service_pb2_grpc
+from foretell.datafeed.v1 import datafeed_service_pb2
 from foretell.forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
 from foretell.registry.v1 import registry_service_pb2
 from foretell.subscription.v1 import subscription_service_pb2, subscription_service_pb2_grpc
@@ -42,6 +42,12 @@ def _registry(server: aio.Server, resources: Resources) -> None:
     add_to_server(server, resources)
 
 
+def _datafeed(server: aio.Server, resources: Resources) -> None:
+    from foretell.services.datafeed import add_to_server
+
+    add_to_server(server, resources)
+
+
 def _placeholder(add: Callable[[Any, Any], None], servicer: Any) -> Callable[..., None]:
     """Services whose RPCs arrive in later releases: registered so that they answer health
     checks and reflection."""
@@ -67,11 +73,7 @@ SERVICES: dict[str, ServiceDef] = {
         ),
     ),
     "datafeed": ServiceDef(
-        datafeed_service_pb2.DESCRIPTOR.services_by_name["DataFeedService"],
-        _placeholder(
-            datafeed_service_pb2_grpc.add_DataFeedServiceServicer_to_server,
-            datafeed_service_pb2_grpc.DataFeedServiceServicer,
-        ),
+        datafeed_service_pb2.DESCRIPTOR.services_by_name["DataFeedService"], _datafeed
     ),
     "forecast": ServiceDef(
         forecast_service_pb2.DESCRIPTOR.services_by_name["ForecastService"],

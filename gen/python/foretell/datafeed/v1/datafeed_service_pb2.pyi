@@ -3,6 +3,401 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
+from foretell.common.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+import builtins as _builtins
+import sys
+import typing as _typing
+
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
+else:
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ConflictPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConflictPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConflictPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONFLICT_POLICY_UNSPECIFIED: _ConflictPolicy.ValueType  # 0
+    """Not set: the same as CONFLICT_POLICY_REJECT, the safe choice."""
+    CONFLICT_POLICY_UPSERT: _ConflictPolicy.ValueType  # 1
+    """Overwrite the stored bar's prices and volume."""
+    CONFLICT_POLICY_REJECT: _ConflictPolicy.ValueType  # 2
+    """Refuse the whole ingest with ALREADY_EXISTS; nothing is written."""
+
+class ConflictPolicy(_ConflictPolicy, metaclass=_ConflictPolicyEnumTypeWrapper):
+    """ConflictPolicy says what an ingest does with bars whose open time is stored."""
+
+CONFLICT_POLICY_UNSPECIFIED: ConflictPolicy.ValueType  # 0
+"""Not set: the same as CONFLICT_POLICY_REJECT, the safe choice."""
+CONFLICT_POLICY_UPSERT: ConflictPolicy.ValueType  # 1
+"""Overwrite the stored bar's prices and volume."""
+CONFLICT_POLICY_REJECT: ConflictPolicy.ValueType  # 2
+"""Refuse the whole ingest with ALREADY_EXISTS; nothing is written."""
+Global___ConflictPolicy: _TypeAlias = ConflictPolicy  # noqa: Y015
+
+@_typing.final
+class Bars(_message.Message):
+    """Bars is a run of bars of one symbol and resolution as packed columns: element
+    i of every array belongs to the same bar, and every array has the same length.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPEN_TIMES_UNIX_FIELD_NUMBER: _builtins.int
+    OPENS_FIELD_NUMBER: _builtins.int
+    HIGHS_FIELD_NUMBER: _builtins.int
+    LOWS_FIELD_NUMBER: _builtins.int
+    CLOSES_FIELD_NUMBER: _builtins.int
+    VOLUMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def open_times_unix(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Open times in seconds since the Unix epoch (UTC), strictly increasing."""
+
+    @_builtins.property
+    def opens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Opening prices."""
+
+    @_builtins.property
+    def highs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Highest prices."""
+
+    @_builtins.property
+    def lows(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Lowest prices."""
+
+    @_builtins.property
+    def closes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Closing prices."""
+
+    @_builtins.property
+    def volumes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Traded volumes, 0 or more."""
+
+    def __init__(
+        self,
+        *,
+        open_times_unix: _abc.Iterable[_builtins.int] | None = ...,
+        opens: _abc.Iterable[_builtins.float] | None = ...,
+        highs: _abc.Iterable[_builtins.float] | None = ...,
+        lows: _abc.Iterable[_builtins.float] | None = ...,
+        closes: _abc.Iterable[_builtins.float] | None = ...,
+        volumes: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closes", b"closes", "highs", b"highs", "lows", b"lows", "open_times_unix", b"open_times_unix", "opens", b"opens", "volumes", b"volumes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Bars: _TypeAlias = Bars  # noqa: Y015
+
+@_typing.final
+class Series(_message.Message):
+    """Series describes the bars of one symbol at one resolution."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    BAR_COUNT_FIELD_NUMBER: _builtins.int
+    FIRST_OPEN_TIME_FIELD_NUMBER: _builtins.int
+    LAST_OPEN_TIME_FIELD_NUMBER: _builtins.int
+    resolution: _common_pb2.Resolution.ValueType
+    """The resolution."""
+    bar_count: _builtins.int
+    """How many bars are stored."""
+    @_builtins.property
+    def first_open_time(self) -> _timestamp_pb2.Timestamp:
+        """Open time of the earliest bar."""
+
+    @_builtins.property
+    def last_open_time(self) -> _timestamp_pb2.Timestamp:
+        """Open time of the latest bar."""
+
+    def __init__(
+        self,
+        *,
+        resolution: _common_pb2.Resolution.ValueType = ...,
+        bar_count: _builtins.int = ...,
+        first_open_time: _timestamp_pb2.Timestamp | None = ...,
+        last_open_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_open_time", b"first_open_time", "last_open_time", b"last_open_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bar_count", b"bar_count", "first_open_time", b"first_open_time", "last_open_time", b"last_open_time", "resolution", b"resolution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Series: _TypeAlias = Series  # noqa: Y015
+
+@_typing.final
+class SymbolInfo(_message.Message):
+    """SymbolInfo is a symbol and the resolutions it has bars at."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    SERIES_FIELD_NUMBER: _builtins.int
+    symbol: _builtins.str
+    """The symbol, e.g. "EURUSD": `[A-Z0-9][A-Z0-9._-]{0,31}`."""
+    @_builtins.property
+    def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___Series]:
+        """One entry per resolution with bars, finest first."""
+
+    def __init__(
+        self,
+        *,
+        symbol: _builtins.str = ...,
+        series: _abc.Iterable[Global___Series] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["series", b"series", "symbol", b"symbol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SymbolInfo: _TypeAlias = SymbolInfo  # noqa: Y015
+
+@_typing.final
+class ListSymbolsRequest(_message.Message):
+    """Request for DataFeedService.ListSymbols."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSymbolsRequest: _TypeAlias = ListSymbolsRequest  # noqa: Y015
+
+@_typing.final
+class ListSymbolsResponse(_message.Message):
+    """Response for DataFeedService.ListSymbols."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def symbols(self) -> _containers.RepeatedCompositeFieldContainer[Global___SymbolInfo]:
+        """Every symbol with bars, ordered by symbol."""
+
+    def __init__(
+        self,
+        *,
+        symbols: _abc.Iterable[Global___SymbolInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["symbols", b"symbols"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSymbolsResponse: _TypeAlias = ListSymbolsResponse  # noqa: Y015
+
+@_typing.final
+class GetBarsRequest(_message.Message):
+    """Request for DataFeedService.GetBars."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    LATEST_FIELD_NUMBER: _builtins.int
+    symbol: _builtins.str
+    """The symbol, e.g. "EURUSD"."""
+    resolution: _common_pb2.Resolution.ValueType
+    """The bars' resolution."""
+    limit: _builtins.int
+    """At most this many bars, 0 or more; 0 means no limit."""
+    latest: _builtins.bool
+    """With `limit`: keep the latest bars of the range instead of the earliest
+    (the last N bars before `end_time`). Bars are sent oldest first either way.
+    """
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Only bars opening at or after this time; unset: from the first bar."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Only bars opening before this time (exclusive); unset: to the last bar."""
+
+    def __init__(
+        self,
+        *,
+        symbol: _builtins.str = ...,
+        resolution: _common_pb2.Resolution.ValueType = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        limit: _builtins.int = ...,
+        latest: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "latest", b"latest", "limit", b"limit", "resolution", b"resolution", "start_time", b"start_time", "symbol", b"symbol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBarsRequest: _TypeAlias = GetBarsRequest  # noqa: Y015
+
+@_typing.final
+class GetBarsResponse(_message.Message):
+    """Response for DataFeedService.GetBars: one batch of bars."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BARS_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    last: _builtins.bool
+    """Set on the final message of the stream only."""
+    @_builtins.property
+    def bars(self) -> Global___Bars:
+        """At most 1,000 bars, continuing the previous batch."""
+
+    def __init__(
+        self,
+        *,
+        bars: Global___Bars | None = ...,
+        last: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bars", b"bars"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bars", b"bars", "last", b"last"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBarsResponse: _TypeAlias = GetBarsResponse  # noqa: Y015
+
+@_typing.final
+class IngestBarsHeader(_message.Message):
+    """The first message of an ingest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    ON_CONFLICT_FIELD_NUMBER: _builtins.int
+    symbol: _builtins.str
+    """The symbol: 1 to 32 of A-Z, 0-9, '.', '_' and '-', starting with a letter or
+    digit.
+    """
+    resolution: _common_pb2.Resolution.ValueType
+    """The bars' resolution."""
+    on_conflict: Global___ConflictPolicy.ValueType
+    """What to do with bars that are already stored."""
+    def __init__(
+        self,
+        *,
+        symbol: _builtins.str = ...,
+        resolution: _common_pb2.Resolution.ValueType = ...,
+        on_conflict: Global___ConflictPolicy.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["on_conflict", b"on_conflict", "resolution", b"resolution", "symbol", b"symbol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestBarsHeader: _TypeAlias = IngestBarsHeader  # noqa: Y015
+
+@_typing.final
+class IngestBarsRequest(_message.Message):
+    """Request for DataFeedService.IngestBars: a header, then batches of bars."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    BARS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___IngestBarsHeader:
+        """First message only."""
+
+    @_builtins.property
+    def bars(self) -> Global___Bars:
+        """The next 1 to 10,000 bars, later than every bar sent before."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___IngestBarsHeader | None = ...,
+        bars: Global___Bars | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bars", b"bars", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bars", b"bars", "header", b"header", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "bars"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___IngestBarsRequest: _TypeAlias = IngestBarsRequest  # noqa: Y015
+
+@_typing.final
+class IngestBarsResponse(_message.Message):
+    """Response for DataFeedService.IngestBars."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    RECEIVED_FIELD_NUMBER: _builtins.int
+    INSERTED_FIELD_NUMBER: _builtins.int
+    UPDATED_FIELD_NUMBER: _builtins.int
+    UNCHANGED_FIELD_NUMBER: _builtins.int
+    FIRST_OPEN_TIME_FIELD_NUMBER: _builtins.int
+    LAST_OPEN_TIME_FIELD_NUMBER: _builtins.int
+    symbol: _builtins.str
+    """The symbol."""
+    resolution: _common_pb2.Resolution.ValueType
+    """The resolution."""
+    received: _builtins.int
+    """Bars received."""
+    inserted: _builtins.int
+    """Bars that were new."""
+    updated: _builtins.int
+    """Stored bars whose values changed (upsert only)."""
+    unchanged: _builtins.int
+    """Stored bars that already had exactly these values (upsert only)."""
+    @_builtins.property
+    def first_open_time(self) -> _timestamp_pb2.Timestamp:
+        """Open time of the first bar received."""
+
+    @_builtins.property
+    def last_open_time(self) -> _timestamp_pb2.Timestamp:
+        """Open time of the last bar received."""
+
+    def __init__(
+        self,
+        *,
+        symbol: _builtins.str = ...,
+        resolution: _common_pb2.Resolution.ValueType = ...,
+        received: _builtins.int = ...,
+        inserted: _builtins.int = ...,
+        updated: _builtins.int = ...,
+        unchanged: _builtins.int = ...,
+        first_open_time: _timestamp_pb2.Timestamp | None = ...,
+        last_open_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_open_time", b"first_open_time", "last_open_time", b"last_open_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_open_time", b"first_open_time", "inserted", b"inserted", "last_open_time", b"last_open_time", "received", b"received", "resolution", b"resolution", "symbol", b"symbol", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestBarsResponse: _TypeAlias = IngestBarsResponse  # noqa: Y015

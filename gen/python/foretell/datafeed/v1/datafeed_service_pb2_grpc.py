@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from foretell.datafeed.v1 import datafeed_service_pb2 as foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -25,8 +26,13 @@ if _version_not_supported:
 
 
 class DataFeedServiceStub:
-    """DataFeedService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """DataFeedService serves the platform's market data: OHLCV bars per symbol and
+    resolution, the only data models may read.
+
+    A bar is identified by (symbol, resolution, open time). Open times are UTC and
+    sit on the resolution's grid: whole hours for 1h, 00:00, 04:00, … 20:00 for
+    4h, midnight for 1d. A bar's close time is its open time plus the resolution.
+    Bars travel as packed columns (see Bars), never one message per bar.
     """
 
     def __init__(self, channel):
@@ -35,16 +41,93 @@ class DataFeedServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.ListSymbols = channel.unary_unary(
+                '/foretell.datafeed.v1.DataFeedService/ListSymbols',
+                request_serializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.ListSymbolsRequest.SerializeToString,
+                response_deserializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.ListSymbolsResponse.FromString,
+                _registered_method=True)
+        self.GetBars = channel.unary_stream(
+                '/foretell.datafeed.v1.DataFeedService/GetBars',
+                request_serializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.GetBarsRequest.SerializeToString,
+                response_deserializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.GetBarsResponse.FromString,
+                _registered_method=True)
+        self.IngestBars = channel.stream_unary(
+                '/foretell.datafeed.v1.DataFeedService/IngestBars',
+                request_serializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.IngestBarsRequest.SerializeToString,
+                response_deserializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.IngestBarsResponse.FromString,
+                _registered_method=True)
 
 
 class DataFeedServiceServicer:
-    """DataFeedService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """DataFeedService serves the platform's market data: OHLCV bars per symbol and
+    resolution, the only data models may read.
+
+    A bar is identified by (symbol, resolution, open time). Open times are UTC and
+    sit on the resolution's grid: whole hours for 1h, 00:00, 04:00, … 20:00 for
+    4h, midnight for 1d. A bar's close time is its open time plus the resolution.
+    Bars travel as packed columns (see Bars), never one message per bar.
     """
+
+    def ListSymbols(self, request, context):
+        """Lists every symbol that has bars, ordered by symbol, with the bar count and
+        the first and last open time of each resolution it has.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBars(self, request, context):
+        """Streams the bars of one symbol and resolution whose open time is in
+        [start_time, end_time), oldest first, in batches of at most 1,000 bars.
+        The last message of every stream has `last` set (with the final bars, or
+        none when the range is empty), so a reader can tell a complete answer from
+        a cut one. A symbol with no bars at that resolution is NOT_FOUND.
+
+        REST clients get the whole stream as one JSON array of these messages,
+        e.g. `GET /v1/symbols/EURUSD/bars?resolution=RESOLUTION_1H&limit=10`
+        (`startTime` and `endTime` as RFC 3339). Over HTTP/1.1 an error after the
+        first message cannot be reported: an array whose final element lacks
+        `"last": true` is incomplete.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IngestBars(self, request_iterator, context):
+        """Adds bars to one symbol and resolution (admins only). The first message is
+        the header; the bars follow in batches of at most 10,000, open times
+        strictly increasing across the whole stream, at most 1,000,000 bars in all.
+        Every bar is checked: finite numbers, high >= max(open, close),
+        low <= min(open, close), volume >= 0, open time on the grid and closed
+        (close time not after now). Any problem rejects the whole ingest with
+        INVALID_ARGUMENT and field violations (`batches[B].FIELD[I]`, B counting
+        bar messages from 0). Bars whose open time is already stored are
+        overwritten or refused, as the header's `on_conflict` says; a refusal
+        (ALREADY_EXISTS) names the first such bar. Nothing is written unless
+        everything is: the ingest is one transaction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
 
 def add_DataFeedServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'ListSymbols': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSymbols,
+                    request_deserializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.ListSymbolsRequest.FromString,
+                    response_serializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.ListSymbolsResponse.SerializeToString,
+            ),
+            'GetBars': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetBars,
+                    request_deserializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.GetBarsRequest.FromString,
+                    response_serializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.GetBarsResponse.SerializeToString,
+            ),
+            'IngestBars': grpc.stream_unary_rpc_method_handler(
+                    servicer.IngestBars,
+                    request_deserializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.IngestBarsRequest.FromString,
+                    response_serializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.IngestBarsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'foretell.datafeed.v1.DataFeedService', rpc_method_handlers)
@@ -54,6 +137,92 @@ def add_DataFeedServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DataFeedService:
-    """DataFeedService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """DataFeedService serves the platform's market data: OHLCV bars per symbol and
+    resolution, the only data models may read.
+
+    A bar is identified by (symbol, resolution, open time). Open times are UTC and
+    sit on the resolution's grid: whole hours for 1h, 00:00, 04:00, … 20:00 for
+    4h, midnight for 1d. A bar's close time is its open time plus the resolution.
+    Bars travel as packed columns (see Bars), never one message per bar.
     """
+
+    @staticmethod
+    def ListSymbols(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.datafeed.v1.DataFeedService/ListSymbols',
+            foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.ListSymbolsRequest.SerializeToString,
+            foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.ListSymbolsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBars(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/foretell.datafeed.v1.DataFeedService/GetBars',
+            foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.GetBarsRequest.SerializeToString,
+            foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.GetBarsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IngestBars(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/foretell.datafeed.v1.DataFeedService/IngestBars',
+            foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.IngestBarsRequest.SerializeToString,
+            foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.IngestBarsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from foretell.datafeed.v1 import datafeed_service_pb2 as _datafeed_service_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -26,28 +27,149 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class DataFeedServiceStub:
-    """DataFeedService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """DataFeedService serves the platform's market data: OHLCV bars per symbol and
+    resolution, the only data models may read.
+
+    A bar is identified by (symbol, resolution, open time). Open times are UTC and
+    sit on the resolution's grid: whole hours for 1h, 00:00, 04:00, … 20:00 for
+    4h, midnight for 1d. A bar's close time is its open time plus the resolution.
+    Bars travel as packed columns (see Bars), never one message per bar.
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> DataFeedServiceAsyncStub: ...
+    ListSymbols: _grpc.UnaryUnaryMultiCallable[_datafeed_service_pb2.ListSymbolsRequest, _datafeed_service_pb2.ListSymbolsResponse]
+    """Lists every symbol that has bars, ordered by symbol, with the bar count and
+    the first and last open time of each resolution it has.
+    """
+    GetBars: _grpc.UnaryStreamMultiCallable[_datafeed_service_pb2.GetBarsRequest, _datafeed_service_pb2.GetBarsResponse]
+    """Streams the bars of one symbol and resolution whose open time is in
+    [start_time, end_time), oldest first, in batches of at most 1,000 bars.
+    The last message of every stream has `last` set (with the final bars, or
+    none when the range is empty), so a reader can tell a complete answer from
+    a cut one. A symbol with no bars at that resolution is NOT_FOUND.
+
+    REST clients get the whole stream as one JSON array of these messages,
+    e.g. `GET /v1/symbols/EURUSD/bars?resolution=RESOLUTION_1H&limit=10`
+    (`startTime` and `endTime` as RFC 3339). Over HTTP/1.1 an error after the
+    first message cannot be reported: an array whose final element lacks
+    `"last": true` is incomplete.
+    """
+    IngestBars: _grpc.StreamUnaryMultiCallable[_datafeed_service_pb2.IngestBarsRequest, _datafeed_service_pb2.IngestBarsResponse]
+    """Adds bars to one symbol and resolution (admins only). The first message is
+    the header; the bars follow in batches of at most 10,000, open times
+    strictly increasing across the whole stream, at most 1,000,000 bars in all.
+    Every bar is checked: finite numbers, high >= max(open, close),
+    low <= min(open, close), volume >= 0, open time on the grid and closed
+    (close time not after now). Any problem rejects the whole ingest with
+    INVALID_ARGUMENT and field violations (`batches[B].FIELD[I]`, B counting
+    bar messages from 0). Bars whose open time is already stored are
+    overwritten or refused, as the header's `on_conflict` says; a refusal
+    (ALREADY_EXISTS) names the first such bar. Nothing is written unless
+    everything is: the ingest is one transaction.
+    """
 
 @_typing.type_check_only
 class DataFeedServiceAsyncStub(DataFeedServiceStub):
-    """DataFeedService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """DataFeedService serves the platform's market data: OHLCV bars per symbol and
+    resolution, the only data models may read.
+
+    A bar is identified by (symbol, resolution, open time). Open times are UTC and
+    sit on the resolution's grid: whole hours for 1h, 00:00, 04:00, … 20:00 for
+    4h, midnight for 1d. A bar's close time is its open time plus the resolution.
+    Bars travel as packed columns (see Bars), never one message per bar.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    ListSymbols: _aio.UnaryUnaryMultiCallable[_datafeed_service_pb2.ListSymbolsRequest, _datafeed_service_pb2.ListSymbolsResponse]  # type: ignore[assignment]
+    """Lists every symbol that has bars, ordered by symbol, with the bar count and
+    the first and last open time of each resolution it has.
+    """
+    GetBars: _aio.UnaryStreamMultiCallable[_datafeed_service_pb2.GetBarsRequest, _datafeed_service_pb2.GetBarsResponse]  # type: ignore[assignment]
+    """Streams the bars of one symbol and resolution whose open time is in
+    [start_time, end_time), oldest first, in batches of at most 1,000 bars.
+    The last message of every stream has `last` set (with the final bars, or
+    none when the range is empty), so a reader can tell a complete answer from
+    a cut one. A symbol with no bars at that resolution is NOT_FOUND.
 
-class DataFeedServiceServicer(metaclass=_abc_1.ABCMeta):
-    """DataFeedService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    REST clients get the whole stream as one JSON array of these messages,
+    e.g. `GET /v1/symbols/EURUSD/bars?resolution=RESOLUTION_1H&limit=10`
+    (`startTime` and `endTime` as RFC 3339). Over HTTP/1.1 an error after the
+    first message cannot be reported: an array whose final element lacks
+    `"last": true` is incomplete.
+    """
+    IngestBars: _aio.StreamUnaryMultiCallable[_datafeed_service_pb2.IngestBarsRequest, _datafeed_service_pb2.IngestBarsResponse]  # type: ignore[assignment]
+    """Adds bars to one symbol and resolution (admins only). The first message is
+    the header; the bars follow in batches of at most 10,000, open times
+    strictly increasing across the whole stream, at most 1,000,000 bars in all.
+    Every bar is checked: finite numbers, high >= max(open, close),
+    low <= min(open, close), volume >= 0, open time on the grid and closed
+    (close time not after now). Any problem rejects the whole ingest with
+    INVALID_ARGUMENT and field violations (`batches[B].FIELD[I]`, B counting
+    bar messages from 0). Bars whose open time is already stored are
+    overwritten or refused, as the header's `on_conflict` says; a refusal
+    (ALREADY_EXISTS) names the first such bar. Nothing is written unless
+    everything is: the ingest is one transaction.
     """
 
-    ...
+class DataFeedServiceServicer(metaclass=_abc_1.ABCMeta):
+    """DataFeedService serves the platform's market data: OHLCV bars per symbol and
+    resolution, the only data models may read.
+
+    A bar is identified by (symbol, resolution, open time). Open times are UTC and
+    sit on the resolution's grid: whole hours for 1h, 00:00, 04:00, … 20:00 for
+    4h, midnight for 1d. A bar's close time is its open time plus the resolution.
+    Bars travel as packed columns (see Bars), never one message per bar.
+    """
+
+    @_abc_1.abstractmethod
+    def ListSymbols(
+        self,
+        request: _datafeed_service_pb2.ListSymbolsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_datafeed_service_pb2.ListSymbolsResponse, _abc.Awaitable[_datafeed_service_pb2.ListSymbolsResponse]]:
+        """Lists every symbol that has bars, ordered by symbol, with the bar count and
+        the first and last open time of each resolution it has.
+        """
+
+    @_abc_1.abstractmethod
+    def GetBars(
+        self,
+        request: _datafeed_service_pb2.GetBarsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_datafeed_service_pb2.GetBarsResponse], _abc.AsyncIterator[_datafeed_service_pb2.GetBarsResponse]]:
+        """Streams the bars of one symbol and resolution whose open time is in
+        [start_time, end_time), oldest first, in batches of at most 1,000 bars.
+        The last message of every stream has `last` set (with the final bars, or
+        none when the range is empty), so a reader can tell a complete answer from
+        a cut one. A symbol with no bars at that resolution is NOT_FOUND.
+
+        REST clients get the whole stream as one JSON array of these messages,
+        e.g. `GET /v1/symbols/EURUSD/bars?resolution=RESOLUTION_1H&limit=10`
+        (`startTime` and `endTime` as RFC 3339). Over HTTP/1.1 an error after the
+        first message cannot be reported: an array whose final element lacks
+        `"last": true` is incomplete.
+        """
+
+    @_abc_1.abstractmethod
+    def IngestBars(
+        self,
+        request_iterator: _MaybeAsyncIterator[_datafeed_service_pb2.IngestBarsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_datafeed_service_pb2.IngestBarsResponse, _abc.Awaitable[_datafeed_service_pb2.IngestBarsResponse]]:
+        """Adds bars to one symbol and resolution (admins only). The first message is
+        the header; the bars follow in batches of at most 10,000, open times
+        strictly increasing across the whole stream, at most 1,000,000 bars in all.
+        Every bar is checked: finite numbers, high >= max(open, close),
+        low <= min(open, close), volume >= 0, open time on the grid and closed
+        (close time not after now). Any problem rejects the whole ingest with
+        INVALID_ARGUMENT and field violations (`batches[B].FIELD[I]`, B counting
+        bar messages from 0). Bars whose open time is already stored are
+        overwritten or refused, as the header's `on_conflict` says; a refusal
+        (ALREADY_EXISTS) names the first such bar. Nothing is written unless
+        everything is: the ingest is one transaction.
+        """
 
 def add_DataFeedServiceServicer_to_server(servicer: DataFeedServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
