@@ -206,6 +206,18 @@ def test_up_serves_through_envoy_refuses_a_second_run_and_stops_cleanly(data_dir
         assert me.status_code == 200, me.text
         assert me.json()["user"]["id"] == user["id"]
 
+        # The demo market data is there: the real bars the backtesting package ships.
+        symbols = httpx.get(
+            f"{base}/v1/symbols", headers={"authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert symbols.status_code == 200, symbols.text
+        counts = {
+            (s["symbol"], r["resolution"]): int(r["barCount"])
+            for s in symbols.json()["symbols"]
+            for r in s["series"]
+        }
+        assert counts[("EURUSD", "RESOLUTION_1H")] == 5000
+
         # The banner's Python example: native gRPC through the same Envoy listener.
         with grpc.insecure_channel(env["FORETELL_HTTP_ADDR"]) as channel:
             reply = account_grpc.AccountServiceStub(channel).Login(

@@ -578,6 +578,21 @@ def _start_stores(settings: Settings, console: _Console, stack: contextlib.ExitS
     return _Stores(database_url, redis_url, pgdata, redis_dir)
 
 
+def _load_demo(database_url: str, console: _Console) -> None:
+    """The demo market data: the same idempotent load as `foretell demo`."""
+    import asyncio
+
+    from foretell.demo import DemoDataMissing, run_demo
+
+    try:
+        results = asyncio.run(run_demo(database_url))
+    except DemoDataMissing as error:
+        console.say(f"no demo data: {error}")
+        return
+    loaded = ", ".join(f"{r.symbol} {r.resolution} ({r.received} bars)" for r in results)
+    console.say(f"demo market data: {loaded}")
+
+
 def _stop_redis(process: subprocess.Popen[bytes], log: IO[bytes], console: _Console) -> None:
     console.say("stopping embedded Redis")
     process.terminate()
@@ -627,7 +642,7 @@ def _startup_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run_up(settings: Settings) -> int:
+def run_up(settings: Settings, *, demo: bool = False) -> int:
     """Runs the platform until Ctrl-C, SIGTERM or a child's exit (see the module docstring).
 
     Returns 0 after a stop by signal in which every child stopped cleanly, 1 otherwise.
@@ -652,6 +667,8 @@ def run_up(settings: Settings) -> int:
             load_or_create_keys(settings.keys_dir)
             envoy_yaml = _envoy_config(settings, plan)
             stores = _start_stores(settings, console, stack)
+            if demo:
+                _load_demo(stores.database_url, console)
         except KeyboardInterrupt:
             console.say("interrupted during start-up")
             return 0

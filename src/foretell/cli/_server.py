@@ -32,20 +32,27 @@ def _settings() -> Settings:
 
 
 @click.command()
-def up() -> None:
+@click.option(
+    "--demo/--no-demo",
+    default=True,
+    show_default=True,
+    help="Load the demo market data (real EURUSD and GOOG bars; idempotent).",
+)
+def up(demo: bool) -> None:
     """Run the whole platform: embedded PostgreSQL and Redis (unless FORETELL_DATABASE_URL and
-    FORETELL_REDIS_URL are set), migrations, the services and Envoy. Ctrl-C stops it all.
+    FORETELL_REDIS_URL are set), migrations, the demo data, the services, the worker and
+    Envoy. Ctrl-C stops it all.
 
     \b
     Examples:
       foretell up
       FORETELL_HTTP_ADDR=127.0.0.1:9080 foretell up
-      FORETELL_TOPOLOGY=split foretell up     # one process per service
+      FORETELL_TOPOLOGY=split foretell up --no-demo     # one process per service
     """
     from foretell.up import AlreadyRunning, StartupError, run_up
 
     try:
-        sys.exit(run_up(_settings()))
+        sys.exit(run_up(_settings(), demo=demo))
     except (AlreadyRunning, StartupError) as error:
         _fail(str(error), 1)
 
