@@ -68,6 +68,13 @@ class FailedPrecondition(ForetellError):
     reason = "FAILED_PRECONDITION"
 
 
+class OutOfRange(ForetellError):
+    """A request past a bound the caller may not cross (a run asking for bars after its as_of)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    reason = "OUT_OF_RANGE"
+
+
 class ResourceExhausted(ForetellError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"

@@ -31,6 +31,9 @@ SIGNED_IN_READ = Policy(roles=ANYONE_SIGNED_IN, api_key=True)
 PROVIDERS = Policy(roles=frozenset({Role.PROVIDER}))
 PROVIDERS_AND_ADMINS = Policy(roles=frozenset({Role.PROVIDER, Role.ADMIN}))
 ADMINS = Policy(roles=frozenset({Role.ADMIN}))
+# Nobody, whatever their role: for RPCs that exist only on a run's own Unix socket, where the
+# socket itself is the capability and no interceptor runs.
+NOBODY = Policy(roles=frozenset())
 
 _REGISTRY = "/foretell.registry.v1.RegistryService/"
 _DATAFEED = "/foretell.datafeed.v1.DataFeedService/"
@@ -65,6 +68,9 @@ POLICY: dict[str, Policy] = {
     _DATAFEED + "ListSymbols": SIGNED_IN_READ,
     _DATAFEED + "GetBars": SIGNED_IN_READ,
     _DATAFEED + "IngestBars": ADMINS,
+    # Only a model in its sandbox submits forecasts, over its run's socket
+    # (foretell.runs); on the public servers nobody may, so no signed-in user can forge them.
+    "/foretell.forecast.v1.ForecastService/SubmitForecasts": NOBODY,
 }
 
 # Infrastructure services every process exposes; they carry no user data.

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from foretell.bundle import Manifest, extract_bundle
 from foretell.sandbox import Outcome, SandboxError, SandboxLimits, run_in_sandbox
+from foretell.sandbox._policy import JAIL_SDK
 from foretell.store import ArtifactStore
 
 LogWriter = Callable[[str], Awaitable[None]]
@@ -18,8 +19,8 @@ LogWriter = Callable[[str], Awaitable[None]]
 # Imports the entrypoint and checks it is callable (inside the jail; -B: no bytecode written).
 _IMPORT_CHECK = """
 import importlib, sys
-app, site, entrypoint = sys.argv[1:4]
-sys.path[:0] = [app, site]
+app, site, entrypoint, *sdk = sys.argv[1:]
+sys.path[:0] = [*sdk, app, site]
 module_name, _, function_name = entrypoint.partition(":")
 function = getattr(importlib.import_module(module_name), function_name, None)
 if not callable(function):
@@ -48,6 +49,9 @@ class NativeBuilder:
     wheelhouse: Path | None = None
     timeout_s: float = 600
     python: str = sys.executable
+    # The provider SDK directory the runs bind (foretell.runs.sdk_dir): models import
+    # foretell.sdk, so the import check needs it too. None: not bound.
+    sdk: Path | None = None
     # The import check runs under the limits of a run.
     limits: SandboxLimits = field(default_factory=lambda: SandboxLimits(wall_seconds=60))
 
@@ -105,10 +109,12 @@ class NativeBuilder:
         """Imports the entrypoint in the sandbox the runs use: no network, the image read-only,
         the same limits as a run. The bundle's code executes here for the first time."""
         argv = ["-I", "-B", "-c", _IMPORT_CHECK, "/image/app", "/image/site-packages", entrypoint]
+        if self.sdk is not None:
+            argv.append(JAIL_SDK)
         await log(f"importing {entrypoint} in the sandbox (no network)")
         run_dir = image.parent / "run"
         try:
-            result = await run_in_sandbox(image, run_dir, argv, self.limits)
+            result = await run_in_sandbox(image, run_dir, argv, self.limits, sdk_dir=self.sdk)
         except SandboxError as error:
             raise BuildFailed(f"the sandbox could not run the import check: {error}") from None
         for line in (result.stdout + result.stderr).splitlines():

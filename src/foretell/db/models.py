@@ -144,3 +144,53 @@ class Bar(Base):
     low: Mapped[float] = mapped_column(Double)
     close: Mapped[float] = mapped_column(Double)
     volume: Mapped[float] = mapped_column(Double)
+
+
+class Run(Base):
+    """One execution of a version at one as_of: how it ended, its provider-facing detail and
+    its captured output. Unique per (version, as_of, kind): a retried job records nothing new."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        UniqueConstraint("version_id", "as_of", "kind", name="runs_version_as_of_kind_key"),
+        Index("runs_model_idx", "model_id", "as_of"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    version_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"))
+    as_of: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(9))
+    outcome: Mapped[str] = mapped_column(String(16))
+    duration_s: Mapped[float] = mapped_column(Double)
+    detail: Mapped[str] = mapped_column(Text)
+    log: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+_FORECAST_KEY = ("version_id", "as_of", "symbol", "target_time", "kind")
+
+
+class Forecast(Base):
+    """One recorded forecast, written by the platform after its run (recorded_at is the
+    platform's clock). Unique per (version, as_of, symbol, target_time, kind)."""
+
+    __tablename__ = "forecasts"
+    __table_args__ = (
+        UniqueConstraint(*_FORECAST_KEY, name="forecasts_version_as_of_symbol_target_kind_key"),
+        Index("forecasts_model_idx", "model_id", "target_time"),
+        Index("forecasts_run_idx", "run_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    version_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(9))
+    symbol: Mapped[str] = mapped_column(String(32))
+    as_of: Mapped[datetime]
+    target_time: Mapped[datetime]
+    direction: Mapped[str] = mapped_column(String(4))
+    predicted_return: Mapped[float | None] = mapped_column(Double)
+    probability: Mapped[float | None] = mapped_column(Double)
+    recorded_at: Mapped[datetime]

@@ -18,6 +18,10 @@ from foretell.sandbox._limits import DEFAULT_USER, JailUser, SandboxLimits
 TEMPLATE = "nsjail.cfg.j2"
 JAIL_APP = "/image/app"
 JAIL_SITE_PACKAGES = "/image/site-packages"
+# The platform's provider SDK (foretell.sdk, its generated protos, grpcio, protobuf), when a run
+# needs it: first on the path, so the wire client is the one the platform tested, whatever
+# versions the model's own requirements installed.
+JAIL_SDK = "/sdk"
 JAIL_SOCKET_DIR = "/run/foretell"
 SOCKET_NAME = "feed.sock"
 JAIL_SOCKET = f"{JAIL_SOCKET_DIR}/{SOCKET_NAME}"
@@ -38,6 +42,8 @@ class RunPaths:
     runtime: PythonRuntime
     cgroups: RunCgroups
     user: JailUser = DEFAULT_USER
+    # A read-only directory bound at /sdk and put first on PYTHONPATH; None: not bound.
+    sdk_dir: Path | None = None
 
     @property
     def socket_dir(self) -> Path:
@@ -157,7 +163,11 @@ def policy_values(limits: SandboxLimits, run: RunPaths) -> dict[str, object]:
         "lib_dir": str(run.runtime.lib_dir),
         "loader": str(run.runtime.loader),
         "loader_source": str(run.runtime.loader.resolve()),
-        "python_path": f"{JAIL_APP}:{JAIL_SITE_PACKAGES}",
+        "python_path": ":".join(
+            ([JAIL_SDK] if run.sdk_dir else []) + [JAIL_APP, JAIL_SITE_PACKAGES]
+        ),
+        "sdk_dir": str(run.sdk_dir) if run.sdk_dir else "",
+        "jail_sdk": JAIL_SDK,
         "image_app": str(run.image_dir / "app"),
         "image_site_packages": str(run.image_dir / "site-packages"),
         "socket_dir": str(run.socket_dir),

@@ -54,7 +54,8 @@ def _hand_over_socket_dir(run: RunPaths) -> None:
     for entry in directory.iterdir():
         if stat.S_ISSOCK(entry.lstat().st_mode):
             os.chown(entry, run.user.outside_uid, run.user.outside_gid, follow_symlinks=False)
-    for path in (run.image_dir / "app", run.image_dir / "site-packages", directory):
+    extra = (run.sdk_dir,) if run.sdk_dir else ()
+    for path in (run.image_dir / "app", run.image_dir / "site-packages", directory, *extra):
         check_reachable(path, run.user)
 
 
@@ -68,6 +69,7 @@ async def run_in_sandbox(
     runtime: PythonRuntime | None = None,
     cgroups: CgroupHost | None = None,
     judge_output: OutputJudge | None = None,
+    sdk_dir: Path | None = None,
 ) -> SandboxResult:
     """Runs the jail's Python with `argv` (interpreter arguments, e.g. ["-m", "pkg.main"]) on
     the image at `image_dir` (its `app/` and `site-packages/`), the run's socket served in
@@ -75,13 +77,15 @@ async def run_in_sandbox(
     and its cgroups are removed, before this returns or raises.
 
     `judge_output` sees a result that ended OK and returns a reason to call it INVALID_OUTPUT,
-    or None. Raises SandboxError (never a model outcome) when the jail itself fails."""
+    or None. `sdk_dir`, when given, is bound read-only at /sdk, first on PYTHONPATH (the
+    provider SDK, see foretell.runs). Raises SandboxError (never a model outcome) when the
+    jail itself fails."""
     if os.geteuid() != 0:
         raise SandboxUnavailable("nsjail needs root to map users and create cgroups")
     prepare_run_dir(run_dir)
     run_cgroups = create_run_cgroups(cgroups or default_cgroups())
     try:
-        run = RunPaths(image_dir, run_dir, runtime or system_python(), run_cgroups, user)
+        run = RunPaths(image_dir, run_dir, runtime or system_python(), run_cgroups, user, sdk_dir)
         _hand_over_socket_dir(run)
         run.config_file.write_text(render_policy(limits, run))
         run.config_file.chmod(0o600)

@@ -59,11 +59,15 @@ async def _build(res: Resources, vid: uuid.UUID) -> str:
         version.build_state = "building"
         digest, manifest = version.digest, manifest_from_json(version.manifest)
     settings = res.settings
+    # Imported here: foretell.runs reads bars through the datafeed service, which imports this.
+    from foretell.runs import sdk_dir
+
     builder = NativeBuilder(
         res.store,
         pip_index_url=settings.pip_index_url,
         wheelhouse=settings.wheelhouse,
         timeout_s=settings.build_timeout_s,
+        sdk=sdk_dir(settings.data_dir),
     )
     build_log = BuildLog(res.redis, version_id)
     await build_log.start()

@@ -22,15 +22,31 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+foretell/forecast/v1/forecast_service.proto\x12\x14\x66oretell.forecast.v12\x11\n\x0f\x46orecastServiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+foretell/forecast/v1/forecast_service.proto\x12\x14\x66oretell.forecast.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\x01\n\x08\x46orecast\x12\x14\n\x06symbol\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\x0btarget_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x38\n\tdirection\x18\x03 \x01(\x0e\x32\x1f.foretell.forecast.v1.DirectionB\x04\xe2\x41\x01\x02\x12\x1d\n\x10predicted_return\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0bprobability\x18\x05 \x01(\x01H\x01\x88\x01\x01\x42\x13\n\x11_predicted_returnB\x0e\n\x0c_probability\"K\n\x16SubmitForecastsRequest\x12\x31\n\tforecasts\x18\x01 \x03(\x0b\x32\x1e.foretell.forecast.v1.Forecast\":\n\x17SubmitForecastsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05*`\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x44IRECTION_UP\x10\x01\x12\x12\n\x0e\x44IRECTION_DOWN\x10\x02\x12\x12\n\x0e\x44IRECTION_FLAT\x10\x03\x32\x81\x01\n\x0f\x46orecastService\x12n\n\x0fSubmitForecasts\x12,.foretell.forecast.v1.SubmitForecastsRequest\x1a-.foretell.forecast.v1.SubmitForecastsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'foretell.forecast.v1.forecast_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FORECASTSERVICE']._serialized_start=69
-  _globals['_FORECASTSERVICE']._serialized_end=86
+  _globals['_FORECAST'].fields_by_name['symbol']._loaded_options = None
+  _globals['_FORECAST'].fields_by_name['symbol']._serialized_options = b'\342A\001\002'
+  _globals['_FORECAST'].fields_by_name['target_time']._loaded_options = None
+  _globals['_FORECAST'].fields_by_name['target_time']._serialized_options = b'\342A\001\002'
+  _globals['_FORECAST'].fields_by_name['direction']._loaded_options = None
+  _globals['_FORECAST'].fields_by_name['direction']._serialized_options = b'\342A\001\002'
+  _globals['_DIRECTION']._serialized_start=514
+  _globals['_DIRECTION']._serialized_end=610
+  _globals['_FORECAST']._serialized_start=136
+  _globals['_FORECAST']._serialized_end=375
+  _globals['_SUBMITFORECASTSREQUEST']._serialized_start=377
+  _globals['_SUBMITFORECASTSREQUEST']._serialized_end=452
+  _globals['_SUBMITFORECASTSRESPONSE']._serialized_start=454
+  _globals['_SUBMITFORECASTSRESPONSE']._serialized_end=512
+  _globals['_FORECASTSERVICE']._serialized_start=613
+  _globals['_FORECASTSERVICE']._serialized_end=742
 # @@protoc_insertion_point(module_scope)

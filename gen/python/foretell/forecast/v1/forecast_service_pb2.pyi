@@ -3,6 +3,146 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+import builtins as _builtins
+import sys
+import typing as _typing
+
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
+else:
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _Direction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DirectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Direction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DIRECTION_UNSPECIFIED: _Direction.ValueType  # 0
+    """Not set; rejected."""
+    DIRECTION_UP: _Direction.ValueType  # 1
+    """The close at the target time is above the close at as_of."""
+    DIRECTION_DOWN: _Direction.ValueType  # 2
+    """The close at the target time is below the close at as_of."""
+    DIRECTION_FLAT: _Direction.ValueType  # 3
+    """The close at the target time is about the close at as_of."""
+
+class Direction(_Direction, metaclass=_DirectionEnumTypeWrapper):
+    """Direction is which way a forecast says the price moves by the target time."""
+
+DIRECTION_UNSPECIFIED: Direction.ValueType  # 0
+"""Not set; rejected."""
+DIRECTION_UP: Direction.ValueType  # 1
+"""The close at the target time is above the close at as_of."""
+DIRECTION_DOWN: Direction.ValueType  # 2
+"""The close at the target time is below the close at as_of."""
+DIRECTION_FLAT: Direction.ValueType  # 3
+"""The close at the target time is about the close at as_of."""
+Global___Direction: _TypeAlias = Direction  # noqa: Y015
+
+@_typing.final
+class Forecast(_message.Message):
+    """Forecast is one model's call on one symbol for one target time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    TARGET_TIME_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    PREDICTED_RETURN_FIELD_NUMBER: _builtins.int
+    PROBABILITY_FIELD_NUMBER: _builtins.int
+    symbol: _builtins.str
+    """The symbol, one of the model's, e.g. "EURUSD"."""
+    direction: Global___Direction.ValueType
+    """Which way the price moves from as_of to target_time."""
+    predicted_return: _builtins.float
+    """The expected relative change of the close (0.01 is +1 %); finite."""
+    probability: _builtins.float
+    """The probability that `direction` is right, in [0, 1]."""
+    @_builtins.property
+    def target_time(self) -> _timestamp_pb2.Timestamp:
+        """When the forecast comes due: the run's as_of plus the model's horizon in
+        bars of its resolution.
+        """
+
+    def __init__(
+        self,
+        *,
+        symbol: _builtins.str = ...,
+        target_time: _timestamp_pb2.Timestamp | None = ...,
+        direction: Global___Direction.ValueType = ...,
+        predicted_return: _builtins.float | None = ...,
+        probability: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_predicted_return", b"_predicted_return", "_probability", b"_probability", "predicted_return", b"predicted_return", "probability", b"probability", "target_time", b"target_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_predicted_return", b"_predicted_return", "_probability", b"_probability", "direction", b"direction", "predicted_return", b"predicted_return", "probability", b"probability", "symbol", b"symbol", "target_time", b"target_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__predicted_return: _TypeAlias = _typing.Literal["predicted_return"]  # noqa: Y015
+    _WhichOneofArgType__predicted_return: _TypeAlias = _typing.Literal["_predicted_return", b"_predicted_return"]  # noqa: Y015
+    _WhichOneofReturnType__probability: _TypeAlias = _typing.Literal["probability"]  # noqa: Y015
+    _WhichOneofArgType__probability: _TypeAlias = _typing.Literal["_probability", b"_probability"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__predicted_return) -> _WhichOneofReturnType__predicted_return | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__probability) -> _WhichOneofReturnType__probability | None: ...
+
+Global___Forecast: _TypeAlias = Forecast  # noqa: Y015
+
+@_typing.final
+class SubmitForecastsRequest(_message.Message):
+    """Request for ForecastService.SubmitForecasts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORECASTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def forecasts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Forecast]:
+        """The forecasts, at most 1,000."""
+
+    def __init__(
+        self,
+        *,
+        forecasts: _abc.Iterable[Global___Forecast] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forecasts", b"forecasts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitForecastsRequest: _TypeAlias = SubmitForecastsRequest  # noqa: Y015
+
+@_typing.final
+class SubmitForecastsResponse(_message.Message):
+    """Response for ForecastService.SubmitForecasts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.int
+    """Forecasts accepted by this call."""
+    total: _builtins.int
+    """Forecasts accepted so far in this run, this call included."""
+    def __init__(
+        self,
+        *,
+        accepted: _builtins.int = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitForecastsResponse: _TypeAlias = SubmitForecastsResponse  # noqa: Y015

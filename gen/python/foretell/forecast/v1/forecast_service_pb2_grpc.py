@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from foretell.forecast.v1 import forecast_service_pb2 as foretell_dot_forecast_dot_v1_dot_forecast__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -25,8 +26,12 @@ if _version_not_supported:
 
 
 class ForecastServiceStub:
-    """ForecastService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """ForecastService records and serves models' forecasts.
+
+    On the platform's public servers its RPCs arrive in a later release. During a
+    run, the worker serves SubmitForecasts on the run's own Unix socket (and only
+    there): it is how a model running in the sandbox hands its forecasts to the
+    platform, which records them after the run, stamped with its own clock.
     """
 
     def __init__(self, channel):
@@ -35,16 +40,43 @@ class ForecastServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.SubmitForecasts = channel.unary_unary(
+                '/foretell.forecast.v1.ForecastService/SubmitForecasts',
+                request_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.SubmitForecastsRequest.SerializeToString,
+                response_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.SubmitForecastsResponse.FromString,
+                _registered_method=True)
 
 
 class ForecastServiceServicer:
-    """ForecastService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """ForecastService records and serves models' forecasts.
+
+    On the platform's public servers its RPCs arrive in a later release. During a
+    run, the worker serves SubmitForecasts on the run's own Unix socket (and only
+    there): it is how a model running in the sandbox hands its forecasts to the
+    platform, which records them after the run, stamped with its own clock.
     """
+
+    def SubmitForecasts(self, request, context):
+        """Hands the forecasts of the current run to the platform (run-scoped socket
+        only; the public servers refuse it). Every forecast is checked: a symbol of
+        the model; a target time equal to the run's as_of plus the model's horizon
+        times its resolution; finite numbers; a probability in [0, 1]; a direction.
+        At most 1,000 forecasts per run, across all calls. Any problem rejects the
+        whole call with INVALID_ARGUMENT and field violations such as
+        `forecasts[3].probability`; nothing of that call is kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
 
 def add_ForecastServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'SubmitForecasts': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitForecasts,
+                    request_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.SubmitForecastsRequest.FromString,
+                    response_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.SubmitForecastsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'foretell.forecast.v1.ForecastService', rpc_method_handlers)
@@ -54,6 +86,37 @@ def add_ForecastServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ForecastService:
-    """ForecastService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """ForecastService records and serves models' forecasts.
+
+    On the platform's public servers its RPCs arrive in a later release. During a
+    run, the worker serves SubmitForecasts on the run's own Unix socket (and only
+    there): it is how a model running in the sandbox hands its forecasts to the
+    platform, which records them after the run, stamped with its own clock.
     """
+
+    @staticmethod
+    def SubmitForecasts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.forecast.v1.ForecastService/SubmitForecasts',
+            foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.SubmitForecastsRequest.SerializeToString,
+            foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.SubmitForecastsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from foretell.forecast.v1 import forecast_service_pb2 as _forecast_service_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -26,28 +27,71 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ForecastServiceStub:
-    """ForecastService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """ForecastService records and serves models' forecasts.
+
+    On the platform's public servers its RPCs arrive in a later release. During a
+    run, the worker serves SubmitForecasts on the run's own Unix socket (and only
+    there): it is how a model running in the sandbox hands its forecasts to the
+    platform, which records them after the run, stamped with its own clock.
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ForecastServiceAsyncStub: ...
+    SubmitForecasts: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.SubmitForecastsRequest, _forecast_service_pb2.SubmitForecastsResponse]
+    """Hands the forecasts of the current run to the platform (run-scoped socket
+    only; the public servers refuse it). Every forecast is checked: a symbol of
+    the model; a target time equal to the run's as_of plus the model's horizon
+    times its resolution; finite numbers; a probability in [0, 1]; a direction.
+    At most 1,000 forecasts per run, across all calls. Any problem rejects the
+    whole call with INVALID_ARGUMENT and field violations such as
+    `forecasts[3].probability`; nothing of that call is kept.
+    """
 
 @_typing.type_check_only
 class ForecastServiceAsyncStub(ForecastServiceStub):
-    """ForecastService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """ForecastService records and serves models' forecasts.
+
+    On the platform's public servers its RPCs arrive in a later release. During a
+    run, the worker serves SubmitForecasts on the run's own Unix socket (and only
+    there): it is how a model running in the sandbox hands its forecasts to the
+    platform, which records them after the run, stamped with its own clock.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-
-class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
-    """ForecastService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    SubmitForecasts: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.SubmitForecastsRequest, _forecast_service_pb2.SubmitForecastsResponse]  # type: ignore[assignment]
+    """Hands the forecasts of the current run to the platform (run-scoped socket
+    only; the public servers refuse it). Every forecast is checked: a symbol of
+    the model; a target time equal to the run's as_of plus the model's horizon
+    times its resolution; finite numbers; a probability in [0, 1]; a direction.
+    At most 1,000 forecasts per run, across all calls. Any problem rejects the
+    whole call with INVALID_ARGUMENT and field violations such as
+    `forecasts[3].probability`; nothing of that call is kept.
     """
 
-    ...
+class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
+    """ForecastService records and serves models' forecasts.
+
+    On the platform's public servers its RPCs arrive in a later release. During a
+    run, the worker serves SubmitForecasts on the run's own Unix socket (and only
+    there): it is how a model running in the sandbox hands its forecasts to the
+    platform, which records them after the run, stamped with its own clock.
+    """
+
+    @_abc_1.abstractmethod
+    def SubmitForecasts(
+        self,
+        request: _forecast_service_pb2.SubmitForecastsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_forecast_service_pb2.SubmitForecastsResponse, _abc.Awaitable[_forecast_service_pb2.SubmitForecastsResponse]]:
+        """Hands the forecasts of the current run to the platform (run-scoped socket
+        only; the public servers refuse it). Every forecast is checked: a symbol of
+        the model; a target time equal to the run's as_of plus the model's horizon
+        times its resolution; finite numbers; a probability in [0, 1]; a direction.
+        At most 1,000 forecasts per run, across all calls. Any problem rejects the
+        whole call with INVALID_ARGUMENT and field violations such as
+        `forecasts[3].probability`; nothing of that call is kept.
+        """
 
 def add_ForecastServiceServicer_to_server(servicer: ForecastServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,24 @@
+"""Runs of model versions: the run-scoped gRPC server a jailed model talks to, the SDK
+directory bound into every jail, and `execute_run`, which runs one version at one as_of and
+records the run and its forecasts exactly once."""
+
+from foretell.runs._execute import LOG_CAP, NotRunnable, RunKind, RunRecord, execute_run
+from foretell.runs._scope import MAX_FORECASTS, MAX_MESSAGE_BYTES, RunScope
+from foretell.runs._sdk_dir import sdk_dir
+from foretell.runs._server import RunServer
+from foretell.runs._validate import AcceptedForecast, check_forecasts
+
+__all__ = [
+    "LOG_CAP",
+    "MAX_FORECASTS",
+    "MAX_MESSAGE_BYTES",
+    "AcceptedForecast",
+    "NotRunnable",
+    "RunKind",
+    "RunRecord",
+    "RunScope",
+    "RunServer",
+    "check_forecasts",
+    "execute_run",
+    "sdk_dir",
+]

@@ -1,0 +1,177 @@
+"""One run of a version, from image check to recorded forecasts."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from sqlalchemy import select, text
+
+from foretell.db import Database
+from foretell.db.models import Model, Run, Version
+from foretell.runs._scope import RunScope
+from foretell.runs._server import RunServer
+from foretell.runs._validate import AcceptedForecast
+from foretell.runtime.resources import utc_now
+from foretell.sandbox import Outcome, SandboxLimits, SandboxResult, prepare_run_dir, run_in_sandbox
+from foretell.store import ArtifactCorrupt, ArtifactStore
+
+RunKind = Literal["live", "dry", "simulated"]
+# Characters of captured output kept with a run (the sandbox already caps each stream).
+LOG_CAP = 64 * 1024
+
+
+class NotRunnable(Exception):
+    """The version cannot be run (not built, or its image is missing or modified)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    run_id: uuid.UUID
+    outcome: str
+    detail: str
+    log: str
+    duration_s: float
+    # The forecasts recorded with this run (none unless the outcome is ok).
+    forecasts: tuple[AcceptedForecast, ...]
+    # False when an earlier execution of the same (version, as_of, kind) had recorded it:
+    # nothing was run or written this time (or this execution's results were dropped).
+    recorded: bool
+
+
+def _cap(log: str) -> str:
+    return log if len(log) <= LOG_CAP else "[… earlier output dropped]\n" + log[-LOG_CAP:]
+
+
+def _judge(result: SandboxResult, server: RunServer) -> tuple[str, str, list[AcceptedForecast]]:
+    """The recorded outcome, its detail and the forecasts to record. A refused submission makes
+    the run invalid_output whatever the model did after (the runner exits non-zero then); an
+    empty list is a legitimate abstention (ok, nothing recorded). Forecasts are recorded only
+    from runs that ended ok: half a run's output is not a forecast the provider stands by."""
+    rejections = server.forecasts.rejections
+    if rejections and result.outcome in (Outcome.OK, Outcome.MODEL_ERROR):
+        return Outcome.INVALID_OUTPUT.value, "forecasts refused: " + "; ".join(rejections), []
+    if result.outcome is not Outcome.OK:
+        return result.outcome.value, result.detail, []
+    return Outcome.OK.value, result.detail, list(server.forecasts.accepted)
+
+
+async def _existing(db: Database, version_id: uuid.UUID, as_of: datetime, kind: str) -> Run | None:
+    async with db.session() as session:
+        found: Run | None = await session.scalar(
+            select(Run).where(Run.version_id == version_id, Run.as_of == as_of, Run.kind == kind)
+        )
+        return found
+
+
+async def _record(existing: Run) -> RunRecord:
+    return RunRecord(existing.id, existing.outcome, existing.detail, existing.log,
+                     existing.duration_s, (), recorded=False)  # fmt: skip
+
+
+_INSERT_RUN = text("""
+INSERT INTO runs (id, model_id, version_id, as_of, kind, outcome, duration_s, detail, log,
+                  created_at)
+VALUES (:id, :model_id, :version_id, :as_of, :kind, :outcome, :duration_s, :detail, :log, :now)
+ON CONFLICT (version_id, as_of, kind) DO NOTHING
+RETURNING id
+""")
+_INSERT_FORECAST = text("""
+INSERT INTO forecasts (run_id, model_id, version_id, kind, symbol, as_of, target_time,
+                       direction, predicted_return, probability, recorded_at)
+VALUES (:run_id, :model_id, :version_id, :kind, :symbol, :as_of, :target_time, :direction,
+        :predicted_return, :probability, :now)
+ON CONFLICT (version_id, as_of, symbol, target_time, kind) DO NOTHING
+""")
+
+
+async def execute_run(
+    db: Database,
+    store: ArtifactStore,
+    model: Model,
+    version: Version,
+    as_of: datetime,
+    *,
+    run_root: Path,
+    sdk: Path,
+    kind: RunKind = "live",
+    limits: SandboxLimits | None = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> RunRecord:
+    """Runs `version` of `model` at `as_of` in the sandbox, serving the run-scoped DataFeed and
+    SubmitForecasts on its socket, and records the run and its forecasts in one transaction.
+    Idempotent per (version, as_of, kind): a repeat returns the recorded run with
+    `recorded=False`. `sdk` is the directory from `sdk_dir`; `run_root` holds the per-run
+    directories (keep it short: the socket path is limited to ~107 bytes). Raises NotRunnable,
+    or SandboxError when the platform itself failed (nothing is recorded then)."""
+    if (found := await _existing(db, version.id, as_of, kind)) is not None:
+        return await _record(found)
+    if version.model_id != model.id:
+        raise NotRunnable("the version belongs to another model")
+    if version.build_state != "ready" or not version.image_digest:
+        raise NotRunnable(f"version {version.number} is not built ({version.build_state})")
+    try:
+        # Re-verified before every run: an image changed on disk must never run.
+        image = store.verified_image(version.image_digest)
+    except (ArtifactCorrupt, OSError) as error:
+        raise NotRunnable(str(error)) from None
+    scope = RunScope(tuple(model.symbols), model.resolution, model.horizon, as_of)
+    argv = [
+        "-B", "-m", "foretell.sdk.run",
+        "--as-of", as_of.isoformat(),
+        "--symbols", ",".join(scope.symbols),
+        "--resolution", scope.resolution,
+        "--horizon", str(scope.horizon),
+        "--lookback", str(int(version.manifest.get("lookback", 500))),
+        "--entrypoint", str(version.manifest["entrypoint"]),
+    ]  # fmt: skip
+    run_dir = run_root / uuid.uuid4().hex[:12]
+    server = RunServer(db, scope, prepare_run_dir(run_dir))
+    try:
+        await server.start()
+        try:
+            result = await run_in_sandbox(
+                image, run_dir, argv, limits or SandboxLimits(), sdk_dir=sdk
+            )
+        finally:
+            await server.stop()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    outcome, detail, forecasts = _judge(result, server)
+    log = _cap(result.stdout + result.stderr)
+    run_id = uuid.uuid4()
+    now = clock()
+    async with db.session.begin() as session:
+        inserted = await session.scalar(
+            _INSERT_RUN,
+            {
+                "id": run_id, "model_id": model.id, "version_id": version.id, "as_of": as_of,
+                "kind": kind, "outcome": outcome, "duration_s": result.duration_s,
+                "detail": _cap(detail), "log": log, "now": now,
+            },
+        )  # fmt: skip
+        if inserted is not None and forecasts:
+            await session.execute(
+                _INSERT_FORECAST,
+                [
+                    {
+                        "run_id": run_id, "model_id": model.id, "version_id": version.id,
+                        "kind": kind, "symbol": f.symbol, "as_of": as_of,
+                        "target_time": f.target_time, "direction": f.direction,
+                        "predicted_return": f.predicted_return, "probability": f.probability,
+                        "now": now,
+                    }
+                    for f in forecasts
+                ],
+            )  # fmt: skip
+    if inserted is None:
+        # Another execution recorded this slot while we ran: its record stands.
+        found = await _existing(db, version.id, as_of, kind)
+        assert found is not None
+        return await _record(found)
+    return RunRecord(run_id, outcome, detail, log, result.duration_s, tuple(forecasts), True)

@@ -1,0 +1,189 @@
+"""The run-scoped gRPC server: for one run, on that run's Unix socket only, the market data the
+model is entitled to and the place to hand in its forecasts.
+
+No authentication interceptor: the socket is the capability. Only the jail of this run can reach
+it (its directory is handed to the jail's user and bind-mounted into that jail alone), and only
+the methods below are served: no other service, no health, no reflection."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from grpc import aio
+from sqlalchemy import text
+
+from foretell.datafeed.v1 import datafeed_service_pb2 as feed_pb
+from foretell.datafeed.v1 import datafeed_service_pb2_grpc as feed_grpc
+from foretell.db import Database
+from foretell.errors import ForetellError, InvalidArgument, OutOfRange, PermissionDenied
+from foretell.forecast.v1 import forecast_service_pb2 as fc_pb
+from foretell.forecast.v1 import forecast_service_pb2_grpc as fc_grpc
+from foretell.runs._scope import MAX_MESSAGE_BYTES, RunScope
+from foretell.runs._validate import AcceptedForecast, check_forecasts
+from foretell.runtime._status import error_status
+from foretell.services._convert import timestamp as _ts
+from foretell.services.datafeed import _store
+from foretell.services.datafeed import _validate as feed_validate
+from foretell.services.datafeed._servicer import PAGE_BARS, bars_pb
+from foretell.services.datafeed._store import BarQuery
+
+if TYPE_CHECKING:
+    Context = aio.ServicerContext[Any, Any]
+
+T = TypeVar("T")
+
+
+async def _abort(error: ForetellError, context: Context) -> None:
+    status = error_status(error)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+async def _answer(call: Callable[[], Awaitable[T]], context: Context) -> T:
+    try:
+        return await call()
+    except ForetellError as error:
+        await _abort(error, context)
+        raise  # unreachable: abort raises
+
+
+_SERIES = text("""
+SELECT symbol, count(*), min(open_time), max(open_time) FROM bars
+WHERE symbol = ANY(:symbols) AND resolution = :resolution AND open_time < to_timestamp(:as_of)
+GROUP BY symbol ORDER BY symbol
+""")
+
+
+class RunDataFeed(feed_grpc.DataFeedServiceServicer):
+    """DataFeedService as the model sees it: its symbols, its resolution, bars closed by as_of.
+    Counts and last times of ListSymbols are as of as_of too: even they must not reveal later
+    bars."""
+
+    def __init__(self, db: Database, scope: RunScope) -> None:
+        self._db = db
+        self._scope = scope
+
+    async def ListSymbols(
+        self, request: feed_pb.ListSymbolsRequest, context: Context
+    ) -> feed_pb.ListSymbolsResponse:
+        params = {
+            "symbols": list(self._scope.symbols),
+            "resolution": self._scope.resolution,
+            "as_of": self._scope.as_of_s,
+        }
+        async with self._db.read.connect() as conn:
+            rows = (await conn.execute(_SERIES, params)).all()
+        resolution = feed_validate.RESOLUTION_ENUM[self._scope.resolution]
+        return feed_pb.ListSymbolsResponse(
+            symbols=[
+                feed_pb.SymbolInfo(
+                    symbol=row[0],
+                    series=[
+                        feed_pb.Series(
+                            resolution=resolution,
+                            bar_count=int(row[1]),
+                            first_open_time=_ts(row[2]),
+                            last_open_time=_ts(row[3]),
+                        )
+                    ],
+                )
+                for row in rows
+            ]
+        )
+
+    def _query(self, request: feed_pb.GetBarsRequest) -> BarQuery:
+        query = feed_validate.get_bars(request)
+        scope = self._scope
+        if query.symbol not in scope.symbols:
+            raise PermissionDenied(
+                f"{query.symbol} is not one of this model's symbols ({', '.join(scope.symbols)})"
+            )
+        if query.resolution != scope.resolution:
+            raise PermissionDenied(f"this model reads {scope.resolution} bars only")
+        # The range bounds are open times; with as_of on the grid, a bar closed at or before
+        # as_of is exactly one that opened before it.
+        as_of = scope.as_of_s
+        if request.HasField("end_time") and query.end > as_of:
+            raise OutOfRange(
+                f"end_time is after as_of ({feed_validate.iso(as_of)}): no bars from the future"
+            )
+        if request.HasField("start_time") and query.start >= as_of:
+            raise OutOfRange(
+                f"start_time is not before as_of ({feed_validate.iso(as_of)}): no bars from "
+                "the future"
+            )
+        return BarQuery(query.symbol, query.resolution, query.start, min(query.end, as_of),
+                        query.limit, query.latest)  # fmt: skip
+
+    async def GetBars(
+        self, request: feed_pb.GetBarsRequest, context: Context
+    ) -> AsyncIterator[feed_pb.GetBarsResponse]:
+        try:
+            query = self._query(request)
+            async for bars, last in _store.read_bars(self._db, query, PAGE_BARS):
+                yield feed_pb.GetBarsResponse(bars=bars_pb(bars), last=last)
+        except ForetellError as error:
+            await _abort(error, context)
+
+    async def IngestBars(
+        self, request_iterator: AsyncIterator[feed_pb.IngestBarsRequest], context: Context
+    ) -> feed_pb.IngestBarsResponse:
+        await _abort(PermissionDenied("a model cannot add market data"), context)
+        raise AssertionError("unreachable")
+
+
+class RunForecasts(fc_grpc.ForecastServiceServicer):
+    """SubmitForecasts: checks and keeps the run's forecasts in memory. The platform records
+    them after the run, in one transaction with the run, stamped with its own clock."""
+
+    def __init__(self, scope: RunScope) -> None:
+        self._scope = scope
+        self.accepted: list[AcceptedForecast] = []
+        # Why each refused call was refused, for the run's outcome (invalid_output).
+        self.rejections: list[str] = []
+
+    async def SubmitForecasts(
+        self, request: fc_pb.SubmitForecastsRequest, context: Context
+    ) -> fc_pb.SubmitForecastsResponse:
+        try:
+            already = {f.symbol for f in self.accepted}
+            new = check_forecasts(self._scope, list(request.forecasts), already)
+        except InvalidArgument as error:
+            self.rejections.append(error.message)
+            await _abort(error, context)
+        self.accepted.extend(new)
+        return fc_pb.SubmitForecastsResponse(accepted=len(new), total=len(self.accepted))
+
+
+class RunServer:
+    """The server of one run. `start` before the sandbox, `stop` after it."""
+
+    def __init__(self, db: Database, scope: RunScope, socket_path: Path) -> None:
+        self.scope = scope
+        self.socket_path = socket_path
+        self.feed = RunDataFeed(db, scope)
+        self.forecasts = RunForecasts(scope)
+        self._server = aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                # One run's model is the only client: a few streams suffice.
+                ("grpc.max_concurrent_streams", 8),
+            ]
+        )
+        feed_grpc.add_DataFeedServiceServicer_to_server(self.feed, self._server)
+        fc_grpc.add_ForecastServiceServicer_to_server(self.forecasts, self._server)
+
+    async def start(self) -> None:
+        self.socket_path.unlink(missing_ok=True)
+        # Returns 1 (not a port) for a Unix socket; it fails by raising.
+        self._server.add_insecure_port(f"unix://{self.socket_path}")
+        await self._server.start()
+        # The socket's mode follows the umask; the sandbox hands it (and its 0700 directory) to
+        # the jail's user, so only that user and root can connect.
+        os.chmod(self.socket_path, 0o600)
+
+    async def stop(self) -> None:
+        await self._server.stop(None)
+        self.socket_path.unlink(missing_ok=True)
