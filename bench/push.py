@@ -4,9 +4,11 @@
      services, the build worker, Envoy) with a local wheelhouse; the provider CLI, as a user
      runs it, pushes (a) the model `foretell init` scaffolds and (b) the same model requiring
      numpy and pandas, each three times with fresh content, and each push is timed from start
-     to exit (`push` follows the build and exits 0 once the version is READY). The simple
-     alternative, in the same run: a plain `pip install --only-binary :all: --target X -r
-     requirements.txt` of (b)'s requirements from the same wheelhouse.
+     to exit (`push` follows the build and exits 0 once the version is READY), then split by
+     the server's timestamps (upload, queue, build, exit). The simple alternative, in the
+     same rounds: a plain `pip install --only-binary :all: --target X -r requirements.txt` of
+     (b)'s requirements from the same wheelhouse, and the same with --no-compile (as the
+     builder runs pip).
   2. Bundling: packing a model folder into its canonical bundle with its digest, against
      `tar -cf - -C DIR . | sha256sum` on the same folder.
 
@@ -43,9 +45,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
+from arq.jobs import deserialize_result
 
 from foretell.bundle import Limits, pack_dir, read_bundle
 
@@ -169,6 +172,7 @@ PASSWORD = "correct horse battery"
 BANNER_END = "Ctrl-C stops everything."
 START_TIMEOUT_S = 180.0
 PUSH_TIMEOUT_S = 900.0
+BUILD_LOG_PREFIX = "foretell:build-log:"
 SCAFFOLD = "bench-scaffold"
 NUMPY_PANDAS = "bench-numpy-pandas"
 
@@ -199,11 +203,13 @@ def ensure_wheelhouse(wheelhouse: Path) -> float | None:
         return None
     wheelhouse.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--only-binary", ":all:",
          "--dest", str(wheelhouse), "numpy", "pandas"],
-        check=True, stdout=subprocess.DEVNULL,
+        capture_output=True, text=True, check=False,
     )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"pip download failed:\n{result.stdout}{result.stderr}")
     return time.perf_counter() - start
 
 
@@ -297,6 +303,7 @@ class Push:
     started: float  # wall clock, to compare with the server's timestamps
     version: dict[str, Any]
     build_log: list[tuple[float, str]]  # (wall clock, line) from the build log's stream
+    job_started: float | None  # wall clock: when the worker took the build job
 
     @property
     def created(self) -> float:
@@ -307,11 +314,13 @@ class Push:
         return _wall(self.version["buildFinishTime"])
 
     def breakdown(self) -> str:
-        picked = self.build_log[0][0] if self.build_log else self.created
+        taken = self.job_started or self.created
+        unpacked = self.build_log[0][0] if self.build_log else taken
         return (
             f"pack+upload {self.created - self.started:.2f}, "
-            f"queued {picked - self.created:.2f}, "
-            f"build {self.finished - picked:.2f}, "
+            f"queued {taken - self.created:.2f}, "
+            f"unpack {unpacked - taken:.2f}, "
+            f"build {self.finished - unpacked:.2f}, "
             f"until exit {self.started + self.seconds - self.finished:.2f}"
         )
 
@@ -330,7 +339,7 @@ class Provider:
             "FORETELL_CONFIG_DIR": str(config_dir),
         }
         self.redis = redis.Redis.from_url(platform.redis_url)
-        self._seen_logs: set[bytes] = set()
+        self._seen_logs: set[str] = set()
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -391,23 +400,41 @@ class Provider:
             )
         if not document.get("created"):
             raise RuntimeError(f"push of {name} made no new version: the content was not fresh")
-        return Push(seconds, started, version, self._new_build_log())
+        log_key = self._new_build_log_key()
+        if log_key is None:
+            return Push(seconds, started, version, [], None)
+        version_id = log_key.removeprefix(BUILD_LOG_PREFIX)
+        return Push(seconds, started, version, self._lines(log_key), self._job_start(version_id))
 
-    def _new_build_log(self) -> list[tuple[float, str]]:
-        # The build log's Redis stream stamps every line (entry ids are milliseconds); the
-        # version's id is not in the API, so the new stream is the one not seen before.
-        keys = set(self.redis.scan_iter(match="foretell:build-log:*"))
+    def _new_build_log_key(self) -> str | None:
+        # The version's id is not in the API: the new build log stream is the one not seen
+        # before this push.
+        keys = {key.decode() for key in self.redis.scan_iter(match=BUILD_LOG_PREFIX + "*")}
         new = keys - self._seen_logs
         self._seen_logs |= keys
-        if len(new) != 1:
-            return []
+        return new.pop() if len(new) == 1 else None
+
+    def _lines(self, log_key: str) -> list[tuple[float, str]]:
+        # The stream stamps every line: its entry ids start with milliseconds since the epoch.
         lines = []
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = self.redis.xrange(new.pop())  # type: ignore[assignment]
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], self.redis.xrange(log_key))
         for entry_id, fields in entries:
             if b"line" in fields:
                 millis = int(entry_id.split(b"-")[0])
                 lines.append((millis / 1000, fields[b"line"].decode(errors="replace")))
         return lines
+
+    def _job_start(self, version_id: str) -> float | None:
+        # arq keeps each finished job's result, with its start time, for an hour. The job
+        # returns just after the build log ends, so its result may lag the push by a moment.
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            for key in self.redis.scan_iter(match=f"arq:result:build:{version_id}:*"):
+                raw = cast(bytes | None, self.redis.get(key))
+                if raw is not None:
+                    return deserialize_result(raw).start_time.timestamp()
+            time.sleep(0.02)
+        return None
 
     def close(self) -> None:
         self.redis.close()
@@ -422,46 +449,53 @@ def _summary(times: list[float]) -> str:
     return f"best {min(times):.2f} s, median {statistics.median(times):.2f} s"
 
 
-def pip_install_runs(requirements: Path, wheelhouse: Path, *extra: str) -> list[float]:
+def pip_install(requirements: Path, wheelhouse: Path, scratch: Path, *extra: str) -> float:
     """What a provider's own build would do: a plain pip install of the requirements from the
-    same wheelhouse into an empty directory, with an environment as clean as the builder's."""
-    times = []
-    with tempfile.TemporaryDirectory(prefix="ft-bench-pip-") as tmp:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")} | {
-            "PIP_CONFIG_FILE": os.devnull,
-            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-            "PIP_CACHE_DIR": str(Path(tmp) / "cache"),
-        }
-        for run in range(PUSH_RUNS):
-            target = Path(tmp) / f"target-{run}"
-            start = time.perf_counter()
-            subprocess.run(
-                [sys.executable, "-m", "pip", "install", "--only-binary", ":all:", *extra,
-                 "--target", str(target), "-r", str(requirements),
-                 "--no-index", "--find-links", str(wheelhouse)],
-                env=env, check=True, stdout=subprocess.DEVNULL,
-            )  # fmt: skip
-            times.append(time.perf_counter() - start)
-    return times
+    same wheelhouse into an empty directory, with an environment as clean as the builder's.
+    Returns the seconds it took."""
+    target = Path(tempfile.mkdtemp(prefix="target-", dir=scratch))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")} | {
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_CACHE_DIR": str(scratch / "pip-cache"),
+    }
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--only-binary", ":all:", *extra,
+         "--target", str(target), "-r", str(requirements),
+         "--no-index", "--find-links", str(wheelhouse)],
+        env=env, check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    # At once, so that its unwritten pages do not weigh on the next run's writes.
+    shutil.rmtree(target)
+    return seconds
 
 
 def _print_build_log(push: Push) -> None:
     print(f"  build log of version {push.version['number']}, seconds since `foretell push`:")
     print(f"    {push.created - push.started:6.2f}  (version created, build queued)")
+    if push.job_started is not None:
+        print(f"    {push.job_started - push.started:6.2f}  (the worker takes the build job)")
     for stamp, line in push.build_log:
         print(f"    {stamp - push.started:6.2f}  {line[:90]}")
     print(f"    {push.finished - push.started:6.2f}  (build finished, recorded)")
     print(f"    {push.seconds:6.2f}  (foretell push exits)")
 
 
-def _push_series(provider: Provider, folder: Path, name: str) -> list[Push]:
-    pushes = []
-    for run in range(1, PUSH_RUNS + 1):
-        _freshen(folder, run)
-        push = provider.push(folder, name)
-        pushes.append(push)
-        print(f"  push {run}: {push.seconds:5.2f} s to READY  ({push.breakdown()})")
-    return pushes
+def _numpy_pandas_model(provider: Provider, folder: Path) -> Path:
+    """The scaffolded model, requiring and importing numpy and pandas; returns its
+    requirements file."""
+    provider.model(folder, NUMPY_PANDAS, "Bench numpy pandas")
+    requirements = folder / "requirements.txt"
+    requirements.write_text(requirements.read_text() + "numpy\npandas\n")
+    model = folder / "model.py"
+    model.write_text("import numpy, pandas  # noqa: F401\n" + model.read_text())
+    return requirements
+
+
+def _times(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
 
 
 def bench_push() -> None:
@@ -473,32 +507,38 @@ def bench_push() -> None:
     platform = Platform(WHEELHOUSE)
     work = Path(tempfile.mkdtemp(prefix="ft-bench-cli-", dir="/tmp"))
     provider: Provider | None = None
+    plain: list[Push] = []
+    numeric: list[Push] = []
+    pip_plain: list[float] = []
+    pip_bare: list[float] = []
     try:
         print(f"foretell up: ready (banner and worker) in {platform.start():.1f} s")
         provider = Provider(platform, work / "config")
         provider.sign_up(f"bench-{uuid.uuid4().hex[:8]}@example.com")
-
-        scaffold = work / SCAFFOLD
+        scaffold, heavy = work / SCAFFOLD, work / NUMPY_PANDAS
         provider.model(scaffold, SCAFFOLD, "Bench scaffold")
-        print(f"(1) scaffolded model (`foretell init`), {PUSH_RUNS} pushes of fresh content:")
-        plain = _push_series(provider, scaffold, SCAFFOLD)
-
-        heavy = work / NUMPY_PANDAS
-        provider.model(heavy, NUMPY_PANDAS, "Bench numpy pandas")
-        requirements = heavy / "requirements.txt"
-        requirements.write_text(requirements.read_text() + "numpy\npandas\n")
-        model = heavy / "model.py"
-        model.write_text("import numpy, pandas  # noqa: F401\n" + model.read_text())
-        print(f"(2) with numpy and pandas from the wheelhouse, {PUSH_RUNS} pushes:")
-        numeric = _push_series(provider, heavy, NUMPY_PANDAS)
-
-        print("(3) plain pip install of the same requirements from the same wheelhouse:")
-        pip_plain = pip_install_runs(requirements, WHEELHOUSE)
-        print(f"  pip install --only-binary :all: --target X -r ...: "
-              f"{', '.join(f'{t:.2f}' for t in pip_plain)} s")  # fmt: skip
-        pip_bare = pip_install_runs(requirements, WHEELHOUSE, "--no-compile")
-        print(f"  the same with --no-compile, as the builder runs it: "
-              f"{', '.join(f'{t:.2f}' for t in pip_bare)} s")  # fmt: skip
+        requirements = _numpy_pandas_model(provider, heavy)
+        print(
+            f"{PUSH_RUNS} rounds, one after the other; each push uploads fresh content:\n"
+            "(a) foretell push, the scaffolded model (`foretell init`), to READY\n"
+            "(b) foretell push, the same requiring numpy and pandas, to READY\n"
+            "(c) pip install --only-binary :all: --target X -r requirements.txt, (b)'s "
+            "requirements, same wheelhouse\n"
+            "(d) the same with --no-compile, as the builder runs it"
+        )
+        for run in range(1, PUSH_RUNS + 1):
+            for folder in (scaffold, heavy):
+                _freshen(folder, run)
+            plain.append(provider.push(scaffold, SCAFFOLD))
+            numeric.append(provider.push(heavy, NUMPY_PANDAS))
+            pip_plain.append(pip_install(requirements, WHEELHOUSE, work))
+            pip_bare.append(pip_install(requirements, WHEELHOUSE, work, "--no-compile"))
+            print(
+                f"  round {run}: (a) {plain[-1].seconds:.2f} s  (b) {numeric[-1].seconds:.2f} s  "
+                f"(c) {pip_plain[-1]:.2f} s  (d) {pip_bare[-1]:.2f} s"
+            )
+            print(f"    (a) {plain[-1].breakdown()}")
+            print(f"    (b) {numeric[-1].breakdown()}")
 
         print("\nWhere the time of the median scaffolded push goes:")
         _print_build_log(sorted(plain, key=lambda p: p.seconds)[len(plain) // 2])
@@ -509,14 +549,20 @@ def bench_push() -> None:
             provider.close()
         platform.stop()
         shutil.rmtree(work, ignore_errors=True)
+    _push_verdict(plain, numeric, pip_plain, pip_bare)
 
+
+def _push_verdict(
+    plain: list[Push], numeric: list[Push], pip_plain: list[float], pip_bare: list[float]
+) -> None:
     plain_s = [p.seconds for p in plain]
     numeric_s = [p.seconds for p in numeric]
-    print("\nPush to READY (foretell push --json, start to exit), same run:")
+    print(f"\nPush to READY (`foretell push --json`, start to exit), {PUSH_RUNS} runs each:")
     print(f"(a) scaffolded model            {_summary(plain_s)}")
-    print(f"(b) numpy + pandas              {_summary(numeric_s)}; "
-          f"first (cold pip cache) {numeric_s[0]:.2f} s, "
-          f"later {', '.join(f'{t:.2f}' for t in numeric_s[1:])} s")  # fmt: skip
+    print(
+        f"(b) numpy + pandas              {_summary(numeric_s)}; "
+        f"first (fresh pip cache) {numeric_s[0]:.2f} s, later {_times(numeric_s[1:])} s"
+    )
     print(f"(c) pip install, same reqs      {_summary(pip_plain)}")
     print(f"(d) pip install --no-compile    {_summary(pip_bare)}")
     median_plain = statistics.median(plain_s)
@@ -525,10 +571,13 @@ def bench_push() -> None:
         f"scaffolded model READY in {median_plain:.2f} s median "
         f"(target: under {READY_TARGET_S:.0f} s: {verdict})"
     )
-    median_numeric, median_pip = statistics.median(numeric_s), statistics.median(pip_plain)
+    median_numeric = statistics.median(numeric_s)
+    median_pip, median_bare = statistics.median(pip_plain), statistics.median(pip_bare)
     print(
-        f"numpy + pandas push: {median_numeric / median_pip:.2f}x the time of a plain pip install "
-        f"of its requirements ({median_numeric - median_pip:+.2f} s, medians)"
+        f"numpy + pandas push to READY: {median_numeric / median_pip:.2f}x the time of a plain "
+        f"pip install of its requirements ({median_numeric - median_pip:+.2f} s), "
+        f"{median_numeric / median_bare:.2f}x the time of one without bytecode "
+        f"({median_numeric - median_bare:+.2f} s), medians"
     )
 
 
