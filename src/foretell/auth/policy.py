@@ -37,6 +37,7 @@ NOBODY = Policy(roles=frozenset())
 
 _REGISTRY = "/foretell.registry.v1.RegistryService/"
 _DATAFEED = "/foretell.datafeed.v1.DataFeedService/"
+_FORECAST = "/foretell.forecast.v1.ForecastService/"
 
 POLICY: dict[str, Policy] = {
     "/foretell.account.v1.AccountService/CreateUser": PUBLIC,
@@ -70,7 +71,14 @@ POLICY: dict[str, Policy] = {
     _DATAFEED + "IngestBars": ADMINS,
     # Only a model in its sandbox submits forecasts, over its run's socket
     # (foretell.runs); on the public servers nobody may, so no signed-in user can forge them.
-    "/foretell.forecast.v1.ForecastService/SubmitForecasts": NOBODY,
+    _FORECAST + "SubmitForecasts": NOBODY,
+    # Reads (API keys too, for scripts). Until subscriptions add entitlements, signing in is
+    # enough for a public model's forecasts; the service hides others' private models
+    # (NOT_FOUND) and keeps runs, with their logs, to the owner and admins.
+    _FORECAST + "ListForecasts": SIGNED_IN_READ,
+    _FORECAST + "StreamForecasts": SIGNED_IN_READ,
+    _FORECAST + "ListRuns": SIGNED_IN_READ,
+    _FORECAST + "GetRun": SIGNED_IN_READ,
 }
 
 # Infrastructure services every process exposes; they carry no user data.

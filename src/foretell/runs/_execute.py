@@ -14,6 +14,7 @@ from sqlalchemy import select, text
 
 from foretell.db import Database
 from foretell.db.models import Model, Run, Version
+from foretell.db.notify import RunRecorded, announce_run
 from foretell.runs._scope import RunScope
 from foretell.runs._server import RunServer
 from foretell.runs._validate import AcceptedForecast
@@ -104,7 +105,9 @@ async def execute_run(
     clock: Callable[[], datetime] = utc_now,
 ) -> RunRecord:
     """Runs `version` of `model` at `as_of` in the sandbox, serving the run-scoped DataFeed and
-    SubmitForecasts on its socket, and records the run and its forecasts in one transaction.
+    SubmitForecasts on its socket, and records the run and its forecasts in one transaction,
+    which also announces the run on `foretell.db.notify.FORECASTS_CHANNEL` (delivered when it
+    commits; StreamForecasts listens).
     Idempotent per (version, as_of, kind): a repeat returns the recorded run with
     `recorded=False`. `sdk` is the directory from `sdk_dir`; `run_root` holds the per-run
     directories (keep it short: the socket path is limited to ~107 bytes). Raises NotRunnable,
@@ -169,6 +172,9 @@ async def execute_run(
                     for f in forecasts
                 ],
             )  # fmt: skip
+        if inserted is not None:
+            # NOTIFY is transactional: listeners hear of the run only once it is committed.
+            await announce_run(session, RunRecorded(run_id, model.id, kind))
     if inserted is None:
         # Another execution recorded this slot while we ran: its record stands.
         found = await _existing(db, version.id, as_of, kind)

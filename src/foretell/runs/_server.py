@@ -156,6 +156,32 @@ class RunForecasts(fc_grpc.ForecastServiceServicer):
         self.accepted.extend(new)
         return fc_pb.SubmitForecastsResponse(accepted=len(new), total=len(self.accepted))
 
+    # The reads belong to the public servers: a model in its jail reads no records.
+    async def ListForecasts(
+        self, request: fc_pb.ListForecastsRequest, context: Context
+    ) -> fc_pb.ListForecastsResponse:
+        await _abort(_NO_READS, context)
+        raise AssertionError("unreachable")
+
+    async def StreamForecasts(
+        self, request: fc_pb.StreamForecastsRequest, context: Context
+    ) -> AsyncIterator[fc_pb.StreamForecastsResponse]:
+        await _abort(_NO_READS, context)
+        yield fc_pb.StreamForecastsResponse()  # unreachable: makes this a generator
+
+    async def ListRuns(
+        self, request: fc_pb.ListRunsRequest, context: Context
+    ) -> fc_pb.ListRunsResponse:
+        await _abort(_NO_READS, context)
+        raise AssertionError("unreachable")
+
+    async def GetRun(self, request: fc_pb.GetRunRequest, context: Context) -> fc_pb.GetRunResponse:
+        await _abort(_NO_READS, context)
+        raise AssertionError("unreachable")
+
+
+_NO_READS = PermissionDenied("a model cannot read recorded forecasts or runs")
+
 
 class RunServer:
     """The server of one run. `start` before the sandbox, `stop` after it."""

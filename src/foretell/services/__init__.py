@@ -10,7 +10,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from foretell.account.v1 import account_service_pb2
 from foretell.datafeed.v1 import datafeed_service_pb2
-from foretell.forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
+from foretell.forecast.v1 import forecast_service_pb2
 from foretell.registry.v1 import registry_service_pb2
 from foretell.subscription.v1 import subscription_service_pb2, subscription_service_pb2_grpc
 
@@ -48,6 +48,12 @@ def _datafeed(server: aio.Server, resources: Resources) -> None:
     add_to_server(server, resources)
 
 
+def _forecast(server: aio.Server, resources: Resources) -> None:
+    from foretell.services.forecast import add_to_server
+
+    add_to_server(server, resources)
+
+
 def _placeholder(add: Callable[[Any, Any], None], servicer: Any) -> Callable[..., None]:
     """Services whose RPCs arrive in later releases: registered so that they answer health
     checks and reflection."""
@@ -77,9 +83,6 @@ SERVICES: dict[str, ServiceDef] = {
     ),
     "forecast": ServiceDef(
         forecast_service_pb2.DESCRIPTOR.services_by_name["ForecastService"],
-        _placeholder(
-            forecast_service_pb2_grpc.add_ForecastServiceServicer_to_server,
-            forecast_service_pb2_grpc.ForecastServiceServicer,
-        ),
+        _forecast,
     ),
 }

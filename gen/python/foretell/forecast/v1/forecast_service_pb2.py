@@ -22,31 +22,75 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+foretell/forecast/v1/forecast_service.proto\x12\x14\x66oretell.forecast.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\x01\n\x08\x46orecast\x12\x14\n\x06symbol\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\x0btarget_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x38\n\tdirection\x18\x03 \x01(\x0e\x32\x1f.foretell.forecast.v1.DirectionB\x04\xe2\x41\x01\x02\x12\x1d\n\x10predicted_return\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0bprobability\x18\x05 \x01(\x01H\x01\x88\x01\x01\x42\x13\n\x11_predicted_returnB\x0e\n\x0c_probability\"K\n\x16SubmitForecastsRequest\x12\x31\n\tforecasts\x18\x01 \x03(\x0b\x32\x1e.foretell.forecast.v1.Forecast\":\n\x17SubmitForecastsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05*`\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x44IRECTION_UP\x10\x01\x12\x12\n\x0e\x44IRECTION_DOWN\x10\x02\x12\x12\n\x0e\x44IRECTION_FLAT\x10\x03\x32\x81\x01\n\x0f\x46orecastService\x12n\n\x0fSubmitForecasts\x12,.foretell.forecast.v1.SubmitForecastsRequest\x1a-.foretell.forecast.v1.SubmitForecastsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+foretell/forecast/v1/forecast_service.proto\x12\x14\x66oretell.forecast.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x03\n\x0e\x46orecastRecord\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12)\n\x05\x61s_of\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0btarget_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\tdirection\x18\x05 \x01(\x0e\x32\x1f.foretell.forecast.v1.Direction\x12\x1d\n\x10predicted_return\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0bprobability\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x0f\n\x07version\x18\x08 \x01(\x05\x12\x0e\n\x06run_id\x18\t \x01(\t\x12\x31\n\rrecorded_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x04kind\x18\x0b \x01(\x0e\x32\x1d.foretell.forecast.v1.RunKindB\x13\n\x11_predicted_returnB\x0e\n\x0c_probability\"\xcf\x02\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12)\n\x05\x61s_of\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x04kind\x18\x05 \x01(\x0e\x32\x1d.foretell.forecast.v1.RunKind\x12\x31\n\x07outcome\x18\x06 \x01(\x0e\x32 .foretell.forecast.v1.RunOutcome\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12+\n\x08\x64uration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0e\x66orecast_count\x18\t \x01(\x05\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03log\x18\x0b \x01(\t\"\xfe\x01\n\x14ListForecastsRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0e\n\x06symbol\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x04kind\x18\x06 \x01(\x0e\x32\x1d.foretell.forecast.v1.RunKind\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\"i\n\x15ListForecastsResponse\x12\x37\n\tforecasts\x18\x01 \x03(\x0b\x32$.foretell.forecast.v1.ForecastRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"j\n\x16StreamForecastsRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12+\n\x04kind\x18\x03 \x01(\x0e\x32\x1d.foretell.forecast.v1.RunKind\"R\n\x17StreamForecastsResponse\x12\x37\n\tforecasts\x18\x01 \x03(\x0b\x32$.foretell.forecast.v1.ForecastRecord\"\xe9\x01\n\x0fListRunsRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x04kind\x18\x05 \x01(\x0e\x32\x1d.foretell.forecast.v1.RunKind\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"T\n\x10ListRunsResponse\x12\'\n\x04runs\x18\x01 \x03(\x0b\x32\x19.foretell.forecast.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\rGetRunRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06run_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"8\n\x0eGetRunResponse\x12&\n\x03run\x18\x01 \x01(\x0b\x32\x19.foretell.forecast.v1.Run\"\xef\x01\n\x08\x46orecast\x12\x14\n\x06symbol\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\x0btarget_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x38\n\tdirection\x18\x03 \x01(\x0e\x32\x1f.foretell.forecast.v1.DirectionB\x04\xe2\x41\x01\x02\x12\x1d\n\x10predicted_return\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0bprobability\x18\x05 \x01(\x01H\x01\x88\x01\x01\x42\x13\n\x11_predicted_returnB\x0e\n\x0c_probability\"K\n\x16SubmitForecastsRequest\x12\x31\n\tforecasts\x18\x01 \x03(\x0b\x32\x1e.foretell.forecast.v1.Forecast\":\n\x17SubmitForecastsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05*`\n\x07RunKind\x12\x18\n\x14RUN_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rRUN_KIND_LIVE\x10\x01\x12\x10\n\x0cRUN_KIND_DRY\x10\x02\x12\x16\n\x12RUN_KIND_SIMULATED\x10\x03*\xd4\x01\n\nRunOutcome\x12\x1b\n\x17RUN_OUTCOME_UNSPECIFIED\x10\x00\x12\x12\n\x0eRUN_OUTCOME_OK\x10\x01\x12\x1b\n\x17RUN_OUTCOME_MODEL_ERROR\x10\x02\x12\x17\n\x13RUN_OUTCOME_TIMEOUT\x10\x03\x12\x1d\n\x19RUN_OUTCOME_OUT_OF_MEMORY\x10\x04\x12 \n\x1cRUN_OUTCOME_KILLED_BY_POLICY\x10\x05\x12\x1e\n\x1aRUN_OUTCOME_INVALID_OUTPUT\x10\x06*`\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x44IRECTION_UP\x10\x01\x12\x12\n\x0e\x44IRECTION_DOWN\x10\x02\x12\x12\n\x0e\x44IRECTION_FLAT\x10\x03\x32\xad\x05\n\x0f\x46orecastService\x12n\n\x0fSubmitForecasts\x12,.foretell.forecast.v1.SubmitForecastsRequest\x1a-.foretell.forecast.v1.SubmitForecastsResponse\x12\x8e\x01\n\rListForecasts\x12*.foretell.forecast.v1.ListForecastsRequest\x1a+.foretell.forecast.v1.ListForecastsResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/models/{model}/forecasts\x12\x9d\x01\n\x0fStreamForecasts\x12,.foretell.forecast.v1.StreamForecastsRequest\x1a-.foretell.forecast.v1.StreamForecastsResponse\"+\x82\xd3\xe4\x93\x02%\x12#/v1/models/{model}/forecasts:stream0\x01\x12z\n\x08ListRuns\x12%.foretell.forecast.v1.ListRunsRequest\x1a&.foretell.forecast.v1.ListRunsResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/models/{model}/runs\x12}\n\x06GetRun\x12#.foretell.forecast.v1.GetRunRequest\x1a$.foretell.forecast.v1.GetRunResponse\"(\x82\xd3\xe4\x93\x02\"\x12 /v1/models/{model}/runs/{run_id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'foretell.forecast.v1.forecast_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LISTFORECASTSREQUEST'].fields_by_name['model']._loaded_options = None
+  _globals['_LISTFORECASTSREQUEST'].fields_by_name['model']._serialized_options = b'\342A\001\002'
+  _globals['_STREAMFORECASTSREQUEST'].fields_by_name['model']._loaded_options = None
+  _globals['_STREAMFORECASTSREQUEST'].fields_by_name['model']._serialized_options = b'\342A\001\002'
+  _globals['_LISTRUNSREQUEST'].fields_by_name['model']._loaded_options = None
+  _globals['_LISTRUNSREQUEST'].fields_by_name['model']._serialized_options = b'\342A\001\002'
+  _globals['_GETRUNREQUEST'].fields_by_name['model']._loaded_options = None
+  _globals['_GETRUNREQUEST'].fields_by_name['model']._serialized_options = b'\342A\001\002'
+  _globals['_GETRUNREQUEST'].fields_by_name['run_id']._loaded_options = None
+  _globals['_GETRUNREQUEST'].fields_by_name['run_id']._serialized_options = b'\342A\001\002'
   _globals['_FORECAST'].fields_by_name['symbol']._loaded_options = None
   _globals['_FORECAST'].fields_by_name['symbol']._serialized_options = b'\342A\001\002'
   _globals['_FORECAST'].fields_by_name['target_time']._loaded_options = None
   _globals['_FORECAST'].fields_by_name['target_time']._serialized_options = b'\342A\001\002'
   _globals['_FORECAST'].fields_by_name['direction']._loaded_options = None
   _globals['_FORECAST'].fields_by_name['direction']._serialized_options = b'\342A\001\002'
-  _globals['_DIRECTION']._serialized_start=514
-  _globals['_DIRECTION']._serialized_end=610
-  _globals['_FORECAST']._serialized_start=136
-  _globals['_FORECAST']._serialized_end=375
-  _globals['_SUBMITFORECASTSREQUEST']._serialized_start=377
-  _globals['_SUBMITFORECASTSREQUEST']._serialized_end=452
-  _globals['_SUBMITFORECASTSRESPONSE']._serialized_start=454
-  _globals['_SUBMITFORECASTSRESPONSE']._serialized_end=512
-  _globals['_FORECASTSERVICE']._serialized_start=613
-  _globals['_FORECASTSERVICE']._serialized_end=742
+  _globals['_FORECASTSERVICE'].methods_by_name['ListForecasts']._loaded_options = None
+  _globals['_FORECASTSERVICE'].methods_by_name['ListForecasts']._serialized_options = b'\202\323\344\223\002\036\022\034/v1/models/{model}/forecasts'
+  _globals['_FORECASTSERVICE'].methods_by_name['StreamForecasts']._loaded_options = None
+  _globals['_FORECASTSERVICE'].methods_by_name['StreamForecasts']._serialized_options = b'\202\323\344\223\002%\022#/v1/models/{model}/forecasts:stream'
+  _globals['_FORECASTSERVICE'].methods_by_name['ListRuns']._loaded_options = None
+  _globals['_FORECASTSERVICE'].methods_by_name['ListRuns']._serialized_options = b'\202\323\344\223\002\031\022\027/v1/models/{model}/runs'
+  _globals['_FORECASTSERVICE'].methods_by_name['GetRun']._loaded_options = None
+  _globals['_FORECASTSERVICE'].methods_by_name['GetRun']._serialized_options = b'\202\323\344\223\002\"\022 /v1/models/{model}/runs/{run_id}'
+  _globals['_RUNKIND']._serialized_start=2327
+  _globals['_RUNKIND']._serialized_end=2423
+  _globals['_RUNOUTCOME']._serialized_start=2426
+  _globals['_RUNOUTCOME']._serialized_end=2638
+  _globals['_DIRECTION']._serialized_start=2640
+  _globals['_DIRECTION']._serialized_end=2736
+  _globals['_FORECASTRECORD']._serialized_start=198
+  _globals['_FORECASTRECORD']._serialized_end=612
+  _globals['_RUN']._serialized_start=615
+  _globals['_RUN']._serialized_end=950
+  _globals['_LISTFORECASTSREQUEST']._serialized_start=953
+  _globals['_LISTFORECASTSREQUEST']._serialized_end=1207
+  _globals['_LISTFORECASTSRESPONSE']._serialized_start=1209
+  _globals['_LISTFORECASTSRESPONSE']._serialized_end=1314
+  _globals['_STREAMFORECASTSREQUEST']._serialized_start=1316
+  _globals['_STREAMFORECASTSREQUEST']._serialized_end=1422
+  _globals['_STREAMFORECASTSRESPONSE']._serialized_start=1424
+  _globals['_STREAMFORECASTSRESPONSE']._serialized_end=1506
+  _globals['_LISTRUNSREQUEST']._serialized_start=1509
+  _globals['_LISTRUNSREQUEST']._serialized_end=1742
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1744
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1828
+  _globals['_GETRUNREQUEST']._serialized_start=1830
+  _globals['_GETRUNREQUEST']._serialized_end=1888
+  _globals['_GETRUNRESPONSE']._serialized_start=1890
+  _globals['_GETRUNRESPONSE']._serialized_end=1946
+  _globals['_FORECAST']._serialized_start=1949
+  _globals['_FORECAST']._serialized_end=2188
+  _globals['_SUBMITFORECASTSREQUEST']._serialized_start=2190
+  _globals['_SUBMITFORECASTSREQUEST']._serialized_end=2265
+  _globals['_SUBMITFORECASTSRESPONSE']._serialized_start=2267
+  _globals['_SUBMITFORECASTSRESPONSE']._serialized_end=2325
+  _globals['_FORECASTSERVICE']._serialized_start=2739
+  _globals['_FORECASTSERVICE']._serialized_end=3424
 # @@protoc_insertion_point(module_scope)

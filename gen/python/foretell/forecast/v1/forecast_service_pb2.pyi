@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -19,6 +20,74 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RunKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_KIND_UNSPECIFIED: _RunKind.ValueType  # 0
+    """Not set: in a request, means RUN_KIND_LIVE."""
+    RUN_KIND_LIVE: _RunKind.ValueType  # 1
+    """A scheduled run of the live version: the track record."""
+    RUN_KIND_DRY: _RunKind.ValueType  # 2
+    """A run the provider asked for to try a version; not part of the record."""
+    RUN_KIND_SIMULATED: _RunKind.ValueType  # 3
+    """A replay over past data; not part of the record."""
+
+class RunKind(_RunKind, metaclass=_RunKindEnumTypeWrapper):
+    """RunKind says why a run happened; forecasts carry their run's kind."""
+
+RUN_KIND_UNSPECIFIED: RunKind.ValueType  # 0
+"""Not set: in a request, means RUN_KIND_LIVE."""
+RUN_KIND_LIVE: RunKind.ValueType  # 1
+"""A scheduled run of the live version: the track record."""
+RUN_KIND_DRY: RunKind.ValueType  # 2
+"""A run the provider asked for to try a version; not part of the record."""
+RUN_KIND_SIMULATED: RunKind.ValueType  # 3
+"""A replay over past data; not part of the record."""
+Global___RunKind: _TypeAlias = RunKind  # noqa: Y015
+
+class _RunOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_OUTCOME_UNSPECIFIED: _RunOutcome.ValueType  # 0
+    """Not set."""
+    RUN_OUTCOME_OK: _RunOutcome.ValueType  # 1
+    """The model finished; its forecasts (possibly none) were recorded."""
+    RUN_OUTCOME_MODEL_ERROR: _RunOutcome.ValueType  # 2
+    """The model's code raised or exited non-zero."""
+    RUN_OUTCOME_TIMEOUT: _RunOutcome.ValueType  # 3
+    """The run went past its time limit."""
+    RUN_OUTCOME_OUT_OF_MEMORY: _RunOutcome.ValueType  # 4
+    """The run went past its memory limit."""
+    RUN_OUTCOME_KILLED_BY_POLICY: _RunOutcome.ValueType  # 5
+    """The sandbox stopped the model for doing something it may not."""
+    RUN_OUTCOME_INVALID_OUTPUT: _RunOutcome.ValueType  # 6
+    """The model submitted forecasts the platform refused; none were recorded."""
+
+class RunOutcome(_RunOutcome, metaclass=_RunOutcomeEnumTypeWrapper):
+    """RunOutcome is how a run ended. Runs are recorded once they have ended."""
+
+RUN_OUTCOME_UNSPECIFIED: RunOutcome.ValueType  # 0
+"""Not set."""
+RUN_OUTCOME_OK: RunOutcome.ValueType  # 1
+"""The model finished; its forecasts (possibly none) were recorded."""
+RUN_OUTCOME_MODEL_ERROR: RunOutcome.ValueType  # 2
+"""The model's code raised or exited non-zero."""
+RUN_OUTCOME_TIMEOUT: RunOutcome.ValueType  # 3
+"""The run went past its time limit."""
+RUN_OUTCOME_OUT_OF_MEMORY: RunOutcome.ValueType  # 4
+"""The run went past its memory limit."""
+RUN_OUTCOME_KILLED_BY_POLICY: RunOutcome.ValueType  # 5
+"""The sandbox stopped the model for doing something it may not."""
+RUN_OUTCOME_INVALID_OUTPUT: RunOutcome.ValueType  # 6
+"""The model submitted forecasts the platform refused; none were recorded."""
+Global___RunOutcome: _TypeAlias = RunOutcome  # noqa: Y015
 
 class _Direction:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -47,6 +116,421 @@ DIRECTION_DOWN: Direction.ValueType  # 2
 DIRECTION_FLAT: Direction.ValueType  # 3
 """The close at the target time is about the close at as_of."""
 Global___Direction: _TypeAlias = Direction  # noqa: Y015
+
+@_typing.final
+class ForecastRecord(_message.Message):
+    """ForecastRecord is one forecast as the platform recorded it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    TARGET_TIME_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    PREDICTED_RETURN_FIELD_NUMBER: _builtins.int
+    PROBABILITY_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    RECORDED_TIME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model's name."""
+    symbol: _builtins.str
+    """The symbol forecast, e.g. "EURUSD"."""
+    direction: Global___Direction.ValueType
+    """Which way the price moves from as_of to target_time."""
+    predicted_return: _builtins.float
+    """The expected relative change of the close (0.01 is +1 %), if given."""
+    probability: _builtins.float
+    """The probability that `direction` is right, in [0, 1], if given."""
+    version: _builtins.int
+    """The number of the version that made the forecast."""
+    run_id: _builtins.str
+    """The id of the run that made the forecast."""
+    kind: Global___RunKind.ValueType
+    """The kind of the run that made it."""
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The moment the run saw the market up to: the forecast's starting point."""
+
+    @_builtins.property
+    def target_time(self) -> _timestamp_pb2.Timestamp:
+        """When the forecast comes due."""
+
+    @_builtins.property
+    def recorded_time(self) -> _timestamp_pb2.Timestamp:
+        """When the platform recorded it, by the platform's clock."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        symbol: _builtins.str = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+        target_time: _timestamp_pb2.Timestamp | None = ...,
+        direction: Global___Direction.ValueType = ...,
+        predicted_return: _builtins.float | None = ...,
+        probability: _builtins.float | None = ...,
+        version: _builtins.int = ...,
+        run_id: _builtins.str = ...,
+        recorded_time: _timestamp_pb2.Timestamp | None = ...,
+        kind: Global___RunKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_predicted_return", b"_predicted_return", "_probability", b"_probability", "as_of", b"as_of", "predicted_return", b"predicted_return", "probability", b"probability", "recorded_time", b"recorded_time", "target_time", b"target_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_predicted_return", b"_predicted_return", "_probability", b"_probability", "as_of", b"as_of", "direction", b"direction", "kind", b"kind", "model", b"model", "predicted_return", b"predicted_return", "probability", b"probability", "recorded_time", b"recorded_time", "run_id", b"run_id", "symbol", b"symbol", "target_time", b"target_time", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__predicted_return: _TypeAlias = _typing.Literal["predicted_return"]  # noqa: Y015
+    _WhichOneofArgType__predicted_return: _TypeAlias = _typing.Literal["_predicted_return", b"_predicted_return"]  # noqa: Y015
+    _WhichOneofReturnType__probability: _TypeAlias = _typing.Literal["probability"]  # noqa: Y015
+    _WhichOneofArgType__probability: _TypeAlias = _typing.Literal["_probability", b"_probability"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__predicted_return) -> _WhichOneofReturnType__predicted_return | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__probability) -> _WhichOneofReturnType__probability | None: ...
+
+Global___ForecastRecord: _TypeAlias = ForecastRecord  # noqa: Y015
+
+@_typing.final
+class Run(_message.Message):
+    """Run is one execution of a model's version at one as_of."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    FORECAST_COUNT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    LOG_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The run's id (a UUID)."""
+    model: _builtins.str
+    """The model's name."""
+    version: _builtins.int
+    """The number of the version that ran."""
+    kind: Global___RunKind.ValueType
+    """Why the run happened."""
+    outcome: Global___RunOutcome.ValueType
+    """How the run ended."""
+    detail: _builtins.str
+    """What the outcome means in words, e.g. which limit was hit."""
+    forecast_count: _builtins.int
+    """How many forecasts were recorded from the run."""
+    log: _builtins.str
+    """The run's captured output (stdout then stderr, at most 64 KiB, the
+    earliest output dropped first). Only GetRun fills it.
+    """
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The moment the run saw the market up to."""
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """How long the model ran in the sandbox."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the run was recorded."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+        kind: Global___RunKind.ValueType = ...,
+        outcome: Global___RunOutcome.ValueType = ...,
+        detail: _builtins.str = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        forecast_count: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        log: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "create_time", b"create_time", "duration", b"duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "create_time", b"create_time", "detail", b"detail", "duration", b"duration", "forecast_count", b"forecast_count", "id", b"id", "kind", b"kind", "log", b"log", "model", b"model", "outcome", b"outcome", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class ListForecastsRequest(_message.Message):
+    """Request for ForecastService.ListForecasts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model's name."""
+    version: _builtins.int
+    """Only forecasts of this version number; 0 means every version."""
+    symbol: _builtins.str
+    """Only forecasts for this symbol; empty means every symbol."""
+    kind: Global___RunKind.ValueType
+    """Only forecasts of this kind of run; RUN_KIND_UNSPECIFIED means live."""
+    page_size: _builtins.int
+    """Page size, 1 to 1000; 0 means 100."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page, or empty for the first. The
+    other fields must stay the same from page to page.
+    """
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Only forecasts with as_of at or after this time."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Only forecasts with as_of before this time; after start_time when both
+        are set.
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        symbol: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        kind: Global___RunKind.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "kind", b"kind", "model", b"model", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "symbol", b"symbol", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListForecastsRequest: _TypeAlias = ListForecastsRequest  # noqa: Y015
+
+@_typing.final
+class ListForecastsResponse(_message.Message):
+    """Response for ForecastService.ListForecasts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORECASTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def forecasts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ForecastRecord]:
+        """One page of forecasts, newest as_of first (then newest recorded)."""
+
+    def __init__(
+        self,
+        *,
+        forecasts: _abc.Iterable[Global___ForecastRecord] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forecasts", b"forecasts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListForecastsResponse: _TypeAlias = ListForecastsResponse  # noqa: Y015
+
+@_typing.final
+class StreamForecastsRequest(_message.Message):
+    """Request for ForecastService.StreamForecasts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model's name."""
+    symbol: _builtins.str
+    """Only forecasts for this symbol; empty means every symbol."""
+    kind: Global___RunKind.ValueType
+    """Only forecasts of this kind of run; RUN_KIND_UNSPECIFIED means live."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        symbol: _builtins.str = ...,
+        kind: Global___RunKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "model", b"model", "symbol", b"symbol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamForecastsRequest: _TypeAlias = StreamForecastsRequest  # noqa: Y015
+
+@_typing.final
+class StreamForecastsResponse(_message.Message):
+    """Response for ForecastService.StreamForecasts: one recorded run's forecasts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORECASTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def forecasts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ForecastRecord]:
+        """The forecasts that run recorded, as ListForecasts returns them."""
+
+    def __init__(
+        self,
+        *,
+        forecasts: _abc.Iterable[Global___ForecastRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forecasts", b"forecasts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamForecastsResponse: _TypeAlias = StreamForecastsResponse  # noqa: Y015
+
+@_typing.final
+class ListRunsRequest(_message.Message):
+    """Request for ForecastService.ListRuns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model's name."""
+    version: _builtins.int
+    """Only runs of this version number; 0 means every version."""
+    kind: Global___RunKind.ValueType
+    """Only runs of this kind; RUN_KIND_UNSPECIFIED means live."""
+    page_size: _builtins.int
+    """Page size, 1 to 1000; 0 means 100."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page, or empty for the first. The
+    other fields must stay the same from page to page.
+    """
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Only runs with as_of at or after this time."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Only runs with as_of before this time; after start_time when both are set."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        kind: Global___RunKind.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "kind", b"kind", "model", b"model", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunsRequest: _TypeAlias = ListRunsRequest  # noqa: Y015
+
+@_typing.final
+class ListRunsResponse(_message.Message):
+    """Response for ForecastService.ListRuns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Run]:
+        """One page of runs, newest as_of first, without their logs."""
+
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[Global___Run] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunsResponse: _TypeAlias = ListRunsResponse  # noqa: Y015
+
+@_typing.final
+class GetRunRequest(_message.Message):
+    """Request for ForecastService.GetRun."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model's name."""
+    run_id: _builtins.str
+    """The run's id."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunRequest: _TypeAlias = GetRunRequest  # noqa: Y015
+
+@_typing.final
+class GetRunResponse(_message.Message):
+    """Response for ForecastService.GetRun."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """The run, with its log."""
+
+    def __init__(
+        self,
+        *,
+        run: Global___Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunResponse: _TypeAlias = GetRunResponse  # noqa: Y015
 
 @_typing.final
 class Forecast(_message.Message):

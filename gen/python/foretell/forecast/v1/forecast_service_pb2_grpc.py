@@ -26,12 +26,19 @@ if _version_not_supported:
 
 
 class ForecastServiceStub:
-    """ForecastService records and serves models' forecasts.
+    """ForecastService records and serves models' forecasts and runs.
 
-    On the platform's public servers its RPCs arrive in a later release. During a
-    run, the worker serves SubmitForecasts on the run's own Unix socket (and only
-    there): it is how a model running in the sandbox hands its forecasts to the
-    platform, which records them after the run, stamped with its own clock.
+    During a run, the worker serves SubmitForecasts on the run's own Unix socket
+    (and only there): it is how a model running in the sandbox hands its
+    forecasts to the platform, which records them after the run, stamped with
+    its own clock. The public servers refuse SubmitForecasts and serve the reads.
+
+    Access to the reads (until subscriptions add entitlements): every caller must
+    be signed in (an access token or an API key). A public model's forecasts are
+    readable by everyone signed in; a private model's only by its owner and
+    admins, and for anyone else the model does not exist (NOT_FOUND). Runs, with
+    their captured output, are the owner's (and admins'): another caller gets
+    NOT_FOUND for a private model and PERMISSION_DENIED for a public one.
     """
 
     def __init__(self, channel):
@@ -45,15 +52,42 @@ class ForecastServiceStub:
                 request_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.SubmitForecastsRequest.SerializeToString,
                 response_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.SubmitForecastsResponse.FromString,
                 _registered_method=True)
+        self.ListForecasts = channel.unary_unary(
+                '/foretell.forecast.v1.ForecastService/ListForecasts',
+                request_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.ListForecastsRequest.SerializeToString,
+                response_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.ListForecastsResponse.FromString,
+                _registered_method=True)
+        self.StreamForecasts = channel.unary_stream(
+                '/foretell.forecast.v1.ForecastService/StreamForecasts',
+                request_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.StreamForecastsRequest.SerializeToString,
+                response_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.StreamForecastsResponse.FromString,
+                _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/foretell.forecast.v1.ForecastService/ListRuns',
+                request_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
+        self.GetRun = channel.unary_unary(
+                '/foretell.forecast.v1.ForecastService/GetRun',
+                request_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetRunResponse.FromString,
+                _registered_method=True)
 
 
 class ForecastServiceServicer:
-    """ForecastService records and serves models' forecasts.
+    """ForecastService records and serves models' forecasts and runs.
 
-    On the platform's public servers its RPCs arrive in a later release. During a
-    run, the worker serves SubmitForecasts on the run's own Unix socket (and only
-    there): it is how a model running in the sandbox hands its forecasts to the
-    platform, which records them after the run, stamped with its own clock.
+    During a run, the worker serves SubmitForecasts on the run's own Unix socket
+    (and only there): it is how a model running in the sandbox hands its
+    forecasts to the platform, which records them after the run, stamped with
+    its own clock. The public servers refuse SubmitForecasts and serve the reads.
+
+    Access to the reads (until subscriptions add entitlements): every caller must
+    be signed in (an access token or an API key). A public model's forecasts are
+    readable by everyone signed in; a private model's only by its owner and
+    admins, and for anyone else the model does not exist (NOT_FOUND). Runs, with
+    their captured output, are the owner's (and admins'): another caller gets
+    NOT_FOUND for a private model and PERMISSION_DENIED for a public one.
     """
 
     def SubmitForecasts(self, request, context):
@@ -69,6 +103,45 @@ class ForecastServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListForecasts(self, request, context):
+        """Lists a model's recorded forecasts, newest as_of first, a page at a time.
+        Only one kind of run's forecasts per call: live by default, so dry runs and
+        simulated replays never mix with the track record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamForecasts(self, request, context):
+        """Streams a model's forecasts as they are recorded: one message per recorded
+        run, holding that run's forecasts that pass the filters. Nothing recorded
+        before the call is sent (use ListForecasts for that); the server sends the
+        response headers (initial metadata) once it is listening, and every run
+        recorded after that is delivered. The stream runs until the client cancels
+        it; it ends with UNAVAILABLE if the server loses its feed (open it again
+        and fill any gap with ListForecasts). Over REST the response is a chunked
+        JSON array, one element per message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRuns(self, request, context):
+        """Lists a model's runs, newest as_of first, a page at a time, without their
+        logs (GetRun has them). Only the model's owner and admins may.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRun(self, request, context):
+        """Returns one run of a model, with its captured output. Only the model's
+        owner and admins may.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ForecastServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +149,26 @@ def add_ForecastServiceServicer_to_server(servicer, server):
                     servicer.SubmitForecasts,
                     request_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.SubmitForecastsRequest.FromString,
                     response_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.SubmitForecastsResponse.SerializeToString,
+            ),
+            'ListForecasts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListForecasts,
+                    request_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.ListForecastsRequest.FromString,
+                    response_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.ListForecastsResponse.SerializeToString,
+            ),
+            'StreamForecasts': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamForecasts,
+                    request_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.StreamForecastsRequest.FromString,
+                    response_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.StreamForecastsResponse.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.ListRunsRequest.FromString,
+                    response_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'GetRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRun,
+                    request_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetRunRequest.FromString,
+                    response_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,12 +179,19 @@ def add_ForecastServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ForecastService:
-    """ForecastService records and serves models' forecasts.
+    """ForecastService records and serves models' forecasts and runs.
 
-    On the platform's public servers its RPCs arrive in a later release. During a
-    run, the worker serves SubmitForecasts on the run's own Unix socket (and only
-    there): it is how a model running in the sandbox hands its forecasts to the
-    platform, which records them after the run, stamped with its own clock.
+    During a run, the worker serves SubmitForecasts on the run's own Unix socket
+    (and only there): it is how a model running in the sandbox hands its
+    forecasts to the platform, which records them after the run, stamped with
+    its own clock. The public servers refuse SubmitForecasts and serve the reads.
+
+    Access to the reads (until subscriptions add entitlements): every caller must
+    be signed in (an access token or an API key). A public model's forecasts are
+    readable by everyone signed in; a private model's only by its owner and
+    admins, and for anyone else the model does not exist (NOT_FOUND). Runs, with
+    their captured output, are the owner's (and admins'): another caller gets
+    NOT_FOUND for a private model and PERMISSION_DENIED for a public one.
     """
 
     @staticmethod
@@ -111,6 +211,114 @@ class ForecastService:
             '/foretell.forecast.v1.ForecastService/SubmitForecasts',
             foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.SubmitForecastsRequest.SerializeToString,
             foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.SubmitForecastsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListForecasts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.forecast.v1.ForecastService/ListForecasts',
+            foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.ListForecastsRequest.SerializeToString,
+            foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.ListForecastsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamForecasts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/foretell.forecast.v1.ForecastService/StreamForecasts',
+            foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.StreamForecastsRequest.SerializeToString,
+            foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.StreamForecastsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.forecast.v1.ForecastService/ListRuns',
+            foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.ListRunsRequest.SerializeToString,
+            foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.forecast.v1.ForecastService/GetRun',
+            foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetRunRequest.SerializeToString,
+            foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

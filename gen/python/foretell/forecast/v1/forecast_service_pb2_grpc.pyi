@@ -27,12 +27,19 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ForecastServiceStub:
-    """ForecastService records and serves models' forecasts.
+    """ForecastService records and serves models' forecasts and runs.
 
-    On the platform's public servers its RPCs arrive in a later release. During a
-    run, the worker serves SubmitForecasts on the run's own Unix socket (and only
-    there): it is how a model running in the sandbox hands its forecasts to the
-    platform, which records them after the run, stamped with its own clock.
+    During a run, the worker serves SubmitForecasts on the run's own Unix socket
+    (and only there): it is how a model running in the sandbox hands its
+    forecasts to the platform, which records them after the run, stamped with
+    its own clock. The public servers refuse SubmitForecasts and serve the reads.
+
+    Access to the reads (until subscriptions add entitlements): every caller must
+    be signed in (an access token or an API key). A public model's forecasts are
+    readable by everyone signed in; a private model's only by its owner and
+    admins, and for anyone else the model does not exist (NOT_FOUND). Runs, with
+    their captured output, are the owner's (and admins'): another caller gets
+    NOT_FOUND for a private model and PERMISSION_DENIED for a public one.
     """
 
     @_typing.overload
@@ -48,15 +55,45 @@ class ForecastServiceStub:
     whole call with INVALID_ARGUMENT and field violations such as
     `forecasts[3].probability`; nothing of that call is kept.
     """
+    ListForecasts: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.ListForecastsRequest, _forecast_service_pb2.ListForecastsResponse]
+    """Lists a model's recorded forecasts, newest as_of first, a page at a time.
+    Only one kind of run's forecasts per call: live by default, so dry runs and
+    simulated replays never mix with the track record.
+    """
+    StreamForecasts: _grpc.UnaryStreamMultiCallable[_forecast_service_pb2.StreamForecastsRequest, _forecast_service_pb2.StreamForecastsResponse]
+    """Streams a model's forecasts as they are recorded: one message per recorded
+    run, holding that run's forecasts that pass the filters. Nothing recorded
+    before the call is sent (use ListForecasts for that); the server sends the
+    response headers (initial metadata) once it is listening, and every run
+    recorded after that is delivered. The stream runs until the client cancels
+    it; it ends with UNAVAILABLE if the server loses its feed (open it again
+    and fill any gap with ListForecasts). Over REST the response is a chunked
+    JSON array, one element per message.
+    """
+    ListRuns: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.ListRunsRequest, _forecast_service_pb2.ListRunsResponse]
+    """Lists a model's runs, newest as_of first, a page at a time, without their
+    logs (GetRun has them). Only the model's owner and admins may.
+    """
+    GetRun: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.GetRunRequest, _forecast_service_pb2.GetRunResponse]
+    """Returns one run of a model, with its captured output. Only the model's
+    owner and admins may.
+    """
 
 @_typing.type_check_only
 class ForecastServiceAsyncStub(ForecastServiceStub):
-    """ForecastService records and serves models' forecasts.
+    """ForecastService records and serves models' forecasts and runs.
 
-    On the platform's public servers its RPCs arrive in a later release. During a
-    run, the worker serves SubmitForecasts on the run's own Unix socket (and only
-    there): it is how a model running in the sandbox hands its forecasts to the
-    platform, which records them after the run, stamped with its own clock.
+    During a run, the worker serves SubmitForecasts on the run's own Unix socket
+    (and only there): it is how a model running in the sandbox hands its
+    forecasts to the platform, which records them after the run, stamped with
+    its own clock. The public servers refuse SubmitForecasts and serve the reads.
+
+    Access to the reads (until subscriptions add entitlements): every caller must
+    be signed in (an access token or an API key). A public model's forecasts are
+    readable by everyone signed in; a private model's only by its owner and
+    admins, and for anyone else the model does not exist (NOT_FOUND). Runs, with
+    their captured output, are the owner's (and admins'): another caller gets
+    NOT_FOUND for a private model and PERMISSION_DENIED for a public one.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -69,14 +106,44 @@ class ForecastServiceAsyncStub(ForecastServiceStub):
     whole call with INVALID_ARGUMENT and field violations such as
     `forecasts[3].probability`; nothing of that call is kept.
     """
+    ListForecasts: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.ListForecastsRequest, _forecast_service_pb2.ListForecastsResponse]  # type: ignore[assignment]
+    """Lists a model's recorded forecasts, newest as_of first, a page at a time.
+    Only one kind of run's forecasts per call: live by default, so dry runs and
+    simulated replays never mix with the track record.
+    """
+    StreamForecasts: _aio.UnaryStreamMultiCallable[_forecast_service_pb2.StreamForecastsRequest, _forecast_service_pb2.StreamForecastsResponse]  # type: ignore[assignment]
+    """Streams a model's forecasts as they are recorded: one message per recorded
+    run, holding that run's forecasts that pass the filters. Nothing recorded
+    before the call is sent (use ListForecasts for that); the server sends the
+    response headers (initial metadata) once it is listening, and every run
+    recorded after that is delivered. The stream runs until the client cancels
+    it; it ends with UNAVAILABLE if the server loses its feed (open it again
+    and fill any gap with ListForecasts). Over REST the response is a chunked
+    JSON array, one element per message.
+    """
+    ListRuns: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.ListRunsRequest, _forecast_service_pb2.ListRunsResponse]  # type: ignore[assignment]
+    """Lists a model's runs, newest as_of first, a page at a time, without their
+    logs (GetRun has them). Only the model's owner and admins may.
+    """
+    GetRun: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.GetRunRequest, _forecast_service_pb2.GetRunResponse]  # type: ignore[assignment]
+    """Returns one run of a model, with its captured output. Only the model's
+    owner and admins may.
+    """
 
 class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
-    """ForecastService records and serves models' forecasts.
+    """ForecastService records and serves models' forecasts and runs.
 
-    On the platform's public servers its RPCs arrive in a later release. During a
-    run, the worker serves SubmitForecasts on the run's own Unix socket (and only
-    there): it is how a model running in the sandbox hands its forecasts to the
-    platform, which records them after the run, stamped with its own clock.
+    During a run, the worker serves SubmitForecasts on the run's own Unix socket
+    (and only there): it is how a model running in the sandbox hands its
+    forecasts to the platform, which records them after the run, stamped with
+    its own clock. The public servers refuse SubmitForecasts and serve the reads.
+
+    Access to the reads (until subscriptions add entitlements): every caller must
+    be signed in (an access token or an API key). A public model's forecasts are
+    readable by everyone signed in; a private model's only by its owner and
+    admins, and for anyone else the model does not exist (NOT_FOUND). Runs, with
+    their captured output, are the owner's (and admins'): another caller gets
+    NOT_FOUND for a private model and PERMISSION_DENIED for a public one.
     """
 
     @_abc_1.abstractmethod
@@ -92,6 +159,53 @@ class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
         At most 1,000 forecasts per run, across all calls. Any problem rejects the
         whole call with INVALID_ARGUMENT and field violations such as
         `forecasts[3].probability`; nothing of that call is kept.
+        """
+
+    @_abc_1.abstractmethod
+    def ListForecasts(
+        self,
+        request: _forecast_service_pb2.ListForecastsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_forecast_service_pb2.ListForecastsResponse, _abc.Awaitable[_forecast_service_pb2.ListForecastsResponse]]:
+        """Lists a model's recorded forecasts, newest as_of first, a page at a time.
+        Only one kind of run's forecasts per call: live by default, so dry runs and
+        simulated replays never mix with the track record.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamForecasts(
+        self,
+        request: _forecast_service_pb2.StreamForecastsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_forecast_service_pb2.StreamForecastsResponse], _abc.AsyncIterator[_forecast_service_pb2.StreamForecastsResponse]]:
+        """Streams a model's forecasts as they are recorded: one message per recorded
+        run, holding that run's forecasts that pass the filters. Nothing recorded
+        before the call is sent (use ListForecasts for that); the server sends the
+        response headers (initial metadata) once it is listening, and every run
+        recorded after that is delivered. The stream runs until the client cancels
+        it; it ends with UNAVAILABLE if the server loses its feed (open it again
+        and fill any gap with ListForecasts). Over REST the response is a chunked
+        JSON array, one element per message.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRuns(
+        self,
+        request: _forecast_service_pb2.ListRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_forecast_service_pb2.ListRunsResponse, _abc.Awaitable[_forecast_service_pb2.ListRunsResponse]]:
+        """Lists a model's runs, newest as_of first, a page at a time, without their
+        logs (GetRun has them). Only the model's owner and admins may.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRun(
+        self,
+        request: _forecast_service_pb2.GetRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_forecast_service_pb2.GetRunResponse, _abc.Awaitable[_forecast_service_pb2.GetRunResponse]]:
+        """Returns one run of a model, with its captured output. Only the model's
+        owner and admins may.
         """
 
 def add_ForecastServiceServicer_to_server(servicer: ForecastServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

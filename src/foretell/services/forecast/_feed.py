@@ -1,0 +1,77 @@
+"""Recorded runs as they are committed, from PostgreSQL LISTEN/NOTIFY, fanned out to the
+process's open StreamForecasts calls.
+
+One listening connection per process, opened with the first subscriber and closed with the
+last. Each subscriber has a bounded queue of notices; a subscriber that falls too far behind,
+or every subscriber when the connection is lost, gets `LOST` and its stream ends UNAVAILABLE
+(the client opens it again and fills the gap with ListForecasts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from foretell.db.notify import FORECASTS_CHANNEL, RunRecorded
+
+LOST: Final = None
+_QUEUE = 1000
+
+Notices = asyncio.Queue[RunRecorded | None]
+
+
+class ForecastFeed:
+    def __init__(self, database_url: str) -> None:
+        self._dsn = make_url(database_url).set(drivername="postgresql").render_as_string(False)
+        self._subscribers: dict[uuid.UUID, set[Notices]] = {}
+        self._connection: Any = None
+        self._lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def subscribe(self, model_id: uuid.UUID) -> AsyncIterator[Notices]:
+        """Notices of the model's recorded runs, from the moment this returns."""
+        queue: Notices = asyncio.Queue(_QUEUE + 1)
+        async with self._lock:
+            if self._connection is None:
+                connection = await asyncpg.connect(self._dsn)
+                connection.add_termination_listener(self._lost)
+                await connection.add_listener(FORECASTS_CHANNEL, self._notified)
+                self._connection = connection
+            self._subscribers.setdefault(model_id, set()).add(queue)
+        try:
+            yield queue
+        finally:
+            async with self._lock:
+                queues = self._subscribers.get(model_id, set())
+                queues.discard(queue)
+                if not queues:
+                    self._subscribers.pop(model_id, None)
+                if not self._subscribers and self._connection is not None:
+                    connection, self._connection = self._connection, None
+                    await connection.close()
+
+    def _notified(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        notice = RunRecorded.decode(payload)
+        if notice is None:
+            return
+        for queue in self._subscribers.get(notice.model_id, ()):
+            if queue.qsize() >= _QUEUE:
+                if queue.qsize() == _QUEUE:
+                    queue.put_nowait(LOST)
+                continue
+            queue.put_nowait(notice)
+
+    def _lost(self, connection: Any) -> None:
+        if connection is not self._connection:
+            return  # closed by us, after the last subscriber left
+        self._connection = None
+        for queues in self._subscribers.values():
+            for queue in queues:
+                if not queue.full():
+                    queue.put_nowait(LOST)

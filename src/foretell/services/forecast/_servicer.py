@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from grpc import aio
+
+from foretell.auth.principal import current_principal
+from foretell.db.models import Forecast, Run
+from foretell.errors import ForetellError, PermissionDenied
+from foretell.forecast.v1 import forecast_service_pb2 as pb
+from foretell.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
+from foretell.runtime.resources import Resources
+from foretell.services._convert import timestamp as _ts
+from foretell.services.forecast import _store, _validate
+from foretell.services.forecast._feed import LOST, ForecastFeed
+
+if TYPE_CHECKING:
+    # Generic only in the type stubs.
+    Context = aio.ServicerContext[Any, Any]
+
+_DIRECTIONS = {"up": pb.DIRECTION_UP, "down": pb.DIRECTION_DOWN, "flat": pb.DIRECTION_FLAT}
+_OUTCOMES = {
+    "ok": pb.RUN_OUTCOME_OK,
+    "model_error": pb.RUN_OUTCOME_MODEL_ERROR,
+    "timeout": pb.RUN_OUTCOME_TIMEOUT,
+    "out_of_memory": pb.RUN_OUTCOME_OUT_OF_MEMORY,
+    "killed_by_policy": pb.RUN_OUTCOME_KILLED_BY_POLICY,
+    "invalid_output": pb.RUN_OUTCOME_INVALID_OUTPUT,
+}
+
+
+class FeedLost(ForetellError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UNAVAILABLE"
+
+
+def forecast_pb(model: str, forecast: Forecast, version: int) -> pb.ForecastRecord:
+    return pb.ForecastRecord(
+        model=model,
+        symbol=forecast.symbol,
+        as_of=_ts(forecast.as_of),
+        target_time=_ts(forecast.target_time),
+        direction=_DIRECTIONS[forecast.direction],
+        predicted_return=forecast.predicted_return,
+        probability=forecast.probability,
+        version=version,
+        run_id=str(forecast.run_id),
+        recorded_time=_ts(forecast.recorded_at),
+        kind=_validate.KIND_ENUM[forecast.kind],
+    )
+
+
+def run_pb(model: str, run: Run, version: int, count: int, *, log: bool) -> pb.Run:
+    duration = Duration()
+    duration.FromNanoseconds(round(run.duration_s * 1e9))
+    return pb.Run(
+        id=str(run.id),
+        model=model,
+        version=version,
+        as_of=_ts(run.as_of),
+        kind=_validate.KIND_ENUM[run.kind],
+        outcome=_OUTCOMES[run.outcome],
+        detail=run.detail,
+        duration=duration,
+        forecast_count=count,
+        create_time=_ts(run.created_at),
+        log=run.log if log else "",
+    )
+
+
+class ForecastServicer(pb_grpc.ForecastServiceServicer):
+    """The public reads. SubmitForecasts is refused here (and by the policy table, NOBODY): it is
+    served only on a run's socket (foretell.runs)."""
+
+    def __init__(self, resources: Resources) -> None:
+        self._res = resources
+        self._feed = ForecastFeed(str(resources.settings.database_url))
+
+    async def SubmitForecasts(
+        self, request: pb.SubmitForecastsRequest, context: Context
+    ) -> pb.SubmitForecastsResponse:
+        # Unreachable behind the interceptor (policy NOBODY); refused here too, in depth.
+        raise PermissionDenied("forecasts are submitted only by a model during its run")
+
+    async def ListForecasts(
+        self, request: pb.ListForecastsRequest, context: Context
+    ) -> pb.ListForecastsResponse:
+        filters = _validate.list_forecasts(request)
+        view = await _store.readable_model(self._res.db, current_principal(), filters.model)
+        rows = await _store.list_forecasts(self._res.db, view, filters)
+        limit = filters.limit
+        token = ""
+        if len(rows) > limit:
+            last = rows[limit - 1][0]
+            token = _validate.page_token(last.as_of, last.id)
+        return pb.ListForecastsResponse(
+            forecasts=[forecast_pb(view.model.name, f, number) for f, number in rows[:limit]],
+            next_page_token=token,
+        )
+
+    async def StreamForecasts(
+        self, request: pb.StreamForecastsRequest, context: Context
+    ) -> AsyncIterator[pb.StreamForecastsResponse]:
+        name, symbol, kind = _validate.stream_forecasts(request)
+        view = await _store.readable_model(self._res.db, current_principal(), name)
+        async with self._feed.subscribe(view.model.id) as notices:
+            # Headers out once listening: the client knows every later run reaches it.
+            await context.send_initial_metadata(())
+            while True:
+                notice = await notices.get()
+                if notice is LOST:
+                    raise FeedLost("the forecast feed was interrupted: open the stream again")
+                if notice.kind != kind:
+                    continue
+                rows = await _store.run_forecasts(self._res.db, notice.run_id, symbol)
+                if rows:
+                    yield pb.StreamForecastsResponse(
+                        forecasts=[forecast_pb(name, f, number) for f, number in rows]
+                    )
+
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
+        filters = _validate.list_runs(request)
+        view = await _store.runs_model(self._res.db, current_principal(), filters.model)
+        rows = await _store.list_runs(self._res.db, view, filters)
+        limit = filters.limit
+        token = ""
+        if len(rows) > limit:
+            last = rows[limit - 1][0]
+            token = _validate.page_token(last.as_of, last.id)
+        return pb.ListRunsResponse(
+            runs=[run_pb(view.model.name, r, n, c, log=False) for r, n, c in rows[:limit]],
+            next_page_token=token,
+        )
+
+    async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
+        name, run_id = _validate.get_run(request)
+        view = await _store.runs_model(self._res.db, current_principal(), name)
+        run, number, count = await _store.get_run(self._res.db, view, run_id)
+        return pb.GetRunResponse(run=run_pb(name, run, number, count, log=True))
+
+
+def add_to_server(server: aio.Server, resources: Resources) -> None:
+    pb_grpc.add_ForecastServiceServicer_to_server(ForecastServicer(resources), server)

@@ -1,0 +1,177 @@
+"""Input rules for ForecastService reads, every violation reported at once."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from foretell.errors import Violations
+from foretell.forecast.v1 import forecast_service_pb2 as pb
+from foretell.services.registry._validate import SYMBOL, decode_token, encode_token, model_name
+
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
+
+KINDS: dict[int, str] = {
+    pb.RUN_KIND_UNSPECIFIED: "live",
+    pb.RUN_KIND_LIVE: "live",
+    pb.RUN_KIND_DRY: "dry",
+    pb.RUN_KIND_SIMULATED: "simulated",
+}
+KIND_ENUM = {"live": pb.RUN_KIND_LIVE, "dry": pb.RUN_KIND_DRY, "simulated": pb.RUN_KIND_SIMULATED}
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where the previous page ended: its last row's as_of and id (newest first)."""
+
+    as_of: datetime
+    id: str
+
+
+@dataclass(frozen=True)
+class Filters:
+    model: str
+    version: int | None
+    symbol: str
+    start: datetime | None
+    end: datetime | None
+    kind: str
+    limit: int
+    after: Cursor | None
+
+
+def _kind(v: Violations, value: int) -> str:
+    kind = KINDS.get(value)
+    if kind is None:
+        v.add("kind", "RUN_KIND_LIVE, RUN_KIND_DRY or RUN_KIND_SIMULATED")
+    return kind or "live"
+
+
+def _symbol(v: Violations, symbol: str) -> str:
+    if symbol and not SYMBOL.fullmatch(symbol):
+        v.add("symbol", "1 to 32 characters: A-Z, 0-9, '.', '_', '-'")
+    return symbol
+
+
+def _time(ts: Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def _range(
+    v: Violations, has_start: bool, start: Timestamp, has_end: bool, end: Timestamp
+) -> tuple[datetime | None, datetime | None]:
+    begin = _time(start) if has_start else None
+    until = _time(end) if has_end else None
+    if begin is not None and until is not None and until <= begin:
+        v.add("end_time", "must be after start_time")
+    return begin, until
+
+
+def _cursor(v: Violations, token: str) -> Cursor | None:
+    raw = decode_token(v, token)
+    if raw is None:
+        return None
+    try:
+        as_of, row_id = raw if isinstance(raw, list) else (None, None)
+        when = datetime.fromisoformat(str(as_of))
+        if when.tzinfo is not None:
+            return Cursor(when, str(row_id))
+    except (TypeError, ValueError):
+        pass
+    v.add("page_token", "not a token from a previous page")
+    return None
+
+
+def page_token(as_of: datetime, row_id: object) -> str:
+    return encode_token([as_of.isoformat(), str(row_id)])
+
+
+def _common(
+    v: Violations,
+    model: str,
+    version: int,
+    page_size: int,
+    token: str,
+) -> tuple[str, int | None, int, Cursor | None]:
+    name = model_name(v, "model", model)
+    if version < 0:
+        v.add("version", "a version number, or 0 for every version")
+    if page_size < 0 or page_size > MAX_PAGE:
+        v.add("page_size", f"0 to {MAX_PAGE} (0 means {DEFAULT_PAGE})")
+    return name, version or None, page_size or DEFAULT_PAGE, _cursor(v, token)
+
+
+def list_forecasts(request: pb.ListForecastsRequest) -> Filters:
+    v = Violations()
+    name, version, limit, after = _common(
+        v, request.model, request.version, request.page_size, request.page_token
+    )
+    if after is not None and not after.id.isdigit():
+        v.add("page_token", "not a token from a previous page")
+    start, end = _range(
+        v,
+        request.HasField("start_time"),
+        request.start_time,
+        request.HasField("end_time"),
+        request.end_time,
+    )
+    filters = Filters(
+        name, version, _symbol(v, request.symbol), start, end, _kind(v, request.kind), limit, after
+    )
+    v.raise_if_any()
+    return filters
+
+
+def list_runs(request: pb.ListRunsRequest) -> Filters:
+    v = Violations()
+    name, version, limit, after = _common(
+        v, request.model, request.version, request.page_size, request.page_token
+    )
+    if after is not None and not _is_uuid(after.id):
+        v.add("page_token", "not a token from a previous page")
+    start, end = _range(
+        v,
+        request.HasField("start_time"),
+        request.start_time,
+        request.HasField("end_time"),
+        request.end_time,
+    )
+    filters = Filters(name, version, "", start, end, _kind(v, request.kind), limit, after)
+    v.raise_if_any()
+    return filters
+
+
+def stream_forecasts(request: pb.StreamForecastsRequest) -> tuple[str, str, str]:
+    """(model name, symbol or "", kind)."""
+    v = Violations()
+    name = model_name(v, "model", request.model)
+    symbol = _symbol(v, request.symbol)
+    kind = _kind(v, request.kind)
+    v.raise_if_any()
+    return name, symbol, kind
+
+
+def get_run(request: pb.GetRunRequest) -> tuple[str, uuid.UUID]:
+    v = Violations()
+    name = model_name(v, "model", request.model)
+    run_id = None
+    if not request.run_id:
+        v.add("run_id", "required")
+    elif not _is_uuid(request.run_id):
+        v.add("run_id", "not a run id")
+    else:
+        run_id = uuid.UUID(request.run_id)
+    v.raise_if_any()
+    assert run_id is not None
+    return name, run_id
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
