@@ -66,6 +66,12 @@ class Settings:
     build_timeout_s: int = 600
     # The arq queue; separate names keep sites (or test sessions) sharing one Redis apart.
     queue_name: str = "foretell:queue"
+    # The worker's every-minute cron that runs live versions at each closed slot.
+    scheduler: Literal["on", "off"] = "on"
+    # Sandbox limits of a scheduled run; the arq job timeout is the wall clock plus a minute.
+    run_wall_s: int = 30
+    run_cpu_s: int = 30
+    run_memory_mib: int = 512
 
     @property
     def keys_dir(self) -> Path:
@@ -156,6 +162,10 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "max_bundle_bytes": _positive_int,
     "build_timeout_s": _positive_int,
     "queue_name": _text,
+    "scheduler": _choice("on", "off"),
+    "run_wall_s": _positive_int,
+    "run_cpu_s": _positive_int,
+    "run_memory_mib": _positive_int,
 }
 
 

@@ -9,32 +9,51 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from typing import Any
 
-from arq import Worker, func
+from arq import Worker, cron, func
 from arq.connections import RedisSettings
 
 from foretell.logs import get_logger
-from foretell.runtime.resources import open_resources
+from foretell.runtime.resources import Clock, open_resources, utc_now
+from foretell.scheduler import run_job_timeout_s, run_version, schedule_runs
 from foretell.services.registry.build import build_version
 from foretell.settings import Settings
 
 log = get_logger("foretell.worker")
 
 
-def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
-    """A worker for every job, with the process's resources in ctx["resources"]."""
+def create_worker(
+    settings: Settings,
+    *,
+    burst: bool = False,
+    clock: Clock = utc_now,
+    scheduler: bool | None = None,
+) -> Worker:
+    """A worker for every job, with the process's resources in ctx["resources"] (their clock
+    is `clock`, for tests). The scheduler cron runs when `scheduler` is true; by default when
+    FORETELL_SCHEDULER is on and the worker is not a burst (test) worker."""
     assert settings.redis_url
+    if scheduler is None:
+        scheduler = settings.scheduler == "on" and not burst
+    cron_jobs = [
+        # Every minute at second 0; unique, so two workers never run a cycle at once.
+        cron(schedule_runs, minute=None, second=0, run_at_startup=True, timeout=300)
+    ]
 
     async def startup(ctx: dict[str, Any]) -> None:
         stack = AsyncExitStack()
         ctx["stack"] = stack
-        ctx["resources"] = await stack.enter_async_context(open_resources(settings))
-        log.info("worker started", jobs=["build_version"])
+        ctx["resources"] = await stack.enter_async_context(open_resources(settings, clock))
+        log.info("worker started", jobs=["build_version", "run_version"], scheduler=scheduler)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         await ctx["stack"].aclose()
 
     return Worker(
-        functions=[func(build_version, timeout=settings.build_timeout_s + 60, max_tries=3)],
+        functions=[
+            func(build_version, timeout=settings.build_timeout_s + 60, max_tries=3),
+            func(run_version, timeout=run_job_timeout_s(settings), max_tries=3),
+        ],
+        cron_jobs=cron_jobs if scheduler else None,
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         on_startup=startup,
         on_shutdown=shutdown,

@@ -3,6 +3,7 @@ directory bound into every jail, and `execute_run`, which runs one version at on
 records the run and its forecasts exactly once."""
 
 from foretell.runs._execute import LOG_CAP, NotRunnable, RunKind, RunRecord, execute_run
+from foretell.runs._schedule import MAX_MISSED, due_slots, latest_closed_boundary, missed_total
 from foretell.runs._scope import MAX_FORECASTS, MAX_MESSAGE_BYTES, RunScope
 from foretell.runs._sdk_dir import sdk_dir
 from foretell.runs._server import RunServer
@@ -12,6 +13,7 @@ __all__ = [
     "LOG_CAP",
     "MAX_FORECASTS",
     "MAX_MESSAGE_BYTES",
+    "MAX_MISSED",
     "AcceptedForecast",
     "NotRunnable",
     "RunKind",
@@ -19,6 +21,9 @@ __all__ = [
     "RunScope",
     "RunServer",
     "check_forecasts",
+    "due_slots",
     "execute_run",
+    "latest_closed_boundary",
+    "missed_total",
     "sdk_dir",
 ]

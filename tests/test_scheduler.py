@@ -1,0 +1,392 @@
+"""The scheduler: due and missed slots as pure functions of an injected clock, then the cron
+cycle and the run job end to end (real PostgreSQL, Redis, sandbox and burst worker)."""
+
+from __future__ import annotations
+
+import textwrap
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from sqlalchemy import select
+
+from foretell.common.v1 import common_pb2
+from foretell.db.models import Forecast, Model, Run, Version
+from foretell.registry.v1 import registry_service_pb2 as pb
+from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
+from foretell.runs import MAX_MISSED, due_slots, latest_closed_boundary, missed_total
+from foretell.runtime import Resources
+from foretell.scheduler import MISSED_DETAIL, run_job_id, run_version, schedule_runs
+from foretell.services.datafeed import BarColumns, ingest_bars
+from foretell.settings import Settings, load_settings
+from foretell.worker import create_worker
+from tests._registry import model_name, push, run_builds, write_model
+from tests.conftest import MovableClock, SignedIn, SignUp
+
+if TYPE_CHECKING:
+    from grpc import aio
+
+
+def t(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+# --- pure functions -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("resolution", "now", "boundary"),
+    [
+        ("1h", "2024-03-10 10:00:00", "2024-03-10 10:00:00"),
+        ("1h", "2024-03-10 09:59:59.999999", "2024-03-10 09:00:00"),
+        ("1h", "2024-03-10 10:00:00.000001", "2024-03-10 10:00:00"),
+        ("1h", "2024-03-10 10:59:59", "2024-03-10 10:00:00"),
+        ("4h", "2024-03-10 08:00:00", "2024-03-10 08:00:00"),
+        ("4h", "2024-03-10 07:59:59", "2024-03-10 04:00:00"),
+        ("4h", "2024-03-10 11:59:59", "2024-03-10 08:00:00"),
+        ("4h", "2024-03-10 00:00:01", "2024-03-10 00:00:00"),
+        ("1d", "2024-03-10 00:00:00", "2024-03-10 00:00:00"),
+        ("1d", "2024-03-09 23:59:59", "2024-03-09 00:00:00"),
+        ("1d", "2024-03-10 13:00:00", "2024-03-10 00:00:00"),
+        # Daylight saving changes (US 2024-03-10, EU 2024-10-27) do not move a UTC grid.
+        ("1h", "2024-10-27 02:30:00", "2024-10-27 02:00:00"),
+        ("1d", "2024-10-27 23:00:00", "2024-10-27 00:00:00"),
+    ],
+)
+def test_latest_closed_boundary(resolution: str, now: str, boundary: str) -> None:
+    assert latest_closed_boundary(resolution, t(now)) == t(boundary)
+
+
+def test_latest_closed_boundary_in_another_zone_is_the_same_instant() -> None:
+    from zoneinfo import ZoneInfo
+
+    now = datetime(2024, 3, 10, 3, 30, tzinfo=ZoneInfo("America/New_York"))  # 07:30 UTC
+    assert latest_closed_boundary("4h", now) == t("2024-03-10 04:00:00")
+    assert latest_closed_boundary("1d", now) == t("2024-03-10 00:00:00")
+
+
+def test_naive_times_and_unknown_resolutions_are_refused() -> None:
+    with pytest.raises(ValueError, match="timezone"):
+        latest_closed_boundary("1h", datetime(2024, 1, 1))
+    with pytest.raises(ValueError, match="resolution"):
+        latest_closed_boundary("2h", t("2024-01-01 00:00:00"))
+
+
+PUBLISHED = "2024-03-10 09:30:00"
+
+
+@pytest.mark.parametrize(
+    ("resolution", "last", "now", "due", "missed"),
+    [
+        # Published mid-slot: the slot it was published in is not run; the next one is.
+        ("1h", None, "2024-03-10 09:45:00", None, []),
+        ("1h", None, "2024-03-10 09:59:59", None, []),
+        ("1h", None, "2024-03-10 10:00:00", "2024-03-10 10:00:00", []),
+        ("1h", None, "2024-03-10 10:00:30", "2024-03-10 10:00:00", []),
+        # Nothing due right after a run, until the next boundary.
+        ("1h", "2024-03-10 10:00:00", "2024-03-10 10:00:30", None, []),
+        ("1h", "2024-03-10 10:00:00", "2024-03-10 10:59:59", None, []),
+        ("1h", "2024-03-10 10:00:00", "2024-03-10 11:00:00", "2024-03-10 11:00:00", []),
+        # Down from 10:30 to 13:05: 11:00 and 12:00 were missed, 13:00 is due.
+        (
+            "1h",
+            "2024-03-10 10:00:00",
+            "2024-03-10 13:05:00",
+            "2024-03-10 13:00:00",
+            ["2024-03-10 11:00:00", "2024-03-10 12:00:00"],
+        ),
+        # Never ran since publishing, down until 12:10.
+        (
+            "1h",
+            None,
+            "2024-03-10 12:10:00",
+            "2024-03-10 12:00:00",
+            ["2024-03-10 10:00:00", "2024-03-10 11:00:00"],
+        ),
+        ("4h", None, "2024-03-10 11:59:59", None, []),
+        ("4h", None, "2024-03-10 12:00:00", "2024-03-10 12:00:00", []),
+        ("4h", None, "2024-03-10 16:00:00", "2024-03-10 16:00:00", ["2024-03-10 12:00:00"]),
+        ("4h", "2024-03-10 16:00:00", "2024-03-10 19:59:00", None, []),
+        ("1d", None, "2024-03-10 23:59:59", None, []),
+        ("1d", None, "2024-03-11 00:00:00", "2024-03-11 00:00:00", []),
+        (
+            "1d",
+            "2024-03-11 00:00:00",
+            "2024-03-14 00:00:01",
+            "2024-03-14 00:00:00",
+            ["2024-03-12 00:00:00", "2024-03-13 00:00:00"],
+        ),
+        # A clock behind the last slot (or the publish time) never yields anything.
+        ("1h", "2024-03-10 12:00:00", "2024-03-10 11:30:00", None, []),
+        ("1h", None, "2024-03-10 08:00:00", None, []),
+    ],
+)
+def test_due_slots(
+    resolution: str, last: str | None, now: str, due: str | None, missed: list[str]
+) -> None:
+    got_due, got_missed = due_slots(resolution, t(last) if last else None, t(now), t(PUBLISHED))
+    assert got_due == (t(due) if due else None)
+    assert got_missed == [t(m) for m in missed]
+
+
+def test_due_slots_with_a_moving_clock() -> None:
+    """A minute-by-minute cycle over a day with a four-hour outage: every hourly slot is
+    either run once or recorded missed once, and nothing runs before its boundary."""
+    now = t("2024-03-10 09:30:00")
+    last: datetime | None = None
+    ran: list[datetime] = []
+    missed_all: list[datetime] = []
+    down = (t("2024-03-10 14:10:00"), t("2024-03-10 18:20:00"))
+    while now < t("2024-03-11 09:30:00"):
+        if not down[0] <= now < down[1]:
+            due, missed = due_slots("1h", last, now, t(PUBLISHED))
+            if due is not None:
+                assert due <= now
+                ran.append(due)
+                missed_all += missed
+                last = due
+        now += timedelta(minutes=1)
+    assert missed_all == [t(f"2024-03-10 {h}:00:00") for h in (15, 16, 17)]
+    assert ran[:2] == [t("2024-03-10 10:00:00"), t("2024-03-10 11:00:00")]
+    assert t("2024-03-10 18:00:00") in ran
+    assert sorted(ran + missed_all) == [
+        t("2024-03-10 10:00:00") + timedelta(hours=i) for i in range(24)
+    ]
+    assert len(set(ran)) == len(ran)
+
+
+def test_missed_slots_are_capped_to_the_most_recent() -> None:
+    published = t("2020-01-01 00:30:00")
+    now = t("2024-01-01 00:10:00")
+    due, missed = due_slots("1h", None, now, published)
+    assert due == t("2024-01-01 00:00:00")
+    assert len(missed) == MAX_MISSED
+    assert missed[-1] == due - timedelta(hours=1)
+    assert missed[0] == due - timedelta(hours=MAX_MISSED)
+    total = missed_total("1h", None, due, published)
+    assert total == (due - t("2020-01-01 01:00:00")) // timedelta(hours=1)
+    assert due_slots("1h", None, now, published, cap=3)[1] == [
+        due - timedelta(hours=3),
+        due - timedelta(hours=2),
+        due - timedelta(hours=1),
+    ]
+
+
+def test_scheduler_settings() -> None:
+    assert load_settings({}).scheduler == "on"
+    off = load_settings({"FORETELL_SCHEDULER": "off", "FORETELL_RUN_WALL_S": "5"})
+    assert off.scheduler == "off" and off.run_wall_s == 5
+
+
+# --- the cron cycle and the run job, end to end ---------------------------------------------
+
+BASE = datetime(2024, 3, 4, tzinfo=UTC)
+MOMENTUM = """
+from foretell.sdk import Forecast
+
+def predict(ctx):
+    out = []
+    for symbol in ctx.symbols:
+        bars = ctx.bars(symbol, lookback=5)
+        up = bars.close[-1] >= bars.close[0]
+        out.append(Forecast(symbol, ctx.target_time, "up" if up else "down", probability=0.6))
+    return out
+"""
+
+
+@pytest.fixture(scope="module")
+def registry(channel: aio.Channel) -> pb_grpc.RegistryServiceAsyncStub:
+    return pb_grpc.RegistryServiceStub(channel)
+
+
+def set_time(clock: MovableClock, when: datetime) -> None:
+    clock.offset = when - datetime.now(UTC)
+
+
+async def add_bars(resources: Resources, symbol: str) -> None:
+    n = 48
+    closes = [100.0 + i for i in range(n)]
+    bars = BarColumns(
+        [int((BASE + timedelta(hours=i)).timestamp()) for i in range(n)],
+        closes,
+        [c + 1 for c in closes],
+        [c - 1 for c in closes],
+        closes,
+        [10.0] * n,
+    )
+    await ingest_bars(resources.db, symbol, "1h", bars, upsert=True, now=datetime.now(UTC))
+
+
+async def published_model(
+    registry: pb_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    settings: Settings,
+    resources: Resources,
+    clock: MovableClock,
+    tmp_path: Path,
+    published_at: datetime,
+) -> tuple[SignedIn, Model, Version]:
+    """A built model with its own symbol and 48 hourly bars from BASE, published (live) at
+    `published_at` on the movable clock."""
+    symbol = f"S{uuid.uuid4().hex[:8].upper()}"
+    await add_bars(resources, symbol)
+    me = await sign_up()
+    created = await registry.CreateModel(
+        pb.CreateModelRequest(
+            model=pb.Model(
+                name=model_name(),
+                title="Scheduler test",
+                symbols=[symbol],
+                resolution=common_pb2.RESOLUTION_1H,
+                horizon=1,
+            )
+        ),
+        metadata=me.metadata,
+    )
+    folder = write_model(tmp_path / "m", source=textwrap.dedent(MOMENTUM), symbols=(symbol,))
+    await push(registry, me.metadata, created.model.name, folder)
+    await run_builds(settings)
+    set_time(clock, published_at)
+    await registry.PublishVersion(
+        pb.PublishVersionRequest(model=created.model.name, number=1), metadata=me.metadata
+    )
+    async with resources.db.session() as session:
+        model = await session.scalar(select(Model).where(Model.name == created.model.name))
+        assert model is not None and model.live_version == 1
+        version = await session.scalar(select(Version).where(Version.model_id == model.id))
+        assert version is not None and version.build_state == "ready"
+    return me, model, version
+
+
+async def run_worker(settings: Settings, clock: MovableClock) -> None:
+    worker = create_worker(settings, burst=True, clock=clock)
+    try:
+        await worker.async_run()
+    finally:
+        await worker.close()
+
+
+async def recorded(resources: Resources, model: Model) -> tuple[list[Run], list[Forecast]]:
+    async with resources.db.session() as session:
+        runs = list(
+            await session.scalars(select(Run).where(Run.model_id == model.id).order_by(Run.as_of))
+        )
+        forecasts = list(
+            await session.scalars(select(Forecast).where(Forecast.model_id == model.id))
+        )
+    return runs, forecasts
+
+
+async def take_offline(
+    registry: pb_grpc.RegistryServiceAsyncStub, me: SignedIn, model: Model
+) -> None:
+    await registry.TakeOffline(pb.TakeOfflineRequest(name=model.name), metadata=me.metadata)
+
+
+async def test_a_due_slot_runs_once_and_missed_slots_are_recorded_missed(
+    registry: pb_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    settings: Settings,
+    resources: Resources,
+    clock: MovableClock,
+    tmp_path: Path,
+) -> None:
+    # Published at 27:30; the platform "comes back" at 30:10: 28:00 and 29:00 were missed.
+    me, model, version = await published_model(
+        registry, sign_up, settings, resources, clock, tmp_path, BASE + timedelta(hours=27.5)
+    )
+    due = BASE + timedelta(hours=30)
+    set_time(clock, due + timedelta(minutes=10))
+    ctx: dict[str, Any] = {"resources": resources}
+    first = await schedule_runs(ctx)
+    assert first == {"enqueued": 1, "missed": 2}
+    # A second cycle in the same slot queues nothing and records nothing more.
+    assert await schedule_runs(ctx) == {"enqueued": 0, "missed": 0}
+    # The same job id is refused by arq while the first is queued.
+    duplicate = await resources.redis.enqueue_job(
+        "run_version",
+        str(version.id),
+        due.isoformat(),
+        _job_id=run_job_id(version.id, due),
+        _queue_name=settings.queue_name,
+    )
+    assert duplicate is None
+    await run_worker(settings, clock)
+
+    runs, forecasts = await recorded(resources, model)
+    assert [(r.as_of, r.kind, r.outcome) for r in runs] == [
+        (BASE + timedelta(hours=28), "live", "missed"),
+        (BASE + timedelta(hours=29), "live", "missed"),
+        (due, "live", "ok"),
+    ], [r.log for r in runs]
+    assert runs[0].detail == MISSED_DETAIL and runs[0].duration_s == 0
+    assert [(f.as_of, f.target_time, f.direction) for f in forecasts] == [
+        (due, due + timedelta(hours=1), "up")
+    ]
+    assert forecasts[0].run_id == runs[2].id
+
+    # Delivered again (at-least-once): nothing new is recorded.
+    assert await run_version(ctx, str(version.id), due.isoformat()) == "ok"
+    # A missed slot is never run late.
+    missed_slot = BASE + timedelta(hours=29)
+    assert await run_version(ctx, str(version.id), missed_slot.isoformat()) == "missed"
+    # Right after the run nothing is due; at the next boundary the next slot is.
+    assert await schedule_runs(ctx) == {"enqueued": 0, "missed": 0}
+    set_time(clock, due + timedelta(minutes=50))
+    await schedule_runs(ctx)
+    await run_worker(settings, clock)
+    runs_after, forecasts_after = await recorded(resources, model)
+    assert [r.id for r in runs_after] == [r.id for r in runs]
+    assert len(forecasts_after) == 1
+    set_time(clock, due + timedelta(hours=1, minutes=1))
+    await schedule_runs(ctx)
+    await run_worker(settings, clock)
+    runs_after, forecasts_after = await recorded(resources, model)
+    assert [(r.as_of, r.outcome) for r in runs_after[3:]] == [(due + timedelta(hours=1), "ok")]
+    assert len(forecasts_after) == 2
+    await take_offline(registry, me, model)
+
+
+async def test_a_model_taken_offline_after_enqueue_records_nothing(
+    registry: pb_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    settings: Settings,
+    resources: Resources,
+    clock: MovableClock,
+    tmp_path: Path,
+) -> None:
+    me, model, version = await published_model(
+        registry, sign_up, settings, resources, clock, tmp_path, BASE + timedelta(hours=20.5)
+    )
+    ctx: dict[str, Any] = {"resources": resources}
+    # A slot that has not come yet never runs, even delivered directly.
+    future = BASE + timedelta(hours=22)
+    assert await run_version(ctx, str(version.id), future.isoformat()) == "not_due"
+
+    set_time(clock, BASE + timedelta(hours=21, minutes=5))
+    assert await schedule_runs(ctx) == {"enqueued": 1, "missed": 0}
+    await take_offline(registry, me, model)
+    await run_worker(settings, clock)
+    assert await recorded(resources, model) == ([], [])
+    # And the scheduler does not pick it up any more.
+    set_time(clock, BASE + timedelta(hours=23, minutes=5))
+    await schedule_runs(ctx)
+    await run_worker(settings, clock)
+    assert await recorded(resources, model) == ([], [])
+
+
+def test_the_worker_runs_the_scheduler_unless_burst_or_off(settings: Settings) -> None:
+    import dataclasses
+
+    def cron_names(**kwargs: Any) -> list[str]:
+        worker = create_worker(kwargs.pop("s", settings), **kwargs)
+        return [job.name for job in worker.cron_jobs]
+
+    assert cron_names() == ["cron:schedule_runs"]
+    assert cron_names(burst=True) == []
+    assert cron_names(s=dataclasses.replace(settings, scheduler="off")) == []
+    worker = create_worker(settings)
+    run_job = worker.functions["run_version"]
+    assert run_job.timeout_s is not None and run_job.timeout_s > settings.run_wall_s
