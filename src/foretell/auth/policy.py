@@ -79,6 +79,9 @@ POLICY: dict[str, Policy] = {
     _FORECAST + "StreamForecasts": SIGNED_IN_READ,
     _FORECAST + "ListRuns": SIGNED_IN_READ,
     _FORECAST + "GetRun": SIGNED_IN_READ,
+    # A provider tries their own model (the service checks ownership); it runs the sandbox
+    # in the serving process, so no API keys: a leaked key must not be a way to burn CPU.
+    _FORECAST + "DryRun": PROVIDERS,
 }
 
 # Infrastructure services every process exposes; they carry no user data.

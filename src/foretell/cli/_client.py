@@ -28,6 +28,7 @@ from grpc_status import rpc_status
 
 from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.account.v1 import account_service_pb2_grpc as account_grpc
+from foretell.forecast.v1 import forecast_service_pb2_grpc as forecast_grpc
 from foretell.registry.v1 import registry_service_pb2_grpc as registry_grpc
 
 try:
@@ -49,6 +50,7 @@ class Exit(IntEnum):
     UNREACHABLE = 7
     BUILD_FAILED = 8
     RATE_LIMITED = 9
+    RUN_FAILED = 10
 
 
 EXIT_CODES_HELP = """\b
@@ -63,6 +65,7 @@ Exit codes:
   7  Foretell unreachable or not answering in time
   8  the build failed
   9  too many requests: try again later
+  10  the model's run did not end ok (`foretell run`: error, limit, refused output)
 
 \b
 The server URL comes from --url, else FORETELL_URL, else localhost:8080.
@@ -277,11 +280,13 @@ class Client:
     channel: grpc.Channel
     account: account_grpc.AccountServiceStub = field(init=False)
     registry: registry_grpc.RegistryServiceStub = field(init=False)
+    forecast: forecast_grpc.ForecastServiceStub = field(init=False)
     credentials: Credentials | None = None
 
     def __post_init__(self) -> None:
         self.account = account_grpc.AccountServiceStub(self.channel)
         self.registry = registry_grpc.RegistryServiceStub(self.channel)
+        self.forecast = forecast_grpc.ForecastServiceStub(self.channel)
 
     def session(self) -> Credentials:
         """The stored credentials, refreshed first when the access token is about to expire."""

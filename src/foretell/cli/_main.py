@@ -19,6 +19,7 @@ from foretell.cli._registry import (
     versions,
     visibility,
 )
+from foretell.cli._run import run
 from foretell.cli._server import admin, db, serve, up, worker
 
 
@@ -33,6 +34,7 @@ def cli() -> None:
       foretell init eurusd-momentum    # a model folder that works as generated
       foretell push eurusd-momentum --create
       foretell publish eurusd-momentum 1
+      foretell run eurusd-momentum     # a dry run: forecasts and logs, not recorded live
 
     \b
     Market data:
@@ -71,6 +73,7 @@ for command in (
     offline,
     visibility,
     logs,
+    run,
     data,
 ):
     cli.add_command(command)

@@ -25,6 +25,10 @@ _RATE_LIMITED_METHODS = ("CreateUser", "Login", "Refresh")
 _VALIDATE_TIMEOUT_S = 120
 
 
+# Unary RPCs that may outlast the 30 s route timeout: a dry run is a whole sandboxed run.
+_LONG_RUNNING = frozenset({"DryRun"})
+
+
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -110,7 +114,7 @@ def render_envoy_config(
             {"path": f"/{definition.full_name}/{method.name}", "cluster": cluster_of[name]}
             for name, definition in SERVICES.items()
             for method in definition.descriptor.methods
-            if method.client_streaming or method.server_streaming
+            if method.client_streaming or method.server_streaming or method.name in _LONG_RUNNING
         ],
         service_routes=[
             {"prefix": f"/{definition.full_name}/", "cluster": cluster_of[name]}

@@ -2,11 +2,20 @@
 directory bound into every jail, and `execute_run`, which runs one version at one as_of and
 records the run and its forecasts exactly once."""
 
-from foretell.runs._execute import LOG_CAP, NotRunnable, RunKind, RunRecord, execute_run
+from foretell.runs._execute import (
+    LOG_CAP,
+    LocalRun,
+    NotRunnable,
+    RunKind,
+    RunRecord,
+    execute_run,
+    run_local,
+)
+from foretell.runs._local import LocalResult, run_folder
 from foretell.runs._schedule import MAX_MISSED, due_slots, latest_closed_boundary, missed_total
 from foretell.runs._scope import MAX_FORECASTS, MAX_MESSAGE_BYTES, RunScope
 from foretell.runs._sdk_dir import sdk_dir
-from foretell.runs._server import RunServer
+from foretell.runs._server import BarSource, DatabaseBars, MemoryBars, RunServer
 from foretell.runs._validate import AcceptedForecast, check_forecasts
 
 __all__ = [
@@ -15,6 +24,11 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "MAX_MISSED",
     "AcceptedForecast",
+    "BarSource",
+    "DatabaseBars",
+    "LocalResult",
+    "LocalRun",
+    "MemoryBars",
     "NotRunnable",
     "RunKind",
     "RunRecord",
@@ -25,5 +39,7 @@ __all__ = [
     "execute_run",
     "latest_closed_boundary",
     "missed_total",
+    "run_folder",
+    "run_local",
     "sdk_dir",
 ]

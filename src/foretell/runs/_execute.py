@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import select, text
 
@@ -16,7 +16,7 @@ from foretell.db import Database
 from foretell.db.models import Model, Run, Version
 from foretell.db.notify import RunRecorded, announce_run
 from foretell.runs._scope import RunScope
-from foretell.runs._server import RunServer
+from foretell.runs._server import BarSource, DatabaseBars, RunServer
 from foretell.runs._validate import AcceptedForecast
 from foretell.runtime.resources import utc_now
 from foretell.sandbox import Outcome, SandboxLimits, SandboxResult, prepare_run_dir, run_in_sandbox
@@ -91,6 +91,70 @@ ON CONFLICT (version_id, as_of, symbol, target_time, kind) DO NOTHING
 """)
 
 
+def _argv(scope: RunScope, manifest: Mapping[str, Any]) -> list[str]:
+    return [
+        "-B", "-m", "foretell.sdk.run",
+        "--as-of", scope.as_of.isoformat(),
+        "--symbols", ",".join(scope.symbols),
+        "--resolution", scope.resolution,
+        "--horizon", str(scope.horizon),
+        "--lookback", str(int(manifest.get("lookback", 500))),
+        "--entrypoint", str(manifest["entrypoint"]),
+    ]  # fmt: skip
+
+
+async def _sandboxed(
+    image: Path,
+    scope: RunScope,
+    manifest: Mapping[str, Any],
+    bars: BarSource,
+    run_root: Path,
+    sdk: Path,
+    limits: SandboxLimits | None,
+) -> tuple[SandboxResult, RunServer]:
+    run_dir = run_root / uuid.uuid4().hex[:12]
+    server = RunServer(bars, scope, prepare_run_dir(run_dir))
+    try:
+        await server.start()
+        try:
+            result = await run_in_sandbox(
+                image, run_dir, _argv(scope, manifest), limits or SandboxLimits(), sdk_dir=sdk
+            )
+        finally:
+            await server.stop()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return result, server
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalRun:
+    outcome: str
+    detail: str
+    log: str
+    duration_s: float
+    forecasts: tuple[AcceptedForecast, ...]
+
+
+async def run_local(
+    image: Path,
+    scope: RunScope,
+    manifest: Mapping[str, Any],
+    bars: BarSource,
+    *,
+    run_root: Path,
+    sdk: Path,
+    limits: SandboxLimits | None = None,
+) -> LocalRun:
+    """`foretell run --local`: an image built on this machine, run in the same sandbox with the
+    same run-scoped server and the same judgement as `execute_run`, on `bars` instead of the
+    platform's database, recording nothing."""
+    result, server = await _sandboxed(image, scope, manifest, bars, run_root, sdk, limits)
+    outcome, detail, forecasts = _judge(result, server)
+    return LocalRun(outcome, detail, _cap(result.stdout + result.stderr), result.duration_s,
+                    tuple(forecasts))  # fmt: skip
+
+
 async def execute_run(
     db: Database,
     store: ArtifactStore,
@@ -124,27 +188,9 @@ async def execute_run(
     except (ArtifactCorrupt, OSError) as error:
         raise NotRunnable(str(error)) from None
     scope = RunScope(tuple(model.symbols), model.resolution, model.horizon, as_of)
-    argv = [
-        "-B", "-m", "foretell.sdk.run",
-        "--as-of", as_of.isoformat(),
-        "--symbols", ",".join(scope.symbols),
-        "--resolution", scope.resolution,
-        "--horizon", str(scope.horizon),
-        "--lookback", str(int(version.manifest.get("lookback", 500))),
-        "--entrypoint", str(version.manifest["entrypoint"]),
-    ]  # fmt: skip
-    run_dir = run_root / uuid.uuid4().hex[:12]
-    server = RunServer(db, scope, prepare_run_dir(run_dir))
-    try:
-        await server.start()
-        try:
-            result = await run_in_sandbox(
-                image, run_dir, argv, limits or SandboxLimits(), sdk_dir=sdk
-            )
-        finally:
-            await server.stop()
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    result, server = await _sandboxed(
+        image, scope, version.manifest, DatabaseBars(db), run_root, sdk, limits
+    )
     outcome, detail, forecasts = _judge(result, server)
     log = _cap(result.stdout + result.stderr)
     run_id = uuid.uuid4()

@@ -7,10 +7,13 @@ the methods below are served: no other service, no health, no reflection."""
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from grpc import aio
 from sqlalchemy import text
@@ -18,7 +21,13 @@ from sqlalchemy import text
 from foretell.datafeed.v1 import datafeed_service_pb2 as feed_pb
 from foretell.datafeed.v1 import datafeed_service_pb2_grpc as feed_grpc
 from foretell.db import Database
-from foretell.errors import ForetellError, InvalidArgument, OutOfRange, PermissionDenied
+from foretell.errors import (
+    ForetellError,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+)
 from foretell.forecast.v1 import forecast_service_pb2 as fc_pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as fc_grpc
 from foretell.runs._scope import MAX_MESSAGE_BYTES, RunScope
@@ -28,7 +37,7 @@ from foretell.services._convert import timestamp as _ts
 from foretell.services.datafeed import _store
 from foretell.services.datafeed import _validate as feed_validate
 from foretell.services.datafeed._servicer import PAGE_BARS, bars_pb
-from foretell.services.datafeed._store import BarQuery
+from foretell.services.datafeed._store import BarColumns, BarQuery, utc
 
 if TYPE_CHECKING:
     Context = aio.ServicerContext[Any, Any]
@@ -56,36 +65,104 @@ GROUP BY symbol ORDER BY symbol
 """)
 
 
+@dataclass(frozen=True)
+class SeriesInfo:
+    symbol: str
+    count: int
+    first: datetime
+    last: datetime
+
+
+class BarSource(Protocol):
+    """Where a run's bars come from: the platform's database (`DatabaseBars`, the default) or,
+    for `foretell run --local`, bars held in memory (`MemoryBars`). The run server applies the
+    scope's rules (symbols, resolution, as_of) before asking."""
+
+    async def series(self, scope: RunScope) -> list[SeriesInfo]:
+        """For each of the scope's symbols with bars of its resolution opened before as_of:
+        how many, the first and the last open time; ordered by symbol."""
+        ...
+
+    def read(self, query: BarQuery, page_size: int) -> AsyncIterator[tuple[BarColumns, bool]]:
+        """As `foretell.services.datafeed._store.read_bars`."""
+        ...
+
+
+class DatabaseBars:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def series(self, scope: RunScope) -> list[SeriesInfo]:
+        params = {
+            "symbols": list(scope.symbols),
+            "resolution": scope.resolution,
+            "as_of": scope.as_of_s,
+        }
+        async with self._db.read.connect() as conn:
+            rows = (await conn.execute(_SERIES, params)).all()
+        return [SeriesInfo(row[0], int(row[1]), row[2], row[3]) for row in rows]
+
+    def read(self, query: BarQuery, page_size: int) -> AsyncIterator[tuple[BarColumns, bool]]:
+        return _store.read_bars(self._db, query, page_size)
+
+
+class MemoryBars:
+    """Bars of one resolution in memory, per symbol, open times ascending."""
+
+    def __init__(self, resolution: str, bars: dict[str, BarColumns]) -> None:
+        self._resolution = resolution
+        self._bars = bars
+
+    def _cut(self, symbol: str, start: int, end: int) -> BarColumns:
+        bars = self._bars.get(symbol, BarColumns.empty())
+        times = bars.open_times
+        return bars.slice(bisect.bisect_left(times, start), bisect.bisect_left(times, end))
+
+    async def series(self, scope: RunScope) -> list[SeriesInfo]:
+        found = []
+        if scope.resolution == self._resolution:
+            for symbol in sorted(scope.symbols):
+                bars = self._cut(symbol, 0, scope.as_of_s)
+                if len(bars):
+                    found.append(SeriesInfo(symbol, len(bars), utc(bars.open_times[0]),
+                                            utc(bars.open_times[-1])))  # fmt: skip
+        return found
+
+    async def read(self, query: BarQuery, page_size: int) -> AsyncIterator[tuple[BarColumns, bool]]:
+        if query.resolution != self._resolution or not len(self._bars.get(query.symbol, ())):
+            raise NotFound(f"no {query.resolution} bars for symbol {query.symbol!r}")
+        bars = self._cut(query.symbol, query.start, query.end)
+        if query.limit:
+            bars = bars.slice(len(bars) - query.limit, len(bars)) if query.latest and len(
+                bars) > query.limit else bars.slice(0, query.limit)  # fmt: skip
+        for start in range(0, max(len(bars), 1), page_size):
+            yield bars.slice(start, start + page_size), start + page_size >= len(bars)
+
+
 class RunDataFeed(feed_grpc.DataFeedServiceServicer):
     """DataFeedService as the model sees it: its symbols, its resolution, bars closed by as_of.
     Counts and last times of ListSymbols are as of as_of too: even they must not reveal later
     bars."""
 
-    def __init__(self, db: Database, scope: RunScope) -> None:
-        self._db = db
+    def __init__(self, bars: BarSource, scope: RunScope) -> None:
+        self._bars = bars
         self._scope = scope
 
     async def ListSymbols(
         self, request: feed_pb.ListSymbolsRequest, context: Context
     ) -> feed_pb.ListSymbolsResponse:
-        params = {
-            "symbols": list(self._scope.symbols),
-            "resolution": self._scope.resolution,
-            "as_of": self._scope.as_of_s,
-        }
-        async with self._db.read.connect() as conn:
-            rows = (await conn.execute(_SERIES, params)).all()
+        rows = await self._bars.series(self._scope)
         resolution = feed_validate.RESOLUTION_ENUM[self._scope.resolution]
         return feed_pb.ListSymbolsResponse(
             symbols=[
                 feed_pb.SymbolInfo(
-                    symbol=row[0],
+                    symbol=row.symbol,
                     series=[
                         feed_pb.Series(
                             resolution=resolution,
-                            bar_count=int(row[1]),
-                            first_open_time=_ts(row[2]),
-                            last_open_time=_ts(row[3]),
+                            bar_count=row.count,
+                            first_open_time=_ts(row.first),
+                            last_open_time=_ts(row.last),
                         )
                     ],
                 )
@@ -122,7 +199,7 @@ class RunDataFeed(feed_grpc.DataFeedServiceServicer):
     ) -> AsyncIterator[feed_pb.GetBarsResponse]:
         try:
             query = self._query(request)
-            async for bars, last in _store.read_bars(self._db, query, PAGE_BARS):
+            async for bars, last in self._bars.read(query, PAGE_BARS):
                 yield feed_pb.GetBarsResponse(bars=bars_pb(bars), last=last)
         except ForetellError as error:
             await _abort(error, context)
@@ -179,17 +256,21 @@ class RunForecasts(fc_grpc.ForecastServiceServicer):
         await _abort(_NO_READS, context)
         raise AssertionError("unreachable")
 
+    async def DryRun(self, request: fc_pb.DryRunRequest, context: Context) -> fc_pb.DryRunResponse:
+        await _abort(_NO_READS, context)
+        raise AssertionError("unreachable")
 
-_NO_READS = PermissionDenied("a model cannot read recorded forecasts or runs")
+
+_NO_READS = PermissionDenied("a model cannot read recorded forecasts or start runs")
 
 
 class RunServer:
     """The server of one run. `start` before the sandbox, `stop` after it."""
 
-    def __init__(self, db: Database, scope: RunScope, socket_path: Path) -> None:
+    def __init__(self, bars: BarSource, scope: RunScope, socket_path: Path) -> None:
         self.scope = scope
         self.socket_path = socket_path
-        self.feed = RunDataFeed(db, scope)
+        self.feed = RunDataFeed(bars, scope)
         self.forecasts = RunForecasts(scope)
         self._server = aio.server(
             options=[

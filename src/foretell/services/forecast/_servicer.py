@@ -9,9 +9,10 @@ from grpc import aio
 
 from foretell.auth.principal import current_principal
 from foretell.db.models import Forecast, Run
-from foretell.errors import ForetellError, PermissionDenied
+from foretell.errors import FailedPrecondition, ForetellError, PermissionDenied
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
+from foretell.runs import NotRunnable, execute_run, latest_closed_boundary, sdk_dir
 from foretell.runtime.resources import Resources
 from foretell.services._convert import timestamp as _ts
 from foretell.services.forecast import _store, _validate
@@ -140,6 +141,45 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         view = await _store.runs_model(self._res.db, current_principal(), name)
         run, number, count = await _store.get_run(self._res.db, view, run_id)
         return pb.GetRunResponse(run=run_pb(name, run, number, count, log=True))
+
+    async def DryRun(self, request: pb.DryRunRequest, context: Context) -> pb.DryRunResponse:
+        """Runs the sandbox in this process, like the worker (as root, with nsjail): fine for
+        the all-in-one `foretell up`; a split deployment routes this method to a server on a
+        worker host."""
+        name, number, as_of = _validate.dry_run(request)
+        view = await _store.runs_model(self._res.db, current_principal(), name)
+        model = view.model
+        version = await _store.dry_run_version(self._res.db, view, number)
+        now = self._res.clock()
+        if as_of is None:
+            as_of = latest_closed_boundary(model.resolution, now)
+        _validate.check_as_of(as_of, model.resolution, now)
+        # Imported here: the scheduler module pulls in the queue client.
+        from foretell.scheduler import run_limits
+
+        settings = self._res.settings
+        try:
+            record = await execute_run(
+                self._res.db,
+                self._res.store,
+                model,
+                version,
+                as_of,
+                run_root=settings.data_dir / "runs",
+                sdk=sdk_dir(settings.data_dir),
+                kind="dry",
+                limits=run_limits(settings),
+                clock=self._res.clock,
+            )
+        except NotRunnable as error:
+            raise FailedPrecondition(str(error)) from None
+        run, run_number, count = await _store.get_run(self._res.db, view, record.run_id)
+        rows = await _store.run_forecasts(self._res.db, record.run_id, "")
+        return pb.DryRunResponse(
+            run=run_pb(name, run, run_number, count, log=True),
+            forecasts=[forecast_pb(name, f, n) for f, n in rows],
+            recorded=record.recorded,
+        )
 
 
 def add_to_server(server: aio.Server, resources: Resources) -> None:

@@ -13,7 +13,7 @@ from foretell.auth.policy import Role
 from foretell.auth.principal import Principal
 from foretell.db import Database
 from foretell.db.models import Forecast, Run, Version
-from foretell.errors import NotFound, PermissionDenied
+from foretell.errors import FailedPrecondition, NotFound, PermissionDenied
 from foretell.services.forecast._validate import Filters
 from foretell.services.registry._store import ModelView, get_view
 
@@ -106,3 +106,21 @@ async def get_run(db: Database, view: ModelView, run_id: uuid.UUID) -> tuple[Run
     if row is None:
         raise NotFound(f"model {view.model.name!r} has no run {str(run_id)!r}")
     return row[0], row[1], row[2]
+
+
+async def dry_run_version(db: Database, view: ModelView, number: int | None) -> Version:
+    """The version a dry run runs: `number`, or the live version, or the latest built one."""
+    query = select(Version).where(Version.model_id == view.model.id)
+    if number is not None:
+        query = query.where(Version.number == number)
+    elif view.model.live_version is not None:
+        query = query.where(Version.number == view.model.live_version)
+    else:
+        query = query.where(Version.build_state == "ready").order_by(Version.number.desc())
+    async with db.session() as session:
+        version = await session.scalar(query.limit(1))
+    if version is None:
+        if number is not None:
+            raise NotFound(f"model {view.model.name!r} has no version {number}")
+        raise FailedPrecondition(f"model {view.model.name!r} has no built version to run")
+    return version

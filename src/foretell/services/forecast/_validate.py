@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from foretell.errors import Violations
+from foretell.errors import FieldViolation, InvalidArgument, Violations
 from foretell.forecast.v1 import forecast_service_pb2 as pb
+from foretell.runs._schedule import STEP_S
 from foretell.services.registry._validate import SYMBOL, decode_token, encode_token, model_name
 
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
@@ -175,3 +176,26 @@ def _is_uuid(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def dry_run(request: pb.DryRunRequest) -> tuple[str, int | None, datetime | None]:
+    """(model name, version number or None for live/latest built, as_of or None for the latest
+    closed boundary). Whether as_of is on the model's grid and not in the future is checked
+    once the model is known (`check_as_of`)."""
+    v = Violations()
+    name = model_name(v, "model", request.model)
+    if request.version < 0:
+        v.add("version", "a version number, or 0 for the live (or latest built) version")
+    as_of = _time(request.as_of) if request.HasField("as_of") else None
+    v.raise_if_any()
+    return name, request.version or None, as_of
+
+
+def check_as_of(as_of: datetime, resolution: str, now: datetime) -> None:
+    step = STEP_S[resolution]
+    if as_of > now:
+        raise InvalidArgument([FieldViolation("as_of", "must not be in the future")])
+    if as_of.microsecond or int(as_of.timestamp()) % step:
+        raise InvalidArgument(
+            [FieldViolation("as_of", f"must be a boundary of the model's {resolution} grid")]
+        )

@@ -533,6 +533,79 @@ class GetRunResponse(_message.Message):
 Global___GetRunResponse: _TypeAlias = GetRunResponse  # noqa: Y015
 
 @_typing.final
+class DryRunRequest(_message.Message):
+    """Request for ForecastService.DryRun."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model's name."""
+    version: _builtins.int
+    """The version number to run; 0 means the live version, or the latest built
+    version when none is live.
+    """
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The moment the run sees the market up to: a boundary of the model's
+        resolution (e.g. on the hour for 1h), not in the future. Unset means the
+        latest closed boundary.
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "model", b"model", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DryRunRequest: _TypeAlias = DryRunRequest  # noqa: Y015
+
+@_typing.final
+class DryRunResponse(_message.Message):
+    """Response for ForecastService.DryRun."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    FORECASTS_FIELD_NUMBER: _builtins.int
+    RECORDED_FIELD_NUMBER: _builtins.int
+    recorded: _builtins.bool
+    """False when an earlier dry run at the same version and as_of had recorded
+    it: nothing was run this time.
+    """
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """The run, with its log (kind RUN_KIND_DRY)."""
+
+    @_builtins.property
+    def forecasts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ForecastRecord]:
+        """The forecasts recorded from the run (none unless its outcome is OK)."""
+
+    def __init__(
+        self,
+        *,
+        run: Global___Run | None = ...,
+        forecasts: _abc.Iterable[Global___ForecastRecord] | None = ...,
+        recorded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forecasts", b"forecasts", "recorded", b"recorded", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DryRunResponse: _TypeAlias = DryRunResponse  # noqa: Y015
+
+@_typing.final
 class Forecast(_message.Message):
     """Forecast is one model's call on one symbol for one target time."""
 

@@ -72,6 +72,11 @@ class ForecastServiceStub:
                 request_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetRunRequest.SerializeToString,
                 response_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetRunResponse.FromString,
                 _registered_method=True)
+        self.DryRun = channel.unary_unary(
+                '/foretell.forecast.v1.ForecastService/DryRun',
+                request_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.DryRunRequest.SerializeToString,
+                response_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.DryRunResponse.FromString,
+                _registered_method=True)
 
 
 class ForecastServiceServicer:
@@ -142,6 +147,23 @@ class ForecastServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DryRun(self, request, context):
+        """Runs one version of the caller's own model once, now, in the same sandbox
+        and on the same platform data as a scheduled run, and returns the run with
+        its captured output and its forecasts. The run is recorded as a dry run
+        (RUN_KIND_DRY): never part of the track record, and never listed by the
+        reads unless asked for by kind. Only the model's owner may (another's
+        private model is NOT_FOUND, another's public model PERMISSION_DENIED).
+        Idempotent per (version, as_of): asking again returns the recorded run,
+        with `recorded` false. The call lasts as long as the run (up to the run's
+        wall-clock limit): the server that answers runs the sandbox itself.
+        FAILED_PRECONDITION when the version is not built; INVALID_ARGUMENT when
+        as_of is in the future or off the model's resolution grid.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ForecastServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +191,11 @@ def add_ForecastServiceServicer_to_server(servicer, server):
                     servicer.GetRun,
                     request_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetRunRequest.FromString,
                     response_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetRunResponse.SerializeToString,
+            ),
+            'DryRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.DryRun,
+                    request_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.DryRunRequest.FromString,
+                    response_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.DryRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -319,6 +346,33 @@ class ForecastService:
             '/foretell.forecast.v1.ForecastService/GetRun',
             foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetRunRequest.SerializeToString,
             foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DryRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.forecast.v1.ForecastService/DryRun',
+            foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.DryRunRequest.SerializeToString,
+            foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.DryRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

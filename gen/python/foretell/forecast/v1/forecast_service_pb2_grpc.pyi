@@ -78,6 +78,19 @@ class ForecastServiceStub:
     """Returns one run of a model, with its captured output. Only the model's
     owner and admins may.
     """
+    DryRun: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.DryRunRequest, _forecast_service_pb2.DryRunResponse]
+    """Runs one version of the caller's own model once, now, in the same sandbox
+    and on the same platform data as a scheduled run, and returns the run with
+    its captured output and its forecasts. The run is recorded as a dry run
+    (RUN_KIND_DRY): never part of the track record, and never listed by the
+    reads unless asked for by kind. Only the model's owner may (another's
+    private model is NOT_FOUND, another's public model PERMISSION_DENIED).
+    Idempotent per (version, as_of): asking again returns the recorded run,
+    with `recorded` false. The call lasts as long as the run (up to the run's
+    wall-clock limit): the server that answers runs the sandbox itself.
+    FAILED_PRECONDITION when the version is not built; INVALID_ARGUMENT when
+    as_of is in the future or off the model's resolution grid.
+    """
 
 @_typing.type_check_only
 class ForecastServiceAsyncStub(ForecastServiceStub):
@@ -128,6 +141,19 @@ class ForecastServiceAsyncStub(ForecastServiceStub):
     GetRun: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.GetRunRequest, _forecast_service_pb2.GetRunResponse]  # type: ignore[assignment]
     """Returns one run of a model, with its captured output. Only the model's
     owner and admins may.
+    """
+    DryRun: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.DryRunRequest, _forecast_service_pb2.DryRunResponse]  # type: ignore[assignment]
+    """Runs one version of the caller's own model once, now, in the same sandbox
+    and on the same platform data as a scheduled run, and returns the run with
+    its captured output and its forecasts. The run is recorded as a dry run
+    (RUN_KIND_DRY): never part of the track record, and never listed by the
+    reads unless asked for by kind. Only the model's owner may (another's
+    private model is NOT_FOUND, another's public model PERMISSION_DENIED).
+    Idempotent per (version, as_of): asking again returns the recorded run,
+    with `recorded` false. The call lasts as long as the run (up to the run's
+    wall-clock limit): the server that answers runs the sandbox itself.
+    FAILED_PRECONDITION when the version is not built; INVALID_ARGUMENT when
+    as_of is in the future or off the model's resolution grid.
     """
 
 class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -206,6 +232,25 @@ class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_forecast_service_pb2.GetRunResponse, _abc.Awaitable[_forecast_service_pb2.GetRunResponse]]:
         """Returns one run of a model, with its captured output. Only the model's
         owner and admins may.
+        """
+
+    @_abc_1.abstractmethod
+    def DryRun(
+        self,
+        request: _forecast_service_pb2.DryRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_forecast_service_pb2.DryRunResponse, _abc.Awaitable[_forecast_service_pb2.DryRunResponse]]:
+        """Runs one version of the caller's own model once, now, in the same sandbox
+        and on the same platform data as a scheduled run, and returns the run with
+        its captured output and its forecasts. The run is recorded as a dry run
+        (RUN_KIND_DRY): never part of the track record, and never listed by the
+        reads unless asked for by kind. Only the model's owner may (another's
+        private model is NOT_FOUND, another's public model PERMISSION_DENIED).
+        Idempotent per (version, as_of): asking again returns the recorded run,
+        with `recorded` false. The call lasts as long as the run (up to the run's
+        wall-clock limit): the server that answers runs the sandbox itself.
+        FAILED_PRECONDITION when the version is not built; INVALID_ARGUMENT when
+        as_of is in the future or off the model's resolution grid.
         """
 
 def add_ForecastServiceServicer_to_server(servicer: ForecastServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,272 @@
+"""`foretell run`: one dry run of a model's version on the platform, or of a local folder on
+this machine (`--local`), in the same sandbox, printing the forecasts and the logs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from google.protobuf import timestamp_pb2
+
+from foretell.bundle.manifest import RESOLUTIONS
+from foretell.cli._client import (
+    CliError,
+    Exit,
+    connect,
+    echo_json,
+    echo_table,
+    enum_label,
+    json_option,
+    message_dict,
+    url_option,
+)
+from foretell.cli._data import CsvBars, parse_time, read_csv
+from foretell.forecast.v1 import forecast_service_pb2 as pb
+
+# A dry run lasts as long as the model runs in the sandbox: far longer than a plain call.
+DRY_RUN_TIMEOUT_S = 300.0
+_STEP_S = {"1h": 3600, "4h": 4 * 3600, "1d": 86400}
+assert set(_STEP_S) == set(RESOLUTIONS)
+
+
+@dataclass(frozen=True)
+class _Shown:
+    outcome: str
+    detail: str
+    log: str
+    # (symbol, direction, target time, predicted return, probability)
+    forecasts: list[tuple[str, str, str, str, str]]
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def _opt(value: float | None, style: str) -> str:
+    return "" if value is None else format(value, style)
+
+
+def _show(shown: _Shown, heading: str) -> None:
+    click.echo(heading)
+    if shown.detail:
+        click.echo(f"detail: {shown.detail}")
+    if shown.forecasts:
+        echo_table(("SYMBOL", "DIRECTION", "TARGET", "RETURN", "PROBABILITY"), shown.forecasts)
+    else:
+        click.echo("no forecasts")
+    click.echo("--- log ---")
+    click.echo(shown.log.rstrip("\n") or "(no output)")
+
+
+def _as_of(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return datetime.fromtimestamp(parse_time(text), UTC)
+    except ValueError as error:
+        raise CliError(f"--as-of {text!r}: not an ISO 8601 time ({error})", Exit.USAGE) from None
+
+
+@click.command(short_help="Try a model once in the sandbox: forecasts and logs.")
+@click.argument("model", required=False)
+@click.option(
+    "--version", "number", type=click.IntRange(min=1), help="Version [default: live or latest]."
+)
+@click.option("--as-of", "as_of", metavar="TIME", help="Data cut-off, on the model's grid.")
+@click.option(
+    "--local",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Run this model folder on this machine instead (root, nsjail, foretell[server]).",
+)
+@click.option(
+    "--data",
+    "data_files",
+    multiple=True,
+    metavar="[SYMBOL=]FILE.csv",
+    help="With --local: bars for a symbol (CSV as `foretell data import` reads); repeat per "
+    "symbol. Without SYMBOL= the file is the model's first symbol's.",
+)
+@url_option
+@json_option
+def run(
+    model: str | None,
+    number: int | None,
+    as_of: str | None,
+    local: Path | None,
+    data_files: tuple[str, ...],
+    url: str,
+    as_json: bool,
+) -> None:
+    """Run MODEL once, now, in the platform's sandbox on the platform's data, and print its
+    forecasts and logs. The run is recorded as a dry run: never part of the track record.
+    Running the same version at the same --as-of again shows the recorded run. Only the
+    model's owner may. --as-of defaults to the latest closed bar of the model's resolution.
+
+    With --local DIR, the model folder is packed, built and run on this machine, in the same
+    sandbox, on the bars of --data files; nothing is uploaded. --as-of then defaults to the
+    close of the last bar given. This needs root, nsjail and `pip install 'foretell[server]'`.
+
+    Exit code 10 when the model's run did not end ok.
+
+    \b
+    Examples:
+      foretell run eurusd-momentum
+      foretell run eurusd-momentum --version 2 --as-of 2024-03-04T10:00Z
+      sudo foretell run --local eurusd-momentum --data EURUSD.csv
+    """
+    cut = _as_of(as_of)
+    if local is not None:
+        if model is not None or number is not None:
+            raise CliError("--local runs a folder: give no MODEL or --version", Exit.USAGE)
+        shown = _run_local(local, data_files, cut, as_json)
+    else:
+        if model is None:
+            raise CliError("give a MODEL, or --local DIR", Exit.USAGE)
+        if data_files:
+            raise CliError("--data goes with --local", Exit.USAGE)
+        shown = _run_remote(model, number, cut, url, as_json)
+    if shown.outcome != "ok":
+        sys.exit(Exit.RUN_FAILED)
+
+
+def _run_remote(
+    model: str, number: int | None, as_of: datetime | None, url: str, as_json: bool
+) -> _Shown:
+    request = pb.DryRunRequest(model=model, version=number or 0)
+    if as_of is not None:
+        request.as_of.CopyFrom(timestamp_pb2.Timestamp(seconds=int(as_of.timestamp())))
+    with connect(url) as client:
+        response = client.unary(client.forecast.DryRun, request, timeout=DRY_RUN_TIMEOUT_S)
+    r = response.run
+    outcome = enum_label(pb.RunOutcome.Name(r.outcome), "RUN_OUTCOME_")
+    shown = _Shown(
+        outcome,
+        r.detail,
+        r.log,
+        [
+            (
+                f.symbol,
+                enum_label(pb.Direction.Name(f.direction), "DIRECTION_"),
+                _iso(f.target_time.ToDatetime(tzinfo=UTC)),
+                _opt(f.predicted_return if f.HasField("predicted_return") else None, "+.4%"),
+                _opt(f.probability if f.HasField("probability") else None, ".2f"),
+            )
+            for f in response.forecasts
+        ],
+    )
+    if as_json:
+        echo_json(message_dict(response))
+        return shown
+    seconds = r.duration.ToTimedelta().total_seconds()
+    again = "" if response.recorded else " (recorded earlier: not run again)"
+    _show(
+        shown,
+        f"dry run {r.id} of {r.model} version {r.version} at "
+        f"{_iso(r.as_of.ToDatetime(tzinfo=UTC))}: {outcome} in {seconds:.2f} s{again}",
+    )
+    return shown
+
+
+def _bars_by_symbol(data_files: tuple[str, ...], symbols: tuple[str, ...]) -> dict[str, CsvBars]:
+    found: dict[str, CsvBars] = {}
+    for spec in data_files:
+        symbol, sep, file = spec.partition("=")
+        if not sep:
+            symbol, file = symbols[0], spec
+        if symbol not in symbols:
+            raise CliError(
+                f"--data {spec}: {symbol} is not one of the model's symbols ({', '.join(symbols)})",
+                Exit.USAGE,
+            )
+        if symbol in found:
+            raise CliError(f"--data: two files for {symbol}", Exit.USAGE)
+        found[symbol] = read_csv(Path(file))
+    return found
+
+
+def _run_local(
+    directory: Path, data_files: tuple[str, ...], as_of: datetime | None, as_json: bool
+) -> _Shown:
+    from foretell.cli._registry import _read_manifest
+
+    manifest = _read_manifest(directory)
+    if not data_files:
+        raise CliError("--local needs bars: --data FILE.csv (one per symbol)", Exit.USAGE)
+    csv_bars = _bars_by_symbol(data_files, manifest.symbols)
+    step = _STEP_S[manifest.resolution]
+    if as_of is None:
+        last = max(bars.times[-1] for bars in csv_bars.values())
+        as_of = datetime.fromtimestamp(last + step, UTC)
+    if int(as_of.timestamp()) % step:
+        raise CliError(f"--as-of must be on the {manifest.resolution} grid", Exit.USAGE)
+    if os.geteuid() != 0:
+        raise CliError(
+            "--local runs the sandbox (nsjail), which needs root: run it with sudo", Exit.ERROR
+        )
+    try:
+        from foretell.build import BuildFailed
+        from foretell.runs import run_folder
+        from foretell.sandbox import SandboxError
+        from foretell.services.datafeed import BarColumns
+    except ImportError as error:
+        raise CliError(
+            f"--local needs the server parts ({error}): pip install 'foretell[server]'",
+            Exit.ERROR,
+        ) from None
+    bars = {
+        symbol: BarColumns(b.times, b.opens, b.highs, b.lows, b.closes, b.volumes)
+        for symbol, b in csv_bars.items()
+    }
+    try:
+        result = asyncio.run(run_folder(directory, manifest, bars, as_of))
+    except BuildFailed as error:
+        raise CliError(f"the build failed: {error}", Exit.BUILD_FAILED) from None
+    except SandboxError as error:
+        raise CliError(f"the sandbox cannot run here: {error}", Exit.ERROR) from None
+    except FileNotFoundError as error:
+        raise CliError(f"the sandbox cannot run here: {error}", Exit.ERROR) from None
+    lr = result.run
+    shown = _Shown(
+        lr.outcome,
+        lr.detail,
+        lr.log,
+        [
+            (
+                f.symbol,
+                f.direction,
+                _iso(f.target_time),
+                _opt(f.predicted_return, "+.4%"),
+                _opt(f.probability, ".2f"),
+            )
+            for f in lr.forecasts
+        ],
+    )
+    if as_json:
+        document: dict[str, Any] = {
+            "outcome": lr.outcome,
+            "detail": lr.detail,
+            "asOf": as_of.isoformat(),
+            "durationS": lr.duration_s,
+            "forecasts": [
+                {
+                    "symbol": f.symbol,
+                    "direction": f.direction,
+                    "targetTime": f.target_time.isoformat(),
+                    "predictedReturn": f.predicted_return,
+                    "probability": f.probability,
+                }
+                for f in lr.forecasts
+            ],
+            "log": lr.log,
+        }
+        echo_json(document)
+        return shown
+    _show(shown, f"local run of {directory} at {_iso(as_of)}: {lr.outcome} in "
+                 f"{lr.duration_s:.2f} s (not recorded)")  # fmt: skip
+    return shown
