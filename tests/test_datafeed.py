@@ -583,7 +583,8 @@ async def test_the_demo_loads_the_real_eurusd_and_goog_bars_once(
 
 def _demo(settings: Settings) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [FORETELL, "demo"],
+        # The bars only matter here; tests/test_demo.py covers the model and its replay.
+        [FORETELL, "demo", "--replay-slots", "0"],
         env=foretell_env(settings),
         capture_output=True,
         text=True,

@@ -1,18 +1,35 @@
-"""`foretell demo`: a platform with something to look at. For now, the real market data the
+"""`foretell demo`: a platform with something to look at. The real market data the
 `backtesting` package ships (hourly EUR/USD, daily Alphabet), loaded with the same checks and
-the same store function as DataFeedService.IngestBars; the demo provider, its model and a
-replay of the history build on it."""
+the same store function as DataFeedService.IngestBars; then (`ensure_demo`) a demo provider, its
+public model `demo-eurusd-momentum` built from the `foretell init` template, and a replay of
+the last EUR/USD slots through the scheduler's slot computation and `execute_run`, with a
+simulated clock, recorded as kind 'simulated' (never part of a live track record)."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import os
+import secrets
+import tempfile
 from array import array
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from foretell.db import Database, connect
+from sqlalchemy import func, select
+
+from foretell.auth.policy import Role
+from foretell.auth.principal import Principal
+from foretell.bundle import Manifest, pack_dir
+from foretell.db import Database, Model, User, Version, connect
+from foretell.db.models import Bar
+from foretell.errors import AlreadyExists
+from foretell.runtime.resources import utc_now
 from foretell.services.datafeed import BarColumns, IngestResult, ingest_bars
+from foretell.settings import Settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +98,325 @@ async def load_demo_bars(db: Database, *, now: datetime | None = None) -> list[I
     return results
 
 
+DEMO_EMAIL = "demo@foretell.local"
+DEMO_DISPLAY_NAME = "Demo Provider"
+DEMO_MODEL = "demo-eurusd-momentum"
+DEMO_SYMBOL, DEMO_RESOLUTION = "EURUSD", "1h"
+DEFAULT_REPLAY_SLOTS = 200
+# Progress is reported every this many replayed slots.
+PROGRESS_EVERY = 50
+DEMO_MANIFEST = Manifest(
+    entrypoint="model:predict",
+    symbols=(DEMO_SYMBOL,),
+    resolution=DEMO_RESOLUTION,
+    horizon=1,
+    lookback=48,
+    requirements="requirements.txt",
+)
+_DEMO_FIELDS: dict[str, Any] = {
+    "name": DEMO_MODEL,
+    "title": "Demo: EUR/USD hourly momentum",
+    "description": (
+        "A demo model created by `foretell demo`: the `foretell init` template, forecasting "
+        "that EUR/USD keeps moving the way it moved over the last 48 hours. Its forecasts "
+        "are a replay of the 2017-2018 history with a simulated clock, labelled simulated."
+    ),
+    "symbols": [DEMO_SYMBOL],
+    "resolution": DEMO_RESOLUTION,
+    "horizon": 1,
+    "tags": ["demo"],
+    "visibility": "public",
+}
+
+
+Clock = Callable[[], datetime]
+
+
+@dataclasses.dataclass
+class DemoSummary:
+    # Set only when this call created the provider: the one time its password is known.
+    password: str | None = None
+    provider_created: bool = False
+    model_created: bool = False
+    version: int | None = None
+    version_created: bool = False
+    built: bool = False
+    published: bool = False
+    # Why the version was not built and the replay skipped (e.g. not root), else "".
+    skipped: str = ""
+    slots: int = 0
+    # Outcomes of the runs this call recorded; runs found already recorded are only counted.
+    outcomes: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    already_recorded: int = 0
+    forecasts: int = 0
+
+
+async def _provider(db: Database, now: datetime, summary: DemoSummary) -> Principal:
+    """The demo provider, created on first use. Its password is generated then, returned once
+    (the caller prints it) and stored only as a hash: a fixed, documented password would be a
+    known credential on every platform that ran the demo, reachable by anyone who can reach
+    the gateway; a generated one costs the operator nothing, since the command prints it."""
+    async with db.session() as session:
+        user = await session.scalar(select(User).where(User.email == DEMO_EMAIL))
+    if user is None:
+        from foretell.services.account._store import create_user
+
+        password = secrets.token_urlsafe(12)
+        try:
+            user = await create_user(
+                db,
+                email=DEMO_EMAIL,
+                password=password,
+                display_name=DEMO_DISPLAY_NAME,
+                role=Role.PROVIDER,
+                now=now,
+            )
+            summary.password, summary.provider_created = password, True
+        except AlreadyExists:
+            # Another `foretell demo` created it meanwhile.
+            async with db.session() as session:
+                user = await session.scalar(select(User).where(User.email == DEMO_EMAIL))
+            assert user is not None
+    return Principal(user.id, Role(user.role), "demo")
+
+
+async def _model(db: Database, principal: Principal, now: datetime, summary: DemoSummary) -> None:
+    from foretell.services.registry._store import create_model
+
+    async with db.session() as session:
+        exists = await session.scalar(select(Model.id).where(Model.name == DEMO_MODEL))
+    if exists is None:
+        try:
+            await create_model(db, principal, dict(_DEMO_FIELDS), now)
+            summary.model_created = True
+        except AlreadyExists:
+            pass
+
+
+def _packed(settings: Settings) -> tuple[str, int]:
+    """The `foretell init` template for the demo model, packed into the store's scratch space.
+    The template is deterministic, so the digest is the same on every call (and the version
+    is found again) until the template itself changes."""
+    from foretell.cli import _scaffold
+    from foretell.store import ArtifactStore
+
+    store = ArtifactStore(settings.artifacts_dir)
+    with tempfile.TemporaryDirectory(prefix="ft-demo-") as folder:
+        _scaffold.write(Path(folder), DEMO_MODEL, DEMO_MANIFEST, pushes_by_folder=False)
+        packed = pack_dir(Path(folder))
+    target = store.scratch() / "bundle.tar"
+    target.write_bytes(packed.data)
+    store.put_bundle(target, packed.digest)
+    target.parent.rmdir()
+    return packed.digest, packed.size
+
+
+async def _version(
+    db: Database, settings: Settings, principal: Principal, now: datetime, summary: DemoSummary
+) -> Version:
+    from foretell.services.registry._store import Upload, add_version
+
+    digest, size = await asyncio.to_thread(_packed, settings)
+    version, created, _queued = await add_version(
+        db, principal, Upload(DEMO_MODEL, digest, size, DEMO_MANIFEST), now
+    )
+    summary.version, summary.version_created = version.number, created
+    return version
+
+
+async def _build(db: Database, settings: Settings, version: Version, clock: Clock) -> Version:
+    """Builds the version here, with the worker's builder and store: no worker needed. The
+    version is taken (queued or building -> building) under a row lock, like the build job."""
+    from foretell.build import BuildFailed, NativeBuilder
+    from foretell.runs import sdk_dir
+    from foretell.store import ArtifactCorrupt, ArtifactStore
+
+    async with db.session.begin() as session:
+        row = await session.get(Version, version.id, with_for_update=True)
+        assert row is not None
+        if row.build_state not in ("queued", "building", "failed"):
+            return row
+        row.build_state = "building"
+    store = ArtifactStore(settings.artifacts_dir)
+    builder = NativeBuilder(
+        store,
+        pip_index_url=settings.pip_index_url,
+        wheelhouse=settings.wheelhouse,
+        timeout_s=settings.build_timeout_s,
+        sdk=sdk_dir(settings.data_dir),
+    )
+    lines: list[str] = []
+
+    async def log(line: str) -> None:
+        lines.append(line)
+
+    image_digest, reason = None, ""
+    try:
+        image_digest = await builder.build(store.read_bundle(version.digest), DEMO_MANIFEST, log)
+    except (BuildFailed, ArtifactCorrupt) as error:
+        reason = str(error)
+    finally:
+        lines.append(f"build {'ready' if image_digest else 'failed: ' + reason}")
+        async with db.session.begin() as session:
+            row = await session.get(Version, version.id, with_for_update=True)
+            assert row is not None
+            row.build_state = "ready" if image_digest else "failed"
+            row.image_digest = image_digest
+            row.failure_reason = reason
+            row.build_log = "\n".join(lines) + "\n"
+            row.build_finished_at = clock()
+    return row
+
+
+def replay_slots(first_open: datetime, last_close: datetime, count: int | None) -> list[datetime]:
+    """The last `count` (None: all) hourly slots of bars from `first_open` to `last_close`, oldest
+    first, as the scheduler computes them: `due_slots` with the clock at the last bar's close,
+    as if the version had been published when the first bar opened. The slots are every grid
+    boundary, as the scheduler runs them, weekends included."""
+    from foretell.runs import due_slots, missed_total
+
+    if count == 0:
+        return []
+    due, _ = due_slots(DEMO_RESOLUTION, None, last_close, first_open, cap=0)
+    if due is None:
+        return []
+    total = missed_total(DEMO_RESOLUTION, None, due, first_open)
+    cap = total if count is None else count - 1
+    _, earlier = due_slots(DEMO_RESOLUTION, None, last_close, first_open, cap=cap)
+    return [*earlier, due]
+
+
+async def _replay(
+    db: Database,
+    settings: Settings,
+    version: Version,
+    count: int | None,
+    summary: DemoSummary,
+    say: Callable[[str], None],
+) -> None:
+    from foretell.runs import execute_run, sdk_dir
+    from foretell.scheduler import run_limits
+    from foretell.store import ArtifactStore
+
+    async with db.session() as session:
+        model = await session.scalar(select(Model).where(Model.name == DEMO_MODEL))
+        first_open, last_close = (
+            await session.execute(
+                select(func.min(Bar.open_time), func.max(Bar.close_time)).where(
+                    Bar.symbol == DEMO_SYMBOL, Bar.resolution == DEMO_RESOLUTION
+                )
+            )
+        ).one()
+    assert model is not None
+    if first_open is None:
+        say(f"no {DEMO_SYMBOL} {DEMO_RESOLUTION} bars: nothing to replay")
+        return
+    slots = replay_slots(first_open, last_close, count)
+    summary.slots = len(slots)
+    if slots:
+        say(
+            f"replaying {len(slots)} slots of {DEMO_SYMBOL} {DEMO_RESOLUTION}, "
+            f"{slots[0]:%Y-%m-%d %H:%MZ} to {slots[-1]:%Y-%m-%d %H:%MZ}, simulated clock"
+        )
+    store = ArtifactStore(settings.artifacts_dir)
+    for done, slot in enumerate(slots, 1):
+        record = await execute_run(
+            db,
+            store,
+            model,
+            version,
+            slot,
+            run_root=settings.data_dir / "runs",
+            sdk=sdk_dir(settings.data_dir),
+            kind="simulated",
+            limits=run_limits(settings),
+            # The simulated clock: the run is recorded as made when its slot came due.
+            clock=_fixed(slot),
+        )
+        if record.recorded:
+            summary.outcomes[record.outcome] += 1
+            summary.forecasts += len(record.forecasts)
+        else:
+            summary.already_recorded += 1
+        if done % PROGRESS_EVERY == 0 and done < len(slots):
+            say(f"  {done}/{len(slots)} slots")
+
+
+def _fixed(moment: datetime) -> Clock:
+    def clock() -> datetime:
+        return moment
+
+    return clock
+
+
+async def ensure_demo(
+    db: Database,
+    settings: Settings,
+    *,
+    replay: int | None = DEFAULT_REPLAY_SLOTS,
+    clock: Clock = utc_now,
+    say: Callable[[str], None] = lambda _line: None,
+) -> DemoSummary:
+    """Idempotently: the demo provider, its public model, a version built from the
+    `foretell init` template and published, and simulated runs of the model at the last
+    `replay` hourly EURUSD slots (None: all of them; 0: none). Expects the demo bars loaded.
+    A second call creates nothing. Building and running need the sandbox, i.e. root: without
+    it the provider and model are still created, and `skipped` says why the rest was not."""
+    from foretell.services.registry._store import publish
+
+    summary = DemoSummary()
+    now = clock()
+    principal = await _provider(db, now, summary)
+    # Said at once, not in a final summary: a replay interrupted later must not lose it.
+    if summary.password is not None:
+        say(f"demo provider created: {DEMO_EMAIL}, password {summary.password}")
+        say(f"  (shown only now: note it, then `foretell login --email {DEMO_EMAIL}`)")
+    else:
+        say(f"demo provider {DEMO_EMAIL} exists (its password was printed when created)")
+    await _model(db, principal, now, summary)
+    state = "created" if summary.model_created else "exists"
+    say(f"demo model {DEMO_MODEL} (public): {state}")
+    version = await _version(db, settings, principal, now, summary)
+    if version.build_state != "ready":
+        if os.geteuid() != 0:
+            summary.skipped = (
+                "not root: the sandbox that builds and runs models needs root (like "
+                "`foretell worker`); the version is not built and nothing is replayed"
+            )
+            return summary
+        version = await _build(db, settings, version, clock)
+        if version.build_state != "ready":
+            summary.skipped = f"version {version.number} failed to build: {version.failure_reason}"
+            return summary
+        summary.built = True
+    async with db.session() as session:
+        live = await session.scalar(select(Model.live_version).where(Model.name == DEMO_MODEL))
+    if live != version.number:
+        await publish(db, principal, DEMO_MODEL, version.number, clock())
+        summary.published = True
+    done = [
+        what
+        for what, flag in (
+            ("uploaded", summary.version_created),
+            ("built", summary.built),
+            ("published", summary.published),
+        )
+        if flag
+    ]
+    say(f"  version {version.number}: {', '.join(done) if done else 'ready and live'}")
+    if replay != 0 and os.geteuid() != 0:
+        summary.skipped = (
+            "not root: the sandbox that runs models needs root (like `foretell worker`); "
+            "nothing is replayed"
+        )
+        return summary
+    await _replay(db, settings, version, replay, summary, say)
+    return summary
+
+
 async def run_demo(database_url: str) -> list[IngestResult]:
+    """The demo bars only: what `foretell up` loads at start. The model and the replay need a
+    build and hundreds of sandboxed runs, too slow for start-up: `foretell demo` does them."""
     db = connect(database_url, pool_size=1)
     try:
         return await load_demo_bars(db)

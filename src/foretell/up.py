@@ -578,8 +578,9 @@ def _start_stores(settings: Settings, console: _Console, stack: contextlib.ExitS
     return _Stores(database_url, redis_url, pgdata, redis_dir)
 
 
-def _load_demo(database_url: str, console: _Console) -> None:
-    """The demo market data: the same idempotent load as `foretell demo`."""
+def _load_demo(database_url: str, data_dir: Path, console: _Console) -> None:
+    """The demo market data: the same idempotent load as `foretell demo` (which also creates
+    the demo provider and model and replays them; up only suggests it, to stay fast)."""
     import asyncio
 
     from foretell.demo import DemoDataMissing, run_demo
@@ -591,6 +592,13 @@ def _load_demo(database_url: str, console: _Console) -> None:
         return
     loaded = ", ".join(f"{r.symbol} {r.resolution} ({r.received} bars)" for r in results)
     console.say(f"demo market data: {loaded}")
+    # Only the bars at start: the demo model's build and its replay (hundreds of sandboxed
+    # runs) would delay every start by minutes. `foretell demo` does them, once.
+    console.say(
+        "for a demo provider and a public model with a simulated track record, run: "
+        f"FORETELL_DATABASE_URL='{_safe_url(database_url)}' FORETELL_DATA_DIR='{data_dir}' "
+        "foretell demo"
+    )
 
 
 def _stop_redis(process: subprocess.Popen[bytes], log: IO[bytes], console: _Console) -> None:
@@ -668,7 +676,7 @@ def run_up(settings: Settings, *, demo: bool = False) -> int:
             envoy_yaml = _envoy_config(settings, plan)
             stores = _start_stores(settings, console, stack)
             if demo:
-                _load_demo(stores.database_url, console)
+                _load_demo(stores.database_url, settings.data_dir, console)
         except KeyboardInterrupt:
             console.say("interrupted during start-up")
             return 0
