@@ -39,9 +39,9 @@ from sqlalchemy.engine import make_url
 
 from foretell.db.migrate import upgrade
 from foretell.db.models import Model, Run, User, Version
-from foretell.runs import execute_run, sdk_dir
+from foretell.runs import execute_run, run_limits, sdk_dir
 from foretell.runtime.resources import Resources, open_resources
-from foretell.scheduler import run_limits, schedule_runs
+from foretell.scheduler import schedule_runs
 from foretell.settings import Settings
 from foretell.worker import create_worker
 

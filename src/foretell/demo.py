@@ -294,8 +294,7 @@ async def _replay(
     summary: DemoSummary,
     say: Callable[[str], None],
 ) -> None:
-    from foretell.runs import execute_run, sdk_dir
-    from foretell.scheduler import run_limits
+    from foretell.runs import run_on_platform
     from foretell.store import ArtifactStore
 
     async with db.session() as session:
@@ -320,16 +319,14 @@ async def _replay(
         )
     store = ArtifactStore(settings.artifacts_dir)
     for done, slot in enumerate(slots, 1):
-        record = await execute_run(
+        record = await run_on_platform(
             db,
             store,
+            settings,
             model,
             version,
             slot,
-            run_root=settings.data_dir / "runs",
-            sdk=sdk_dir(settings.data_dir),
             kind="simulated",
-            limits=run_limits(settings),
             # The simulated clock: the run is recorded as made when its slot came due.
             clock=_fixed(slot),
         )

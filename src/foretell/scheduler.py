@@ -18,16 +18,8 @@ from sqlalchemy import and_, func, select, text
 
 from foretell.db.models import Model, Run, Version
 from foretell.logs import get_logger
-from foretell.runs import (
-    MAX_MISSED,
-    NotRunnable,
-    due_slots,
-    execute_run,
-    missed_total,
-    sdk_dir,
-)
+from foretell.runs import MAX_MISSED, NotRunnable, due_slots, missed_total, run_on_platform
 from foretell.runtime.resources import Resources
-from foretell.sandbox import SandboxLimits
 from foretell.settings import Settings
 
 log = get_logger("foretell.scheduler")
@@ -51,14 +43,6 @@ def run_job_id(version_id: uuid.UUID | str, as_of: datetime) -> str:
 
 def _last_key(version_id: uuid.UUID) -> str:
     return f"foretell:sched-last:{version_id}"
-
-
-def run_limits(settings: Settings) -> SandboxLimits:
-    return SandboxLimits(
-        wall_seconds=settings.run_wall_s,
-        cpu_seconds=settings.run_cpu_s,
-        memory_mib=settings.run_memory_mib,
-    )
 
 
 def run_job_timeout_s(settings: Settings) -> int:
@@ -164,17 +148,8 @@ async def run_version(ctx: dict[str, Any], version_id: str, as_of: str) -> str:
         return "not_live"
     settings = res.settings
     try:
-        record = await execute_run(
-            res.db,
-            res.store,
-            model,
-            version,
-            slot,
-            run_root=settings.data_dir / "runs",
-            sdk=sdk_dir(settings.data_dir),
-            kind="live",
-            limits=run_limits(settings),
-            clock=res.clock,
+        record = await run_on_platform(
+            res.db, res.store, settings, model, version, slot, kind="live", clock=res.clock
         )
     except NotRunnable as error:
         log.warning("version not runnable", version_id=version_id, as_of=as_of, reason=str(error))

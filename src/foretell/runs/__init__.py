@@ -12,6 +12,7 @@ from foretell.runs._execute import (
     run_local,
 )
 from foretell.runs._local import LocalResult, run_folder
+from foretell.runs._platform import run_limits, run_on_platform
 from foretell.runs._schedule import MAX_MISSED, due_slots, latest_closed_boundary, missed_total
 from foretell.runs._scope import MAX_FORECASTS, MAX_MESSAGE_BYTES, RunScope
 from foretell.runs._sdk_dir import sdk_dir
@@ -40,6 +41,8 @@ __all__ = [
     "latest_closed_boundary",
     "missed_total",
     "run_folder",
+    "run_limits",
     "run_local",
+    "run_on_platform",
     "sdk_dir",
 ]

@@ -12,7 +12,7 @@ from foretell.db.models import Forecast, Run
 from foretell.errors import FailedPrecondition, ForetellError, PermissionDenied
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
-from foretell.runs import NotRunnable, execute_run, latest_closed_boundary, sdk_dir
+from foretell.runs import NotRunnable, latest_closed_boundary, run_on_platform
 from foretell.runtime.resources import Resources
 from foretell.services._convert import timestamp as _ts
 from foretell.services.forecast import _store, _validate
@@ -154,21 +154,16 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         if as_of is None:
             as_of = latest_closed_boundary(model.resolution, now)
         _validate.check_as_of(as_of, model.resolution, now)
-        # Imported here: the scheduler module pulls in the queue client.
-        from foretell.scheduler import run_limits
-
         settings = self._res.settings
         try:
-            record = await execute_run(
+            record = await run_on_platform(
                 self._res.db,
                 self._res.store,
+                settings,
                 model,
                 version,
                 as_of,
-                run_root=settings.data_dir / "runs",
-                sdk=sdk_dir(settings.data_dir),
                 kind="dry",
-                limits=run_limits(settings),
                 clock=self._res.clock,
             )
         except NotRunnable as error:
