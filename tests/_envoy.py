@@ -29,6 +29,24 @@ class Envoy:
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    async def wait_upstreams_healthy(self) -> None:
+        """Until Envoy's active health checks pass for every upstream host. The session's
+        in-process gRPC server answers them only while the event loop runs: a synchronous
+        test in between leaves Envoy marking it unhealthy (then 503 "no healthy upstream")."""
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        async with httpx.AsyncClient(timeout=1) as client:
+            while time.monotonic() < deadline:
+                try:
+                    body = (await client.get(f"{self.admin_url}/clusters")).text
+                except httpx.HTTPError:
+                    body = ""
+                flags = [line for line in body.splitlines() if "::health_flags::" in line]
+                if flags and all(line.endswith("::health_flags::healthy") for line in flags):
+                    return
+                # Envoy has no health notification; poll within the deadline.
+                await asyncio.sleep(0.05)
+        raise TimeoutError(f"envoy: upstreams not healthy after {_READY_TIMEOUT_S}s")
+
 
 def _wait_for(what: str, check: object, proc: subprocess.Popen[bytes], log: Path) -> object:
     deadline = time.monotonic() + _READY_TIMEOUT_S

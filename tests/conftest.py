@@ -181,6 +181,14 @@ async def envoy(
         yield gw
 
 
+@pytest.fixture(autouse=True)
+async def _healthy_gateway(request: pytest.FixtureRequest) -> None:
+    """Before each test that goes through Envoy: its upstreams are healthy again."""
+    if "envoy" in request.fixturenames:
+        gateway: _envoy.Envoy = request.getfixturevalue("envoy")
+        await gateway.wait_upstreams_healthy()
+
+
 @dataclasses.dataclass(frozen=True)
 class SignedIn:
     user: account_pb.User
