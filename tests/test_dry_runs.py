@@ -202,3 +202,29 @@ def test_foretell_run_local_runs_the_scaffold_on_a_csv(tmp_path: Path) -> None:
     failed = _foretell(tmp_path / "config", "", "run", "--local", str(folder), "--data", str(data))
     assert failed.returncode == Exit.RUN_FAILED, failed.stdout + failed.stderr
     assert "boom" in failed.stdout
+
+
+async def test_foretell_run_local_without_data_uses_the_platforms_bars(
+    sign_up: SignUp, resources: Resources, envoy: Envoy, tmp_path: Path
+) -> None:
+    names = symbols()
+    await add_bars(resources, names[0], rising=True)
+    await add_bars(resources, names[1], rising=False)
+    folder = write_model(tmp_path / "m", source=textwrap.dedent(MOMENTUM), symbols=names)
+    url = f"http://{envoy.grpc_target}"
+    config = tmp_path / "config"
+    await _login(config, url, await sign_up())
+    result = await _run(config, url, "run", "--local", str(folder), "--as-of", AS_OF.isoformat(),
+                        "--json")  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = json.loads(result.stdout)
+    assert document["asOf"] == AS_OF.isoformat()
+    directions = {f["symbol"]: f["direction"] for f in document["forecasts"]}
+    assert directions == {names[0]: "up", names[1]: "down"}
+    # Nothing after as_of reached the model: its log names the last bar it saw.
+    assert f"last open {AS_OF - timedelta(hours=1)}" in document["log"], document["log"]
+    # A symbol the platform has no bars of: a plain not-found error, nothing run.
+    lonely = write_model(tmp_path / "n", source=textwrap.dedent(MOMENTUM), symbols=("NOBARS1",))
+    missing = await _run(config, url, "run", "--local", str(lonely))
+    assert missing.returncode == Exit.NOT_FOUND, missing.stdout + missing.stderr
+    assert "NOBARS1" in missing.stderr

@@ -26,7 +26,10 @@ from foretell.cli._client import (
     message_dict,
     url_option,
 )
+from foretell.cli._data import RESOLUTIONS as RESOLUTION_ENUM
 from foretell.cli._data import CsvBars, parse_time, read_csv
+from foretell.datafeed.v1 import datafeed_service_pb2 as datafeed_pb
+from foretell.datafeed.v1 import datafeed_service_pb2_grpc as datafeed_grpc
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 
 # A dry run lasts as long as the model runs in the sandbox: far longer than a plain call.
@@ -90,7 +93,8 @@ def _as_of(text: str | None) -> datetime | None:
     multiple=True,
     metavar="[SYMBOL=]FILE.csv",
     help="With --local: bars for a symbol (CSV as `foretell data import` reads); repeat per "
-    "symbol. Without SYMBOL= the file is the model's first symbol's.",
+    "symbol. Without SYMBOL= the file is the model's first symbol's. Without --data, the "
+    "platform's bars (signed in).",
 )
 @url_option
 @json_option
@@ -109,8 +113,10 @@ def run(
     model's owner may. --as-of defaults to the latest closed bar of the model's resolution.
 
     With --local DIR, the model folder is packed, built and run on this machine, in the same
-    sandbox, on the bars of --data files; nothing is uploaded. --as-of then defaults to the
-    close of the last bar given. This needs root, nsjail and `pip install 'foretell[server]'`.
+    sandbox, on the bars of --data files, or without --data on the platform's bars of the
+    model's symbols (the latest `lookback` closed at --as-of; signed in); nothing is uploaded.
+    --as-of then defaults to the close of the last bar. This needs root, nsjail and
+    `pip install 'foretell[server]'`.
 
     Exit code 10 when the model's run did not end ok.
 
@@ -119,12 +125,13 @@ def run(
       foretell run eurusd-momentum
       foretell run eurusd-momentum --version 2 --as-of 2024-03-04T10:00Z
       sudo foretell run --local eurusd-momentum --data EURUSD.csv
+      sudo foretell run --local eurusd-momentum --as-of 2018-02-01T10:00Z
     """
     cut = _as_of(as_of)
     if local is not None:
         if model is not None or number is not None:
             raise CliError("--local runs a folder: give no MODEL or --version", Exit.USAGE)
-        shown = _run_local(local, data_files, cut, as_json)
+        shown = _run_local(local, data_files, cut, url, as_json)
     else:
         if model is None:
             raise CliError("give a MODEL, or --local DIR", Exit.USAGE)
@@ -190,16 +197,62 @@ def _bars_by_symbol(data_files: tuple[str, ...], symbols: tuple[str, ...]) -> di
     return found
 
 
+def _platform_bars(
+    url: str, symbols: tuple[str, ...], resolution: str, lookback: int, as_of: datetime | None
+) -> dict[str, CsvBars]:
+    """The platform's bars a scheduled run at `as_of` would see: per symbol the latest
+    `lookback` bars opening before as_of, which on the grid have all closed by then."""
+    found: dict[str, CsvBars] = {}
+    with connect(url) as client:
+        stub = datafeed_grpc.DataFeedServiceStub(client.channel)
+        for symbol in symbols:
+            request = datafeed_pb.GetBarsRequest(
+                symbol=symbol, resolution=RESOLUTION_ENUM[resolution], limit=lookback, latest=True
+            )
+            if as_of is not None:
+                request.end_time.FromDatetime(as_of)
+            bars = CsvBars.empty()
+            complete = False
+            for response in client.stream(stub.GetBars, request):
+                b = response.bars
+                bars.times.extend(b.open_times_unix)
+                bars.opens.extend(b.opens)
+                bars.highs.extend(b.highs)
+                bars.lows.extend(b.lows)
+                bars.closes.extend(b.closes)
+                bars.volumes.extend(b.volumes)
+                complete = response.last
+            if not complete:
+                raise CliError("the bars stopped arriving before the last one: try again")
+            if not bars.times:
+                raise CliError(
+                    f"the platform has no {resolution} bars of {symbol}"
+                    + (f" closed by {_iso(as_of)}" if as_of is not None else ""),
+                    Exit.NOT_FOUND,
+                )
+            found[symbol] = bars
+    return found
+
+
 def _run_local(
-    directory: Path, data_files: tuple[str, ...], as_of: datetime | None, as_json: bool
+    directory: Path,
+    data_files: tuple[str, ...],
+    as_of: datetime | None,
+    url: str,
+    as_json: bool,
 ) -> _Shown:
     from foretell.cli._registry import _read_manifest
 
     manifest = _read_manifest(directory)
-    if not data_files:
-        raise CliError("--local needs bars: --data FILE.csv (one per symbol)", Exit.USAGE)
-    csv_bars = _bars_by_symbol(data_files, manifest.symbols)
     step = _STEP_S[manifest.resolution]
+    if as_of is not None and int(as_of.timestamp()) % step:
+        raise CliError(f"--as-of must be on the {manifest.resolution} grid", Exit.USAGE)
+    if data_files:
+        csv_bars = _bars_by_symbol(data_files, manifest.symbols)
+    else:
+        csv_bars = _platform_bars(
+            url, manifest.symbols, manifest.resolution, manifest.lookback, as_of
+        )
     if as_of is None:
         last = max(bars.times[-1] for bars in csv_bars.values())
         as_of = datetime.fromtimestamp(last + step, UTC)
