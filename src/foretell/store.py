@@ -1,6 +1,13 @@
 """The content-addressed artifact store: bundles by their sha256, built images by the digest
 of their file tree. Nothing in it is ever modified; every read re-verifies the digest, so a
-file changed on disk behind the platform's back is caught before it is used."""
+file changed on disk behind the platform's back is caught before it is used.
+
+Images are re-verified before every run, and hashing a 100 MB image (numpy and pandas) each
+time would cost more than the run. So a process remembers, per image, the stat fingerprint of
+its tree when it last hashed it in full (every entry's path, inode, mode, size, mtime and
+ctime) and re-hashes only when that fingerprint changed. Any write, chmod, rename or
+replacement of an entry moves its ctime (which no unprivileged call can set back) or its inode;
+only root able to reset the system clock could slip past, and root owns the worker anyway."""
 
 from __future__ import annotations
 
@@ -47,6 +54,26 @@ def tree_digest(root: Path) -> str:
         executable = "x" if path.stat().st_mode & 0o111 else "-"
         outer.update(f"{relative}\0{executable}\0{sha256_file(path)}\n".encode())
     return f"sha256:{outer.hexdigest()}"
+
+
+def tree_fingerprint(root: Path) -> str:
+    """A cheap summary of a tree's metadata (no file is read): changes whenever any entry is
+    written, replaced, renamed, added, removed or has its mode changed."""
+    outer = hashlib.sha256()
+    for directory, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in [".", *sorted(filenames), *dirnames]:
+            path = Path(directory, name)
+            st = path.lstat()
+            relative = str(path.relative_to(root)).encode("utf-8", "surrogateescape")
+            outer.update(relative + b"\0")
+            fields = (st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            outer.update(" ".join(map(str, fields)).encode() + b"\n")
+    return outer.hexdigest()
+
+
+# image path -> (its digest, its tree's fingerprint when that digest was last computed).
+_verified: dict[Path, tuple[str, str]] = {}
 
 
 def _hex(digest: str) -> str:
@@ -116,8 +143,17 @@ class ArtifactStore:
         return digest
 
     def verified_image(self, image_digest: str) -> Path:
-        """The image's directory, after checking its files still match its digest."""
+        """The image's directory, after checking its files still match its digest: hashed in
+        full unless this process hashed it before and no entry changed since (module doc)."""
         path = self.image_path(image_digest)
-        if not path.is_dir() or tree_digest(path) != image_digest:
+        if not path.is_dir():
             raise ArtifactCorrupt(f"image {image_digest} is missing or was modified")
+        # Taken before hashing: a change during the hash makes the next call hash again.
+        fingerprint = tree_fingerprint(path)
+        if _verified.get(path) == (image_digest, fingerprint):
+            return path
+        _verified.pop(path, None)
+        if tree_digest(path) != image_digest:
+            raise ArtifactCorrupt(f"image {image_digest} is missing or was modified")
+        _verified[path] = (image_digest, fingerprint)
         return path

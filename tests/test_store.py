@@ -1,0 +1,96 @@
+"""The artifact store re-verifies images before use; a process re-hashes an image only when its
+tree's metadata changed, and every kind of change is still caught."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import foretell.store
+from foretell.store import ArtifactCorrupt, ArtifactStore
+
+
+def _image(store: ArtifactStore, tmp_path: Path) -> str:
+    built = tmp_path / "built"
+    (built / "pkg").mkdir(parents=True)
+    (built / "model.py").write_text("def predict(ctx):\n    return []\n")
+    (built / "pkg" / "data.bin").write_bytes(b"\x00" * 4096)
+    return store.put_image(built)
+
+
+def _writable(path: Path) -> None:
+    path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _rewrite_same_size_and_mtime(path: Path) -> None:
+    st = path.stat()
+    _writable(path.parent)
+    _writable(path)
+    path.write_bytes(b"\x01" * st.st_size)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _make_executable(path: Path) -> None:
+    path.chmod(0o555)
+
+
+def _add_file(path: Path) -> None:
+    _writable(path.parent)
+    (path.parent / "extra.py").write_text("import os\n")
+
+
+def _swap_for_a_copy_with_other_bytes(path: Path) -> None:
+    st = path.stat()
+    _writable(path.parent)
+    twin = path.with_name("twin")
+    twin.write_bytes(b"\x02" * st.st_size)
+    os.utime(twin, ns=(st.st_atime_ns, st.st_mtime_ns))
+    twin.chmod(st.st_mode)
+    os.replace(twin, path)
+
+
+@pytest.mark.parametrize(
+    ("target", "tamper"),
+    [
+        ("pkg/data.bin", _rewrite_same_size_and_mtime),
+        ("model.py", _make_executable),
+        ("pkg/data.bin", _add_file),
+        ("pkg/data.bin", _swap_for_a_copy_with_other_bytes),
+    ],
+)
+def test_a_change_after_a_verification_is_caught(
+    tmp_path: Path, target: str, tamper: Callable[[Path], None]
+) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    digest = _image(store, tmp_path)
+    image = store.verified_image(digest)
+    assert store.verified_image(digest) == image
+    tamper(image / target)
+    with pytest.raises(ArtifactCorrupt):
+        store.verified_image(digest)
+    # And it stays refused: a failed check is not remembered as a good one.
+    with pytest.raises(ArtifactCorrupt):
+        store.verified_image(digest)
+
+
+def test_an_unchanged_image_is_hashed_once_per_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    digest = _image(store, tmp_path)
+    hashed: list[Path] = []
+    original = foretell.store.sha256_file
+
+    def counting(path: Path) -> str:
+        hashed.append(path)
+        return original(path)
+
+    monkeypatch.setattr(foretell.store, "sha256_file", counting)
+    store.verified_image(digest)
+    assert len(hashed) == 2
+    # Another store object over the same directory (resources build one per use): no re-hash.
+    ArtifactStore(tmp_path / "store").verified_image(digest)
+    assert len(hashed) == 2
