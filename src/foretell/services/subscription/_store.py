@@ -244,15 +244,14 @@ async def list_invoices(
                 raise NotFound(f"no subscription {str(sub_id)!r}")
             conditions.append(Invoice.subscription_id == sub_id)
         statuses = await invoice_statuses(session, *conditions)
-        names = dict(
-            (
+        names = {
+            row[0]: row[1]
+            for row in (
                 await session.execute(
                     select(Model.id, Model.name).where(
                         Model.id.in_({s.invoice.model_id for s in statuses})
                     )
                 )
-            )
-            .tuples()
-            .all()
-        )
+            ).all()
+        }
     return [(s, names[s.invoice.model_id]) for s in statuses]
