@@ -126,11 +126,12 @@ async def record(
     symbols: tuple[str, ...] = ("EURUSD", "GOOG"),
     outcome: str = "ok",
     log: str = "",
+    recorded_at: datetime | None = None,
 ) -> uuid.UUID:
     """Records a run and its forecasts in one transaction and announces it, as execute_run
     does."""
     run_id = uuid.uuid4()
-    now = datetime.now(UTC)
+    now = recorded_at or datetime.now(UTC)
     version_id = model.versions[version]
     async with resources.db.session.begin() as session:
         session.add(
