@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import subprocess
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,6 @@ from foretell.billing.machine import TRANSITIONS, Event, State, next_state
 from foretell.billing.settle import record_payment, run_billing
 from foretell.db.models import Invoice, SubscriptionEvent
 from foretell.errors import FailedPrecondition
-from foretell.registry.v1 import registry_service_pb2 as reg_pb
 from foretell.registry.v1 import registry_service_pb2_grpc as reg_grpc
 from foretell.runtime import Resources
 from foretell.subscription.v1 import subscription_service_pb2 as pb
@@ -111,6 +111,7 @@ class World:
     subs: pb_grpc.SubscriptionServiceAsyncStub
     model: Recorded
     reader: SignedIn
+    channel: aio.Channel
     sub_id: str = ""
 
     async def subscribe(self) -> pb.SubscribeResponse:
@@ -211,7 +212,7 @@ async def pay(world: World) -> None:
 def price(minor: int) -> Step:
     async def step(world: World) -> None:
         await set_plan(
-            _CHANNEL[0],
+            world.channel,
             world.model.owner,
             world.model.name,
             price_minor=minor,
@@ -219,8 +220,6 @@ def price(minor: int) -> Step:
 
     return step
 
-
-_CHANNEL: list[aio.Channel] = []
 
 # Each scenario: plan trial days, then (step, the stored state after it, invoice amounts so far).
 # Due after 7 days, grace 7 days (the defaults).
@@ -304,11 +303,10 @@ async def test_subscription_lifecycle(
     resources: Resources,
     clock: MovableClock,
 ) -> None:
-    _CHANNEL[:] = [channel]
     trial_days, steps = SCENARIOS[name]
     model = await make_model(registry, sign_up, resources, public=True)
     await set_plan(channel, model.owner, model.name, trial_days=trial_days)
-    world = World(resources, clock, subs, model, await sign_up(account_pb.ROLE_SUBSCRIBER))
+    world = World(resources, clock, subs, model, await sign_up(account_pb.ROLE_SUBSCRIBER), channel)
     started = await world.subscribe()
     assert started.subscription.state == (
         pb.SUBSCRIPTION_STATE_TRIALING if trial_days else pb.SUBSCRIPTION_STATE_INCOMPLETE
@@ -320,7 +318,7 @@ async def test_subscription_lifecycle(
     # Every transition is in the audit log, each from the state the previous one left.
     history = await world.history()
     assert history[0][1] is None
-    assert all(prev[2] == nxt[1] for prev, nxt in zip(history, history[1:], strict=False))
+    assert all(prev[2] == nxt[1] for prev, nxt in itertools.pairwise(history))
     assert history[-1][2] == steps[-1][1]
 
 
@@ -378,7 +376,7 @@ async def test_the_billing_run_is_idempotent(
 ) -> None:
     model = await make_model(registry, sign_up, resources, public=True)
     await set_plan(channel, model.owner, model.name, trial_days=3)
-    world = World(resources, clock, subs, model, await sign_up(account_pb.ROLE_SUBSCRIBER))
+    world = World(resources, clock, subs, model, await sign_up(account_pb.ROLE_SUBSCRIBER), channel)
     await world.subscribe()
     clock.advance(4 * DAY)
     assert await world.bill() >= 1
@@ -401,11 +399,11 @@ async def test_the_billing_run_is_idempotent(
 # --- invoices: immutable, private -------------------------------------------------------------
 
 
-async def _sql(resources: Resources, statement: str) -> None:
+async def _sql(resources: Resources, statement: str, *args: object) -> None:
     url = make_url(str(resources.settings.database_url)).set(drivername="postgresql")
     connection = await asyncpg.connect(url.render_as_string(hide_password=False))
     try:
-        await connection.execute(statement)
+        await connection.execute(statement, *args)
     finally:
         await connection.close()
 
@@ -420,17 +418,18 @@ async def test_issued_invoices_cannot_be_changed_in_sql(
 ) -> None:
     model = await make_model(registry, sign_up, resources, public=True)
     await set_plan(channel, model.owner, model.name, trial_days=0)
-    world = World(resources, clock, subs, model, await sign_up(account_pb.ROLE_SUBSCRIBER))
+    world = World(resources, clock, subs, model, await sign_up(account_pb.ROLE_SUBSCRIBER), channel)
     invoice = (await world.subscribe()).invoice
     await world.pay_open()
     for statement in (
-        f"UPDATE invoices SET amount_minor = 1 WHERE id = '{invoice.id}'",
-        f"DELETE FROM invoices WHERE id = '{invoice.id}'",
-        f"UPDATE payments SET amount_minor = 0 WHERE invoice_id = '{invoice.id}'",
+        "UPDATE invoices SET amount_minor = 1 WHERE id = $1",
+        "DELETE FROM invoices WHERE id = $1",
+        "UPDATE payments SET amount_minor = 0 WHERE invoice_id = $1",
         "TRUNCATE invoices CASCADE",
     ):
+        args = (uuid.UUID(invoice.id),) if "$1" in statement else ()
         with pytest.raises(asyncpg.PostgresError) as caught:
-            await _sql(resources, statement)
+            await _sql(resources, statement, *args)
         assert caught.value.sqlstate == "FT001", statement
     (kept,) = await world.invoices()
     assert kept.amount_minor == 4900 and kept.state == pb.INVOICE_STATE_PAID
