@@ -74,9 +74,9 @@ POLICY: dict[str, Policy] = {
     # Only a model in its sandbox submits forecasts, over its run's socket
     # (foretell.runs); on the public servers nobody may, so no signed-in user can forge them.
     _FORECAST + "SubmitForecasts": NOBODY,
-    # Reads (API keys too, for scripts). Until subscriptions add entitlements, signing in is
-    # enough for a public model's forecasts; the service hides others' private models
-    # (NOT_FOUND) and keeps runs, with their logs, to the owner and admins.
+    # Reads (API keys too, for scripts). The service checks entitlements (foretell.billing:
+    # a live subscription, the owner, admins; others get the delayed sample), hides others'
+    # private models (NOT_FOUND) and keeps runs, with their logs, to the owner and admins.
     _FORECAST + "ListForecasts": SIGNED_IN_READ,
     _FORECAST + "StreamForecasts": SIGNED_IN_READ,
     _FORECAST + "ListRuns": SIGNED_IN_READ,
