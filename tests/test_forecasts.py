@@ -29,6 +29,7 @@ from foretell.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
 from foretell.registry.v1 import registry_service_pb2 as reg_pb
 from foretell.registry.v1 import registry_service_pb2_grpc as reg_grpc
 from foretell.runtime import Resources
+from tests._billing import trial
 from tests._envoy import Envoy
 from tests._errors import field_violations
 from tests._registry import model_name
@@ -125,11 +126,12 @@ async def record(
     symbols: tuple[str, ...] = ("EURUSD", "GOOG"),
     outcome: str = "ok",
     log: str = "",
+    recorded_at: datetime | None = None,
 ) -> uuid.UUID:
     """Records a run and its forecasts in one transaction and announces it, as execute_run
     does."""
     run_id = uuid.uuid4()
-    now = datetime.now(UTC)
+    now = recorded_at or datetime.now(UTC)
     version_id = model.versions[version]
     async with resources.db.session.begin() as session:
         session.add(
@@ -258,6 +260,7 @@ async def test_kinds_never_mix(
 
 
 async def test_access_rules(
+    channel: aio.Channel,
     forecasts: pb_grpc.ForecastServiceAsyncStub,
     registry: reg_grpc.RegistryServiceAsyncStub,
     account: account_grpc.AccountServiceAsyncStub,
@@ -283,11 +286,12 @@ async def test_access_rules(
             with pytest.raises(grpc.RpcError) as caught:
                 await call
             assert status_code(caught.value) == grpc.StatusCode.NOT_FOUND
-        # A public model's forecasts are readable by everyone signed in, its runs are not.
+        # A public model's recent forecasts need a subscription: others list only the delayed
+        # sample (nothing recorded this week); its runs are the owner's.
         listed = await forecasts.ListForecasts(
             pb.ListForecastsRequest(model=public.name), metadata=md
         )
-        assert {f.run_id for f in listed.forecasts} == {str(public_run)}
+        assert list(listed.forecasts) == []
         for call in (
             forecasts.ListRuns(pb.ListRunsRequest(model=public.name), metadata=md),
             forecasts.GetRun(
@@ -310,6 +314,7 @@ async def test_access_rules(
     with pytest.raises(grpc.RpcError) as caught:
         await forecasts.ListForecasts(pb.ListForecastsRequest(model=public.name))
     assert status_code(caught.value) == grpc.StatusCode.UNAUTHENTICATED
+    await trial(channel, public.owner, subscriber, public.name)
     key = await account.CreateApiKey(
         account_pb.CreateApiKeyRequest(name="script"), metadata=subscriber.metadata
     )
@@ -413,6 +418,7 @@ async def test_bad_input_names_the_fields(
 
 
 async def test_stream_delivers_forecasts_recorded_after_it_opened(
+    channel: aio.Channel,
     forecasts: pb_grpc.ForecastServiceAsyncStub,
     registry: reg_grpc.RegistryServiceAsyncStub,
     sign_up: SignUp,
@@ -421,6 +427,7 @@ async def test_stream_delivers_forecasts_recorded_after_it_opened(
     m = await make_model(registry, sign_up, resources, public=True)
     await record(resources, m, BASE)  # before the stream: never sent
     reader = await sign_up(account_pb.ROLE_SUBSCRIBER)
+    await trial(channel, m.owner, reader, m.name)
     stream = forecasts.StreamForecasts(
         pb.StreamForecastsRequest(model=m.name, symbol="GOOG"), metadata=reader.metadata
     )

@@ -72,6 +72,18 @@ class Settings:
     run_wall_s: int = 30
     run_cpu_s: int = 30
     run_memory_mib: int = 512
+    # Billing: an invoice is due this many days after it is issued; unpaid past that, the
+    # subscription is PAST_DUE (still readable) for the grace days, then EXPIRED.
+    billing_due_days: int = 7
+    billing_grace_days: int = 7
+    # Development only: the built-in ledger gateway marks every invoice paid as it is issued.
+    billing_auto_pay: Literal["on", "off"] = "off"
+    # Forecasts recorded longer ago than this are a delayed sample everyone signed in may list.
+    delayed_sample: Literal["on", "off"] = "on"
+    sample_delay_days: int = 7
+    # How often an open StreamForecasts re-checks its caller's entitlement even when nothing
+    # happens (subscription changes wake it at once).
+    entitlement_recheck_s: float = 60.0
 
     @property
     def keys_dir(self) -> Path:
@@ -166,6 +178,12 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "run_wall_s": _positive_int,
     "run_cpu_s": _positive_int,
     "run_memory_mib": _positive_int,
+    "billing_due_days": _positive_int,
+    "billing_grace_days": _positive_int,
+    "billing_auto_pay": _choice("on", "off"),
+    "delayed_sample": _choice("on", "off"),
+    "sample_delay_days": _positive_int,
+    "entitlement_recheck_s": _seconds,
 }
 
 

@@ -12,6 +12,8 @@ from typing import Any
 from arq import Worker, cron, func
 from arq.connections import RedisSettings
 
+from foretell.billing.gateway import gateway_for
+from foretell.billing.settle import run_billing
 from foretell.logs import get_logger
 from foretell.runtime.resources import Clock, open_resources, utc_now
 from foretell.scheduler import run_job_timeout_s, run_version, schedule_runs
@@ -19,6 +21,16 @@ from foretell.services.registry.build import build_version
 from foretell.settings import Settings
 
 log = get_logger("foretell.worker")
+
+
+async def bill_subscriptions(ctx: dict[str, Any]) -> int:
+    """The daily billing run: trial ends, renewals (invoices), due dates, grace ends. Idempotent:
+    a second run at the same time fires nothing and issues no invoice twice."""
+    resources = ctx["resources"]
+    settings = resources.settings
+    fired = await run_billing(resources.db, settings, resources.clock(), gateway_for(settings))
+    log.info("billing run", events=fired)
+    return fired
 
 
 def create_worker(
@@ -38,6 +50,9 @@ def create_worker(
         # Every minute at second 0; unique, so two workers never run a cycle at once.
         cron(schedule_runs, minute=None, second=0, run_at_startup=True, timeout=300)
     ]
+    # Daily at 00:05 UTC (and at start-up, to catch up after downtime). Reads and subscription
+    # calls also settle the caller's subscription, so billing is never a day late for access.
+    billing = cron(bill_subscriptions, hour=0, minute=5, second=0, run_at_startup=True, timeout=600)
 
     async def startup(ctx: dict[str, Any]) -> None:
         stack = AsyncExitStack()
@@ -53,7 +68,7 @@ def create_worker(
             func(build_version, timeout=settings.build_timeout_s + 60, max_tries=3),
             func(run_version, timeout=run_job_timeout_s(settings), max_tries=3),
         ],
-        cron_jobs=cron_jobs if scheduler else None,
+        cron_jobs=[*(cron_jobs if scheduler else []), *([] if burst else [billing])] or None,
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         on_startup=startup,
         on_shutdown=shutdown,

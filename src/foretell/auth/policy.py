@@ -29,6 +29,7 @@ SIGNED_IN = Policy(roles=ANYONE_SIGNED_IN)
 SIGNED_IN_READ = Policy(roles=ANYONE_SIGNED_IN, api_key=True)
 
 PROVIDERS = Policy(roles=frozenset({Role.PROVIDER}))
+SUBSCRIBERS_AND_PROVIDERS = Policy(roles=frozenset({Role.SUBSCRIBER, Role.PROVIDER}))
 PROVIDERS_AND_ADMINS = Policy(roles=frozenset({Role.PROVIDER, Role.ADMIN}))
 ADMINS = Policy(roles=frozenset({Role.ADMIN}))
 # Nobody, whatever their role: for RPCs that exist only on a run's own Unix socket, where the
@@ -38,6 +39,7 @@ NOBODY = Policy(roles=frozenset())
 _REGISTRY = "/foretell.registry.v1.RegistryService/"
 _DATAFEED = "/foretell.datafeed.v1.DataFeedService/"
 _FORECAST = "/foretell.forecast.v1.ForecastService/"
+_SUBSCRIPTION = "/foretell.subscription.v1.SubscriptionService/"
 
 POLICY: dict[str, Policy] = {
     "/foretell.account.v1.AccountService/CreateUser": PUBLIC,
@@ -72,9 +74,9 @@ POLICY: dict[str, Policy] = {
     # Only a model in its sandbox submits forecasts, over its run's socket
     # (foretell.runs); on the public servers nobody may, so no signed-in user can forge them.
     _FORECAST + "SubmitForecasts": NOBODY,
-    # Reads (API keys too, for scripts). Until subscriptions add entitlements, signing in is
-    # enough for a public model's forecasts; the service hides others' private models
-    # (NOT_FOUND) and keeps runs, with their logs, to the owner and admins.
+    # Reads (API keys too, for scripts). The service checks entitlements (foretell.billing:
+    # a live subscription, the owner, admins; others get the delayed sample), hides others'
+    # private models (NOT_FOUND) and keeps runs, with their logs, to the owner and admins.
     _FORECAST + "ListForecasts": SIGNED_IN_READ,
     _FORECAST + "StreamForecasts": SIGNED_IN_READ,
     _FORECAST + "ListRuns": SIGNED_IN_READ,
@@ -82,6 +84,18 @@ POLICY: dict[str, Policy] = {
     # A provider tries their own model (the service checks ownership); it runs the sandbox
     # in the serving process, so no API keys: a leaked key must not be a way to burn CPU.
     _FORECAST + "DryRun": PROVIDERS,
+    # Plans are the catalog's: everyone signed in reads them; the service keeps changes to the
+    # model's owner.
+    _SUBSCRIPTION + "GetPlan": SIGNED_IN_READ,
+    _SUBSCRIPTION + "UpdatePlan": PROVIDERS,
+    # Subscribers and providers buy (not their own models: the service refuses); admins read
+    # every model anyway. Spending money needs a session, not an API key.
+    _SUBSCRIPTION + "Subscribe": SUBSCRIBERS_AND_PROVIDERS,
+    _SUBSCRIPTION + "CancelSubscription": SIGNED_IN,
+    _SUBSCRIPTION + "ResumeSubscription": SIGNED_IN,
+    # The caller's own (an admin's: everyone's); API keys may read them, for scripts.
+    _SUBSCRIPTION + "ListSubscriptions": SIGNED_IN_READ,
+    _SUBSCRIPTION + "ListInvoices": SIGNED_IN_READ,
 }
 
 # Infrastructure services every process exposes; they carry no user data.

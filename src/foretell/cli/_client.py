@@ -30,6 +30,7 @@ from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.account.v1 import account_service_pb2_grpc as account_grpc
 from foretell.forecast.v1 import forecast_service_pb2_grpc as forecast_grpc
 from foretell.registry.v1 import registry_service_pb2_grpc as registry_grpc
+from foretell.subscription.v1 import subscription_service_pb2_grpc as subscription_grpc
 
 try:
     import fcntl
@@ -281,12 +282,14 @@ class Client:
     account: account_grpc.AccountServiceStub = field(init=False)
     registry: registry_grpc.RegistryServiceStub = field(init=False)
     forecast: forecast_grpc.ForecastServiceStub = field(init=False)
+    subscription: subscription_grpc.SubscriptionServiceStub = field(init=False)
     credentials: Credentials | None = None
 
     def __post_init__(self) -> None:
         self.account = account_grpc.AccountServiceStub(self.channel)
         self.registry = registry_grpc.RegistryServiceStub(self.channel)
         self.forecast = forecast_grpc.ForecastServiceStub(self.channel)
+        self.subscription = subscription_grpc.SubscriptionServiceStub(self.channel)
 
     def session(self) -> Credentials:
         """The stored credentials, refreshed first when the access token is about to expire."""

@@ -5,6 +5,7 @@ import sys
 import click
 
 from foretell.cli._account import login, logout, whoami
+from foretell.cli._billing import cancel, invoices, plan, resume, subscribe, subscriptions
 from foretell.cli._client import EXIT_CODES_HELP
 from foretell.cli._data import data
 from foretell.cli._demo import demo
@@ -37,6 +38,13 @@ def cli() -> None:
       foretell run eurusd-momentum     # a dry run: forecasts and logs, not recorded live
 
     \b
+    Subscribers:
+      foretell plan eurusd-momentum    # price and trial (providers: --price 49.00 --trial-days 14)
+      foretell subscribe eurusd-momentum
+      foretell subscriptions           # cancel ID [--now], resume ID
+      foretell invoices
+
+    \b
     Market data:
       foretell data symbols            # what there is: symbols, resolutions, time spans
       foretell data bars EURUSD --last 10
@@ -49,6 +57,7 @@ def cli() -> None:
       foretell worker                  # run background jobs (builds)
       foretell db upgrade              # migrate the database
       foretell admin create-user --email ops@example.com
+      foretell admin invoices list --open   # then: foretell admin invoices pay ID
       foretell demo                    # load the demo market data (EURUSD, GOOG)
     """
 
@@ -75,6 +84,12 @@ for command in (
     logs,
     run,
     data,
+    plan,
+    subscribe,
+    subscriptions,
+    cancel,
+    resume,
+    invoices,
 ):
     cli.add_command(command)
 cli.epilog = EXIT_CODES_HELP

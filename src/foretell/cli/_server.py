@@ -175,3 +175,127 @@ def admin_create_user(email: str, display_name: str, role: str, password: str) -
     except ValueError as error:
         _fail(str(error))
     click.echo(f"created {role} {email} ({user_id})")
+
+
+@admin.group("invoices")
+def admin_invoices() -> None:
+    """Invoices of the built-in ledger gateway: list them, record payments, issue credits."""
+
+
+def _invoice_row(line: object) -> dict[str, object]:
+    from foretell.billing.admin import InvoiceLine
+    from foretell.currencies import format_minor
+
+    assert isinstance(line, InvoiceLine)
+    invoice = line.status.invoice
+    return {
+        "id": str(invoice.id),
+        "subscription_id": str(invoice.subscription_id),
+        "model": line.model,
+        "subscriber": line.subscriber_email,
+        "amount_minor": invoice.amount_minor,
+        "currency": invoice.currency,
+        "amount": format_minor(invoice.amount_minor, invoice.currency),
+        "amount_due_minor": line.status.amount_due_minor,
+        "credited_minor": line.status.credited_minor,
+        "state": line.status.state,
+        "period_start": invoice.period_start.isoformat(),
+        "period_end": invoice.period_end.isoformat(),
+        "issued_at": invoice.issued_at.isoformat(),
+        "due_at": invoice.due_at.isoformat(),
+    }
+
+
+def _database_settings() -> Settings:
+    settings = _settings()
+    if not settings.database_url:
+        _fail("FORETELL_DATABASE_URL is not set")
+    return settings
+
+
+@admin_invoices.command("list")
+@click.option("--open", "open_only", is_flag=True, help="Only invoices still waiting for money.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def admin_invoices_list(open_only: bool, limit: int, as_json: bool) -> None:
+    """List invoices, newest first.
+
+    \b
+    Examples:
+      foretell admin invoices list --open
+      foretell admin invoices list --json
+    """
+    import json
+
+    from foretell.billing.admin import list_invoices
+
+    lines = asyncio.run(list_invoices(_database_settings(), open_only=open_only, limit=limit))
+    rows = [_invoice_row(line) for line in lines]
+    if as_json:
+        click.echo(json.dumps({"invoices": rows}, indent=2))
+        return
+    headers = ("ID", "MODEL", "SUBSCRIBER", "AMOUNT", "STATE", "DUE")
+    table = [headers] + [
+        (r["id"], r["model"], r["subscriber"], r["amount"], r["state"], str(r["due_at"])[:16])
+        for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(headers))]
+    for row in table:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@admin_invoices.command("pay")
+@click.argument("invoice_id")
+@click.option("--reference", default="", help="The bank transfer or receipt it was paid by.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def admin_invoices_pay(invoice_id: str, reference: str, as_json: bool) -> None:
+    """Record that an open invoice was paid in full (the ledger gateway). The subscription
+    becomes ACTIVE again if it was waiting for this money.
+
+    \b
+    Example:
+      foretell admin invoices pay 3f0c... --reference "wire 2026-11-30"
+    """
+    import json
+
+    from foretell.billing.admin import pay_invoice
+
+    try:
+        line = asyncio.run(pay_invoice(_database_settings(), invoice_id, reference))
+    except ValueError as error:
+        _fail(str(error))
+    row = _invoice_row(line)
+    if as_json:
+        click.echo(json.dumps({"invoice": row}, indent=2))
+    else:
+        click.echo(f"invoice {row['id']} ({row['model']}, {row['subscriber']}): {row['state']}")
+
+
+@admin_invoices.command("credit")
+@click.argument("invoice_id")
+@click.option("--amount-minor", type=click.IntRange(1), required=True, help="In minor units.")
+@click.option("--reason", required=True, help="Why: shown with the invoice.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def admin_invoices_credit(invoice_id: str, amount_minor: int, reason: str, as_json: bool) -> None:
+    """Correct an open invoice with a credit note (issued invoices never change).
+
+    \b
+    Example:
+      foretell admin invoices credit 3f0c... --amount-minor 4900 --reason "goodwill"
+    """
+    import json
+
+    from foretell.billing.admin import credit_invoice
+
+    try:
+        line = asyncio.run(credit_invoice(_database_settings(), invoice_id, amount_minor, reason))
+    except ValueError as error:
+        _fail(str(error))
+    row = _invoice_row(line)
+    if as_json:
+        click.echo(json.dumps({"invoice": row}, indent=2))
+    else:
+        click.echo(
+            f"invoice {row['id']}: credited {row['credited_minor']}, due {row['amount_due_minor']}"
+            f" ({row['state']})"
+        )

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Double,
@@ -194,3 +195,144 @@ class Forecast(Base):
     predicted_return: Mapped[float | None] = mapped_column(Double)
     probability: Mapped[float | None] = mapped_column(Double)
     recorded_at: Mapped[datetime]
+
+
+_CASCADE = "CASCADE"
+
+
+class Plan(Base):
+    """A model's monthly price (integer minor units of an ISO 4217 currency) and trial days."""
+
+    __tablename__ = "plans"
+    __table_args__ = (
+        CheckConstraint("price_minor >= 0", name="plans_price_check"),
+        CheckConstraint("currency ~ '^[A-Z]{3}$'", name="plans_currency_check"),
+        CheckConstraint("trial_days BETWEEN 0 AND 30", name="plans_trial_days_check"),
+    )
+
+    model_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("models.id", ondelete=_CASCADE), primary_key=True
+    )
+    price_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    trial_days: Mapped[int]
+    updated_at: Mapped[datetime]
+
+
+class Subscription(Base):
+    """One subscriber's subscription to one model. `state` changes only through
+    foretell.billing.machine. Paid periods are calendar months from `anchor`: period k runs
+    from anchor + k months to anchor + k + 1 months (clamped to month ends, never drifting)."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('trialing', 'incomplete', 'active', 'past_due', 'canceled', 'expired')",
+            name="subscriptions_state_check",
+        ),
+        CheckConstraint("period_end > period_start", name="subscriptions_period_check"),
+        Index(
+            "subscriptions_live_key",
+            "subscriber_id",
+            "model_id",
+            unique=True,
+            postgresql_where=text("state IN ('trialing', 'incomplete', 'active', 'past_due')"),
+        ),
+        Index("subscriptions_model_idx", "model_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("models.id", ondelete=_CASCADE))
+    subscriber_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete=_CASCADE))
+    state: Mapped[str] = mapped_column(String(10))
+    trial_end: Mapped[datetime | None]
+    anchor: Mapped[datetime]
+    period_index: Mapped[int]
+    period_start: Mapped[datetime]
+    period_end: Mapped[datetime]
+    cancel_at_period_end: Mapped[bool] = mapped_column(Boolean)
+    past_due_since: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class SubscriptionEvent(Base):
+    """The audit log: one row per state machine transition."""
+
+    __tablename__ = "subscription_events"
+    __table_args__ = (Index("subscription_events_subscription_idx", "subscription_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    subscription_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("subscriptions.id", ondelete=_CASCADE)
+    )
+    event: Mapped[str] = mapped_column(String(24))
+    from_state: Mapped[str | None] = mapped_column(String(10))
+    to_state: Mapped[str] = mapped_column(String(10))
+    at: Mapped[datetime]
+    detail: Mapped[str] = mapped_column(Text)
+
+
+class Invoice(Base):
+    """One billed period. Immutable once issued (a trigger of migration 0007 refuses UPDATE,
+    DELETE and TRUNCATE); unique per (subscription, period start)."""
+
+    __tablename__ = "invoices"
+    __table_args__ = (
+        UniqueConstraint(
+            "subscription_id", "period_start", name="invoices_subscription_period_key"
+        ),
+        CheckConstraint("amount_minor >= 0", name="invoices_amount_check"),
+        CheckConstraint("currency ~ '^[A-Z]{3}$'", name="invoices_currency_check"),
+        Index("invoices_subscriber_idx", "subscriber_id", "issued_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    subscription_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("subscriptions.id", ondelete=_CASCADE)
+    )
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("models.id", ondelete=_CASCADE))
+    subscriber_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete=_CASCADE))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    period_start: Mapped[datetime]
+    period_end: Mapped[datetime]
+    issued_at: Mapped[datetime]
+    due_at: Mapped[datetime]
+
+
+class Payment(Base):
+    """Money received for an invoice (at most one per invoice), by which gateway. Immutable."""
+
+    __tablename__ = "payments"
+    __table_args__ = (
+        CheckConstraint("amount_minor >= 0", name="payments_amount_check"),
+        CheckConstraint("currency ~ '^[A-Z]{3}$'", name="payments_currency_check"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    invoice_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("invoices.id", ondelete=_CASCADE), unique=True
+    )
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    gateway: Mapped[str] = mapped_column(String(32))
+    reference: Mapped[str] = mapped_column(Text)
+    paid_at: Mapped[datetime]
+
+
+class CreditNote(Base):
+    """A correction of an issued invoice: reduces what is due. Immutable."""
+
+    __tablename__ = "credit_notes"
+    __table_args__ = (
+        CheckConstraint("amount_minor > 0", name="credit_notes_amount_check"),
+        Index("credit_notes_invoice_idx", "invoice_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    invoice_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("invoices.id", ondelete=_CASCADE))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[datetime]

@@ -44,3 +44,13 @@ class RunRecorded:
 async def announce_run(session: AsyncSession, notice: RunRecorded) -> None:
     """Queues the notice in the session's transaction; it is sent when the transaction commits."""
     await session.execute(_NOTIFY, {"channel": FORECASTS_CHANNEL, "payload": notice.encode()})
+
+
+# Who may read a model's forecasts may have changed (a subscription moved, the model's
+# visibility changed): open StreamForecasts calls of that model re-check their caller.
+ACCESS_CHANNEL = "foretell_access"
+
+
+async def announce_access(session: AsyncSession, model_id: uuid.UUID) -> None:
+    """Queues an access-changed notice for the model; sent when the transaction commits."""
+    await session.execute(_NOTIFY, {"channel": ACCESS_CHANNEL, "payload": str(model_id)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from google.protobuf.descriptor import ServiceDescriptor
 
@@ -12,7 +12,7 @@ from foretell.account.v1 import account_service_pb2
 from foretell.datafeed.v1 import datafeed_service_pb2
 from foretell.forecast.v1 import forecast_service_pb2
 from foretell.registry.v1 import registry_service_pb2
-from foretell.subscription.v1 import subscription_service_pb2, subscription_service_pb2_grpc
+from foretell.subscription.v1 import subscription_service_pb2
 
 if TYPE_CHECKING:
     from grpc import aio
@@ -54,14 +54,10 @@ def _forecast(server: aio.Server, resources: Resources) -> None:
     add_to_server(server, resources)
 
 
-def _placeholder(add: Callable[[Any, Any], None], servicer: Any) -> Callable[..., None]:
-    """Services whose RPCs arrive in later releases: registered so that they answer health
-    checks and reflection."""
+def _subscription(server: aio.Server, resources: Resources) -> None:
+    from foretell.services.subscription import add_to_server
 
-    def register(server: aio.Server, _resources: Resources) -> None:
-        add(servicer(), server)
-
-    return register
+    add_to_server(server, resources)
 
 
 SERVICES: dict[str, ServiceDef] = {
@@ -73,10 +69,7 @@ SERVICES: dict[str, ServiceDef] = {
     ),
     "subscription": ServiceDef(
         subscription_service_pb2.DESCRIPTOR.services_by_name["SubscriptionService"],
-        _placeholder(
-            subscription_service_pb2_grpc.add_SubscriptionServiceServicer_to_server,
-            subscription_service_pb2_grpc.SubscriptionServiceServicer,
-        ),
+        _subscription,
     ),
     "datafeed": ServiceDef(
         datafeed_service_pb2.DESCRIPTOR.services_by_name["DataFeedService"], _datafeed

@@ -18,12 +18,14 @@ from typing import Any, Final
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from foretell.db.notify import FORECASTS_CHANNEL, RunRecorded
+from foretell.db.notify import ACCESS_CHANNEL, FORECASTS_CHANNEL, RunRecorded
 
 LOST: Final = None
+# Who may read the model may have changed: each stream re-checks its caller.
+ACCESS_CHANGED: Final = "access"
 _QUEUE = 1000
 
-Notices = asyncio.Queue[RunRecorded | None]
+Notices = asyncio.Queue[RunRecorded | str | None]
 
 
 class ForecastFeed:
@@ -42,6 +44,7 @@ class ForecastFeed:
                 connection = await asyncpg.connect(self._dsn)
                 connection.add_termination_listener(self._lost)
                 await connection.add_listener(FORECASTS_CHANNEL, self._notified)
+                await connection.add_listener(ACCESS_CHANNEL, self._access_changed)
                 self._connection = connection
             self._subscribers.setdefault(model_id, set()).add(queue)
         try:
@@ -66,6 +69,15 @@ class ForecastFeed:
                     queue.put_nowait(LOST)
                 continue
             queue.put_nowait(notice)
+
+    def _access_changed(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            model_id = uuid.UUID(payload)
+        except ValueError:
+            return
+        for queue in self._subscribers.get(model_id, ()):
+            if queue.qsize() < _QUEUE:
+                queue.put_nowait(ACCESS_CHANGED)
 
     def _lost(self, connection: Any) -> None:
         if connection is not self._connection:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -7,16 +8,17 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from grpc import aio
 
-from foretell.auth.principal import current_principal
-from foretell.db.models import Forecast, Run
-from foretell.errors import FailedPrecondition, ForetellError, PermissionDenied
+from foretell.auth.principal import Principal, current_principal
+from foretell.billing.entitlement import forecast_access, require_entitled
+from foretell.db.models import Forecast, Model, Run
+from foretell.errors import FailedPrecondition, ForetellError, NotFound, PermissionDenied
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
 from foretell.runs import NotRunnable, latest_closed_boundary, run_on_platform
 from foretell.runtime.resources import Resources
 from foretell.services._convert import timestamp as _ts
 from foretell.services.forecast import _store, _validate
-from foretell.services.forecast._feed import LOST, ForecastFeed
+from foretell.services.forecast._feed import ACCESS_CHANGED, LOST, ForecastFeed
 
 if TYPE_CHECKING:
     # Generic only in the type stubs.
@@ -90,8 +92,12 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         self, request: pb.ListForecastsRequest, context: Context
     ) -> pb.ListForecastsResponse:
         filters = _validate.list_forecasts(request)
-        view = await _store.readable_model(self._res.db, current_principal(), filters.model)
-        rows = await _store.list_forecasts(self._res.db, view, filters)
+        principal = current_principal()
+        view = await _store.readable_model(self._res.db, principal, filters.model)
+        access = await forecast_access(
+            self._res.db, principal, view.model, self._res.clock(), self._res.settings
+        )
+        rows = await _store.list_forecasts(self._res.db, view, filters, access.recorded_before)
         limit = filters.limit
         token = ""
         if len(rows) > limit:
@@ -106,21 +112,42 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         self, request: pb.StreamForecastsRequest, context: Context
     ) -> AsyncIterator[pb.StreamForecastsResponse]:
         name, symbol, kind = _validate.stream_forecasts(request)
-        view = await _store.readable_model(self._res.db, current_principal(), name)
+        principal = current_principal()
+        view = await _store.readable_model(self._res.db, principal, name)
+        await self._entitled(principal, view.model)
+        recheck_s = max(self._res.settings.entitlement_recheck_s, 0.1)
         async with self._feed.subscribe(view.model.id) as notices:
             # Headers out once listening: the client knows every later run reaches it.
             await context.send_initial_metadata(())
             while True:
-                notice = await notices.get()
+                try:
+                    notice = await asyncio.wait_for(notices.get(), recheck_s)
+                except TimeoutError:
+                    notice = ACCESS_CHANGED
                 if notice is LOST:
                     raise FeedLost("the forecast feed was interrupted: open the stream again")
-                if notice.kind != kind:
+                # Before anything is sent, and whenever access may have changed (a
+                # subscription lapsed, the model went private) or time passed: still allowed?
+                await self._still_readable(principal, name)
+                if isinstance(notice, str) or notice.kind != kind:
                     continue
                 rows = await _store.run_forecasts(self._res.db, notice.run_id, symbol)
                 if rows:
                     yield pb.StreamForecastsResponse(
                         forecasts=[forecast_pb(name, f, number) for f, number in rows]
                     )
+
+    async def _entitled(self, principal: Principal, model: Model) -> None:
+        await require_entitled(
+            self._res.db, principal, model, self._res.clock(), self._res.settings
+        )
+
+    async def _still_readable(self, principal: Principal, name: str) -> None:
+        try:
+            view = await _store.readable_model(self._res.db, principal, name)
+        except NotFound:
+            raise PermissionDenied(f"model {name!r} is no longer readable to you") from None
+        await self._entitled(principal, view.model)
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
         filters = _validate.list_runs(request)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, func, select, tuple_
@@ -37,8 +38,9 @@ def _forecasts() -> Select[Forecast, int]:
 
 
 async def list_forecasts(
-    db: Database, view: ModelView, filters: Filters
+    db: Database, view: ModelView, filters: Filters, recorded_before: datetime | None = None
 ) -> Sequence[tuple[Forecast, int]]:
+    """`recorded_before`: only forecasts recorded before it (the delayed sample)."""
     query = (
         _forecasts()
         .where(Forecast.model_id == view.model.id, Forecast.kind == filters.kind)
@@ -49,6 +51,8 @@ async def list_forecasts(
         query = query.where(Version.number == filters.version)
     if filters.symbol:
         query = query.where(Forecast.symbol == filters.symbol)
+    if recorded_before is not None:
+        query = query.where(Forecast.recorded_at < recorded_before)
     if filters.start is not None:
         query = query.where(Forecast.as_of >= filters.start)
     if filters.end is not None:

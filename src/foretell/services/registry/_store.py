@@ -18,6 +18,7 @@ from foretell.auth.policy import Role
 from foretell.auth.principal import Principal
 from foretell.bundle import Manifest
 from foretell.db import Database, Model, User, Version
+from foretell.db.notify import announce_access
 from foretell.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
 
 # SQLSTATE of the immutability triggers (migration 0002).
@@ -142,6 +143,9 @@ async def update_model(
         for key, value in changes.items():
             setattr(model, key, value)
         model.updated_at = now
+        if "visibility" in changes:
+            # Open forecast streams re-check whether their caller may still see the model.
+            await announce_access(session, model.id)
     return await get_view(db, name, principal)
 
 

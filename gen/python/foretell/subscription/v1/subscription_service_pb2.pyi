@@ -3,6 +3,627 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+import builtins as _builtins
+import sys
+import typing as _typing
+
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
+else:
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _SubscriptionState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SubscriptionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SubscriptionState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SUBSCRIPTION_STATE_UNSPECIFIED: _SubscriptionState.ValueType  # 0
+    """Not set."""
+    SUBSCRIPTION_STATE_TRIALING: _SubscriptionState.ValueType  # 1
+    """In its free trial: forecasts are readable."""
+    SUBSCRIPTION_STATE_INCOMPLETE: _SubscriptionState.ValueType  # 2
+    """Waiting for its first invoice to be paid: forecasts are not readable yet."""
+    SUBSCRIPTION_STATE_ACTIVE: _SubscriptionState.ValueType  # 3
+    """Paid up: forecasts are readable."""
+    SUBSCRIPTION_STATE_PAST_DUE: _SubscriptionState.ValueType  # 4
+    """An invoice is unpaid past its due time: readable during the grace period."""
+    SUBSCRIPTION_STATE_CANCELED: _SubscriptionState.ValueType  # 5
+    """Ended by a cancellation."""
+    SUBSCRIPTION_STATE_EXPIRED: _SubscriptionState.ValueType  # 6
+    """Ended unpaid."""
+
+class SubscriptionState(_SubscriptionState, metaclass=_SubscriptionStateEnumTypeWrapper):
+    """SubscriptionState is where a subscription is in its life."""
+
+SUBSCRIPTION_STATE_UNSPECIFIED: SubscriptionState.ValueType  # 0
+"""Not set."""
+SUBSCRIPTION_STATE_TRIALING: SubscriptionState.ValueType  # 1
+"""In its free trial: forecasts are readable."""
+SUBSCRIPTION_STATE_INCOMPLETE: SubscriptionState.ValueType  # 2
+"""Waiting for its first invoice to be paid: forecasts are not readable yet."""
+SUBSCRIPTION_STATE_ACTIVE: SubscriptionState.ValueType  # 3
+"""Paid up: forecasts are readable."""
+SUBSCRIPTION_STATE_PAST_DUE: SubscriptionState.ValueType  # 4
+"""An invoice is unpaid past its due time: readable during the grace period."""
+SUBSCRIPTION_STATE_CANCELED: SubscriptionState.ValueType  # 5
+"""Ended by a cancellation."""
+SUBSCRIPTION_STATE_EXPIRED: SubscriptionState.ValueType  # 6
+"""Ended unpaid."""
+Global___SubscriptionState: _TypeAlias = SubscriptionState  # noqa: Y015
+
+class _InvoiceState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InvoiceStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InvoiceState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INVOICE_STATE_UNSPECIFIED: _InvoiceState.ValueType  # 0
+    """Not set."""
+    INVOICE_STATE_OPEN: _InvoiceState.ValueType  # 1
+    """Issued and unpaid."""
+    INVOICE_STATE_PAID: _InvoiceState.ValueType  # 2
+    """Paid."""
+    INVOICE_STATE_VOID: _InvoiceState.ValueType  # 3
+    """Credited in full: nothing to pay."""
+
+class InvoiceState(_InvoiceState, metaclass=_InvoiceStateEnumTypeWrapper):
+    """InvoiceState is whether an invoice still wants money."""
+
+INVOICE_STATE_UNSPECIFIED: InvoiceState.ValueType  # 0
+"""Not set."""
+INVOICE_STATE_OPEN: InvoiceState.ValueType  # 1
+"""Issued and unpaid."""
+INVOICE_STATE_PAID: InvoiceState.ValueType  # 2
+"""Paid."""
+INVOICE_STATE_VOID: InvoiceState.ValueType  # 3
+"""Credited in full: nothing to pay."""
+Global___InvoiceState: _TypeAlias = InvoiceState  # noqa: Y015
+
+@_typing.final
+class Plan(_message.Message):
+    """Plan is what a model costs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    PRICE_MINOR_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    TRIAL_DAYS_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model's name."""
+    price_minor: _builtins.int
+    """Price per month in minor units of `currency` (4900 is 49.00 USD); 0 or more."""
+    currency: _builtins.str
+    """ISO 4217 code, e.g. "USD"."""
+    trial_days: _builtins.int
+    """Free days before the first invoice, 0 to 30; a subscriber trials a model
+    once.
+    """
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the plan last changed."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        price_minor: _builtins.int = ...,
+        currency: _builtins.str = ...,
+        trial_days: _builtins.int = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "model", b"model", "price_minor", b"price_minor", "trial_days", b"trial_days", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Plan: _TypeAlias = Plan  # noqa: Y015
+
+@_typing.final
+class Subscription(_message.Message):
+    """Subscription is one subscriber's subscription to one model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    SUBSCRIBER_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    TRIAL_END_TIME_FIELD_NUMBER: _builtins.int
+    CURRENT_PERIOD_START_TIME_FIELD_NUMBER: _builtins.int
+    CURRENT_PERIOD_END_TIME_FIELD_NUMBER: _builtins.int
+    CANCEL_AT_PERIOD_END_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    GRACE_END_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The subscription's id (a UUID)."""
+    model: _builtins.str
+    """The model's name."""
+    subscriber_id: _builtins.str
+    """The subscriber's user id."""
+    state: Global___SubscriptionState.ValueType
+    """Its state."""
+    cancel_at_period_end: _builtins.bool
+    """Whether it ends at the end of the current period."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was created."""
+
+    @_builtins.property
+    def trial_end_time(self) -> _timestamp_pb2.Timestamp:
+        """When its trial ends (or ended); unset without a trial."""
+
+    @_builtins.property
+    def current_period_start_time(self) -> _timestamp_pb2.Timestamp:
+        """The current period (the trial, or a billed month)."""
+
+    @_builtins.property
+    def current_period_end_time(self) -> _timestamp_pb2.Timestamp:
+        """The end of the current period (exclusive)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it ended (CANCELED or EXPIRED)."""
+
+    @_builtins.property
+    def grace_end_time(self) -> _timestamp_pb2.Timestamp:
+        """When the grace period of an unpaid invoice ends (PAST_DUE only)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        subscriber_id: _builtins.str = ...,
+        state: Global___SubscriptionState.ValueType = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        trial_end_time: _timestamp_pb2.Timestamp | None = ...,
+        current_period_start_time: _timestamp_pb2.Timestamp | None = ...,
+        current_period_end_time: _timestamp_pb2.Timestamp | None = ...,
+        cancel_at_period_end: _builtins.bool = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        grace_end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "current_period_end_time", b"current_period_end_time", "current_period_start_time", b"current_period_start_time", "end_time", b"end_time", "grace_end_time", b"grace_end_time", "trial_end_time", b"trial_end_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_at_period_end", b"cancel_at_period_end", "create_time", b"create_time", "current_period_end_time", b"current_period_end_time", "current_period_start_time", b"current_period_start_time", "end_time", b"end_time", "grace_end_time", b"grace_end_time", "id", b"id", "model", b"model", "state", b"state", "subscriber_id", b"subscriber_id", "trial_end_time", b"trial_end_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Subscription: _TypeAlias = Subscription  # noqa: Y015
+
+@_typing.final
+class Invoice(_message.Message):
+    """Invoice is one billed period of a subscription. Issued invoices never
+    change: corrections are credit notes, payments are separate records.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    SUBSCRIBER_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    PERIOD_START_TIME_FIELD_NUMBER: _builtins.int
+    PERIOD_END_TIME_FIELD_NUMBER: _builtins.int
+    ISSUE_TIME_FIELD_NUMBER: _builtins.int
+    DUE_TIME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREDITED_MINOR_FIELD_NUMBER: _builtins.int
+    AMOUNT_DUE_MINOR_FIELD_NUMBER: _builtins.int
+    PAID_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The invoice's id (a UUID)."""
+    subscription_id: _builtins.str
+    """The subscription it bills."""
+    model: _builtins.str
+    """The model's name."""
+    subscriber_id: _builtins.str
+    """The subscriber's user id."""
+    amount_minor: _builtins.int
+    """The amount, in minor units of `currency`, at the plan's price when issued."""
+    currency: _builtins.str
+    """ISO 4217 code."""
+    state: Global___InvoiceState.ValueType
+    """Open, paid or void."""
+    credited_minor: _builtins.int
+    """The sum of its credit notes."""
+    amount_due_minor: _builtins.int
+    """What is left to pay: amount minus credits (0 once paid)."""
+    @_builtins.property
+    def period_start_time(self) -> _timestamp_pb2.Timestamp:
+        """The period it pays for."""
+
+    @_builtins.property
+    def period_end_time(self) -> _timestamp_pb2.Timestamp:
+        """The end of that period (exclusive)."""
+
+    @_builtins.property
+    def issue_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was issued."""
+
+    @_builtins.property
+    def due_time(self) -> _timestamp_pb2.Timestamp:
+        """When it must be paid by."""
+
+    @_builtins.property
+    def paid_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was paid; unset while open."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        subscription_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        subscriber_id: _builtins.str = ...,
+        amount_minor: _builtins.int = ...,
+        currency: _builtins.str = ...,
+        period_start_time: _timestamp_pb2.Timestamp | None = ...,
+        period_end_time: _timestamp_pb2.Timestamp | None = ...,
+        issue_time: _timestamp_pb2.Timestamp | None = ...,
+        due_time: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___InvoiceState.ValueType = ...,
+        credited_minor: _builtins.int = ...,
+        amount_due_minor: _builtins.int = ...,
+        paid_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_time", b"due_time", "issue_time", b"issue_time", "paid_time", b"paid_time", "period_end_time", b"period_end_time", "period_start_time", b"period_start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_due_minor", b"amount_due_minor", "amount_minor", b"amount_minor", "credited_minor", b"credited_minor", "currency", b"currency", "due_time", b"due_time", "id", b"id", "issue_time", b"issue_time", "model", b"model", "paid_time", b"paid_time", "period_end_time", b"period_end_time", "period_start_time", b"period_start_time", "state", b"state", "subscriber_id", b"subscriber_id", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Invoice: _TypeAlias = Invoice  # noqa: Y015
+
+@_typing.final
+class GetPlanRequest(_message.Message):
+    """Request for SubscriptionService.GetPlan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model's name."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPlanRequest: _TypeAlias = GetPlanRequest  # noqa: Y015
+
+@_typing.final
+class GetPlanResponse(_message.Message):
+    """Response for SubscriptionService.GetPlan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> Global___Plan:
+        """The plan."""
+
+    def __init__(
+        self,
+        *,
+        plan: Global___Plan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPlanResponse: _TypeAlias = GetPlanResponse  # noqa: Y015
+
+@_typing.final
+class UpdatePlanRequest(_message.Message):
+    """Request for SubscriptionService.UpdatePlan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model's name."""
+    @_builtins.property
+    def plan(self) -> Global___Plan:
+        """The new plan (price_minor, currency, trial_days; all three are set)."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        plan: Global___Plan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePlanRequest: _TypeAlias = UpdatePlanRequest  # noqa: Y015
+
+@_typing.final
+class UpdatePlanResponse(_message.Message):
+    """Response for SubscriptionService.UpdatePlan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> Global___Plan:
+        """The plan as stored."""
+
+    def __init__(
+        self,
+        *,
+        plan: Global___Plan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePlanResponse: _TypeAlias = UpdatePlanResponse  # noqa: Y015
+
+@_typing.final
+class SubscribeRequest(_message.Message):
+    """Request for SubscriptionService.Subscribe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model's name."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscribeRequest: _TypeAlias = SubscribeRequest  # noqa: Y015
+
+@_typing.final
+class SubscribeResponse(_message.Message):
+    """Response for SubscriptionService.Subscribe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    INVOICE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription(self) -> Global___Subscription:
+        """The new subscription."""
+
+    @_builtins.property
+    def invoice(self) -> Global___Invoice:
+        """The first invoice, when one was issued at once (no trial)."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___Subscription | None = ...,
+        invoice: Global___Invoice | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invoice", b"invoice", "subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invoice", b"invoice", "subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscribeResponse: _TypeAlias = SubscribeResponse  # noqa: Y015
+
+@_typing.final
+class ListSubscriptionsRequest(_message.Message):
+    """Request for SubscriptionService.ListSubscriptions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Only subscriptions to this model; empty means every model."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSubscriptionsRequest: _TypeAlias = ListSubscriptionsRequest  # noqa: Y015
+
+@_typing.final
+class ListSubscriptionsResponse(_message.Message):
+    """Response for SubscriptionService.ListSubscriptions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscriptions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Subscription]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        subscriptions: _abc.Iterable[Global___Subscription] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscriptions", b"subscriptions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSubscriptionsResponse: _TypeAlias = ListSubscriptionsResponse  # noqa: Y015
+
+@_typing.final
+class CancelSubscriptionRequest(_message.Message):
+    """Request for SubscriptionService.CancelSubscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    IMMEDIATELY_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The subscription's id."""
+    immediately: _builtins.bool
+    """End it now rather than at the end of the current period (no refund)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        immediately: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "immediately", b"immediately"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelSubscriptionRequest: _TypeAlias = CancelSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class CancelSubscriptionResponse(_message.Message):
+    """Response for SubscriptionService.CancelSubscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription(self) -> Global___Subscription:
+        """The subscription after the change."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___Subscription | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelSubscriptionResponse: _TypeAlias = CancelSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class ResumeSubscriptionRequest(_message.Message):
+    """Request for SubscriptionService.ResumeSubscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The subscription's id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeSubscriptionRequest: _TypeAlias = ResumeSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class ResumeSubscriptionResponse(_message.Message):
+    """Response for SubscriptionService.ResumeSubscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription(self) -> Global___Subscription:
+        """The subscription after the change."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___Subscription | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeSubscriptionResponse: _TypeAlias = ResumeSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class ListInvoicesRequest(_message.Message):
+    """Request for SubscriptionService.ListInvoices."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.str
+    """Only invoices of this subscription; empty means all."""
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInvoicesRequest: _TypeAlias = ListInvoicesRequest  # noqa: Y015
+
+@_typing.final
+class ListInvoicesResponse(_message.Message):
+    """Response for SubscriptionService.ListInvoices."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def invoices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Invoice]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        invoices: _abc.Iterable[Global___Invoice] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invoices", b"invoices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInvoicesResponse: _TypeAlias = ListInvoicesResponse  # noqa: Y015

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from foretell.subscription.v1 import subscription_service_pb2 as foretell_dot_subscription_dot_v1_dot_subscription__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -25,8 +26,19 @@ if _version_not_supported:
 
 
 class SubscriptionServiceStub:
-    """SubscriptionService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """SubscriptionService sells a model's forecasts: its provider sets a monthly
+    plan (price and trial), signed-in users subscribe, and the platform bills
+    them month by month.
+
+    Money is always an integer number of the currency's minor units (cents for
+    USD, yen for JPY) with its ISO 4217 code; it is never a float.
+
+    A subscription's state changes only through the platform's state machine:
+    TRIALING (a first subscription to a model with a trial) or INCOMPLETE (no
+    trial: until the first invoice is paid) -> ACTIVE -> PAST_DUE (an invoice
+    unpaid after its due time, for a grace period) -> EXPIRED; CANCELED when a
+    cancellation takes effect. Forecasts are readable while TRIALING, ACTIVE or
+    PAST_DUE (within the grace period).
     """
 
     def __init__(self, channel):
@@ -35,16 +47,158 @@ class SubscriptionServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.GetPlan = channel.unary_unary(
+                '/foretell.subscription.v1.SubscriptionService/GetPlan',
+                request_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.GetPlanRequest.SerializeToString,
+                response_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.GetPlanResponse.FromString,
+                _registered_method=True)
+        self.UpdatePlan = channel.unary_unary(
+                '/foretell.subscription.v1.SubscriptionService/UpdatePlan',
+                request_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.UpdatePlanRequest.SerializeToString,
+                response_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.UpdatePlanResponse.FromString,
+                _registered_method=True)
+        self.Subscribe = channel.unary_unary(
+                '/foretell.subscription.v1.SubscriptionService/Subscribe',
+                request_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.SubscribeResponse.FromString,
+                _registered_method=True)
+        self.ListSubscriptions = channel.unary_unary(
+                '/foretell.subscription.v1.SubscriptionService/ListSubscriptions',
+                request_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListSubscriptionsRequest.SerializeToString,
+                response_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListSubscriptionsResponse.FromString,
+                _registered_method=True)
+        self.CancelSubscription = channel.unary_unary(
+                '/foretell.subscription.v1.SubscriptionService/CancelSubscription',
+                request_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.CancelSubscriptionRequest.SerializeToString,
+                response_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.CancelSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.ResumeSubscription = channel.unary_unary(
+                '/foretell.subscription.v1.SubscriptionService/ResumeSubscription',
+                request_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ResumeSubscriptionRequest.SerializeToString,
+                response_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ResumeSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.ListInvoices = channel.unary_unary(
+                '/foretell.subscription.v1.SubscriptionService/ListInvoices',
+                request_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListInvoicesRequest.SerializeToString,
+                response_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListInvoicesResponse.FromString,
+                _registered_method=True)
 
 
 class SubscriptionServiceServicer:
-    """SubscriptionService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """SubscriptionService sells a model's forecasts: its provider sets a monthly
+    plan (price and trial), signed-in users subscribe, and the platform bills
+    them month by month.
+
+    Money is always an integer number of the currency's minor units (cents for
+    USD, yen for JPY) with its ISO 4217 code; it is never a float.
+
+    A subscription's state changes only through the platform's state machine:
+    TRIALING (a first subscription to a model with a trial) or INCOMPLETE (no
+    trial: until the first invoice is paid) -> ACTIVE -> PAST_DUE (an invoice
+    unpaid after its due time, for a grace period) -> EXPIRED; CANCELED when a
+    cancellation takes effect. Forecasts are readable while TRIALING, ACTIVE or
+    PAST_DUE (within the grace period).
     """
+
+    def GetPlan(self, request, context):
+        """Returns a model's plan. Everyone signed in may read the plan of a model
+        they can see; NOT_FOUND when the model has no plan yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePlan(self, request, context):
+        """Sets a model's plan (creates it the first time). Only the model's owner.
+        A new price applies from each subscription's next period: invoices already
+        issued never change. INVALID_ARGUMENT for a negative price, an unknown
+        currency or trial days outside 0 to 30.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Subscribe(self, request, context):
+        """Subscribes the caller to a model: TRIALING when the plan has a trial and
+        the caller never trialed this model, else INCOMPLETE with the first
+        invoice issued. FAILED_PRECONDITION when the model has no plan, or the
+        caller already has a live (not ended) subscription to it; PERMISSION_DENIED
+        for the model's own provider.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSubscriptions(self, request, context):
+        """Lists the caller's subscriptions, newest first (an admin: everyone's).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelSubscription(self, request, context):
+        """Cancels one of the caller's subscriptions: at the end of the current
+        period by default (access until then; ResumeSubscription undoes it), or
+        at once with `immediately`. An INCOMPLETE subscription ends at once and
+        its unpaid invoice is credited in full.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSubscription(self, request, context):
+        """Undoes a cancellation at period end, before the period ends.
+        FAILED_PRECONDITION when no cancellation is pending.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInvoices(self, request, context):
+        """Lists the caller's invoices, newest first (an admin: everyone's).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
 
 def add_SubscriptionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'GetPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPlan,
+                    request_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.GetPlanRequest.FromString,
+                    response_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.GetPlanResponse.SerializeToString,
+            ),
+            'UpdatePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePlan,
+                    request_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.UpdatePlanRequest.FromString,
+                    response_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.UpdatePlanResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.SubscribeRequest.FromString,
+                    response_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.SubscribeResponse.SerializeToString,
+            ),
+            'ListSubscriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubscriptions,
+                    request_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListSubscriptionsRequest.FromString,
+                    response_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListSubscriptionsResponse.SerializeToString,
+            ),
+            'CancelSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelSubscription,
+                    request_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.CancelSubscriptionRequest.FromString,
+                    response_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.CancelSubscriptionResponse.SerializeToString,
+            ),
+            'ResumeSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSubscription,
+                    request_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ResumeSubscriptionRequest.FromString,
+                    response_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ResumeSubscriptionResponse.SerializeToString,
+            ),
+            'ListInvoices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInvoices,
+                    request_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListInvoicesRequest.FromString,
+                    response_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListInvoicesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'foretell.subscription.v1.SubscriptionService', rpc_method_handlers)
@@ -54,6 +208,206 @@ def add_SubscriptionServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SubscriptionService:
-    """SubscriptionService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """SubscriptionService sells a model's forecasts: its provider sets a monthly
+    plan (price and trial), signed-in users subscribe, and the platform bills
+    them month by month.
+
+    Money is always an integer number of the currency's minor units (cents for
+    USD, yen for JPY) with its ISO 4217 code; it is never a float.
+
+    A subscription's state changes only through the platform's state machine:
+    TRIALING (a first subscription to a model with a trial) or INCOMPLETE (no
+    trial: until the first invoice is paid) -> ACTIVE -> PAST_DUE (an invoice
+    unpaid after its due time, for a grace period) -> EXPIRED; CANCELED when a
+    cancellation takes effect. Forecasts are readable while TRIALING, ACTIVE or
+    PAST_DUE (within the grace period).
     """
+
+    @staticmethod
+    def GetPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.subscription.v1.SubscriptionService/GetPlan',
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.GetPlanRequest.SerializeToString,
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.GetPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.subscription.v1.SubscriptionService/UpdatePlan',
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.UpdatePlanRequest.SerializeToString,
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.UpdatePlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.subscription.v1.SubscriptionService/Subscribe',
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.SubscribeRequest.SerializeToString,
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.subscription.v1.SubscriptionService/ListSubscriptions',
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListSubscriptionsRequest.SerializeToString,
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.subscription.v1.SubscriptionService/CancelSubscription',
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.CancelSubscriptionRequest.SerializeToString,
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.CancelSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.subscription.v1.SubscriptionService/ResumeSubscription',
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ResumeSubscriptionRequest.SerializeToString,
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ResumeSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInvoices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.subscription.v1.SubscriptionService/ListInvoices',
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListInvoicesRequest.SerializeToString,
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListInvoicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

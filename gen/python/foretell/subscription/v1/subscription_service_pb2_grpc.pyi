@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from foretell.subscription.v1 import subscription_service_pb2 as _subscription_service_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -26,28 +27,194 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class SubscriptionServiceStub:
-    """SubscriptionService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """SubscriptionService sells a model's forecasts: its provider sets a monthly
+    plan (price and trial), signed-in users subscribe, and the platform bills
+    them month by month.
+
+    Money is always an integer number of the currency's minor units (cents for
+    USD, yen for JPY) with its ISO 4217 code; it is never a float.
+
+    A subscription's state changes only through the platform's state machine:
+    TRIALING (a first subscription to a model with a trial) or INCOMPLETE (no
+    trial: until the first invoice is paid) -> ACTIVE -> PAST_DUE (an invoice
+    unpaid after its due time, for a grace period) -> EXPIRED; CANCELED when a
+    cancellation takes effect. Forecasts are readable while TRIALING, ACTIVE or
+    PAST_DUE (within the grace period).
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SubscriptionServiceAsyncStub: ...
+    GetPlan: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.GetPlanRequest, _subscription_service_pb2.GetPlanResponse]
+    """Returns a model's plan. Everyone signed in may read the plan of a model
+    they can see; NOT_FOUND when the model has no plan yet.
+    """
+    UpdatePlan: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.UpdatePlanRequest, _subscription_service_pb2.UpdatePlanResponse]
+    """Sets a model's plan (creates it the first time). Only the model's owner.
+    A new price applies from each subscription's next period: invoices already
+    issued never change. INVALID_ARGUMENT for a negative price, an unknown
+    currency or trial days outside 0 to 30.
+    """
+    Subscribe: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.SubscribeRequest, _subscription_service_pb2.SubscribeResponse]
+    """Subscribes the caller to a model: TRIALING when the plan has a trial and
+    the caller never trialed this model, else INCOMPLETE with the first
+    invoice issued. FAILED_PRECONDITION when the model has no plan, or the
+    caller already has a live (not ended) subscription to it; PERMISSION_DENIED
+    for the model's own provider.
+    """
+    ListSubscriptions: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.ListSubscriptionsRequest, _subscription_service_pb2.ListSubscriptionsResponse]
+    """Lists the caller's subscriptions, newest first (an admin: everyone's)."""
+    CancelSubscription: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.CancelSubscriptionRequest, _subscription_service_pb2.CancelSubscriptionResponse]
+    """Cancels one of the caller's subscriptions: at the end of the current
+    period by default (access until then; ResumeSubscription undoes it), or
+    at once with `immediately`. An INCOMPLETE subscription ends at once and
+    its unpaid invoice is credited in full.
+    """
+    ResumeSubscription: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.ResumeSubscriptionRequest, _subscription_service_pb2.ResumeSubscriptionResponse]
+    """Undoes a cancellation at period end, before the period ends.
+    FAILED_PRECONDITION when no cancellation is pending.
+    """
+    ListInvoices: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.ListInvoicesRequest, _subscription_service_pb2.ListInvoicesResponse]
+    """Lists the caller's invoices, newest first (an admin: everyone's)."""
 
 @_typing.type_check_only
 class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
-    """SubscriptionService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """SubscriptionService sells a model's forecasts: its provider sets a monthly
+    plan (price and trial), signed-in users subscribe, and the platform bills
+    them month by month.
+
+    Money is always an integer number of the currency's minor units (cents for
+    USD, yen for JPY) with its ISO 4217 code; it is never a float.
+
+    A subscription's state changes only through the platform's state machine:
+    TRIALING (a first subscription to a model with a trial) or INCOMPLETE (no
+    trial: until the first invoice is paid) -> ACTIVE -> PAST_DUE (an invoice
+    unpaid after its due time, for a grace period) -> EXPIRED; CANCELED when a
+    cancellation takes effect. Forecasts are readable while TRIALING, ACTIVE or
+    PAST_DUE (within the grace period).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    GetPlan: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.GetPlanRequest, _subscription_service_pb2.GetPlanResponse]  # type: ignore[assignment]
+    """Returns a model's plan. Everyone signed in may read the plan of a model
+    they can see; NOT_FOUND when the model has no plan yet.
+    """
+    UpdatePlan: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.UpdatePlanRequest, _subscription_service_pb2.UpdatePlanResponse]  # type: ignore[assignment]
+    """Sets a model's plan (creates it the first time). Only the model's owner.
+    A new price applies from each subscription's next period: invoices already
+    issued never change. INVALID_ARGUMENT for a negative price, an unknown
+    currency or trial days outside 0 to 30.
+    """
+    Subscribe: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.SubscribeRequest, _subscription_service_pb2.SubscribeResponse]  # type: ignore[assignment]
+    """Subscribes the caller to a model: TRIALING when the plan has a trial and
+    the caller never trialed this model, else INCOMPLETE with the first
+    invoice issued. FAILED_PRECONDITION when the model has no plan, or the
+    caller already has a live (not ended) subscription to it; PERMISSION_DENIED
+    for the model's own provider.
+    """
+    ListSubscriptions: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.ListSubscriptionsRequest, _subscription_service_pb2.ListSubscriptionsResponse]  # type: ignore[assignment]
+    """Lists the caller's subscriptions, newest first (an admin: everyone's)."""
+    CancelSubscription: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.CancelSubscriptionRequest, _subscription_service_pb2.CancelSubscriptionResponse]  # type: ignore[assignment]
+    """Cancels one of the caller's subscriptions: at the end of the current
+    period by default (access until then; ResumeSubscription undoes it), or
+    at once with `immediately`. An INCOMPLETE subscription ends at once and
+    its unpaid invoice is credited in full.
+    """
+    ResumeSubscription: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.ResumeSubscriptionRequest, _subscription_service_pb2.ResumeSubscriptionResponse]  # type: ignore[assignment]
+    """Undoes a cancellation at period end, before the period ends.
+    FAILED_PRECONDITION when no cancellation is pending.
+    """
+    ListInvoices: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.ListInvoicesRequest, _subscription_service_pb2.ListInvoicesResponse]  # type: ignore[assignment]
+    """Lists the caller's invoices, newest first (an admin: everyone's)."""
 
 class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
-    """SubscriptionService is a placeholder in this release: the process starts and answers
-    health checks, and its RPCs arrive in a later release.
+    """SubscriptionService sells a model's forecasts: its provider sets a monthly
+    plan (price and trial), signed-in users subscribe, and the platform bills
+    them month by month.
+
+    Money is always an integer number of the currency's minor units (cents for
+    USD, yen for JPY) with its ISO 4217 code; it is never a float.
+
+    A subscription's state changes only through the platform's state machine:
+    TRIALING (a first subscription to a model with a trial) or INCOMPLETE (no
+    trial: until the first invoice is paid) -> ACTIVE -> PAST_DUE (an invoice
+    unpaid after its due time, for a grace period) -> EXPIRED; CANCELED when a
+    cancellation takes effect. Forecasts are readable while TRIALING, ACTIVE or
+    PAST_DUE (within the grace period).
     """
 
-    ...
+    @_abc_1.abstractmethod
+    def GetPlan(
+        self,
+        request: _subscription_service_pb2.GetPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_service_pb2.GetPlanResponse, _abc.Awaitable[_subscription_service_pb2.GetPlanResponse]]:
+        """Returns a model's plan. Everyone signed in may read the plan of a model
+        they can see; NOT_FOUND when the model has no plan yet.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdatePlan(
+        self,
+        request: _subscription_service_pb2.UpdatePlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_service_pb2.UpdatePlanResponse, _abc.Awaitable[_subscription_service_pb2.UpdatePlanResponse]]:
+        """Sets a model's plan (creates it the first time). Only the model's owner.
+        A new price applies from each subscription's next period: invoices already
+        issued never change. INVALID_ARGUMENT for a negative price, an unknown
+        currency or trial days outside 0 to 30.
+        """
+
+    @_abc_1.abstractmethod
+    def Subscribe(
+        self,
+        request: _subscription_service_pb2.SubscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_service_pb2.SubscribeResponse, _abc.Awaitable[_subscription_service_pb2.SubscribeResponse]]:
+        """Subscribes the caller to a model: TRIALING when the plan has a trial and
+        the caller never trialed this model, else INCOMPLETE with the first
+        invoice issued. FAILED_PRECONDITION when the model has no plan, or the
+        caller already has a live (not ended) subscription to it; PERMISSION_DENIED
+        for the model's own provider.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSubscriptions(
+        self,
+        request: _subscription_service_pb2.ListSubscriptionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_service_pb2.ListSubscriptionsResponse, _abc.Awaitable[_subscription_service_pb2.ListSubscriptionsResponse]]:
+        """Lists the caller's subscriptions, newest first (an admin: everyone's)."""
+
+    @_abc_1.abstractmethod
+    def CancelSubscription(
+        self,
+        request: _subscription_service_pb2.CancelSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_service_pb2.CancelSubscriptionResponse, _abc.Awaitable[_subscription_service_pb2.CancelSubscriptionResponse]]:
+        """Cancels one of the caller's subscriptions: at the end of the current
+        period by default (access until then; ResumeSubscription undoes it), or
+        at once with `immediately`. An INCOMPLETE subscription ends at once and
+        its unpaid invoice is credited in full.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeSubscription(
+        self,
+        request: _subscription_service_pb2.ResumeSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_service_pb2.ResumeSubscriptionResponse, _abc.Awaitable[_subscription_service_pb2.ResumeSubscriptionResponse]]:
+        """Undoes a cancellation at period end, before the period ends.
+        FAILED_PRECONDITION when no cancellation is pending.
+        """
+
+    @_abc_1.abstractmethod
+    def ListInvoices(
+        self,
+        request: _subscription_service_pb2.ListInvoicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_service_pb2.ListInvoicesResponse, _abc.Awaitable[_subscription_service_pb2.ListInvoicesResponse]]:
+        """Lists the caller's invoices, newest first (an admin: everyone's)."""
 
 def add_SubscriptionServiceServicer_to_server(servicer: SubscriptionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

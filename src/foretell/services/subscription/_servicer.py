@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from grpc import aio
+
+from foretell.auth.principal import current_principal
+from foretell.billing.gateway import gateway_for
+from foretell.billing.settle import InvoiceStatus
+from foretell.db.models import Plan, Subscription
+from foretell.runtime.resources import Resources
+from foretell.services._convert import timestamp as _ts
+from foretell.services.subscription import _store, _validate
+from foretell.subscription.v1 import subscription_service_pb2 as pb
+from foretell.subscription.v1 import subscription_service_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    # Generic only in the type stubs.
+    Context = aio.ServicerContext[Any, Any]
+
+_STATES = {
+    "trialing": pb.SUBSCRIPTION_STATE_TRIALING,
+    "incomplete": pb.SUBSCRIPTION_STATE_INCOMPLETE,
+    "active": pb.SUBSCRIPTION_STATE_ACTIVE,
+    "past_due": pb.SUBSCRIPTION_STATE_PAST_DUE,
+    "canceled": pb.SUBSCRIPTION_STATE_CANCELED,
+    "expired": pb.SUBSCRIPTION_STATE_EXPIRED,
+}
+_INVOICE_STATES = {
+    "open": pb.INVOICE_STATE_OPEN,
+    "paid": pb.INVOICE_STATE_PAID,
+    "void": pb.INVOICE_STATE_VOID,
+}
+
+
+def plan_pb(model: str, plan: Plan) -> pb.Plan:
+    return pb.Plan(
+        model=model,
+        price_minor=plan.price_minor,
+        currency=plan.currency,
+        trial_days=plan.trial_days,
+        update_time=_ts(plan.updated_at),
+    )
+
+
+def subscription_pb(sub: Subscription, model: str, grace: timedelta) -> pb.Subscription:
+    return pb.Subscription(
+        id=str(sub.id),
+        model=model,
+        subscriber_id=str(sub.subscriber_id),
+        state=_STATES[sub.state],
+        create_time=_ts(sub.created_at),
+        trial_end_time=_ts(sub.trial_end),
+        current_period_start_time=_ts(sub.period_start),
+        current_period_end_time=_ts(sub.period_end),
+        cancel_at_period_end=sub.cancel_at_period_end,
+        end_time=_ts(sub.ended_at),
+        grace_end_time=_ts(sub.past_due_since + grace if sub.past_due_since else None),
+    )
+
+
+def invoice_pb(status: InvoiceStatus, model: str) -> pb.Invoice:
+    invoice = status.invoice
+    return pb.Invoice(
+        id=str(invoice.id),
+        subscription_id=str(invoice.subscription_id),
+        model=model,
+        subscriber_id=str(invoice.subscriber_id),
+        amount_minor=invoice.amount_minor,
+        currency=invoice.currency,
+        period_start_time=_ts(invoice.period_start),
+        period_end_time=_ts(invoice.period_end),
+        issue_time=_ts(invoice.issued_at),
+        due_time=_ts(invoice.due_at),
+        state=_INVOICE_STATES[status.state],
+        credited_minor=status.credited_minor,
+        amount_due_minor=status.amount_due_minor,
+        paid_time=_ts(status.payment.paid_at if status.payment else None),
+    )
+
+
+class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
+    def __init__(self, resources: Resources) -> None:
+        self._res = resources
+
+    def _billing(self) -> _store.Billing:
+        settings = self._res.settings
+        return _store.Billing(settings, gateway_for(settings), self._res.clock())
+
+    @property
+    def _grace(self) -> timedelta:
+        return timedelta(days=self._res.settings.billing_grace_days)
+
+    async def GetPlan(self, request: pb.GetPlanRequest, context: Context) -> pb.GetPlanResponse:
+        name, plan = await _store.get_plan(
+            self._res.db, current_principal(), _validate.model(request)
+        )
+        return pb.GetPlanResponse(plan=plan_pb(name, plan))
+
+    async def UpdatePlan(
+        self, request: pb.UpdatePlanRequest, context: Context
+    ) -> pb.UpdatePlanResponse:
+        given = _validate.update_plan(request)
+        name, plan = await _store.update_plan(
+            self._res.db, current_principal(), given, self._res.clock()
+        )
+        return pb.UpdatePlanResponse(plan=plan_pb(name, plan))
+
+    async def Subscribe(
+        self, request: pb.SubscribeRequest, context: Context
+    ) -> pb.SubscribeResponse:
+        name = _validate.model(request)
+        sub, invoice = await _store.subscribe(
+            self._res.db, current_principal(), name, self._billing()
+        )
+        return pb.SubscribeResponse(
+            subscription=subscription_pb(sub, name, self._grace),
+            invoice=invoice_pb(invoice, name) if invoice else None,
+        )
+
+    async def ListSubscriptions(
+        self, request: pb.ListSubscriptionsRequest, context: Context
+    ) -> pb.ListSubscriptionsResponse:
+        model = _validate.list_subscriptions(request)
+        rows = await _store.list_subscriptions(
+            self._res.db, current_principal(), model, self._billing()
+        )
+        return pb.ListSubscriptionsResponse(
+            subscriptions=[subscription_pb(sub, name, self._grace) for sub, name in rows]
+        )
+
+    async def CancelSubscription(
+        self, request: pb.CancelSubscriptionRequest, context: Context
+    ) -> pb.CancelSubscriptionResponse:
+        sub_id = _validate.subscription_id(request)
+        sub, name = await _store.cancel(
+            self._res.db, current_principal(), sub_id, request.immediately, self._billing()
+        )
+        return pb.CancelSubscriptionResponse(subscription=subscription_pb(sub, name, self._grace))
+
+    async def ResumeSubscription(
+        self, request: pb.ResumeSubscriptionRequest, context: Context
+    ) -> pb.ResumeSubscriptionResponse:
+        sub_id = _validate.subscription_id(request)
+        sub, name = await _store.resume(self._res.db, current_principal(), sub_id, self._billing())
+        return pb.ResumeSubscriptionResponse(subscription=subscription_pb(sub, name, self._grace))
+
+    async def ListInvoices(
+        self, request: pb.ListInvoicesRequest, context: Context
+    ) -> pb.ListInvoicesResponse:
+        sub_id = _validate.list_invoices(request)
+        rows = await _store.list_invoices(self._res.db, current_principal(), sub_id)
+        return pb.ListInvoicesResponse(invoices=[invoice_pb(s, name) for s, name in rows])
+
+
+def add_to_server(server: aio.Server, resources: Resources) -> None:
+    pb_grpc.add_SubscriptionServiceServicer_to_server(SubscriptionServicer(resources), server)

@@ -1,0 +1,82 @@
+"""Input rules for SubscriptionService, every violation reported at once."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from foretell.currencies import MINOR_UNITS
+from foretell.errors import Violations
+from foretell.services.registry._validate import model_name
+from foretell.subscription.v1 import subscription_service_pb2 as pb
+
+MAX_TRIAL_DAYS = 30
+# Far above any monthly price, far below int64: sums of many invoices cannot overflow.
+MAX_PRICE_MINOR = 10**12
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    model: str
+    price_minor: int
+    currency: str
+    trial_days: int
+
+
+def _id(v: Violations, field: str, text: str, *, required: bool) -> uuid.UUID | None:
+    if not text:
+        if required:
+            v.add(field, "required")
+        return None
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        v.add(field, "not an id (a UUID)")
+        return None
+
+
+def model(request: pb.GetPlanRequest | pb.SubscribeRequest) -> str:
+    v = Violations()
+    name = model_name(v, "model", request.model)
+    v.raise_if_any()
+    return name
+
+
+def update_plan(request: pb.UpdatePlanRequest) -> PlanInput:
+    v = Violations()
+    name = model_name(v, "model", request.model)
+    plan = request.plan
+    if not request.HasField("plan"):
+        v.add("plan", "required")
+    if not 0 <= plan.price_minor <= MAX_PRICE_MINOR:
+        v.add("plan.price_minor", f"0 to {MAX_PRICE_MINOR} minor units (4900 is 49.00 USD)")
+    if plan.currency not in MINOR_UNITS:
+        v.add("plan.currency", "an ISO 4217 code the platform bills in, e.g. USD, EUR, GBP")
+    if not 0 <= plan.trial_days <= MAX_TRIAL_DAYS:
+        v.add("plan.trial_days", f"0 to {MAX_TRIAL_DAYS}")
+    v.raise_if_any()
+    return PlanInput(name, plan.price_minor, plan.currency, plan.trial_days)
+
+
+def list_subscriptions(request: pb.ListSubscriptionsRequest) -> str:
+    v = Violations()
+    name = model_name(v, "model", request.model) if request.model else ""
+    v.raise_if_any()
+    return name
+
+
+def subscription_id(
+    request: pb.CancelSubscriptionRequest | pb.ResumeSubscriptionRequest,
+) -> uuid.UUID:
+    v = Violations()
+    found = _id(v, "id", request.id, required=True)
+    v.raise_if_any()
+    assert found is not None
+    return found
+
+
+def list_invoices(request: pb.ListInvoicesRequest) -> uuid.UUID | None:
+    v = Violations()
+    found = _id(v, "subscription_id", request.subscription_id, required=False)
+    v.raise_if_any()
+    return found
