@@ -275,7 +275,7 @@ class SubscriptionEvent(Base):
 
 
 class Invoice(Base):
-    """One billed period. Immutable once issued (a trigger of migration 0007 refuses UPDATE,
+    """One billed period. Immutable once issued (a trigger of migration 0006 refuses UPDATE,
     DELETE and TRUNCATE); unique per (subscription, period start)."""
 
     __tablename__ = "invoices"

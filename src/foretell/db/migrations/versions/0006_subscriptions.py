@@ -8,14 +8,14 @@ corrections are credit notes, payments are rows of their own. Their foreign keys
 purpose: deleting a model or user that was ever invoiced reaches the trigger, which refuses it
 with FT001 (FAILED_PRECONDITION to a client) rather than a bare foreign-key error.
 
-Revision ID: 0007
+Revision ID: 0006
 Revises: 0005
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
+revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
