@@ -12,6 +12,7 @@ from typing import Any
 from arq import Worker, cron, func
 from arq.connections import RedisSettings
 
+from foretell.ledger import chain
 from foretell.logs import get_logger
 from foretell.runtime.resources import Clock, open_resources, utc_now
 from foretell.scheduler import run_job_timeout_s, run_version, schedule_runs
@@ -19,6 +20,17 @@ from foretell.services.registry.build import build_version
 from foretell.settings import Settings
 
 log = get_logger("foretell.worker")
+
+# Ledger checkpoints: every ten minutes, each chain that grew gets its head signed.
+CHECKPOINT_MINUTES = set(range(0, 60, 10))
+
+
+async def checkpoint_ledgers(ctx: dict[str, Any]) -> int:
+    res = ctx["resources"]
+    written = await chain.checkpoint(res.db, res.settings.ledger_keys_dir, res.clock)
+    if written:
+        log.info("ledger checkpoints signed", count=written)
+    return written
 
 
 def create_worker(
@@ -38,6 +50,10 @@ def create_worker(
         # Every minute at second 0; unique, so two workers never run a cycle at once.
         cron(schedule_runs, minute=None, second=0, run_at_startup=True, timeout=300)
     ]
+    # Not tied to the scheduler setting: chains also grow from runs recorded elsewhere.
+    ledger_cron = cron(
+        checkpoint_ledgers, minute=CHECKPOINT_MINUTES, second=30, run_at_startup=True, timeout=120
+    )
 
     async def startup(ctx: dict[str, Any]) -> None:
         stack = AsyncExitStack()
@@ -53,7 +69,7 @@ def create_worker(
             func(build_version, timeout=settings.build_timeout_s + 60, max_tries=3),
             func(run_version, timeout=run_job_timeout_s(settings), max_tries=3),
         ],
-        cron_jobs=cron_jobs if scheduler else None,
+        cron_jobs=[*(cron_jobs if scheduler else []), ledger_cron] if not burst else None,
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         on_startup=startup,
         on_shutdown=shutdown,

@@ -82,6 +82,11 @@ POLICY: dict[str, Policy] = {
     # A provider tries their own model (the service checks ownership); it runs the sandbox
     # in the serving process, so no API keys: a leaked key must not be a way to burn CPU.
     _FORECAST + "DryRun": PROVIDERS,
+    # Measured by the platform, open to everyone signed in for the models they can see (the
+    # service hides others' private models). The ledger's payloads hold the forecasts: when
+    # entitlements restrict ListForecasts, GetLedger follows the same rule.
+    _FORECAST + "GetPerformance": SIGNED_IN_READ,
+    _FORECAST + "GetLedger": SIGNED_IN_READ,
 }
 
 # Infrastructure services every process exposes; they carry no user data.
