@@ -8,6 +8,7 @@ from foretell.cli._account import login, logout, whoami
 from foretell.cli._client import EXIT_CODES_HELP
 from foretell.cli._data import data
 from foretell.cli._demo import demo
+from foretell.cli._performance import performance
 from foretell.cli._registry import (
     create,
     init,
@@ -21,6 +22,7 @@ from foretell.cli._registry import (
 )
 from foretell.cli._run import run
 from foretell.cli._server import admin, db, serve, up, worker
+from foretell.cli._verify import verify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,6 +37,11 @@ def cli() -> None:
       foretell push eurusd-momentum --create
       foretell publish eurusd-momentum 1
       foretell run eurusd-momentum     # a dry run: forecasts and logs, not recorded live
+
+    \b
+    Subscribers:
+      foretell performance eurusd-momentum   # measured by the platform, against baselines
+      foretell verify eurusd-momentum        # recompute the forecast ledger: OK or a mismatch
 
     \b
     Market data:
@@ -75,6 +82,8 @@ for command in (
     logs,
     run,
     data,
+    performance,
+    verify,
 ):
     cli.add_command(command)
 cli.epilog = EXIT_CODES_HELP
