@@ -27,11 +27,11 @@ SELECT v.number, f.symbol, extract(epoch FROM f.as_of)::bigint,
 FROM forecasts f
 JOIN versions v ON v.id = f.version_id
 LEFT JOIN bars b0 ON b0.symbol = f.symbol AND b0.resolution = :resolution
-     AND b0.open_time = f.as_of - :step
+     AND b0.open_time = f.as_of - CAST(:step AS interval)
 LEFT JOIN bars b1 ON b1.symbol = f.symbol AND b1.resolution = :resolution
-     AND b1.open_time = f.target_time - :step
+     AND b1.open_time = f.target_time - CAST(:step AS interval)
 LEFT JOIN bars bp ON bp.symbol = f.symbol AND bp.resolution = :resolution
-     AND bp.open_time = f.as_of - (f.target_time - f.as_of) - :step
+     AND bp.open_time = f.as_of - (f.target_time - f.as_of) - CAST(:step AS interval)
 WHERE f.model_id = :model_id AND f.kind = :kind
 ORDER BY f.as_of, f.symbol, f.target_time
 """)
