@@ -4,6 +4,7 @@ the access rules."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import UTC, datetime
 from typing import Any
@@ -54,7 +55,7 @@ def real_eurusd(count: int) -> list[tuple[datetime, float]]:
     frame = shipped.EURUSD.iloc[:count]
     rows = [(t.to_pydatetime().replace(tzinfo=UTC), float(c)) for t, c in frame["Close"].items()]
     # The slice is one trading day: consecutive hours, no gap.
-    assert all(b[0] - a[0] == HOUR for a, b in zip(rows, rows[1:], strict=False))
+    assert all(b[0] - a[0] == HOUR for a, b in itertools.pairwise(rows))
     return rows
 
 
@@ -205,8 +206,8 @@ async def test_measures_match_a_hand_computation_on_real_eurusd(
     assert c.slots_without_run == 1
     assert c.ratio == pytest.approx(12 / 15)
     assert_measures(overall.model, model)
-    assert_measures(overall.always_up, {k: v for k, v in always_up.items()
-                                        if k not in ("mae", "rmse", "information_coefficient")})  # fmt: skip
+    no_returns = ("mae", "rmse", "information_coefficient")
+    assert_measures(overall.always_up, {k: v for k, v in always_up.items() if k not in no_returns})
     assert not overall.always_up.HasField("mae")
     assert not overall.always_up.HasField("information_coefficient")  # constant: undefined
     assert_measures(overall.persistence, persistence)
