@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from grpc import aio
 from sqlalchemy import text
 
 from foretell.cli._verify import Ledger, check_ledger
@@ -36,12 +37,12 @@ FORETELL = str(Path(sys.executable).parent / "foretell")
 
 
 @pytest.fixture(scope="module")
-def forecasts(channel: Any) -> pb_grpc.ForecastServiceAsyncStub:
+def forecasts(channel: aio.Channel) -> pb_grpc.ForecastServiceAsyncStub:
     return pb_grpc.ForecastServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
-def registry(channel: Any) -> reg_grpc.RegistryServiceAsyncStub:
+def registry(channel: aio.Channel) -> reg_grpc.RegistryServiceAsyncStub:
     return reg_grpc.RegistryServiceStub(channel)
 
 
