@@ -384,12 +384,15 @@ def test_the_worker_runs_the_scheduler_unless_burst_or_off(settings: Settings) -
         worker = create_worker(kwargs.pop("s", settings), **kwargs)
         return [job.name for job in worker.cron_jobs]
 
-    assert cron_names() == ["cron:schedule_runs", "cron:bill_subscriptions"]
-    assert cron_names(burst=True) == []
-    # Billing does not depend on the run scheduler.
-    assert cron_names(s=dataclasses.replace(settings, scheduler="off")) == [
-        "cron:bill_subscriptions"
+    assert cron_names() == [
+        "cron:schedule_runs",
+        "cron:bill_subscriptions",
+        "cron:checkpoint_ledgers",
     ]
+    assert cron_names(burst=True) == []
+    # Billing and ledger checkpoints do not depend on the run scheduler.
+    off = dataclasses.replace(settings, scheduler="off")
+    assert cron_names(s=off) == ["cron:bill_subscriptions", "cron:checkpoint_ledgers"]
     worker = create_worker(settings)
     run_job = worker.functions["run_version"]
     assert run_job.timeout_s is not None and run_job.timeout_s > settings.run_wall_s

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import and_, func, select, text
 
 from foretell.db.models import Model, Run, Version
+from foretell.ledger import chain
 from foretell.logs import get_logger
 from foretell.runs import MAX_MISSED, NotRunnable, due_slots, missed_total, run_on_platform
 from foretell.runtime.resources import Resources
@@ -34,6 +35,7 @@ INSERT INTO runs (id, model_id, version_id, as_of, kind, outcome, duration_s, de
                   created_at)
 VALUES (:id, :model_id, :version_id, :as_of, 'live', 'missed', 0, :detail, '', :now)
 ON CONFLICT (version_id, as_of, kind) DO NOTHING
+RETURNING id
 """)
 
 
@@ -127,7 +129,11 @@ async def _record_missed(
             f"(at most {MAX_MISSED} at once)"
         )
     async with res.db.session.begin() as session:
-        await session.execute(_INSERT_MISSED, rows)
+        # Row by row: each missed slot is a ledger entry, appended in this transaction.
+        for row in rows:
+            run_id = await session.scalar(_INSERT_MISSED, row)
+            if run_id is not None:
+                await chain.append(session, model_id, run_id, now)
     log.warning("missed slots recorded", version_id=str(version_id), count=len(rows), total=total)
     return len(rows)
 

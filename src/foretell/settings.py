@@ -90,6 +90,11 @@ class Settings:
         return self.data_dir / "keys"
 
     @property
+    def ledger_keys_dir(self) -> Path:
+        """Checkpoint-signing keys of the forecast ledger: apart from the token keys."""
+        return self.data_dir / "ledger-keys"
+
+    @property
     def artifacts_dir(self) -> Path:
         return self.store_dir or self.data_dir / "store"
 

@@ -14,6 +14,7 @@ from arq.connections import RedisSettings
 
 from foretell.billing.gateway import gateway_for
 from foretell.billing.settle import run_billing
+from foretell.ledger import chain
 from foretell.logs import get_logger
 from foretell.runtime.resources import Clock, open_resources, utc_now
 from foretell.scheduler import run_job_timeout_s, run_version, schedule_runs
@@ -21,6 +22,17 @@ from foretell.services.registry.build import build_version
 from foretell.settings import Settings
 
 log = get_logger("foretell.worker")
+
+# Ledger checkpoints: every ten minutes, each chain that grew gets its head signed.
+CHECKPOINT_MINUTES = set(range(0, 60, 10))
+
+
+async def checkpoint_ledgers(ctx: dict[str, Any]) -> int:
+    res = ctx["resources"]
+    written = await chain.checkpoint(res.db, res.settings.ledger_keys_dir, res.clock)
+    if written:
+        log.info("ledger checkpoints signed", count=written)
+    return written
 
 
 async def bill_subscriptions(ctx: dict[str, Any]) -> int:
@@ -53,6 +65,10 @@ def create_worker(
     # Daily at 00:05 UTC (and at start-up, to catch up after downtime). Reads and subscription
     # calls also settle the caller's subscription, so billing is never a day late for access.
     billing = cron(bill_subscriptions, hour=0, minute=5, second=0, run_at_startup=True, timeout=600)
+    # Not tied to the scheduler setting: chains also grow from runs recorded elsewhere.
+    ledger_cron = cron(
+        checkpoint_ledgers, minute=CHECKPOINT_MINUTES, second=30, run_at_startup=True, timeout=120
+    )
 
     async def startup(ctx: dict[str, Any]) -> None:
         stack = AsyncExitStack()
@@ -68,7 +84,7 @@ def create_worker(
             func(build_version, timeout=settings.build_timeout_s + 60, max_tries=3),
             func(run_version, timeout=run_job_timeout_s(settings), max_tries=3),
         ],
-        cron_jobs=[*(cron_jobs if scheduler else []), *([] if burst else [billing])] or None,
+        cron_jobs=[*(cron_jobs if scheduler else []), billing, ledger_cron] if not burst else None,
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         on_startup=startup,
         on_shutdown=shutdown,

@@ -96,6 +96,11 @@ POLICY: dict[str, Policy] = {
     # The caller's own (an admin's: everyone's); API keys may read them, for scripts.
     _SUBSCRIPTION + "ListSubscriptions": SIGNED_IN_READ,
     _SUBSCRIPTION + "ListInvoices": SIGNED_IN_READ,
+    # Measured by the platform, open to everyone signed in for the models they can see (the
+    # service hides others' private models). The ledger's payloads hold the forecasts: GetLedger
+    # serves them to those entitled to read them (the service checks), hashes to the rest.
+    _FORECAST + "GetPerformance": SIGNED_IN_READ,
+    _FORECAST + "GetLedger": SIGNED_IN_READ,
 }
 
 # Infrastructure services every process exposes; they carry no user data.

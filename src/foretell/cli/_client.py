@@ -52,6 +52,7 @@ class Exit(IntEnum):
     BUILD_FAILED = 8
     RATE_LIMITED = 9
     RUN_FAILED = 10
+    LEDGER_MISMATCH = 11
 
 
 EXIT_CODES_HELP = """\b
@@ -67,6 +68,7 @@ Exit codes:
   8  the build failed
   9  too many requests: try again later
   10  the model's run did not end ok (`foretell run`: error, limit, refused output)
+  11  the ledger does not match (`foretell verify`: edited, deleted or inserted history)
 
 \b
 The server URL comes from --url, else FORETELL_URL, else localhost:8080.

@@ -9,6 +9,7 @@ from foretell.cli._billing import cancel, invoices, plan, resume, subscribe, sub
 from foretell.cli._client import EXIT_CODES_HELP
 from foretell.cli._data import data
 from foretell.cli._demo import demo
+from foretell.cli._performance import performance
 from foretell.cli._registry import (
     create,
     init,
@@ -22,6 +23,7 @@ from foretell.cli._registry import (
 )
 from foretell.cli._run import run
 from foretell.cli._server import admin, db, serve, up, worker
+from foretell.cli._verify import verify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,6 +45,8 @@ def cli() -> None:
       foretell subscribe eurusd-momentum
       foretell subscriptions           # cancel ID [--now], resume ID
       foretell invoices
+      foretell performance eurusd-momentum   # measured by the platform, against baselines
+      foretell verify eurusd-momentum        # recompute the forecast ledger: OK or a mismatch
 
     \b
     Market data:
@@ -90,6 +94,8 @@ for command in (
     cancel,
     resume,
     invoices,
+    performance,
+    verify,
 ):
     cli.add_command(command)
 cli.epilog = EXIT_CODES_HELP

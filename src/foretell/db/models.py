@@ -336,3 +336,81 @@ class CreditNote(Base):
     amount_minor: Mapped[int] = mapped_column(BigInteger)
     reason: Mapped[str] = mapped_column(Text)
     issued_at: Mapped[datetime]
+
+
+class ModelRevision(Base):
+    """Bumped by triggers on every row of `runs` and `forecasts` written for the model (see
+    migration 0007): the performance cache's key."""
+
+    __tablename__ = "model_revisions"
+
+    model_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    revision: Mapped[int] = mapped_column(BigInteger)
+
+
+class DataRevision(Base):
+    """One counter per shared table ('bars'), bumped by a statement trigger on every write."""
+
+    __tablename__ = "data_revisions"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger)
+
+
+class LedgerHead(Base):
+    """A model's chain head; locked FOR UPDATE while an entry is appended."""
+
+    __tablename__ = "ledger_heads"
+
+    model_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class LedgerEntry(Base):
+    """One link of a model's chain: one recorded live run. `run_id` has no foreign key on
+    purpose: a run deleted behind the platform's back leaves its entry, found missing."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        PrimaryKeyConstraint("model_id", "sequence", name="ledger_entries_pkey"),
+        UniqueConstraint("run_id", name="ledger_entries_run_id_key"),
+    )
+
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    run_id: Mapped[uuid.UUID]
+    prev_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    entry_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class LedgerKey(Base):
+    """An Ed25519 public key that signs checkpoints (raw 32 bytes)."""
+
+    __tablename__ = "ledger_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class LedgerCheckpoint(Base):
+    """A signed chain head."""
+
+    __tablename__ = "ledger_checkpoints"
+    __table_args__ = (
+        UniqueConstraint("model_id", "sequence", name="ledger_checkpoints_model_sequence_key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    signed_at: Mapped[datetime]
+    key_id: Mapped[str] = mapped_column(String(32), ForeignKey("ledger_keys.key_id"))
+    signature: Mapped[bytes] = mapped_column(LargeBinary)

@@ -15,6 +15,7 @@ from sqlalchemy import select, text
 from foretell.db import Database
 from foretell.db.models import Model, Run, Version
 from foretell.db.notify import RunRecorded, announce_run
+from foretell.ledger import chain
 from foretell.runs._scope import RunScope
 from foretell.runs._server import BarSource, DatabaseBars, RunServer
 from foretell.runs._validate import AcceptedForecast
@@ -218,6 +219,9 @@ async def execute_run(
                     for f in forecasts
                 ],
             )  # fmt: skip
+        if inserted is not None and kind == "live":
+            # The track record's hash chain grows in the same transaction as the run.
+            await chain.append(session, model.id, run_id, now)
         if inserted is not None:
             # NOTIFY is transactional: listeners hear of the run only once it is committed.
             await announce_run(session, RunRecorded(run_id, model.id, kind))

@@ -260,6 +260,18 @@ class RunForecasts(fc_grpc.ForecastServiceServicer):
         await _abort(_NO_READS, context)
         raise AssertionError("unreachable")
 
+    async def GetPerformance(
+        self, request: fc_pb.GetPerformanceRequest, context: Context
+    ) -> fc_pb.GetPerformanceResponse:
+        await _abort(_NO_READS, context)
+        raise AssertionError("unreachable")
+
+    async def GetLedger(
+        self, request: fc_pb.GetLedgerRequest, context: Context
+    ) -> fc_pb.GetLedgerResponse:
+        await _abort(_NO_READS, context)
+        raise AssertionError("unreachable")
+
 
 _NO_READS = PermissionDenied("a model cannot read recorded forecasts or start runs")
 

@@ -14,11 +14,14 @@ from foretell.db.models import Forecast, Model, Run
 from foretell.errors import FailedPrecondition, ForetellError, NotFound, PermissionDenied
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
+from foretell.performance import PerformanceCache
 from foretell.runs import NotRunnable, latest_closed_boundary, run_on_platform
 from foretell.runtime.resources import Resources
 from foretell.services._convert import timestamp as _ts
 from foretell.services.forecast import _store, _validate
 from foretell.services.forecast._feed import ACCESS_CHANGED, LOST, ForecastFeed
+from foretell.services.forecast._ledger import ledger_page
+from foretell.services.forecast._performance import performance_pb
 
 if TYPE_CHECKING:
     # Generic only in the type stubs.
@@ -81,6 +84,7 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
     def __init__(self, resources: Resources) -> None:
         self._res = resources
         self._feed = ForecastFeed(str(resources.settings.database_url))
+        self._performance = PerformanceCache()
 
     async def SubmitForecasts(
         self, request: pb.SubmitForecastsRequest, context: Context
@@ -202,6 +206,24 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
             forecasts=[forecast_pb(name, f, n) for f, n in rows],
             recorded=record.recorded,
         )
+
+    async def GetPerformance(
+        self, request: pb.GetPerformanceRequest, context: Context
+    ) -> pb.GetPerformanceResponse:
+        name, kind, cost_bps = _validate.get_performance(request)
+        view = await _store.readable_model(self._res.db, current_principal(), name)
+        model = view.model
+        report = await self._performance.report(
+            self._res.db, model.id, model.resolution, list(model.symbols), kind, cost_bps
+        )
+        return performance_pb(model.name, _validate.KIND_ENUM[kind], cost_bps, report)
+
+    async def GetLedger(
+        self, request: pb.GetLedgerRequest, context: Context
+    ) -> pb.GetLedgerResponse:
+        name, limit, after = _validate.get_ledger(request)
+        view = await _store.readable_model(self._res.db, current_principal(), name)
+        return await ledger_page(self._res.db, view.model.id, view.model.name, limit, after)
 
 
 def add_to_server(server: aio.Server, resources: Resources) -> None:

@@ -199,3 +199,38 @@ def check_as_of(as_of: datetime, resolution: str, now: datetime) -> None:
         raise InvalidArgument(
             [FieldViolation("as_of", f"must be a boundary of the model's {resolution} grid")]
         )
+
+
+MAX_COST_BPS = 1000.0
+
+
+def get_performance(request: pb.GetPerformanceRequest) -> tuple[str, str, float]:
+    """(model name, kind: live or simulated, cost per trade in basis points)."""
+    v = Violations()
+    name = model_name(v, "model", request.model)
+    kind = _kind(v, request.kind)
+    if kind == "dry":
+        v.add("kind", "RUN_KIND_LIVE or RUN_KIND_SIMULATED: dry runs have no performance")
+    cost = request.cost_bps
+    if not 0 <= cost <= MAX_COST_BPS:  # NaN fails too
+        v.add("cost_bps", f"basis points from 0 to {MAX_COST_BPS:g}")
+    v.raise_if_any()
+    return name, kind, cost
+
+
+def get_ledger(request: pb.GetLedgerRequest) -> tuple[str, int, int]:
+    """(model name, page size, first sequence of the page)."""
+    v = Violations()
+    name = model_name(v, "model", request.model)
+    limit = request.page_size or DEFAULT_PAGE
+    if not 1 <= limit <= MAX_PAGE:
+        v.add("page_size", f"1 to {MAX_PAGE}, or 0 for {DEFAULT_PAGE}")
+    after = 0
+    if request.page_token:
+        token = request.page_token
+        if not token.startswith("seq:") or not token[4:].isdigit():
+            v.add("page_token", "not a token this call returned")
+        else:
+            after = int(token[4:])
+    v.raise_if_any()
+    return name, limit, after

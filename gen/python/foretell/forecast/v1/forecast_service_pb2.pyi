@@ -703,3 +703,608 @@ class SubmitForecastsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitForecastsResponse: _TypeAlias = SubmitForecastsResponse  # noqa: Y015
+
+@_typing.final
+class GetPerformanceRequest(_message.Message):
+    """Request for ForecastService.GetPerformance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    COST_BPS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model's name."""
+    kind: Global___RunKind.ValueType
+    """Which runs' forecasts to measure: RUN_KIND_UNSPECIFIED means live; or
+    RUN_KIND_SIMULATED. Dry runs have no performance.
+    """
+    cost_bps: _builtins.float
+    """Cost of one trade of the signal-following equity curve, in basis points
+    of the position (charged once per directional forecast), 0 to 1000.
+    """
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        kind: Global___RunKind.ValueType = ...,
+        cost_bps: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_bps", b"cost_bps", "kind", b"kind", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPerformanceRequest: _TypeAlias = GetPerformanceRequest  # noqa: Y015
+
+@_typing.final
+class GetPerformanceResponse(_message.Message):
+    """Response for ForecastService.GetPerformance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    COST_BPS_FIELD_NUMBER: _builtins.int
+    OVERALL_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    PERIODS_PER_YEAR_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model's name."""
+    kind: Global___RunKind.ValueType
+    """The kind of runs measured."""
+    cost_bps: _builtins.float
+    """The cost per trade used, in basis points."""
+    periods_per_year: _builtins.float
+    """Equity curves are annualised with this many periods per year: calendar
+    seconds in 365 days over the model's resolution (8,760 for 1h).
+    """
+    @_builtins.property
+    def overall(self) -> Global___Performance:
+        """Every version together: the model's whole record."""
+
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Performance]:
+        """One per version that has runs of this kind, by version number."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        kind: Global___RunKind.ValueType = ...,
+        cost_bps: _builtins.float = ...,
+        overall: Global___Performance | None = ...,
+        versions: _abc.Iterable[Global___Performance] | None = ...,
+        periods_per_year: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["overall", b"overall"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_bps", b"cost_bps", "kind", b"kind", "model", b"model", "overall", b"overall", "periods_per_year", b"periods_per_year", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPerformanceResponse: _TypeAlias = GetPerformanceResponse  # noqa: Y015
+
+@_typing.final
+class Performance(_message.Message):
+    """Performance of a model's forecasts (one version, or all)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    COVERAGE_FIELD_NUMBER: _builtins.int
+    FORECASTS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    ALWAYS_UP_FIELD_NUMBER: _builtins.int
+    PERSISTENCE_FIELD_NUMBER: _builtins.int
+    CHARTS_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The version number; 0 for all versions together."""
+    @_builtins.property
+    def coverage(self) -> Global___Coverage:
+        """Runs against the slots that came due."""
+
+    @_builtins.property
+    def forecasts(self) -> Global___ForecastCounts:
+        """Forecasts recorded: all, scored, pending, unscorable."""
+
+    @_builtins.property
+    def model(self) -> Global___Measures:
+        """The model's own measures."""
+
+    @_builtins.property
+    def always_up(self) -> Global___Measures:
+        """The baseline that always says up (no return, no probability)."""
+
+    @_builtins.property
+    def persistence(self) -> Global___Measures:
+        """The baseline that repeats the last move: the direction and return of the
+        close from `horizon` bars before as_of to as_of.
+        """
+
+    @_builtins.property
+    def charts(self) -> Global___Charts:
+        """Chart-ready series (times of the target bars' closes)."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        coverage: Global___Coverage | None = ...,
+        forecasts: Global___ForecastCounts | None = ...,
+        model: Global___Measures | None = ...,
+        always_up: Global___Measures | None = ...,
+        persistence: Global___Measures | None = ...,
+        charts: Global___Charts | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["always_up", b"always_up", "charts", b"charts", "coverage", b"coverage", "forecasts", b"forecasts", "model", b"model", "persistence", b"persistence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["always_up", b"always_up", "charts", b"charts", "coverage", b"coverage", "forecasts", b"forecasts", "model", b"model", "persistence", b"persistence", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Performance: _TypeAlias = Performance  # noqa: Y015
+
+@_typing.final
+class Coverage(_message.Message):
+    """Coverage is how many of the slots that came due have a run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DUE_SLOTS_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    RUNS_OK_FIELD_NUMBER: _builtins.int
+    RUNS_FAILED_FIELD_NUMBER: _builtins.int
+    RUNS_MISSED_FIELD_NUMBER: _builtins.int
+    SLOTS_WITHOUT_RUN_FIELD_NUMBER: _builtins.int
+    RATIO_FIELD_NUMBER: _builtins.int
+    due_slots: _builtins.int
+    """Grid slots from the first to the last recorded run (inclusive)."""
+    runs: _builtins.int
+    """Runs recorded, any outcome."""
+    runs_ok: _builtins.int
+    """Runs that ended ok."""
+    runs_failed: _builtins.int
+    """Runs that ended in an error or a limit (not ok, not missed)."""
+    runs_missed: _builtins.int
+    """Slots recorded as missed (the platform was not running)."""
+    slots_without_run: _builtins.int
+    """Slots in the span with no run recorded at all."""
+    ratio: _builtins.float
+    """runs_ok / due_slots (0 when nothing is due)."""
+    def __init__(
+        self,
+        *,
+        due_slots: _builtins.int = ...,
+        runs: _builtins.int = ...,
+        runs_ok: _builtins.int = ...,
+        runs_failed: _builtins.int = ...,
+        runs_missed: _builtins.int = ...,
+        slots_without_run: _builtins.int = ...,
+        ratio: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["due_slots", b"due_slots", "ratio", b"ratio", "runs", b"runs", "runs_failed", b"runs_failed", "runs_missed", b"runs_missed", "runs_ok", b"runs_ok", "slots_without_run", b"slots_without_run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Coverage: _TypeAlias = Coverage  # noqa: Y015
+
+@_typing.final
+class ForecastCounts(_message.Message):
+    """ForecastCounts counts the forecasts measured."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_FIELD_NUMBER: _builtins.int
+    SCORED_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    UNSCORABLE_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """Every forecast recorded."""
+    scored: _builtins.int
+    """With a realized return (both bars exist): the measures use these."""
+    pending: _builtins.int
+    """Target bar not closed yet (after the last stored bar of the symbol)."""
+    unscorable: _builtins.int
+    """A bar that should exist is missing (a gap in the market data)."""
+    def __init__(
+        self,
+        *,
+        total: _builtins.int = ...,
+        scored: _builtins.int = ...,
+        pending: _builtins.int = ...,
+        unscorable: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pending", b"pending", "scored", b"scored", "total", b"total", "unscorable", b"unscorable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForecastCounts: _TypeAlias = ForecastCounts  # noqa: Y015
+
+@_typing.final
+class Measures(_message.Message):
+    """Measures of one forecaster (the model, or a baseline) on the scored
+    forecasts. Unset optional fields mean "not defined" (no data).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    HITS_FIELD_NUMBER: _builtins.int
+    HIT_RATE_FIELD_NUMBER: _builtins.int
+    HIT_RATE_LOW_FIELD_NUMBER: _builtins.int
+    HIT_RATE_HIGH_FIELD_NUMBER: _builtins.int
+    MAE_FIELD_NUMBER: _builtins.int
+    RMSE_FIELD_NUMBER: _builtins.int
+    BRIER_FIELD_NUMBER: _builtins.int
+    LOG_LOSS_FIELD_NUMBER: _builtins.int
+    INFORMATION_COEFFICIENT_FIELD_NUMBER: _builtins.int
+    TRADES_FIELD_NUMBER: _builtins.int
+    TOTAL_RETURN_FIELD_NUMBER: _builtins.int
+    SHARPE_FIELD_NUMBER: _builtins.int
+    SORTINO_FIELD_NUMBER: _builtins.int
+    MAX_DRAWDOWN_FIELD_NUMBER: _builtins.int
+    calls: _builtins.int
+    """Directional calls (up or down) whose realized return is not zero."""
+    hits: _builtins.int
+    """Those whose direction was right."""
+    hit_rate: _builtins.float
+    """hits / calls."""
+    hit_rate_low: _builtins.float
+    """Wilson score interval, 95 %, of the hit rate."""
+    hit_rate_high: _builtins.float
+    """Upper end of the interval."""
+    mae: _builtins.float
+    """Mean absolute error of predicted returns (forecasts that give one)."""
+    rmse: _builtins.float
+    """Root mean squared error of predicted returns."""
+    brier: _builtins.float
+    """Brier score of the probabilities (that the direction is right)."""
+    log_loss: _builtins.float
+    """Log loss of the probabilities (natural log, clipped at 1e-15)."""
+    information_coefficient: _builtins.float
+    """Spearman rank correlation of predicted and realized returns."""
+    trades: _builtins.int
+    """Trades of the equity curve (directional forecasts)."""
+    total_return: _builtins.float
+    """Final equity minus 1 (compounded, after costs)."""
+    sharpe: _builtins.float
+    """Annualised Sharpe ratio of the curve's period returns."""
+    sortino: _builtins.float
+    """Annualised Sortino ratio (downside deviation against 0)."""
+    max_drawdown: _builtins.float
+    """Largest peak-to-trough fall of the curve, as a fraction (0.1 is 10 %)."""
+    def __init__(
+        self,
+        *,
+        calls: _builtins.int = ...,
+        hits: _builtins.int = ...,
+        hit_rate: _builtins.float | None = ...,
+        hit_rate_low: _builtins.float | None = ...,
+        hit_rate_high: _builtins.float | None = ...,
+        mae: _builtins.float | None = ...,
+        rmse: _builtins.float | None = ...,
+        brier: _builtins.float | None = ...,
+        log_loss: _builtins.float | None = ...,
+        information_coefficient: _builtins.float | None = ...,
+        trades: _builtins.int = ...,
+        total_return: _builtins.float = ...,
+        sharpe: _builtins.float | None = ...,
+        sortino: _builtins.float | None = ...,
+        max_drawdown: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_brier", b"_brier", "_hit_rate", b"_hit_rate", "_hit_rate_high", b"_hit_rate_high", "_hit_rate_low", b"_hit_rate_low", "_information_coefficient", b"_information_coefficient", "_log_loss", b"_log_loss", "_mae", b"_mae", "_rmse", b"_rmse", "_sharpe", b"_sharpe", "_sortino", b"_sortino", "brier", b"brier", "hit_rate", b"hit_rate", "hit_rate_high", b"hit_rate_high", "hit_rate_low", b"hit_rate_low", "information_coefficient", b"information_coefficient", "log_loss", b"log_loss", "mae", b"mae", "rmse", b"rmse", "sharpe", b"sharpe", "sortino", b"sortino"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_brier", b"_brier", "_hit_rate", b"_hit_rate", "_hit_rate_high", b"_hit_rate_high", "_hit_rate_low", b"_hit_rate_low", "_information_coefficient", b"_information_coefficient", "_log_loss", b"_log_loss", "_mae", b"_mae", "_rmse", b"_rmse", "_sharpe", b"_sharpe", "_sortino", b"_sortino", "brier", b"brier", "calls", b"calls", "hit_rate", b"hit_rate", "hit_rate_high", b"hit_rate_high", "hit_rate_low", b"hit_rate_low", "hits", b"hits", "information_coefficient", b"information_coefficient", "log_loss", b"log_loss", "mae", b"mae", "max_drawdown", b"max_drawdown", "rmse", b"rmse", "sharpe", b"sharpe", "sortino", b"sortino", "total_return", b"total_return", "trades", b"trades"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__brier: _TypeAlias = _typing.Literal["brier"]  # noqa: Y015
+    _WhichOneofArgType__brier: _TypeAlias = _typing.Literal["_brier", b"_brier"]  # noqa: Y015
+    _WhichOneofReturnType__hit_rate: _TypeAlias = _typing.Literal["hit_rate"]  # noqa: Y015
+    _WhichOneofArgType__hit_rate: _TypeAlias = _typing.Literal["_hit_rate", b"_hit_rate"]  # noqa: Y015
+    _WhichOneofReturnType__hit_rate_high: _TypeAlias = _typing.Literal["hit_rate_high"]  # noqa: Y015
+    _WhichOneofArgType__hit_rate_high: _TypeAlias = _typing.Literal["_hit_rate_high", b"_hit_rate_high"]  # noqa: Y015
+    _WhichOneofReturnType__hit_rate_low: _TypeAlias = _typing.Literal["hit_rate_low"]  # noqa: Y015
+    _WhichOneofArgType__hit_rate_low: _TypeAlias = _typing.Literal["_hit_rate_low", b"_hit_rate_low"]  # noqa: Y015
+    _WhichOneofReturnType__information_coefficient: _TypeAlias = _typing.Literal["information_coefficient"]  # noqa: Y015
+    _WhichOneofArgType__information_coefficient: _TypeAlias = _typing.Literal["_information_coefficient", b"_information_coefficient"]  # noqa: Y015
+    _WhichOneofReturnType__log_loss: _TypeAlias = _typing.Literal["log_loss"]  # noqa: Y015
+    _WhichOneofArgType__log_loss: _TypeAlias = _typing.Literal["_log_loss", b"_log_loss"]  # noqa: Y015
+    _WhichOneofReturnType__mae: _TypeAlias = _typing.Literal["mae"]  # noqa: Y015
+    _WhichOneofArgType__mae: _TypeAlias = _typing.Literal["_mae", b"_mae"]  # noqa: Y015
+    _WhichOneofReturnType__rmse: _TypeAlias = _typing.Literal["rmse"]  # noqa: Y015
+    _WhichOneofArgType__rmse: _TypeAlias = _typing.Literal["_rmse", b"_rmse"]  # noqa: Y015
+    _WhichOneofReturnType__sharpe: _TypeAlias = _typing.Literal["sharpe"]  # noqa: Y015
+    _WhichOneofArgType__sharpe: _TypeAlias = _typing.Literal["_sharpe", b"_sharpe"]  # noqa: Y015
+    _WhichOneofReturnType__sortino: _TypeAlias = _typing.Literal["sortino"]  # noqa: Y015
+    _WhichOneofArgType__sortino: _TypeAlias = _typing.Literal["_sortino", b"_sortino"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__brier) -> _WhichOneofReturnType__brier | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__hit_rate) -> _WhichOneofReturnType__hit_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__hit_rate_high) -> _WhichOneofReturnType__hit_rate_high | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__hit_rate_low) -> _WhichOneofReturnType__hit_rate_low | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__information_coefficient) -> _WhichOneofReturnType__information_coefficient | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__log_loss) -> _WhichOneofReturnType__log_loss | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mae) -> _WhichOneofReturnType__mae | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rmse) -> _WhichOneofReturnType__rmse | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sharpe) -> _WhichOneofReturnType__sharpe | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sortino) -> _WhichOneofReturnType__sortino | None: ...
+
+Global___Measures: _TypeAlias = Measures  # noqa: Y015
+
+@_typing.final
+class Charts(_message.Message):
+    """Charts are the series a chart needs, all on the same times."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_EQUITY_FIELD_NUMBER: _builtins.int
+    ALWAYS_UP_EQUITY_FIELD_NUMBER: _builtins.int
+    PERSISTENCE_EQUITY_FIELD_NUMBER: _builtins.int
+    CUMULATIVE_HIT_RATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model_equity(self) -> Global___Series:
+        """Equity of following the model's direction (starts at 1)."""
+
+    @_builtins.property
+    def always_up_equity(self) -> Global___Series:
+        """Equity of the always-up baseline."""
+
+    @_builtins.property
+    def persistence_equity(self) -> Global___Series:
+        """Equity of the persistence baseline."""
+
+    @_builtins.property
+    def cumulative_hit_rate(self) -> Global___Series:
+        """Cumulative hit rate of the model's directional calls."""
+
+    def __init__(
+        self,
+        *,
+        model_equity: Global___Series | None = ...,
+        always_up_equity: Global___Series | None = ...,
+        persistence_equity: Global___Series | None = ...,
+        cumulative_hit_rate: Global___Series | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["always_up_equity", b"always_up_equity", "cumulative_hit_rate", b"cumulative_hit_rate", "model_equity", b"model_equity", "persistence_equity", b"persistence_equity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["always_up_equity", b"always_up_equity", "cumulative_hit_rate", b"cumulative_hit_rate", "model_equity", b"model_equity", "persistence_equity", b"persistence_equity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Charts: _TypeAlias = Charts  # noqa: Y015
+
+@_typing.final
+class Series(_message.Message):
+    """Series is a time series as packed columns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMES_UNIX_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def times_unix(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Times, seconds since the Unix epoch (UTC)."""
+
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Values, one per time."""
+
+    def __init__(
+        self,
+        *,
+        times_unix: _abc.Iterable[_builtins.int] | None = ...,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["times_unix", b"times_unix", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Series: _TypeAlias = Series  # noqa: Y015
+
+@_typing.final
+class GetLedgerRequest(_message.Message):
+    """Request for ForecastService.GetLedger."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model's name."""
+    page_size: _builtins.int
+    """Entries per page, 1 to 1000; 0 means 100."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page, or empty for the first."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLedgerRequest: _TypeAlias = GetLedgerRequest  # noqa: Y015
+
+@_typing.final
+class LedgerEntry(_message.Message):
+    """LedgerEntry is one link of a model's hash chain: one recorded live run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    PREV_HASH_FIELD_NUMBER: _builtins.int
+    ENTRY_HASH_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Position in the chain, from 1."""
+    run_id: _builtins.str
+    """The run's id."""
+    prev_hash: _builtins.bytes
+    """The previous entry's hash (32 zero bytes for the first)."""
+    entry_hash: _builtins.bytes
+    """sha256(prev_hash || payload), as stored when the run was recorded."""
+    payload: _builtins.str
+    """The canonical payload rebuilt from the run and forecast rows as they are
+    now (UTF-8 JSON); empty when the run no longer exists.
+    """
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        run_id: _builtins.str = ...,
+        prev_hash: _builtins.bytes = ...,
+        entry_hash: _builtins.bytes = ...,
+        payload: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_hash", b"entry_hash", "payload", b"payload", "prev_hash", b"prev_hash", "run_id", b"run_id", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LedgerEntry: _TypeAlias = LedgerEntry  # noqa: Y015
+
+@_typing.final
+class LedgerCheckpoint(_message.Message):
+    """LedgerCheckpoint is a signed chain head."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    HEAD_HASH_FIELD_NUMBER: _builtins.int
+    SIGN_TIME_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The sequence of the entry it signs."""
+    head_hash: _builtins.bytes
+    """That entry's hash."""
+    key_id: _builtins.str
+    """The signing key's id."""
+    signature: _builtins.bytes
+    """Ed25519 signature of the canonical checkpoint message (see README)."""
+    @_builtins.property
+    def sign_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was signed."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        head_hash: _builtins.bytes = ...,
+        sign_time: _timestamp_pb2.Timestamp | None = ...,
+        key_id: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sign_time", b"sign_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head_hash", b"head_hash", "key_id", b"key_id", "sequence", b"sequence", "sign_time", b"sign_time", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LedgerCheckpoint: _TypeAlias = LedgerCheckpoint  # noqa: Y015
+
+@_typing.final
+class LedgerKey(_message.Message):
+    """LedgerKey is a public key that signs checkpoints."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """The key's id: the first 32 hex digits of sha256 of the raw public key."""
+    public_key: _builtins.bytes
+    """The raw 32-byte Ed25519 public key."""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        public_key: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LedgerKey: _TypeAlias = LedgerKey  # noqa: Y015
+
+@_typing.final
+class GetLedgerResponse(_message.Message):
+    """Response for ForecastService.GetLedger."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    UNLEDGERED_RUN_IDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    HEAD_SEQUENCE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model's name."""
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    head_sequence: _builtins.int
+    """The chain's length now."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]:
+        """One page of entries, oldest first."""
+
+    @_builtins.property
+    def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerCheckpoint]:
+        """Every checkpoint of the model, oldest first (first page only)."""
+
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerKey]:
+        """Every key that signed a checkpoint (first page only)."""
+
+    @_builtins.property
+    def unledgered_run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Live runs that have no ledger entry (first page only): none unless a run
+        was written behind the platform's back.
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
+        checkpoints: _abc.Iterable[Global___LedgerCheckpoint] | None = ...,
+        keys: _abc.Iterable[Global___LedgerKey] | None = ...,
+        unledgered_run_ids: _abc.Iterable[_builtins.str] | None = ...,
+        next_page_token: _builtins.str = ...,
+        head_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints", b"checkpoints", "entries", b"entries", "head_sequence", b"head_sequence", "keys", b"keys", "model", b"model", "next_page_token", b"next_page_token", "unledgered_run_ids", b"unledgered_run_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLedgerResponse: _TypeAlias = GetLedgerResponse  # noqa: Y015

@@ -77,6 +77,16 @@ class ForecastServiceStub:
                 request_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.DryRunRequest.SerializeToString,
                 response_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.DryRunResponse.FromString,
                 _registered_method=True)
+        self.GetPerformance = channel.unary_unary(
+                '/foretell.forecast.v1.ForecastService/GetPerformance',
+                request_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetPerformanceRequest.SerializeToString,
+                response_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetPerformanceResponse.FromString,
+                _registered_method=True)
+        self.GetLedger = channel.unary_unary(
+                '/foretell.forecast.v1.ForecastService/GetLedger',
+                request_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetLedgerRequest.SerializeToString,
+                response_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetLedgerResponse.FromString,
+                _registered_method=True)
 
 
 class ForecastServiceServicer:
@@ -164,6 +174,32 @@ class ForecastServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPerformance(self, request, context):
+        """The model's performance, measured by the platform from its recorded
+        forecasts and the realized bars (never reported by the provider): per
+        version and overall, for one kind of run (live by default; simulated on
+        request; never mixed), each measure shown next to two naive baselines
+        (always up; persistence of the last move). Open to everyone signed in (API
+        keys too) for the models they can see. Forecasts whose bars have not
+        closed yet are counted as pending. See the README for every definition.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLedger(self, request, context):
+        """The model's forecast ledger, a page of entries at a time (oldest first):
+        each live run recorded (missed slots and failed runs too) is one entry of
+        a hash chain, served with its stored hashes and the canonical payload
+        rebuilt from the current rows, so that anyone can recompute the chain
+        (`foretell verify`). Also the signed checkpoints of the chain head, the
+        public keys that signed them, and any live run that has no entry. See the
+        README for the canonical encoding.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ForecastServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +232,16 @@ def add_ForecastServiceServicer_to_server(servicer, server):
                     servicer.DryRun,
                     request_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.DryRunRequest.FromString,
                     response_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.DryRunResponse.SerializeToString,
+            ),
+            'GetPerformance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPerformance,
+                    request_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetPerformanceRequest.FromString,
+                    response_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetPerformanceResponse.SerializeToString,
+            ),
+            'GetLedger': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLedger,
+                    request_deserializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetLedgerRequest.FromString,
+                    response_serializer=foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetLedgerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -373,6 +419,60 @@ class ForecastService:
             '/foretell.forecast.v1.ForecastService/DryRun',
             foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.DryRunRequest.SerializeToString,
             foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.DryRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPerformance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.forecast.v1.ForecastService/GetPerformance',
+            foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetPerformanceRequest.SerializeToString,
+            foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetPerformanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLedger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.forecast.v1.ForecastService/GetLedger',
+            foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetLedgerRequest.SerializeToString,
+            foretell_dot_forecast_dot_v1_dot_forecast__service__pb2.GetLedgerResponse.FromString,
             options,
             channel_credentials,
             insecure,

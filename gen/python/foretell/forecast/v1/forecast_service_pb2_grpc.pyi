@@ -91,6 +91,24 @@ class ForecastServiceStub:
     FAILED_PRECONDITION when the version is not built; INVALID_ARGUMENT when
     as_of is in the future or off the model's resolution grid.
     """
+    GetPerformance: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.GetPerformanceRequest, _forecast_service_pb2.GetPerformanceResponse]
+    """The model's performance, measured by the platform from its recorded
+    forecasts and the realized bars (never reported by the provider): per
+    version and overall, for one kind of run (live by default; simulated on
+    request; never mixed), each measure shown next to two naive baselines
+    (always up; persistence of the last move). Open to everyone signed in (API
+    keys too) for the models they can see. Forecasts whose bars have not
+    closed yet are counted as pending. See the README for every definition.
+    """
+    GetLedger: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.GetLedgerRequest, _forecast_service_pb2.GetLedgerResponse]
+    """The model's forecast ledger, a page of entries at a time (oldest first):
+    each live run recorded (missed slots and failed runs too) is one entry of
+    a hash chain, served with its stored hashes and the canonical payload
+    rebuilt from the current rows, so that anyone can recompute the chain
+    (`foretell verify`). Also the signed checkpoints of the chain head, the
+    public keys that signed them, and any live run that has no entry. See the
+    README for the canonical encoding.
+    """
 
 @_typing.type_check_only
 class ForecastServiceAsyncStub(ForecastServiceStub):
@@ -154,6 +172,24 @@ class ForecastServiceAsyncStub(ForecastServiceStub):
     wall-clock limit): the server that answers runs the sandbox itself.
     FAILED_PRECONDITION when the version is not built; INVALID_ARGUMENT when
     as_of is in the future or off the model's resolution grid.
+    """
+    GetPerformance: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.GetPerformanceRequest, _forecast_service_pb2.GetPerformanceResponse]  # type: ignore[assignment]
+    """The model's performance, measured by the platform from its recorded
+    forecasts and the realized bars (never reported by the provider): per
+    version and overall, for one kind of run (live by default; simulated on
+    request; never mixed), each measure shown next to two naive baselines
+    (always up; persistence of the last move). Open to everyone signed in (API
+    keys too) for the models they can see. Forecasts whose bars have not
+    closed yet are counted as pending. See the README for every definition.
+    """
+    GetLedger: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.GetLedgerRequest, _forecast_service_pb2.GetLedgerResponse]  # type: ignore[assignment]
+    """The model's forecast ledger, a page of entries at a time (oldest first):
+    each live run recorded (missed slots and failed runs too) is one entry of
+    a hash chain, served with its stored hashes and the canonical payload
+    rebuilt from the current rows, so that anyone can recompute the chain
+    (`foretell verify`). Also the signed checkpoints of the chain head, the
+    public keys that signed them, and any live run that has no entry. See the
+    README for the canonical encoding.
     """
 
 class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -251,6 +287,36 @@ class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
         wall-clock limit): the server that answers runs the sandbox itself.
         FAILED_PRECONDITION when the version is not built; INVALID_ARGUMENT when
         as_of is in the future or off the model's resolution grid.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPerformance(
+        self,
+        request: _forecast_service_pb2.GetPerformanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_forecast_service_pb2.GetPerformanceResponse, _abc.Awaitable[_forecast_service_pb2.GetPerformanceResponse]]:
+        """The model's performance, measured by the platform from its recorded
+        forecasts and the realized bars (never reported by the provider): per
+        version and overall, for one kind of run (live by default; simulated on
+        request; never mixed), each measure shown next to two naive baselines
+        (always up; persistence of the last move). Open to everyone signed in (API
+        keys too) for the models they can see. Forecasts whose bars have not
+        closed yet are counted as pending. See the README for every definition.
+        """
+
+    @_abc_1.abstractmethod
+    def GetLedger(
+        self,
+        request: _forecast_service_pb2.GetLedgerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_forecast_service_pb2.GetLedgerResponse, _abc.Awaitable[_forecast_service_pb2.GetLedgerResponse]]:
+        """The model's forecast ledger, a page of entries at a time (oldest first):
+        each live run recorded (missed slots and failed runs too) is one entry of
+        a hash chain, served with its stored hashes and the canonical payload
+        rebuilt from the current rows, so that anyone can recompute the chain
+        (`foretell verify`). Also the signed checkpoints of the chain head, the
+        public keys that signed them, and any live run that has no entry. See the
+        README for the canonical encoding.
         """
 
 def add_ForecastServiceServicer_to_server(servicer: ForecastServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
