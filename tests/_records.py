@@ -117,9 +117,10 @@ async def record_run(
     kind: str = "live",
     outcome: str = "ok",
     detail: str = "",
+    recorded_at: datetime | None = None,
 ) -> uuid.UUID:
     run_id = uuid.uuid4()
-    now = datetime.now(UTC)
+    now = recorded_at or datetime.now(UTC)
     async with resources.db.session.begin() as session:
         session.add(
             Run(

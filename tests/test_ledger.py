@@ -11,7 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Awaitable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from foretell.scheduler import _record_missed
 from foretell.settings import Settings
 from tests._envoy import Envoy
 from tests._records import HOUR, F, Made, make_model, record_run, unique_symbol
-from tests.conftest import SignUp
+from tests.conftest import SignUp, status_code
 
 BASE = datetime(2024, 3, 4, 9, tzinfo=UTC)
 FORETELL = str(Path(sys.executable).parent / "foretell")
@@ -317,3 +317,59 @@ async def test_rest_and_the_cli(
     bad = await cli("verify", made.name)
     assert bad.returncode == 11
     assert f"entry 1 (run {runs[0]})" in bad.stdout
+
+
+async def test_a_reader_without_a_subscription_sees_payloads_only_of_the_delayed_sample(
+    registry: reg_grpc.RegistryServiceAsyncStub,
+    forecasts: pb_grpc.ForecastServiceAsyncStub,
+    sign_up: SignUp,
+    resources: Resources,
+) -> None:
+    made = await make_model(registry, sign_up, resources, symbol=unique_symbol("EURUSD"))
+    old = datetime.now(UTC) - timedelta(days=30)
+    for i in range(2):
+        await record_run(resources, made, BASE + i * HOUR, [F("up", 0.001, 0.6)], recorded_at=old)
+    recent = [
+        await record_run(resources, made, BASE + (2 + i) * HOUR, [F("down")]) for i in range(2)
+    ]
+    stranger = await sign_up()
+    page = await forecasts.GetLedger(
+        pb.GetLedgerRequest(model=made.name), metadata=stranger.metadata
+    )
+    assert [e.withheld for e in page.entries] == [False, False, True, True]
+    assert [e.run_id for e in page.entries if e.withheld] == [str(r) for r in recent]
+    assert all(e.payload for e in page.entries[:2]) and not any(e.payload for e in page.entries[2:])
+    sample = await forecasts.ListForecasts(
+        pb.ListForecastsRequest(model=made.name), metadata=stranger.metadata
+    )
+    ledger = Ledger()
+    ledger.add(page)
+    result = check_ledger(made.name, ledger, list(sample.forecasts))
+    assert result.ok, result.problem
+    assert (result.withheld, result.forecasts_checked) == (2, 2)
+    # What the stranger can read is still checked: an edit of a sampled forecast is found.
+    await sql(
+        resources,
+        "UPDATE forecasts SET probability = 0.99 WHERE model_id = :model AND as_of = :as_of",
+        model=made.model_id,
+        as_of=BASE,
+    )
+    page = await forecasts.GetLedger(
+        pb.GetLedgerRequest(model=made.name), metadata=stranger.metadata
+    )
+    tampered = Ledger()
+    tampered.add(page)
+    result = check_ledger(made.name, tampered, None)
+    assert not result.ok and "entry 1 (run" in result.problem
+    # The owner gets every payload.
+    owned = await read_ledger(forecasts, made)
+    assert not any(e.withheld for e in owned.entries)
+    # A private model's ledger is not there for others at all.
+    hidden = await make_model(
+        registry, sign_up, resources, symbol=unique_symbol("EURUSD"), public=False
+    )
+    with pytest.raises(aio.AioRpcError) as missing:
+        await forecasts.GetLedger(
+            pb.GetLedgerRequest(model=hidden.name), metadata=stranger.metadata
+        )
+    assert status_code(missing.value).name == "NOT_FOUND"

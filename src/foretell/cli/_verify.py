@@ -56,6 +56,8 @@ class Verdict:
     forecasts_checked: int | None
     problem: str = ""
     head_hash: str = ""
+    # Entries whose contents the caller may not read: chained, not recomputed.
+    withheld: int = 0
 
 
 def _listed(record: pb.ForecastRecord) -> dict[str, Any]:
@@ -101,6 +103,10 @@ def _check_entries(
             raise _Mismatch(f"entry {expected} is missing: the chain jumps to {entry.sequence}")
         if entry.prev_hash != previous:
             raise _Mismatch(f"{where}: its previous hash is not entry {expected - 1}'s hash")
+        if entry.withheld:
+            previous = entry.entry_hash
+            hashes[entry.sequence] = entry.entry_hash
+            continue
         if not entry.payload:
             raise _Mismatch(f"{where}: its run no longer exists (deleted)")
         payload = entry.payload.encode()
@@ -197,7 +203,10 @@ def check_ledger(
     except _Mismatch as problem:
         return Verdict(False, len(ledger.entries), len(ledger.checkpoints), checked, str(problem))
     head = ledger.entries[-1].entry_hash.hex() if ledger.entries else ""
-    return Verdict(True, len(ledger.entries), len(ledger.checkpoints), checked, "", head)
+    withheld = sum(entry.withheld for entry in ledger.entries)
+    return Verdict(
+        True, len(ledger.entries), len(ledger.checkpoints), checked, "", head, withheld
+    )
 
 
 def canonical_key_id(public_key: bytes) -> str:
@@ -300,6 +309,11 @@ def verify(model: str, url: str, as_json: bool) -> None:
             f"OK: {model}: {verdict.entries} entries, head {verdict.head_hash[:16] or '-'}, "
             f"{verdict.checkpoints} signed checkpoints, {cross}"
         )
+        if verdict.withheld:
+            click.echo(
+                f"{verdict.withheld} entries' contents withheld (not subscribed): their "
+                "hashes chain and are signed, their forecasts were not recomputed"
+            )
     else:
         click.echo(f"MISMATCH: {model}: {verdict.problem}")
     if not verdict.ok:

@@ -4,6 +4,7 @@ the first page) its checkpoints, their keys and any live run missing from the ch
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from sqlalchemy import text
 
@@ -25,6 +26,9 @@ _KEYS = text("""
 SELECT key_id, public_key FROM ledger_keys WHERE key_id IN
   (SELECT DISTINCT key_id FROM ledger_checkpoints WHERE model_id = :model_id) ORDER BY key_id
 """)
+_RECENT = text("""
+SELECT id FROM runs WHERE id = ANY(:ids) AND created_at >= :recorded_before
+""")
 _UNLEDGERED = text("""
 SELECT r.id FROM runs r LEFT JOIN ledger_entries e ON e.run_id = r.id
 WHERE r.model_id = :model_id AND r.kind = 'live' AND e.run_id IS NULL ORDER BY r.as_of, r.id
@@ -32,18 +36,32 @@ WHERE r.model_id = :model_id AND r.kind = 'live' AND e.run_id IS NULL ORDER BY r
 
 
 async def ledger_page(
-    db: Database, model_id: uuid.UUID, name: str, limit: int, after: int
+    db: Database,
+    model_id: uuid.UUID,
+    name: str,
+    limit: int,
+    after: int,
+    recorded_before: datetime | None = None,
 ) -> pb.GetLedgerResponse:
+    """`recorded_before`: the caller may read only forecasts recorded before then (the delayed
+    sample); later runs' payloads are withheld. None: every payload."""
     params = {"model_id": model_id, "after": after, "limit": limit + 1}
     async with db.read.connect() as conn, conn.begin():
         # One snapshot: the entries and the rows their payloads are rebuilt from agree.
         await conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         rows = (await conn.execute(_ENTRIES, params)).all()
         head = await conn.scalar(_HEAD, params)
-        built = await chain.payloads(conn, [r[1] for r in rows[:limit]])
+        run_ids = [r[1] for r in rows[:limit]]
+        built = await chain.payloads(conn, run_ids)
+        withheld: set[uuid.UUID] = set()
+        if recorded_before is not None:
+            # The run's recording time is its forecasts' (one transaction, one clock reading),
+            # so this cut agrees with the one ListForecasts applies to the same caller.
+            cut = {"ids": run_ids, "recorded_before": recorded_before}
+            withheld = {r[0] for r in await conn.execute(_RECENT, cut)}
         response = pb.GetLedgerResponse(model=name, head_sequence=head or 0)
         for sequence, run_id, prev_hash, entry_hash in rows[:limit]:
-            payload = built.get(run_id)
+            payload = None if run_id in withheld else built.get(run_id)
             response.entries.append(
                 pb.LedgerEntry(
                     sequence=sequence,
@@ -51,6 +69,7 @@ async def ledger_page(
                     prev_hash=prev_hash,
                     entry_hash=entry_hash,
                     payload=payload.decode() if payload is not None else "",
+                    withheld=run_id in withheld,
                 )
             )
         if len(rows) > limit:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -222,8 +223,19 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         self, request: pb.GetLedgerRequest, context: Context
     ) -> pb.GetLedgerResponse:
         name, limit, after = _validate.get_ledger(request)
-        view = await _store.readable_model(self._res.db, current_principal(), name)
-        return await ledger_page(self._res.db, view.model.id, view.model.name, limit, after)
+        principal = current_principal()
+        view = await _store.readable_model(self._res.db, principal, name)
+        # The payloads hold the forecasts: served as far as ListForecasts would serve them.
+        try:
+            access = await forecast_access(
+                self._res.db, principal, view.model, self._res.clock(), self._res.settings
+            )
+            recorded_before = access.recorded_before
+        except PermissionDenied:
+            recorded_before = datetime.min.replace(tzinfo=UTC)
+        return await ledger_page(
+            self._res.db, view.model.id, view.model.name, limit, after, recorded_before
+        )
 
 
 def add_to_server(server: aio.Server, resources: Resources) -> None:

@@ -1158,6 +1158,7 @@ class LedgerEntry(_message.Message):
     PREV_HASH_FIELD_NUMBER: _builtins.int
     ENTRY_HASH_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    WITHHELD_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in the chain, from 1."""
     run_id: _builtins.str
@@ -1168,7 +1169,11 @@ class LedgerEntry(_message.Message):
     """sha256(prev_hash || payload), as stored when the run was recorded."""
     payload: _builtins.str
     """The canonical payload rebuilt from the run and forecast rows as they are
-    now (UTF-8 JSON); empty when the run no longer exists.
+    now (UTF-8 JSON); empty when the run no longer exists, or is withheld.
+    """
+    withheld: _builtins.bool
+    """The caller may not read this run's forecasts (no entitlement, and newer
+    than the delayed sample): the payload is not served.
     """
     def __init__(
         self,
@@ -1178,10 +1183,11 @@ class LedgerEntry(_message.Message):
         prev_hash: _builtins.bytes = ...,
         entry_hash: _builtins.bytes = ...,
         payload: _builtins.str = ...,
+        withheld: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_hash", b"entry_hash", "payload", b"payload", "prev_hash", b"prev_hash", "run_id", b"run_id", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_hash", b"entry_hash", "payload", b"payload", "prev_hash", b"prev_hash", "run_id", b"run_id", "sequence", b"sequence", "withheld", b"withheld"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -194,7 +194,10 @@ class ForecastServiceServicer:
         rebuilt from the current rows, so that anyone can recompute the chain
         (`foretell verify`). Also the signed checkpoints of the chain head, the
         public keys that signed them, and any live run that has no entry. See the
-        README for the canonical encoding.
+        README for the canonical encoding. The payloads hold the forecasts, so a
+        caller gets them only where ListForecasts would show them (an entitlement,
+        or the delayed sample); elsewhere the entry is `withheld`: its hashes
+        still chain, its contents are not shown.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

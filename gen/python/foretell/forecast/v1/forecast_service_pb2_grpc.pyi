@@ -107,7 +107,10 @@ class ForecastServiceStub:
     rebuilt from the current rows, so that anyone can recompute the chain
     (`foretell verify`). Also the signed checkpoints of the chain head, the
     public keys that signed them, and any live run that has no entry. See the
-    README for the canonical encoding.
+    README for the canonical encoding. The payloads hold the forecasts, so a
+    caller gets them only where ListForecasts would show them (an entitlement,
+    or the delayed sample); elsewhere the entry is `withheld`: its hashes
+    still chain, its contents are not shown.
     """
 
 @_typing.type_check_only
@@ -189,7 +192,10 @@ class ForecastServiceAsyncStub(ForecastServiceStub):
     rebuilt from the current rows, so that anyone can recompute the chain
     (`foretell verify`). Also the signed checkpoints of the chain head, the
     public keys that signed them, and any live run that has no entry. See the
-    README for the canonical encoding.
+    README for the canonical encoding. The payloads hold the forecasts, so a
+    caller gets them only where ListForecasts would show them (an entitlement,
+    or the delayed sample); elsewhere the entry is `withheld`: its hashes
+    still chain, its contents are not shown.
     """
 
 class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -316,7 +322,10 @@ class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
         rebuilt from the current rows, so that anyone can recompute the chain
         (`foretell verify`). Also the signed checkpoints of the chain head, the
         public keys that signed them, and any live run that has no entry. See the
-        README for the canonical encoding.
+        README for the canonical encoding. The payloads hold the forecasts, so a
+        caller gets them only where ListForecasts would show them (an entitlement,
+        or the delayed sample); elsewhere the entry is `withheld`: its hashes
+        still chain, its contents are not shown.
         """
 
 def add_ForecastServiceServicer_to_server(servicer: ForecastServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
