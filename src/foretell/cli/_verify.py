@@ -204,9 +204,7 @@ def check_ledger(
         return Verdict(False, len(ledger.entries), len(ledger.checkpoints), checked, str(problem))
     head = ledger.entries[-1].entry_hash.hex() if ledger.entries else ""
     withheld = sum(entry.withheld for entry in ledger.entries)
-    return Verdict(
-        True, len(ledger.entries), len(ledger.checkpoints), checked, "", head, withheld
-    )
+    return Verdict(True, len(ledger.entries), len(ledger.checkpoints), checked, "", head, withheld)
 
 
 def canonical_key_id(public_key: bytes) -> str:
