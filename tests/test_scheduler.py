@@ -14,6 +14,8 @@ from sqlalchemy import select
 
 from foretell.common.v1 import common_pb2
 from foretell.db.models import Forecast, Model, Run, Version
+from foretell.forecast.v1 import forecast_service_pb2 as fc_pb
+from foretell.forecast.v1 import forecast_service_pb2_grpc as fc_grpc
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from foretell.runs import MAX_MISSED, due_slots, latest_closed_boundary, missed_total
@@ -201,6 +203,11 @@ def registry(channel: aio.Channel) -> pb_grpc.RegistryServiceAsyncStub:
     return pb_grpc.RegistryServiceStub(channel)
 
 
+@pytest.fixture(scope="module")
+def forecasts_api(channel: aio.Channel) -> fc_grpc.ForecastServiceAsyncStub:
+    return fc_grpc.ForecastServiceStub(channel)
+
+
 def set_time(clock: MovableClock, when: datetime) -> None:
     clock.offset = when - datetime.now(UTC)
 
@@ -287,6 +294,7 @@ async def take_offline(
 
 async def test_a_due_slot_runs_once_and_missed_slots_are_recorded_missed(
     registry: pb_grpc.RegistryServiceAsyncStub,
+    forecasts_api: fc_grpc.ForecastServiceAsyncStub,
     sign_up: SignUp,
     settings: Settings,
     resources: Resources,
@@ -326,6 +334,21 @@ async def test_a_due_slot_runs_once_and_missed_slots_are_recorded_missed(
         (due, due + timedelta(hours=1), "up")
     ]
     assert forecasts[0].run_id == runs[2].id
+
+    # The owner reads the missed slots over gRPC like any other run.
+    listed = await forecasts_api.ListRuns(
+        fc_pb.ListRunsRequest(model=model.name), metadata=me.metadata
+    )
+    assert [(r.as_of.ToDatetime(tzinfo=UTC), r.outcome) for r in listed.runs] == [
+        (due, fc_pb.RUN_OUTCOME_OK),
+        (BASE + timedelta(hours=29), fc_pb.RUN_OUTCOME_MISSED),
+        (BASE + timedelta(hours=28), fc_pb.RUN_OUTCOME_MISSED),
+    ]
+    assert listed.runs[1].detail == MISSED_DETAIL and listed.runs[1].forecast_count == 0
+    got = await forecasts_api.GetRun(
+        fc_pb.GetRunRequest(model=model.name, run_id=listed.runs[2].id), metadata=me.metadata
+    )
+    assert got.run.outcome == fc_pb.RUN_OUTCOME_MISSED
 
     # Delivered again (at-least-once): nothing new is recorded.
     assert await run_version(ctx, str(version.id), due.isoformat()) == "ok"
