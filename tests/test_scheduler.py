@@ -3,11 +3,15 @@ cycle and the run job end to end (real PostgreSQL, Redis, sandbox and burst work
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
+import time
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 from sqlalchemy import select
@@ -22,13 +26,15 @@ from foretell.runs import MAX_MISSED, due_slots, latest_closed_boundary, missed_
 from foretell.runtime import Resources
 from foretell.scheduler import MISSED_DETAIL, run_job_id, run_version, schedule_runs
 from foretell.services.datafeed import BarColumns, ingest_bars
-from foretell.settings import Settings, load_settings
+from foretell.settings import Settings, SettingsError, load_settings
 from foretell.worker import create_worker
 from tests._registry import model_name, push, run_builds, write_model
-from tests.conftest import MovableClock, SignedIn, SignUp
+from tests.conftest import FORETELL, MovableClock, SignedIn, SignUp, foretell_env
 
 if TYPE_CHECKING:
     from grpc import aio
+
+T = TypeVar("T")
 
 
 def t(text: str) -> datetime:
@@ -180,6 +186,10 @@ def test_scheduler_settings() -> None:
     assert load_settings({}).scheduler == "on"
     off = load_settings({"FORETELL_SCHEDULER": "off", "FORETELL_RUN_WALL_S": "5"})
     assert off.scheduler == "off" and off.run_wall_s == 5
+    assert load_settings({}).job_grace_s == 60
+    assert load_settings({"FORETELL_JOB_GRACE_S": "3"}).job_grace_s == 3
+    with pytest.raises(SettingsError, match="FORETELL_JOB_GRACE_S"):
+        load_settings({"FORETELL_JOB_GRACE_S": "0"})
 
 
 # --- the cron cycle and the run job, end to end ---------------------------------------------
@@ -234,9 +244,10 @@ async def published_model(
     clock: MovableClock,
     tmp_path: Path,
     published_at: datetime,
+    source: str = MOMENTUM,
 ) -> tuple[SignedIn, Model, Version]:
-    """A built model with its own symbol and 48 hourly bars from BASE, published (live) at
-    `published_at` on the movable clock."""
+    """A built model (`source`, its model.py) with its own symbol and 48 hourly bars from BASE,
+    published (live) at `published_at` on the movable clock."""
     symbol = f"S{uuid.uuid4().hex[:8].upper()}"
     await add_bars(resources, symbol)
     me = await sign_up()
@@ -252,7 +263,7 @@ async def published_model(
         ),
         metadata=me.metadata,
     )
-    folder = write_model(tmp_path / "m", source=textwrap.dedent(MOMENTUM), symbols=(symbol,))
+    folder = write_model(tmp_path / "m", source=textwrap.dedent(source), symbols=(symbol,))
     await push(registry, me.metadata, created.model.name, folder)
     await run_builds(settings)
     set_time(clock, published_at)
@@ -400,6 +411,138 @@ async def test_a_model_taken_offline_after_enqueue_records_nothing(
     assert await recorded(resources, model) == ([], [])
 
 
+# --- a worker killed mid-run ----------------------------------------------------------------
+
+SLOW = MOMENTUM.replace(
+    "def predict(ctx):\n", "def predict(ctx):\n    import time\n    time.sleep(4)\n"
+)
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A process by pid and start time (a pid alone may be reused)."""
+
+    pid: int
+    started: str
+
+    def alive(self) -> bool:
+        stat = _stat(self.pid)
+        return stat is not None and stat[19] == self.started and stat[0] != "Z"
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name: [0] state, [1] ppid, [19] start time."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rpartition(")")[2].split()
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def descendants(root: int) -> list[Proc]:
+    by_parent: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            by_parent.setdefault(int(stat[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in by_parent.get(todo.pop(), []):
+            if (stat := _stat(child)) is not None:
+                found.append(Proc(child, stat[19]))
+                todo.append(child)
+    return found
+
+
+async def poll(what: str, check: Callable[[], Awaitable[T | None]], timeout_s: float) -> T:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (value := await check()) is not None:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"gave up waiting: {what}")
+
+
+async def start_worker(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            FORETELL, "worker", env=env, stdout=out, stderr=out
+        )
+
+
+@pytest.mark.timeout(150)
+async def test_a_worker_killed_mid_run_takes_its_jail_along_and_the_run_is_recorded_once(
+    registry: pb_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    settings: Settings,
+    resources: Resources,
+    clock: MovableClock,
+    tmp_path: Path,
+) -> None:
+    me, model, version = await published_model(
+        registry, sign_up, settings, resources, clock, tmp_path, BASE + timedelta(hours=27.5), SLOW
+    )
+    slot = BASE + timedelta(hours=30)
+    # A queue of its own, and short limits: arq delivers a job whose worker died again once
+    # the longest job timeout (here the run's: 8 s wall clock + 1 s grace) plus 10 s is over.
+    queue = f"{settings.queue_name}:kill"
+    env = foretell_env(
+        settings,
+        FORETELL_QUEUE_NAME=queue,
+        FORETELL_SCHEDULER="off",
+        FORETELL_RUN_WALL_S="8",
+        FORETELL_JOB_GRACE_S="1",
+        FORETELL_BUILD_TIMEOUT_S="1",
+    )
+    job = await resources.redis.enqueue_job(
+        "run_version", str(version.id), slot.isoformat(),
+        _job_id=run_job_id(version.id, slot), _queue_name=queue,
+    )  # fmt: skip
+    assert job is not None
+    log = tmp_path / "worker.log"
+    worker = await start_worker(env, log)
+    try:
+
+        async def jail_running() -> list[Proc] | None:
+            tree = descendants(worker.pid)
+            # nsjail and, under it, the jail's Python: the model is running.
+            return tree if any(_comm(p.pid) == "nsjail" for p in tree) and len(tree) > 1 else None
+
+        jail = await poll("the run's jail to start", jail_running, 30)
+        worker.kill()
+        await worker.wait()
+
+        async def jail_gone() -> bool | None:
+            return True if not any(p.alive() for p in jail) else None
+
+        await poll("the jail to die with its worker", jail_gone, 2)
+        assert await recorded(resources, model) == ([], [])
+
+        worker = await start_worker(env, log)
+
+        async def run_recorded() -> list[Run] | None:
+            runs, _ = await recorded(resources, model)
+            return runs or None
+
+        await poll("the run to be delivered again and recorded", run_recorded, 60)
+        worker.terminate()
+        assert await asyncio.wait_for(worker.wait(), 30) == 0
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+    runs, forecasts = await recorded(resources, model)
+    assert [(r.as_of, r.outcome) for r in runs] == [(slot, "ok")], log.read_text()
+    assert [(f.as_of, f.symbol) for f in forecasts] == [(slot, model.symbols[0])]
+    await take_offline(registry, me, model)
+
+
 def test_the_worker_runs_the_scheduler_unless_burst_or_off(settings: Settings) -> None:
     import dataclasses
 
@@ -412,4 +555,6 @@ def test_the_worker_runs_the_scheduler_unless_burst_or_off(settings: Settings) -
     assert cron_names(s=dataclasses.replace(settings, scheduler="off")) == []
     worker = create_worker(settings)
     run_job = worker.functions["run_version"]
-    assert run_job.timeout_s is not None and run_job.timeout_s > settings.run_wall_s
+    assert run_job.timeout_s == settings.run_wall_s + settings.job_grace_s
+    short = create_worker(dataclasses.replace(settings, run_wall_s=5, job_grace_s=2))
+    assert short.functions["run_version"].timeout_s == 7

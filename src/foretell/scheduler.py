@@ -46,8 +46,9 @@ def _last_key(version_id: uuid.UUID) -> str:
 
 
 def run_job_timeout_s(settings: Settings) -> int:
-    """Longer than the sandbox's own wall clock, so the jail's limit always fires first."""
-    return settings.run_wall_s + 60
+    """Longer than the sandbox's own wall clock, so the jail's limit fires first and the run is
+    recorded as a timeout; past it, arq cancels the job, and cancelling kills the jail."""
+    return settings.run_wall_s + settings.job_grace_s
 
 
 async def schedule_runs(ctx: dict[str, Any]) -> dict[str, int]:
