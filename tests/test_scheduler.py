@@ -411,6 +411,68 @@ async def test_a_model_taken_offline_after_enqueue_records_nothing(
     assert await recorded(resources, model) == ([], [])
 
 
+async def test_a_republished_model_is_not_charged_with_missed_slots_for_its_time_offline(
+    registry: pb_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    settings: Settings,
+    resources: Resources,
+    clock: MovableClock,
+    tmp_path: Path,
+) -> None:
+    me, model, _version = await published_model(
+        registry, sign_up, settings, resources, clock, tmp_path, BASE + timedelta(hours=20.5)
+    )
+    ctx: dict[str, Any] = {"resources": resources}
+    hour = timedelta(hours=1)
+
+    async def cycle(at: datetime) -> dict[str, int]:
+        set_time(clock, at)
+        counts = await schedule_runs(ctx)
+        await run_worker(settings, clock)
+        return counts
+
+    async def publish(at: datetime) -> None:
+        set_time(clock, at)
+        await registry.PublishVersion(
+            pb.PublishVersionRequest(model=model.name, number=1), metadata=me.metadata
+        )
+
+    async def live_since() -> datetime | None:
+        """To the second: the movable clock runs on from where it was set."""
+        async with resources.db.session() as session:
+            since = await session.scalar(select(Model.live_since).where(Model.id == model.id))
+        return None if since is None else since.replace(microsecond=0)
+
+    assert await live_since() == BASE + timedelta(hours=20.5)
+    assert await cycle(BASE + 21 * hour + timedelta(minutes=5)) == {"enqueued": 1, "missed": 0}
+    # Offline from 21:30: the scheduler runs nothing and records nothing for it.
+    set_time(clock, BASE + 21.5 * hour)
+    await take_offline(registry, me, model)
+    assert await live_since() is None
+    for at in (BASE + 22 * hour, BASE + 24 * hour + timedelta(minutes=5)):
+        assert await cycle(at) == {"enqueued": 0, "missed": 0}
+    # Back at 25:20: the slots from 22:00 to 25:00 were offline, not missed; 26:00 runs.
+    await publish(BASE + 25 * hour + timedelta(minutes=20))
+    assert await live_since() == BASE + 25 * hour + timedelta(minutes=20)
+    assert await cycle(BASE + 25 * hour + timedelta(minutes=30)) == {"enqueued": 0, "missed": 0}
+    assert await cycle(BASE + 26 * hour + timedelta(minutes=5)) == {"enqueued": 1, "missed": 0}
+    # Publishing the live version again changes nothing: a platform outage while live (27:00)
+    # is still a missed slot.
+    await publish(BASE + 26 * hour + timedelta(minutes=30))
+    assert await live_since() == BASE + 25 * hour + timedelta(minutes=20)
+    assert await cycle(BASE + 28 * hour + timedelta(minutes=10)) == {"enqueued": 1, "missed": 1}
+
+    runs, forecasts = await recorded(resources, model)
+    assert [(r.as_of - BASE, r.outcome) for r in runs] == [
+        (21 * hour, "ok"),
+        (26 * hour, "ok"),
+        (27 * hour, "missed"),
+        (28 * hour, "ok"),
+    ], [r.log for r in runs]
+    assert len(forecasts) == 3
+    await take_offline(registry, me, model)
+
+
 # --- a worker killed mid-run ----------------------------------------------------------------
 
 SLOW = MOMENTUM.replace(
