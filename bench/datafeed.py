@@ -7,8 +7,9 @@ The one-bar-per-message baseline is a bench-local gRPC method (`/bench.PagedBars
 generic handler sending `GetBarsResponse` pages of a size the client asks for in metadata) on a
 second Unix socket in the run's socket directory, which the sandbox hands to the jail like the
 run's own. The jailed client collects its pages exactly as the SDK does (lists extended from the
-repeated fields, then `numpy.array`). Page sizes other than 1 show what a larger GetBars page
-would give; the server's own page is `PAGE_BARS`. All times are measured inside the jail.
+repeated fields, then `numpy.array`). Page sizes other than 1 show what larger pages of the
+repeated fields give; the SDK asks for `packed` pages of `PACKED_PAGE_BARS` bars. All times are
+measured inside the jail.
 
     .venv/bin/python bench/datafeed.py [--bars 2000000] [--baseline-bars 100000] [--repeat 3]
 
@@ -40,7 +41,7 @@ from grpc import aio
 from foretell.datafeed.v1 import datafeed_service_pb2 as feed_pb
 from foretell.runs import MemoryBars, RunScope, RunServer, sdk_dir
 from foretell.sandbox import Outcome, SandboxLimits, prepare_run_dir, run_in_sandbox
-from foretell.services.datafeed._servicer import PAGE_BARS, bars_pb
+from foretell.services.datafeed._servicer import PACKED_PAGE_BARS, bars_pb
 from foretell.services.datafeed._store import BarColumns
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,7 +210,8 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         sdk = _rate(args.bars, out["sdk"])
         print(
-            f"(a) SDK ctx.bars, RunServer ({PAGE_BARS:,} bars/message)  {args.bars:>9,} bars"
+            f"(a) SDK ctx.bars, RunServer ({PACKED_PAGE_BARS:,} packed bars/message)"
+            f"  {args.bars:>9,} bars"
             f"  {sdk[0]:>12,.0f} bars/s best  {sdk[1]:>12,.0f} median"
         )
         for page, n, collect in _paged_plan(args):

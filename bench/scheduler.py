@@ -186,6 +186,7 @@ async def add_models(res: Resources, count: int) -> list[tuple[Model, Version]]:
         await session.flush()
         for model in models:
             model.live_version = 1
+            model.live_since = PUBLISHED
     return list(zip(models, versions, strict=True))
 
 

@@ -12,10 +12,11 @@ import math
 import subprocess
 import sys
 import uuid
+from array import array
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import httpx
@@ -184,6 +185,53 @@ async def test_ingested_bars_are_listed_and_streamed_back_in_packed_batches(
     assert [len(r.bars.open_times_unix) for r in responses] == [1000, 1000, 500]
     assert [r.last for r in responses] == [False, False, True]
     assert joined(responses) == bars
+
+
+def unpacked(responses: Sequence[pb.GetBarsResponse]) -> pb.Bars:
+    """The packed pages of a GetBars stream, decoded and joined (little-endian 8-byte values)."""
+    whole = pb.Bars()
+    for response in responses:
+        assert not response.HasField("bars")
+        p = response.packed_bars
+        whole.open_times_unix.extend(array_of("q", p.open_times_unix))
+        for name in ("opens", "highs", "lows", "closes", "volumes"):
+            getattr(whole, name).extend(array_of("d", getattr(p, name)))
+    return whole
+
+
+def array_of(typecode: str, raw: bytes) -> array[Any]:
+    values = array(typecode, raw)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values
+
+
+async def test_packed_reads_carry_the_same_bars_as_raw_columns_in_larger_pages(
+    datafeed: Stub, admin: SignedIn
+) -> None:
+    symbol, bars = new_symbol(), hourly(12_500)
+    await ingest(
+        datafeed, admin.metadata, symbol, part(bars, 0, 10_000), part(bars, 10_000, 12_500)
+    )
+    packed = await get_bars(datafeed, admin.metadata, symbol=symbol, packed=True)
+    assert [(len(r.packed_bars.closes) // 8, r.last) for r in packed] == [
+        (10_000, False),
+        (2_500, True),
+    ]
+    assert unpacked(packed) == bars
+    latest = await get_bars(
+        datafeed, admin.metadata, symbol=symbol, packed=True, limit=3, latest=True
+    )
+    assert unpacked(latest) == part(bars, 12_497, 12_500)
+    # An empty range still ends with a `last` message, its columns empty.
+    empty = await get_bars(
+        datafeed,
+        admin.metadata,
+        symbol=symbol,
+        packed=True,
+        start_time=datetime(2040, 1, 1, tzinfo=UTC),
+    )
+    assert [(r.packed_bars.closes, r.last) for r in empty] == [(b"", True)]
 
 
 async def test_a_series_at_two_resolutions_is_listed_finest_first(

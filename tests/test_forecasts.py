@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import grpc
 import httpx
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.account.v1 import account_service_pb2_grpc as account_grpc
@@ -362,6 +363,31 @@ async def test_runs_for_the_owner_with_logs(
     got = await forecasts.GetRun(pb.GetRunRequest(model=m.name, run_id=str(ok)), metadata=md)
     assert got.run.log == "hello from the model\n"
     assert got.run.as_of.ToDatetime(tzinfo=UTC) == BASE
+
+
+async def test_every_outcome_the_schema_allows_is_readable(
+    forecasts: pb_grpc.ForecastServiceAsyncStub,
+    registry: reg_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    resources: Resources,
+) -> None:
+    """A run is readable whatever the database let it be recorded with: an outcome added to
+    the schema's CHECK constraint without a RunOutcome value would make ListRuns fail."""
+    async with resources.db.engine.connect() as conn:
+        check = await conn.scalar(
+            text(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+                " WHERE conname = 'runs_outcome_check'"
+            )
+        )
+    outcomes = re.findall(r"'([a-z_]+)'", str(check))
+    assert "missed" in outcomes and "ok" in outcomes
+    m = await make_model(registry, sign_up, resources, public=False)
+    for i, outcome in enumerate(outcomes):
+        await record(resources, m, BASE + i * HOUR, outcome=outcome)
+    runs = await forecasts.ListRuns(pb.ListRunsRequest(model=m.name), metadata=m.owner.metadata)
+    got = [pb.RunOutcome.Name(r.outcome) for r in reversed(runs.runs)]
+    assert got == [f"RUN_OUTCOME_{o.upper()}" for o in outcomes]
 
 
 async def test_bad_input_names_the_fields(

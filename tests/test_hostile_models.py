@@ -133,7 +133,7 @@ def predict(ctx):
     return []
 """,
         "ok",
-        ("env ['FORETELL_SOCKET', 'HOME', 'LANG', 'PYTHONDONTWRITEBYTECODE',",),
+        ("env ['FORETELL_SOCKET', 'GRPC_ENABLE_FORK_SUPPORT', 'HOME', 'LANG',",),
     ),
     Case(
         "write_outside_tmp",
@@ -189,13 +189,14 @@ def predict(ctx):
         print("fork ESCAPED", flush=True)
     except OSError as e:
         print("fork stopped after", children, err(e), flush=True)
+        raise
     return []
 """,
-        # The jail's pids limit fills up; gRPC's fork handlers (the runner's channel is open)
-        # then retry pthread_create forever, so the model never even sees EAGAIN: the wall
-        # clock ends the run.
-        "timeout",
-        ("pthread_create failed: Resource temporarily unavailable",),
+        # The jail's pids limit fills up and fork() fails with EAGAIN (gRPC's fork handlers are
+        # off in the jail, or they would retry thread creation until the wall clock): the
+        # uncaught error ends the run as the model's.
+        "model_error",
+        ("fork stopped after", "BlockingIOError: [Errno 11] Resource temporarily unavailable"),
     ),
     Case(
         "memory_bomb",
@@ -220,6 +221,28 @@ def predict(ctx):
         attempt("sh", 'subprocess.run(["/bin/sh", "-c", "echo hi"], check=True)'),
         "ok",
         ("sh blocked FileNotFoundError ENOENT",),
+    ),
+    Case(
+        "subprocess_python",
+        """
+CHILD = (
+    "import socket\\n"
+    "try:\\n"
+    "    socket.create_connection(('127.0.0.1', 5432), timeout=1)\\n"
+    "    print('child ESCAPED')\\n"
+    "except OSError as e:\\n"
+    "    print('child blocked', type(e).__name__)\\n"
+)
+
+def predict(ctx):
+    # The jail's own Python as a child: it runs, inside the same jail and under its rules.
+    done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
+                          timeout=10)
+    print(done.stdout.strip(), done.returncode, flush=True)
+    return []
+""",
+        "ok",
+        ("child blocked PermissionError 0",),
     ),
     Case(
         "ptrace",

@@ -454,6 +454,7 @@ async def test_the_environment_is_only_the_allow_list(image_dir: Path, run_dir: 
     assert result.outcome is Outcome.OK
     assert eval(result.stdout) == [  # noqa: S307 - our own repr of a list of pairs
         ("FORETELL_SOCKET", "/run/foretell/feed.sock"),
+        ("GRPC_ENABLE_FORK_SUPPORT", "0"),
         ("HOME", "/tmp"),  # noqa: S108 - the jail's own tmpfs
         ("LANG", "C.UTF-8"),
         ("PYTHONDONTWRITEBYTECODE", "1"),

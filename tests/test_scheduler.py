@@ -3,30 +3,38 @@ cycle and the run job end to end (real PostgreSQL, Redis, sandbox and burst work
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
+import time
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 from sqlalchemy import select
 
 from foretell.common.v1 import common_pb2
 from foretell.db.models import Forecast, Model, Run, Version
+from foretell.forecast.v1 import forecast_service_pb2 as fc_pb
+from foretell.forecast.v1 import forecast_service_pb2_grpc as fc_grpc
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from foretell.runs import MAX_MISSED, due_slots, latest_closed_boundary, missed_total
 from foretell.runtime import Resources
 from foretell.scheduler import MISSED_DETAIL, run_job_id, run_version, schedule_runs
 from foretell.services.datafeed import BarColumns, ingest_bars
-from foretell.settings import Settings, load_settings
+from foretell.settings import Settings, SettingsError, load_settings
 from foretell.worker import create_worker
 from tests._registry import model_name, push, run_builds, write_model
-from tests.conftest import MovableClock, SignedIn, SignUp
+from tests.conftest import FORETELL, MovableClock, SignedIn, SignUp, foretell_env
 
 if TYPE_CHECKING:
     from grpc import aio
+
+T = TypeVar("T")
 
 
 def t(text: str) -> datetime:
@@ -178,6 +186,10 @@ def test_scheduler_settings() -> None:
     assert load_settings({}).scheduler == "on"
     off = load_settings({"FORETELL_SCHEDULER": "off", "FORETELL_RUN_WALL_S": "5"})
     assert off.scheduler == "off" and off.run_wall_s == 5
+    assert load_settings({}).job_grace_s == 60
+    assert load_settings({"FORETELL_JOB_GRACE_S": "3"}).job_grace_s == 3
+    with pytest.raises(SettingsError, match="FORETELL_JOB_GRACE_S"):
+        load_settings({"FORETELL_JOB_GRACE_S": "0"})
 
 
 # --- the cron cycle and the run job, end to end ---------------------------------------------
@@ -199,6 +211,11 @@ def predict(ctx):
 @pytest.fixture(scope="module")
 def registry(channel: aio.Channel) -> pb_grpc.RegistryServiceAsyncStub:
     return pb_grpc.RegistryServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def forecasts_api(channel: aio.Channel) -> fc_grpc.ForecastServiceAsyncStub:
+    return fc_grpc.ForecastServiceStub(channel)
 
 
 def set_time(clock: MovableClock, when: datetime) -> None:
@@ -227,9 +244,10 @@ async def published_model(
     clock: MovableClock,
     tmp_path: Path,
     published_at: datetime,
+    source: str = MOMENTUM,
 ) -> tuple[SignedIn, Model, Version]:
-    """A built model with its own symbol and 48 hourly bars from BASE, published (live) at
-    `published_at` on the movable clock."""
+    """A built model (`source`, its model.py) with its own symbol and 48 hourly bars from BASE,
+    published (live) at `published_at` on the movable clock."""
     symbol = f"S{uuid.uuid4().hex[:8].upper()}"
     await add_bars(resources, symbol)
     me = await sign_up()
@@ -245,7 +263,7 @@ async def published_model(
         ),
         metadata=me.metadata,
     )
-    folder = write_model(tmp_path / "m", source=textwrap.dedent(MOMENTUM), symbols=(symbol,))
+    folder = write_model(tmp_path / "m", source=textwrap.dedent(source), symbols=(symbol,))
     await push(registry, me.metadata, created.model.name, folder)
     await run_builds(settings)
     set_time(clock, published_at)
@@ -287,6 +305,7 @@ async def take_offline(
 
 async def test_a_due_slot_runs_once_and_missed_slots_are_recorded_missed(
     registry: pb_grpc.RegistryServiceAsyncStub,
+    forecasts_api: fc_grpc.ForecastServiceAsyncStub,
     sign_up: SignUp,
     settings: Settings,
     resources: Resources,
@@ -326,6 +345,21 @@ async def test_a_due_slot_runs_once_and_missed_slots_are_recorded_missed(
         (due, due + timedelta(hours=1), "up")
     ]
     assert forecasts[0].run_id == runs[2].id
+
+    # The owner reads the missed slots over gRPC like any other run.
+    listed = await forecasts_api.ListRuns(
+        fc_pb.ListRunsRequest(model=model.name), metadata=me.metadata
+    )
+    assert [(r.as_of.ToDatetime(tzinfo=UTC), r.outcome) for r in listed.runs] == [
+        (due, fc_pb.RUN_OUTCOME_OK),
+        (BASE + timedelta(hours=29), fc_pb.RUN_OUTCOME_MISSED),
+        (BASE + timedelta(hours=28), fc_pb.RUN_OUTCOME_MISSED),
+    ]
+    assert listed.runs[1].detail == MISSED_DETAIL and listed.runs[1].forecast_count == 0
+    got = await forecasts_api.GetRun(
+        fc_pb.GetRunRequest(model=model.name, run_id=listed.runs[2].id), metadata=me.metadata
+    )
+    assert got.run.outcome == fc_pb.RUN_OUTCOME_MISSED
 
     # Delivered again (at-least-once): nothing new is recorded.
     assert await run_version(ctx, str(version.id), due.isoformat()) == "ok"
@@ -377,6 +411,200 @@ async def test_a_model_taken_offline_after_enqueue_records_nothing(
     assert await recorded(resources, model) == ([], [])
 
 
+async def test_a_republished_model_is_not_charged_with_missed_slots_for_its_time_offline(
+    registry: pb_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    settings: Settings,
+    resources: Resources,
+    clock: MovableClock,
+    tmp_path: Path,
+) -> None:
+    me, model, _version = await published_model(
+        registry, sign_up, settings, resources, clock, tmp_path, BASE + timedelta(hours=20.5)
+    )
+    ctx: dict[str, Any] = {"resources": resources}
+    hour = timedelta(hours=1)
+
+    async def cycle(at: datetime) -> dict[str, int]:
+        set_time(clock, at)
+        counts = await schedule_runs(ctx)
+        await run_worker(settings, clock)
+        return counts
+
+    async def publish(at: datetime) -> None:
+        set_time(clock, at)
+        await registry.PublishVersion(
+            pb.PublishVersionRequest(model=model.name, number=1), metadata=me.metadata
+        )
+
+    async def live_since() -> datetime | None:
+        """To the second: the movable clock runs on from where it was set."""
+        async with resources.db.session() as session:
+            since = await session.scalar(select(Model.live_since).where(Model.id == model.id))
+        return None if since is None else since.replace(microsecond=0)
+
+    assert await live_since() == BASE + timedelta(hours=20.5)
+    assert await cycle(BASE + 21 * hour + timedelta(minutes=5)) == {"enqueued": 1, "missed": 0}
+    # Offline from 21:30: the scheduler runs nothing and records nothing for it.
+    set_time(clock, BASE + 21.5 * hour)
+    await take_offline(registry, me, model)
+    assert await live_since() is None
+    for at in (BASE + 22 * hour, BASE + 24 * hour + timedelta(minutes=5)):
+        assert await cycle(at) == {"enqueued": 0, "missed": 0}
+    # Back at 25:20: the slots from 22:00 to 25:00 were offline, not missed; 26:00 runs.
+    await publish(BASE + 25 * hour + timedelta(minutes=20))
+    assert await live_since() == BASE + 25 * hour + timedelta(minutes=20)
+    assert await cycle(BASE + 25 * hour + timedelta(minutes=30)) == {"enqueued": 0, "missed": 0}
+    assert await cycle(BASE + 26 * hour + timedelta(minutes=5)) == {"enqueued": 1, "missed": 0}
+    # Publishing the live version again changes nothing: a platform outage while live (27:00)
+    # is still a missed slot.
+    await publish(BASE + 26 * hour + timedelta(minutes=30))
+    assert await live_since() == BASE + 25 * hour + timedelta(minutes=20)
+    assert await cycle(BASE + 28 * hour + timedelta(minutes=10)) == {"enqueued": 1, "missed": 1}
+
+    runs, forecasts = await recorded(resources, model)
+    assert [(r.as_of - BASE, r.outcome) for r in runs] == [
+        (21 * hour, "ok"),
+        (26 * hour, "ok"),
+        (27 * hour, "missed"),
+        (28 * hour, "ok"),
+    ], [r.log for r in runs]
+    assert len(forecasts) == 3
+    await take_offline(registry, me, model)
+
+
+# --- a worker killed mid-run ----------------------------------------------------------------
+
+SLOW = MOMENTUM.replace(
+    "def predict(ctx):\n", "def predict(ctx):\n    import time\n    time.sleep(4)\n"
+)
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A process by pid and start time (a pid alone may be reused)."""
+
+    pid: int
+    started: str
+
+    def alive(self) -> bool:
+        stat = _stat(self.pid)
+        return stat is not None and stat[19] == self.started and stat[0] != "Z"
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name: [0] state, [1] ppid, [19] start time."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rpartition(")")[2].split()
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def descendants(root: int) -> list[Proc]:
+    by_parent: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            by_parent.setdefault(int(stat[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in by_parent.get(todo.pop(), []):
+            if (stat := _stat(child)) is not None:
+                found.append(Proc(child, stat[19]))
+                todo.append(child)
+    return found
+
+
+async def poll(what: str, check: Callable[[], Awaitable[T | None]], timeout_s: float) -> T:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (value := await check()) is not None:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"gave up waiting: {what}")
+
+
+async def start_worker(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            FORETELL, "worker", env=env, stdout=out, stderr=out
+        )
+
+
+@pytest.mark.timeout(150)
+async def test_a_worker_killed_mid_run_takes_its_jail_along_and_the_run_is_recorded_once(
+    registry: pb_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    settings: Settings,
+    resources: Resources,
+    clock: MovableClock,
+    tmp_path: Path,
+) -> None:
+    me, model, version = await published_model(
+        registry, sign_up, settings, resources, clock, tmp_path, BASE + timedelta(hours=27.5), SLOW
+    )
+    slot = BASE + timedelta(hours=30)
+    # A queue of its own, and short limits: arq delivers a job whose worker died again once
+    # the longest job timeout (here the run's: 8 s wall clock + 1 s grace) plus 10 s is over.
+    queue = f"{settings.queue_name}:kill"
+    env = foretell_env(
+        settings,
+        FORETELL_QUEUE_NAME=queue,
+        FORETELL_SCHEDULER="off",
+        FORETELL_RUN_WALL_S="8",
+        FORETELL_JOB_GRACE_S="1",
+        FORETELL_BUILD_TIMEOUT_S="1",
+    )
+    job = await resources.redis.enqueue_job(
+        "run_version", str(version.id), slot.isoformat(),
+        _job_id=run_job_id(version.id, slot), _queue_name=queue,
+    )  # fmt: skip
+    assert job is not None
+    log = tmp_path / "worker.log"
+    worker = await start_worker(env, log)
+    try:
+
+        async def jail_running() -> list[Proc] | None:
+            tree = descendants(worker.pid)
+            # nsjail and, under it, the jail's Python: the model is running.
+            return tree if any(_comm(p.pid) == "nsjail" for p in tree) and len(tree) > 1 else None
+
+        jail = await poll("the run's jail to start", jail_running, 30)
+        worker.kill()
+        await worker.wait()
+
+        async def jail_gone() -> bool | None:
+            return True if not any(p.alive() for p in jail) else None
+
+        await poll("the jail to die with its worker", jail_gone, 2)
+        assert await recorded(resources, model) == ([], [])
+
+        worker = await start_worker(env, log)
+
+        async def run_recorded() -> list[Run] | None:
+            runs, _ = await recorded(resources, model)
+            return runs or None
+
+        await poll("the run to be delivered again and recorded", run_recorded, 60)
+        worker.terminate()
+        assert await asyncio.wait_for(worker.wait(), 30) == 0
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+    runs, forecasts = await recorded(resources, model)
+    assert [(r.as_of, r.outcome) for r in runs] == [(slot, "ok")], log.read_text()
+    assert [(f.as_of, f.symbol) for f in forecasts] == [(slot, model.symbols[0])]
+    await take_offline(registry, me, model)
+
+
 def test_the_worker_runs_the_scheduler_unless_burst_or_off(settings: Settings) -> None:
     import dataclasses
 
@@ -395,4 +623,6 @@ def test_the_worker_runs_the_scheduler_unless_burst_or_off(settings: Settings) -
     assert cron_names(s=off) == ["cron:bill_subscriptions", "cron:checkpoint_ledgers"]
     worker = create_worker(settings)
     run_job = worker.functions["run_version"]
-    assert run_job.timeout_s is not None and run_job.timeout_s > settings.run_wall_s
+    assert run_job.timeout_s == settings.run_wall_s + settings.job_grace_s
+    short = create_worker(dataclasses.replace(settings, run_wall_s=5, job_grace_s=2))
+    assert short.functions["run_version"].timeout_s == 7

@@ -1,9 +1,11 @@
 """The scheduler: an every-minute cron that runs each live version at its latest closed slot.
 
 `schedule_runs` finds, for each model's live version, the latest closed boundary of its
-resolution not yet run (see `foretell.runs.due_slots`), records the slots missed while the
-platform was down as runs with outcome 'missed' (kind 'live', so they can never be run late),
-and enqueues `run_version` with job id `run:{version}:{as_of}`: arq never queues it twice.
+resolution not yet run since the model went live (`models.live_since`, see
+`foretell.runs.due_slots`), records the slots missed while the platform was down as runs with
+outcome 'missed' (kind 'live', so they can never be run late), and enqueues `run_version` with
+job id `run:{version}:{as_of}`: arq never queues it twice. Time a model spent offline is
+neither run nor missed.
 `run_version` re-checks that the version is still live and the slot has come, then calls
 `execute_run`, which records the run and its forecasts exactly once whatever arq redelivers.
 """
@@ -48,8 +50,9 @@ def _last_key(version_id: uuid.UUID) -> str:
 
 
 def run_job_timeout_s(settings: Settings) -> int:
-    """Longer than the sandbox's own wall clock, so the jail's limit always fires first."""
-    return settings.run_wall_s + 60
+    """Longer than the sandbox's own wall clock, so the jail's limit fires first and the run is
+    recorded as a timeout; past it, arq cancels the job, and cancelling kills the jail."""
+    return settings.run_wall_s + settings.job_grace_s
 
 
 async def schedule_runs(ctx: dict[str, Any]) -> dict[str, int]:
@@ -63,7 +66,7 @@ async def schedule_runs(ctx: dict[str, Any]) -> dict[str, int]:
         .subquery()
     )
     query = (
-        select(Model.id, Model.resolution, Version.id, Version.published_at, last_run.c.last)
+        select(Model.id, Model.resolution, Version.id, Model.live_since, last_run.c.last)
         .join(Version, and_(Version.model_id == Model.id, Version.number == Model.live_version))
         .outerjoin(last_run, last_run.c.version_id == Version.id)
         .where(Model.live_version.is_not(None), Version.build_state == "ready")
@@ -74,20 +77,20 @@ async def schedule_runs(ctx: dict[str, Any]) -> dict[str, int]:
         return {"enqueued": 0, "missed": 0}
     queued = await res.redis.mget([_last_key(row[2]) for row in rows])
     enqueued = missed_count = 0
-    for (model_id, resolution, version_id, published_at, last_db), raw in zip(
+    for (model_id, resolution, version_id, live_since, last_db), raw in zip(
         rows, queued, strict=True
     ):
-        if published_at is None:
+        if live_since is None:
             continue
         last = last_db
         if raw is not None:
             last_queued = datetime.fromisoformat(raw.decode())
             last = last_queued if last is None else max(last, last_queued)
-        due, missed = due_slots(resolution, last, now, published_at)
+        due, missed = due_slots(resolution, last, now, live_since)
         if due is None:
             continue
         if missed:
-            total = missed_total(resolution, last, due, published_at)
+            total = missed_total(resolution, last, due, live_since)
             missed_count += await _record_missed(res, model_id, version_id, missed, total, now)
         job = await res.redis.enqueue_job(
             "run_version",

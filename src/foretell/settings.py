@@ -68,7 +68,7 @@ class Settings:
     queue_name: str = "foretell:queue"
     # The worker's every-minute cron that runs live versions at each closed slot.
     scheduler: Literal["on", "off"] = "on"
-    # Sandbox limits of a scheduled run; the arq job timeout is the wall clock plus a minute.
+    # Sandbox limits of a scheduled run.
     run_wall_s: int = 30
     run_cpu_s: int = 30
     run_memory_mib: int = 512
@@ -84,6 +84,10 @@ class Settings:
     # How often an open StreamForecasts re-checks its caller's entitlement even when nothing
     # happens (subscription changes wake it at once).
     entitlement_recheck_s: float = 60.0
+    # How long past its own limit (a build's timeout, a run's wall clock) a job may go before
+    # arq cancels it, which kills its jail. A worker that died mid-job has its job delivered
+    # again once the longest job timeout plus 10 s has passed (arq's in-progress key).
+    job_grace_s: int = 60
 
     @property
     def keys_dir(self) -> Path:
@@ -189,6 +193,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "delayed_sample": _choice("on", "off"),
     "sample_delay_days": _positive_int,
     "entitlement_recheck_s": _seconds,
+    "job_grace_s": _positive_int,
 }
 
 

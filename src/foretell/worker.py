@@ -18,7 +18,7 @@ from foretell.ledger import chain
 from foretell.logs import get_logger
 from foretell.runtime.resources import Clock, open_resources, utc_now
 from foretell.scheduler import run_job_timeout_s, run_version, schedule_runs
-from foretell.services.registry.build import build_version
+from foretell.services.registry.build import build_job_timeout_s, build_version
 from foretell.settings import Settings
 
 log = get_logger("foretell.worker")
@@ -81,7 +81,7 @@ def create_worker(
 
     return Worker(
         functions=[
-            func(build_version, timeout=settings.build_timeout_s + 60, max_tries=3),
+            func(build_version, timeout=build_job_timeout_s(settings), max_tries=3),
             func(run_version, timeout=run_job_timeout_s(settings), max_tries=3),
         ],
         cron_jobs=[*(cron_jobs if scheduler else []), billing, ledger_cron] if not burst else None,

@@ -84,7 +84,7 @@ def serve(service: str) -> None:
 
 @click.command()
 def worker() -> None:
-    """Run background jobs (version builds) until SIGTERM.
+    """Run background jobs (version builds, scheduled runs) until SIGTERM.
 
     Needs FORETELL_DATABASE_URL and FORETELL_REDIS_URL; `foretell up` starts one for you.
 

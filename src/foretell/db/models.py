@@ -100,6 +100,9 @@ class Model(Base):
     tags: Mapped[list[str]] = mapped_column(ARRAY(Text))
     visibility: Mapped[str] = mapped_column(String(8))
     live_version: Mapped[int | None]
+    # When the live version went live (its latest publication); None while offline. The
+    # scheduler counts slots from here: time offline is never a missed slot (migration 0008).
+    live_since: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

@@ -33,42 +33,43 @@ def latest_closed_boundary(resolution: str, now: datetime) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def _start(last_as_of: datetime | None, published_at: datetime) -> datetime:
-    _check_aware("published_at", published_at)
+def _start(last_as_of: datetime | None, live_since: datetime) -> datetime:
+    _check_aware("live_since", live_since)
     if last_as_of is None:
-        return published_at
+        return live_since
     _check_aware("last_as_of", last_as_of)
-    return max(last_as_of, published_at)
+    return max(last_as_of, live_since)
 
 
 def due_slots(
     resolution: str,
     last_as_of: datetime | None,
     now: datetime,
-    published_at: datetime,
+    live_since: datetime,
     *,
     cap: int = MAX_MISSED,
 ) -> tuple[datetime | None, list[datetime]]:
     """(due, missed) for one live version. `due` is the latest closed boundary if it is after
-    both the last recorded (or enqueued) slot and the publish time, else None. `missed` are the
+    both the last recorded (or enqueued) slot and the time the model went live (its latest
+    publication: time offline is never missed), else None. `missed` are the
     boundaries strictly between that start and `due`, oldest first: the platform was not
     running then, and they are recorded as missed, never run late. At most `cap` of them, the
     most recent (see `missed_total` for how many there were)."""
-    start = _start(last_as_of, published_at)
+    start = _start(last_as_of, live_since)
     latest = latest_closed_boundary(resolution, now)
     if latest <= start:
         return None, []
     step = timedelta(seconds=_step(resolution))
-    count = min(missed_total(resolution, last_as_of, latest, published_at), cap)
+    count = min(missed_total(resolution, last_as_of, latest, live_since), cap)
     return latest, [latest - step * i for i in range(count, 0, -1)]
 
 
 def missed_total(
-    resolution: str, last_as_of: datetime | None, due: datetime, published_at: datetime
+    resolution: str, last_as_of: datetime | None, due: datetime, live_since: datetime
 ) -> int:
-    """How many boundaries lie strictly between the start (last slot or publish time) and
+    """How many boundaries lie strictly between the start (last slot or going live) and
     `due`, before any cap."""
-    start = _start(last_as_of, published_at)
+    start = _start(last_as_of, live_since)
     step = _step(resolution)
     # The first boundary strictly after start.
     first = (int(start.timestamp() // step) + 1) * step

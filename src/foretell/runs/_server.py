@@ -36,7 +36,7 @@ from foretell.runtime._status import error_status
 from foretell.services._convert import timestamp as _ts
 from foretell.services.datafeed import _store
 from foretell.services.datafeed import _validate as feed_validate
-from foretell.services.datafeed._servicer import PAGE_BARS, bars_pb
+from foretell.services.datafeed._servicer import bars_response, page_size
 from foretell.services.datafeed._store import BarColumns, BarQuery, utc
 
 if TYPE_CHECKING:
@@ -199,8 +199,8 @@ class RunDataFeed(feed_grpc.DataFeedServiceServicer):
     ) -> AsyncIterator[feed_pb.GetBarsResponse]:
         try:
             query = self._query(request)
-            async for bars, last in self._bars.read(query, PAGE_BARS):
-                yield feed_pb.GetBarsResponse(bars=bars_pb(bars), last=last)
+            async for bars, last in self._bars.read(query, page_size(request)):
+                yield bars_response(request, bars, last)
         except ForetellError as error:
             await _abort(error, context)
 

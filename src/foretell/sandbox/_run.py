@@ -14,7 +14,13 @@ from pathlib import Path
 from foretell.sandbox._capture import CappedOutput
 from foretell.sandbox._cgroups import CgroupHost, create_run_cgroups, detect_cgroups
 from foretell.sandbox._errors import SandboxUnavailable
-from foretell.sandbox._host import PythonRuntime, check_reachable, nsjail_binary, system_python
+from foretell.sandbox._host import (
+    PythonRuntime,
+    check_reachable,
+    die_with_parent,
+    nsjail_binary,
+    system_python,
+)
 from foretell.sandbox._limits import DEFAULT_USER, JailUser, SandboxLimits
 from foretell.sandbox._outcome import SandboxResult, classify, read_ending
 from foretell.sandbox._policy import SOCKET_NAME, RunPaths, render_policy
@@ -101,7 +107,7 @@ async def run_in_sandbox(
 async def _supervise(run: RunPaths, argv: Sequence[str], limits: SandboxLimits) -> SandboxResult:
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
-        nsjail_binary(), "--config", str(run.config_file), "--",
+        *die_with_parent(), nsjail_binary(), "--config", str(run.config_file), "--",
         str(run.runtime.executable), *argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,

@@ -5,6 +5,7 @@ when the model's image installs them."""
 from __future__ import annotations
 
 import sys
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -107,55 +108,83 @@ class Context:
         """A line in the run's log (stderr, captured by the platform with a size cap)."""
         print(message, file=sys.stderr, flush=True)
 
-    def _columns(
-        self, symbol: str, lookback: int | None, end: datetime | None
-    ) -> tuple[list[int], list[Any]]:
+    def _pieces(self, symbol: str, lookback: int | None, end: datetime | None) -> _Pieces:
+        """Each column's raw little-endian pages, as the server sent them (`packed`)."""
         request = feed_pb.GetBarsRequest(
             symbol=symbol,
             resolution=RESOLUTIONS[self.resolution],
             limit=self.lookback if lookback is None else lookback,
             latest=True,
+            packed=True,
         )
         if end is not None:
             request.end_time.CopyFrom(_timestamp(end))
-        times: list[int] = []
-        columns: list[list[float]] = [[], [], [], [], []]
+        pieces: _Pieces = ([], [], [], [], [], [])
         try:
             for message in self._feed.GetBars(request, timeout=_CALL_TIMEOUT_S):
-                b = message.bars
-                times.extend(b.open_times_unix)
-                for column, values in zip(
-                    columns, (b.opens, b.highs, b.lows, b.closes, b.volumes), strict=True
+                p = message.packed_bars
+                for column, raw in zip(
+                    pieces,
+                    (p.open_times_unix, p.opens, p.highs, p.lows, p.closes, p.volumes),
+                    strict=True,
                 ):
-                    column.extend(values)
+                    column.append(raw)
         except grpc.RpcError as error:
             raise DataError(f"{error.code().name}: {error.details()}") from None
-        return times, list(columns)
+        return pieces
 
     def bars(
         self, symbol: str, lookback: int | None = None, *, end: datetime | None = None
     ) -> Bars:
         """The last `lookback` bars of `symbol` (default: the manifest's lookback) closed by
         as_of (or opening before `end`, which may not be after as_of)."""
-        times, (o, h, low, c, v) = self._columns(symbol, lookback, end)
+        pieces = self._pieces(symbol, lookback, end)
         np = _numpy()
         if np is None:
+            times, o, h, low, c, v = _python_columns(pieces)
             stamps = [datetime.fromtimestamp(t, UTC) for t in times]
             return Bars(stamps, o, h, low, c, v)
-        return Bars(
-            np.array(times, dtype="int64").astype("datetime64[s]"),
-            *(np.array(column, dtype="float64") for column in (o, h, low, c, v)),
-        )
+        times, o, h, low, c, v = _numpy_columns(np, pieces)
+        return Bars(times.view("datetime64[s]"), o, h, low, c, v)
 
     def frame(self, symbol: str, lookback: int | None = None) -> Any:
         """The bars as a pandas DataFrame indexed by open time (UTC); needs pandas."""
+        import numpy
         import pandas  # type: ignore[import-untyped,unused-ignore]
 
-        times, (o, h, low, c, v) = self._columns(symbol, lookback, None)
+        times, o, h, low, c, v = _numpy_columns(numpy, self._pieces(symbol, lookback, None))
         index = pandas.to_datetime(times, unit="s", utc=True).rename("time")
         return pandas.DataFrame(
             {"open": o, "high": h, "low": low, "close": c, "volume": v}, index=index
         )
+
+
+# Per column (open times, opens, highs, lows, closes, volumes), its pages of raw bytes.
+_Pieces = tuple[list[bytes], list[bytes], list[bytes], list[bytes], list[bytes], list[bytes]]
+_TYPECODES = ("q", "d", "d", "d", "d", "d")
+
+
+def _numpy_columns(np: Any, pieces: _Pieces) -> list[Any]:
+    """One native, writable numpy array per column: each page is viewed in place
+    (frombuffer) and copied once, into the concatenation."""
+    columns = []
+    for typecode, pages in zip(_TYPECODES, pieces, strict=True):
+        wire = np.dtype("<i8" if typecode == "q" else "<f8")
+        parts = [np.frombuffer(page, wire) for page in pages] or [np.empty(0, wire)]
+        columns.append(np.concatenate(parts).astype(wire.newbyteorder("="), copy=False))
+    return columns
+
+
+def _python_columns(pieces: _Pieces) -> list[list[Any]]:
+    """Without numpy: one list per column (the standard library's array decodes the bytes)."""
+    columns = []
+    for typecode, pages in zip(_TYPECODES, pieces, strict=True):
+        values = array(typecode)
+        values.frombytes(b"".join(pages))
+        if sys.byteorder == "big":
+            values.byteswap()
+        columns.append(values.tolist())
+    return columns
 
 
 def _field(item: object, name: str, default: object = None) -> Any:

@@ -36,6 +36,7 @@ _OUTCOMES = {
     "out_of_memory": pb.RUN_OUTCOME_OUT_OF_MEMORY,
     "killed_by_policy": pb.RUN_OUTCOME_KILLED_BY_POLICY,
     "invalid_output": pb.RUN_OUTCOME_INVALID_OUTPUT,
+    "missed": pb.RUN_OUTCOME_MISSED,
 }
 
 

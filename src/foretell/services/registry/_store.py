@@ -95,6 +95,7 @@ async def create_model(
         id=uuid.uuid4(),
         owner_id=principal.user_id,
         live_version=None,
+        live_since=None,
         created_at=now,
         updated_at=now,
         **fields,
@@ -266,8 +267,12 @@ async def publish(
             )
         if version.published_at is None:
             version.published_at = now
-        model.live_version = number
-        model.updated_at = now
+        if model.live_version != number:
+            # Going live (again, or as another version) starts the schedule afresh; publishing
+            # the live version again changes nothing, so a slot it missed stays missed.
+            model.live_version = number
+            model.live_since = now
+            model.updated_at = now
     return await get_view(db, name, principal), version
 
 
@@ -276,6 +281,7 @@ async def take_offline(db: Database, principal: Principal, name: str, now: datet
         model = await owned_model(session, name, principal, admin_ok=True)
         if model.live_version is not None:
             model.live_version = None
+            model.live_since = None
             model.updated_at = now
     return await get_view(db, name, principal)
 

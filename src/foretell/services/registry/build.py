@@ -13,6 +13,7 @@ from foretell.db import Version
 from foretell.logs import get_logger
 from foretell.runtime.resources import Resources
 from foretell.services.registry._store import manifest_from_json
+from foretell.settings import Settings
 from foretell.store import ArtifactCorrupt
 
 log = get_logger("foretell.build")
@@ -34,6 +35,11 @@ async def enqueue_build(res: Resources, version_id: uuid.UUID) -> None:
     )
 
 
+def build_job_timeout_s(settings: Settings) -> int:
+    """Longer than the build's own timeout, which fails the build with its reason first."""
+    return settings.build_timeout_s + settings.job_grace_s
+
+
 async def build_version(ctx: dict[str, Any], version_id: str) -> str:
     """Builds a queued version; returns its final state. Idempotent: a version that is
     already built, or not queued, is left alone."""
@@ -42,7 +48,7 @@ async def build_version(ctx: dict[str, Any], version_id: str) -> str:
     # One build per version at a time, whatever the queue delivers twice. The lock outlives a
     # crashed build only until the job timeout, after which arq's retry may take over.
     lock = f"foretell:build-lock:{version_id}"
-    if not await res.redis.set(lock, b"1", nx=True, ex=res.settings.build_timeout_s + 60):
+    if not await res.redis.set(lock, b"1", nx=True, ex=build_job_timeout_s(res.settings)):
         return "busy"
     try:
         return await _build(res, vid)

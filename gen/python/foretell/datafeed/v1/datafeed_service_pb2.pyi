@@ -102,6 +102,54 @@ class Bars(_message.Message):
 Global___Bars: _TypeAlias = Bars  # noqa: Y015
 
 @_typing.final
+class PackedBars(_message.Message):
+    """PackedBars holds the same columns as Bars, each as one byte string of 8-byte
+    little-endian values, bar i at bytes [8i, 8i+8): a reader turns a column into
+    an array with one copy (e.g. numpy.frombuffer(closes, "<f8")) instead of
+    decoding it value by value. Every column has the same length.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPEN_TIMES_UNIX_FIELD_NUMBER: _builtins.int
+    OPENS_FIELD_NUMBER: _builtins.int
+    HIGHS_FIELD_NUMBER: _builtins.int
+    LOWS_FIELD_NUMBER: _builtins.int
+    CLOSES_FIELD_NUMBER: _builtins.int
+    VOLUMES_FIELD_NUMBER: _builtins.int
+    open_times_unix: _builtins.bytes
+    """Open times as int64 seconds since the Unix epoch (UTC), strictly
+    increasing.
+    """
+    opens: _builtins.bytes
+    """Opening prices, float64."""
+    highs: _builtins.bytes
+    """Highest prices, float64."""
+    lows: _builtins.bytes
+    """Lowest prices, float64."""
+    closes: _builtins.bytes
+    """Closing prices, float64."""
+    volumes: _builtins.bytes
+    """Traded volumes, float64."""
+    def __init__(
+        self,
+        *,
+        open_times_unix: _builtins.bytes = ...,
+        opens: _builtins.bytes = ...,
+        highs: _builtins.bytes = ...,
+        lows: _builtins.bytes = ...,
+        closes: _builtins.bytes = ...,
+        volumes: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closes", b"closes", "highs", b"highs", "lows", b"lows", "open_times_unix", b"open_times_unix", "opens", b"opens", "volumes", b"volumes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PackedBars: _TypeAlias = PackedBars  # noqa: Y015
+
+@_typing.final
 class Series(_message.Message):
     """Series describes the bars of one symbol at one resolution."""
 
@@ -220,6 +268,7 @@ class GetBarsRequest(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     LATEST_FIELD_NUMBER: _builtins.int
+    PACKED_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     """The symbol, e.g. "EURUSD"."""
     resolution: _common_pb2.Resolution.ValueType
@@ -229,6 +278,11 @@ class GetBarsRequest(_message.Message):
     latest: _builtins.bool
     """With `limit`: keep the latest bars of the range instead of the earliest
     (the last N bars before `end_time`). Bars are sent oldest first either way.
+    """
+    packed: _builtins.bool
+    """Send each batch as `packed_bars` (raw little-endian columns, at most
+    10,000 bars a message) instead of `bars`: what a program reading into
+    arrays wants, such as a model's SDK. JSON clients leave it unset.
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -247,10 +301,11 @@ class GetBarsRequest(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         limit: _builtins.int = ...,
         latest: _builtins.bool = ...,
+        packed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "latest", b"latest", "limit", b"limit", "resolution", b"resolution", "start_time", b"start_time", "symbol", b"symbol"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "latest", b"latest", "limit", b"limit", "packed", b"packed", "resolution", b"resolution", "start_time", b"start_time", "symbol", b"symbol"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -264,21 +319,29 @@ class GetBarsResponse(_message.Message):
 
     BARS_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
+    PACKED_BARS_FIELD_NUMBER: _builtins.int
     last: _builtins.bool
     """Set on the final message of the stream only."""
     @_builtins.property
     def bars(self) -> Global___Bars:
-        """At most 1,000 bars, continuing the previous batch."""
+        """At most 1,000 bars, continuing the previous batch; unset when the request
+        asked for `packed`.
+        """
+
+    @_builtins.property
+    def packed_bars(self) -> Global___PackedBars:
+        """With `packed` in the request, the batch's bars instead of `bars`."""
 
     def __init__(
         self,
         *,
         bars: Global___Bars | None = ...,
         last: _builtins.bool = ...,
+        packed_bars: Global___PackedBars | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bars", b"bars"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bars", b"bars", "packed_bars", b"packed_bars"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bars", b"bars", "last", b"last"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bars", b"bars", "last", b"last", "packed_bars", b"packed_bars"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -78,7 +78,8 @@ class DataFeedServiceServicer:
 
     def GetBars(self, request, context):
         """Streams the bars of one symbol and resolution whose open time is in
-        [start_time, end_time), oldest first, in batches of at most 1,000 bars.
+        [start_time, end_time), oldest first, in batches of at most 1,000 bars
+        (10,000 when `packed`).
         The last message of every stream has `last` set (with the final bars, or
         none when the range is empty), so a reader can tell a complete answer from
         a cut one. A symbol with no bars at that resolution is NOT_FOUND.

@@ -46,7 +46,8 @@ class DataFeedServiceStub:
     """
     GetBars: _grpc.UnaryStreamMultiCallable[_datafeed_service_pb2.GetBarsRequest, _datafeed_service_pb2.GetBarsResponse]
     """Streams the bars of one symbol and resolution whose open time is in
-    [start_time, end_time), oldest first, in batches of at most 1,000 bars.
+    [start_time, end_time), oldest first, in batches of at most 1,000 bars
+    (10,000 when `packed`).
     The last message of every stream has `last` set (with the final bars, or
     none when the range is empty), so a reader can tell a complete answer from
     a cut one. A symbol with no bars at that resolution is NOT_FOUND.
@@ -89,7 +90,8 @@ class DataFeedServiceAsyncStub(DataFeedServiceStub):
     """
     GetBars: _aio.UnaryStreamMultiCallable[_datafeed_service_pb2.GetBarsRequest, _datafeed_service_pb2.GetBarsResponse]  # type: ignore[assignment]
     """Streams the bars of one symbol and resolution whose open time is in
-    [start_time, end_time), oldest first, in batches of at most 1,000 bars.
+    [start_time, end_time), oldest first, in batches of at most 1,000 bars
+    (10,000 when `packed`).
     The last message of every stream has `last` set (with the final bars, or
     none when the range is empty), so a reader can tell a complete answer from
     a cut one. A symbol with no bars at that resolution is NOT_FOUND.
@@ -141,7 +143,8 @@ class DataFeedServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_datafeed_service_pb2.GetBarsResponse], _abc.AsyncIterator[_datafeed_service_pb2.GetBarsResponse]]:
         """Streams the bars of one symbol and resolution whose open time is in
-        [start_time, end_time), oldest first, in batches of at most 1,000 bars.
+        [start_time, end_time), oldest first, in batches of at most 1,000 bars
+        (10,000 when `packed`).
         The last message of every stream has `last` set (with the final bars, or
         none when the range is empty), so a reader can tell a complete answer from
         a cut one. A symbol with no bars at that resolution is NOT_FOUND.

@@ -69,6 +69,10 @@ class _RunOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunOutcome
     """The sandbox stopped the model for doing something it may not."""
     RUN_OUTCOME_INVALID_OUTPUT: _RunOutcome.ValueType  # 6
     """The model submitted forecasts the platform refused; none were recorded."""
+    RUN_OUTCOME_MISSED: _RunOutcome.ValueType  # 7
+    """The slot came due while the platform was not running. The model was not
+    run, and never is late for it: a missed slot has no forecasts.
+    """
 
 class RunOutcome(_RunOutcome, metaclass=_RunOutcomeEnumTypeWrapper):
     """RunOutcome is how a run ended. Runs are recorded once they have ended."""
@@ -87,6 +91,10 @@ RUN_OUTCOME_KILLED_BY_POLICY: RunOutcome.ValueType  # 5
 """The sandbox stopped the model for doing something it may not."""
 RUN_OUTCOME_INVALID_OUTPUT: RunOutcome.ValueType  # 6
 """The model submitted forecasts the platform refused; none were recorded."""
+RUN_OUTCOME_MISSED: RunOutcome.ValueType  # 7
+"""The slot came due while the platform was not running. The model was not
+run, and never is late for it: a missed slot has no forecasts.
+"""
 Global___RunOutcome: _TypeAlias = RunOutcome  # noqa: Y015
 
 class _Direction:
