@@ -141,6 +141,9 @@ async def test_foretell_demo_replays_and_reports(resources: Resources, settings:
         or f"demo provider {DEMO_EMAIL} exists" in out
     ), out
     assert f"demo model {DEMO_MODEL} (public): " in out
+    assert f"  plan: 49.00 USD a month, 14-day trial (`foretell subscribe {DEMO_MODEL}`)" in out, (
+        out
+    )
     assert "replay: 2 slots, " in out and "labelled simulated" in out, out
 
     before = await _counts(resources)

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
 
 from foretell.auth.policy import Role
 from foretell.auth.principal import Principal
 from foretell.bundle import Manifest, pack_dir
+from foretell.currencies import format_minor
 from foretell.db import Database, Model, User, Version, connect
-from foretell.db.models import Bar
+from foretell.db.models import Bar, Plan
 from foretell.errors import AlreadyExists
 from foretell.runtime.resources import utc_now
 from foretell.services.datafeed import BarColumns, IngestResult, ingest_bars
@@ -127,6 +129,10 @@ _DEMO_FIELDS: dict[str, Any] = {
     "tags": ["demo"],
     "visibility": "public",
 }
+# The demo model's plan, so subscribing (and its trial) can be tried against it.
+DEMO_PRICE_MINOR = 4900
+DEMO_CURRENCY = "USD"
+DEMO_TRIAL_DAYS = 14
 
 
 Clock = Callable[[], datetime]
@@ -191,6 +197,20 @@ async def _model(db: Database, principal: Principal, now: datetime, summary: Dem
             summary.model_created = True
         except AlreadyExists:
             pass
+    async with db.session.begin() as session:
+        model_id = await session.scalar(select(Model.id).where(Model.name == DEMO_MODEL))
+        # Only when it has none: a plan the operator changed since is theirs.
+        await session.execute(
+            insert(Plan)
+            .values(
+                model_id=model_id,
+                price_minor=DEMO_PRICE_MINOR,
+                currency=DEMO_CURRENCY,
+                trial_days=DEMO_TRIAL_DAYS,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=[Plan.model_id])
+        )
 
 
 def _packed(settings: Settings) -> tuple[str, int]:
@@ -373,6 +393,15 @@ async def ensure_demo(
     await _model(db, principal, now, summary)
     state = "created" if summary.model_created else "exists"
     say(f"demo model {DEMO_MODEL} (public): {state}")
+    async with db.session() as session:
+        plan = await session.scalar(
+            select(Plan).join(Model, Model.id == Plan.model_id).where(Model.name == DEMO_MODEL)
+        )
+    assert plan is not None
+    say(
+        f"  plan: {format_minor(plan.price_minor, plan.currency)} a month, "
+        f"{plan.trial_days}-day trial (`foretell subscribe {DEMO_MODEL}`)"
+    )
     version = await _version(db, settings, principal, now, summary)
     if version.build_state != "ready":
         if os.geteuid() != 0:
