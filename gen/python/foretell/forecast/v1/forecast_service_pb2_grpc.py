@@ -33,12 +33,17 @@ class ForecastServiceStub:
     forecasts to the platform, which records them after the run, stamped with
     its own clock. The public servers refuse SubmitForecasts and serve the reads.
 
-    Access to the reads (until subscriptions add entitlements): every caller must
-    be signed in (an access token or an API key). A public model's forecasts are
-    readable by everyone signed in; a private model's only by its owner and
-    admins, and for anyone else the model does not exist (NOT_FOUND). Runs, with
-    their captured output, are the owner's (and admins'): another caller gets
-    NOT_FOUND for a private model and PERMISSION_DENIED for a public one.
+    Access to the reads: every caller must be signed in (an access token or an
+    API key). A public model's forecasts are readable by the entitled: its
+    owner, admins, and subscribers whose subscription is trialing, active, or
+    past due within its grace period (SubscriptionService); anyone else signed
+    in lists only the delayed sample (forecasts recorded longer ago than the
+    platform's sample delay) and cannot stream (PERMISSION_DENIED). A private
+    model's forecasts are only its owner's and admins', and for anyone else the
+    model does not exist (NOT_FOUND). Performance and the ledger's hashes are
+    open to everyone who can see the model. Runs, with their captured output,
+    are the owner's (and admins'): another caller gets NOT_FOUND for a private
+    model and PERMISSION_DENIED for a public one.
     """
 
     def __init__(self, channel):
@@ -97,12 +102,17 @@ class ForecastServiceServicer:
     forecasts to the platform, which records them after the run, stamped with
     its own clock. The public servers refuse SubmitForecasts and serve the reads.
 
-    Access to the reads (until subscriptions add entitlements): every caller must
-    be signed in (an access token or an API key). A public model's forecasts are
-    readable by everyone signed in; a private model's only by its owner and
-    admins, and for anyone else the model does not exist (NOT_FOUND). Runs, with
-    their captured output, are the owner's (and admins'): another caller gets
-    NOT_FOUND for a private model and PERMISSION_DENIED for a public one.
+    Access to the reads: every caller must be signed in (an access token or an
+    API key). A public model's forecasts are readable by the entitled: its
+    owner, admins, and subscribers whose subscription is trialing, active, or
+    past due within its grace period (SubscriptionService); anyone else signed
+    in lists only the delayed sample (forecasts recorded longer ago than the
+    platform's sample delay) and cannot stream (PERMISSION_DENIED). A private
+    model's forecasts are only its owner's and admins', and for anyone else the
+    model does not exist (NOT_FOUND). Performance and the ledger's hashes are
+    open to everyone who can see the model. Runs, with their captured output,
+    are the owner's (and admins'): another caller gets NOT_FOUND for a private
+    model and PERMISSION_DENIED for a public one.
     """
 
     def SubmitForecasts(self, request, context):
@@ -262,12 +272,17 @@ class ForecastService:
     forecasts to the platform, which records them after the run, stamped with
     its own clock. The public servers refuse SubmitForecasts and serve the reads.
 
-    Access to the reads (until subscriptions add entitlements): every caller must
-    be signed in (an access token or an API key). A public model's forecasts are
-    readable by everyone signed in; a private model's only by its owner and
-    admins, and for anyone else the model does not exist (NOT_FOUND). Runs, with
-    their captured output, are the owner's (and admins'): another caller gets
-    NOT_FOUND for a private model and PERMISSION_DENIED for a public one.
+    Access to the reads: every caller must be signed in (an access token or an
+    API key). A public model's forecasts are readable by the entitled: its
+    owner, admins, and subscribers whose subscription is trialing, active, or
+    past due within its grace period (SubscriptionService); anyone else signed
+    in lists only the delayed sample (forecasts recorded longer ago than the
+    platform's sample delay) and cannot stream (PERMISSION_DENIED). A private
+    model's forecasts are only its owner's and admins', and for anyone else the
+    model does not exist (NOT_FOUND). Performance and the ledger's hashes are
+    open to everyone who can see the model. Runs, with their captured output,
+    are the owner's (and admins'): another caller gets NOT_FOUND for a private
+    model and PERMISSION_DENIED for a public one.
     """
 
     @staticmethod
