@@ -552,7 +552,8 @@ async def test_a_worker_killed_mid_run_takes_its_jail_along_and_the_run_is_recor
     )
     slot = BASE + timedelta(hours=30)
     # A queue of its own, and short limits: arq delivers a job whose worker died again once
-    # the longest job timeout (here the run's: 8 s wall clock + 1 s grace) plus 10 s is over.
+    # the longest job timeout of every job and cron (here the run's: 8 s wall clock + 1 s
+    # grace) plus 10 s is over.
     queue = f"{settings.queue_name}:kill"
     env = foretell_env(
         settings,
@@ -561,6 +562,7 @@ async def test_a_worker_killed_mid_run_takes_its_jail_along_and_the_run_is_recor
         FORETELL_RUN_WALL_S="8",
         FORETELL_JOB_GRACE_S="1",
         FORETELL_BUILD_TIMEOUT_S="1",
+        FORETELL_CRON_TIMEOUT_S="1",
     )
     job = await resources.redis.enqueue_job(
         "run_version", str(version.id), slot.isoformat(),

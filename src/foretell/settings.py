@@ -88,6 +88,10 @@ class Settings:
     # arq cancels it, which kills its jail. A worker that died mid-job has its job delivered
     # again once the longest job timeout plus 10 s has passed (arq's in-progress key).
     job_grace_s: int = 60
+    # The longest a periodic job (the scheduler cycle, the billing run, ledger checkpoints)
+    # may take. arq delivers a job whose worker died again only after the longest timeout of
+    # all: this keeps the crons from holding that back longer than the runs need.
+    cron_timeout_s: int = 300
 
     @property
     def keys_dir(self) -> Path:
@@ -194,6 +198,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "sample_delay_days": _positive_int,
     "entitlement_recheck_s": _seconds,
     "job_grace_s": _positive_int,
+    "cron_timeout_s": _positive_int,
 }
 
 

@@ -58,16 +58,23 @@ def create_worker(
     assert settings.redis_url
     if scheduler is None:
         scheduler = settings.scheduler == "on" and not burst
+    cron_timeout = settings.cron_timeout_s
     cron_jobs = [
         # Every minute at second 0; unique, so two workers never run a cycle at once.
-        cron(schedule_runs, minute=None, second=0, run_at_startup=True, timeout=300)
+        cron(schedule_runs, minute=None, second=0, run_at_startup=True, timeout=cron_timeout)
     ]
     # Daily at 00:05 UTC (and at start-up, to catch up after downtime). Reads and subscription
     # calls also settle the caller's subscription, so billing is never a day late for access.
-    billing = cron(bill_subscriptions, hour=0, minute=5, second=0, run_at_startup=True, timeout=600)
+    billing = cron(
+        bill_subscriptions, hour=0, minute=5, second=0, run_at_startup=True, timeout=cron_timeout
+    )
     # Not tied to the scheduler setting: chains also grow from runs recorded elsewhere.
     ledger_cron = cron(
-        checkpoint_ledgers, minute=CHECKPOINT_MINUTES, second=30, run_at_startup=True, timeout=120
+        checkpoint_ledgers,
+        minute=CHECKPOINT_MINUTES,
+        second=30,
+        run_at_startup=True,
+        timeout=cron_timeout,
     )
 
     async def startup(ctx: dict[str, Any]) -> None:
