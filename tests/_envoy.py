@@ -29,19 +29,37 @@ class Envoy:
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def wait_upstreams_healthy(self) -> None:
+    async def _health_check_successes(self, client: httpx.AsyncClient) -> dict[str, int]:
+        body = (await client.get(f"{self.admin_url}/stats?filter=health_check.success$")).text
+        counts: dict[str, int] = {}
+        for line in body.splitlines():
+            name, _, value = line.partition(": ")
+            counts[name] = int(value)
+        return counts
+
+    async def wait_upstreams_healthy(self, *, fresh: bool) -> None:
         """Until Envoy's active health checks pass for every upstream host. The session's
         in-process gRPC server answers them only while the event loop runs: a synchronous
-        test in between leaves Envoy marking it unhealthy (then 503 "no healthy upstream")."""
+        test in between leaves Envoy marking it unhealthy (then 503 "no healthy upstream").
+        `fresh`: the loop was stalled, and checks sent meanwhile may still be failing, so
+        wait for a check of every cluster that succeeded after now."""
         deadline = time.monotonic() + _READY_TIMEOUT_S
         async with httpx.AsyncClient(timeout=1) as client:
+            baseline = await self._health_check_successes(client) if fresh else {}
+            if fresh and not baseline:
+                raise RuntimeError("envoy reports no health-check counters")
             while time.monotonic() < deadline:
                 try:
                     body = (await client.get(f"{self.admin_url}/clusters")).text
+                    successes = await self._health_check_successes(client)
                 except httpx.HTTPError:
-                    body = ""
+                    body, successes = "", {}
                 flags = [line for line in body.splitlines() if "::health_flags::" in line]
-                if flags and all(line.endswith("::health_flags::healthy") for line in flags):
+                healthy = bool(flags) and all(
+                    line.endswith("::health_flags::healthy") for line in flags
+                )
+                checked = all(successes.get(name, 0) > n for name, n in baseline.items())
+                if healthy and checked:
                     return
                 # Envoy has no health notification; poll within the deadline.
                 await asyncio.sleep(0.05)
