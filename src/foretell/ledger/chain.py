@@ -8,7 +8,7 @@ replays are not track record and have no chain.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,13 +20,13 @@ from foretell.db import Database
 from foretell.ledger import canonical
 from foretell.ledger.keys import signing_key
 
-_RUNS = text("""
+RUNS_BY_ID = text("""
 SELECT r.id, r.model_id, m.name, v.number, v.digest, r.kind, r.as_of, r.created_at, r.outcome,
        r.duration_s, r.detail, r.log
 FROM runs r JOIN models m ON m.id = r.model_id JOIN versions v ON v.id = r.version_id
 WHERE r.id = ANY(:ids)
 """)
-_FORECASTS = text("""
+FORECASTS_BY_RUN = text("""
 SELECT run_id, symbol, as_of, target_time, kind, direction, predicted_return, probability,
        recorded_at
 FROM forecasts WHERE run_id = ANY(:ids)
@@ -49,15 +49,14 @@ UPDATE ledger_heads SET sequence = :sequence, head_hash = :entry_hash WHERE mode
 Executor = AsyncSession | AsyncConnection
 
 
-async def payloads(db: Executor, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, bytes]:
-    """The canonical payload of each run that exists, from its rows as they are now."""
-    if not run_ids:
-        return {}
-    ids = list(run_ids)
-    runs = (await db.execute(_RUNS, {"ids": ids})).all()
-    forecasts: dict[uuid.UUID, list[dict[str, Any]]] = {}
-    for f in (await db.execute(_FORECASTS, {"ids": ids})).all():
-        forecasts.setdefault(f[0], []).append(
+def build_payloads(
+    runs: Iterable[Sequence[Any]], forecasts: Iterable[Sequence[Any]]
+) -> dict[uuid.UUID, bytes]:
+    """The canonical payloads of runs (rows of `RUNS_BY_ID`) with their forecasts (rows of
+    `FORECASTS_BY_RUN`)."""
+    by_run: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for f in forecasts:
+        by_run.setdefault(f[0], []).append(
             canonical.forecast(
                 symbol=f[1], as_of=f[2], target_time=f[3], kind=f[4], direction=f[5],
                 predicted_return=f[6], probability=f[7], recorded_at=f[8],
@@ -79,10 +78,20 @@ async def payloads(db: Executor, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID
                 "duration_s": canonical.number(r[9]),
                 "detail_sha256": canonical.digest(r[10]),
                 "log_sha256": canonical.digest(r[11]),
-                "forecasts": canonical.sort_forecasts(forecasts.get(r[0], [])),
+                "forecasts": canonical.sort_forecasts(by_run.get(r[0], [])),
             }
         )
     return out
+
+
+async def payloads(db: Executor, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, bytes]:
+    """The canonical payload of each run that exists, from its rows as they are now."""
+    if not run_ids:
+        return {}
+    ids = {"ids": list(run_ids)}
+    runs = (await db.execute(RUNS_BY_ID, ids)).all()
+    forecasts = (await db.execute(FORECASTS_BY_RUN, ids)).all()
+    return build_payloads(runs, forecasts)
 
 
 async def append(

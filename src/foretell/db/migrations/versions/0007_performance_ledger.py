@@ -13,6 +13,7 @@ entry is appended, which serialises appends per model); `ledger_entries` the cha
 per recorded live run (run_id deliberately without a foreign key: deleting a run must leave its
 entry behind, to be found missing); `ledger_checkpoints` signed chain heads; `ledger_keys` the
 Ed25519 public keys that signed them (the private keys stay in files of the data directory).
+Live runs recorded before this migration are chained here, in the order they were recorded.
 
 Revision ID: 0007
 Revises: 0006
@@ -132,6 +133,57 @@ def upgrade() -> None:
         sa.Column("key_id", sa.String(32), sa.ForeignKey("ledger_keys.key_id"), nullable=False),
         sa.Column("signature", sa.LargeBinary(), nullable=False),
         sa.UniqueConstraint("model_id", "sequence", name="ledger_checkpoints_model_sequence_key"),
+    )
+    _chain_recorded_runs()
+
+
+def _chain_recorded_runs() -> None:
+    """Live runs recorded before the ledger existed become its first entries, in the order they
+    were recorded, so their models' chains verify. Their payloads carry the runs' original
+    recording times; the entries are stamped with the migration's time. (The payload format
+    is `foretell.ledger.canonical`'s version 1, which these entries keep.)"""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    from foretell.ledger import canonical, chain
+
+    bind = op.get_bind()
+    ordered = bind.execute(
+        text("SELECT id, model_id FROM runs WHERE kind = 'live' ORDER BY created_at, as_of, id")
+    ).all()
+    if not ordered:
+        return
+    ids = {"ids": [run_id for run_id, _model in ordered]}
+    built = chain.build_payloads(
+        bind.execute(chain.RUNS_BY_ID, ids).all(), bind.execute(chain.FORECASTS_BY_RUN, ids).all()
+    )
+    now = datetime.now(UTC)
+    heads: dict[object, tuple[int, bytes]] = {}
+    entries = []
+    for run_id, model_id in ordered:
+        sequence, previous = heads.get(model_id, (0, canonical.GENESIS))
+        entry_hash = canonical.entry_hash(previous, built[run_id])
+        entries.append(
+            {
+                "model_id": model_id, "sequence": sequence + 1, "run_id": run_id,
+                "prev_hash": previous, "entry_hash": entry_hash, "now": now,
+            }
+        )  # fmt: skip
+        heads[model_id] = (sequence + 1, entry_hash)
+    bind.execute(
+        text(
+            "INSERT INTO ledger_entries (model_id, sequence, run_id, prev_hash, entry_hash,"
+            " created_at) VALUES (:model_id, :sequence, :run_id, :prev_hash, :entry_hash, :now)"
+        ),
+        entries,
+    )
+    bind.execute(
+        text(
+            "INSERT INTO ledger_heads (model_id, sequence, head_hash)"
+            " VALUES (:model_id, :sequence, :head_hash)"
+        ),
+        [{"model_id": m, "sequence": n, "head_hash": h} for m, (n, h) in heads.items()],
     )
 
 
