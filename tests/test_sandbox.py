@@ -608,3 +608,25 @@ async def test_an_unusable_image_is_a_sandbox_error_not_an_outcome(
 ) -> None:
     with pytest.raises(SandboxError, match="no-such-image"):
         await jail(sandbox_root / "no-such-image", run_dir, "print(1)")
+
+
+async def test_stale_run_cgroups_are_swept_and_live_or_young_ones_kept() -> None:
+    """What a worker killed mid-run leaves behind is removed at the next worker's start;
+    a cgroup that holds a process, or is younger than any run may last, is not."""
+    real = foretell.sandbox.detect_cgroups()
+    # A parent of the test's own: a sweep here cannot touch anyone else's runs.
+    host = foretell.sandbox.CgroupHost(real.version, real.root, f"FTSWEEP-{uuid.uuid4().hex[:8]}")
+    stale, busy = (foretell.sandbox.create_run_cgroups(host) for _ in range(2))
+    sleeper = await asyncio.create_subprocess_exec("sleep", "60")
+    try:
+        (busy.dirs()[0] / "cgroup.procs").write_text(str(sleeper.pid))
+        assert foretell.sandbox.sweep_stale_run_cgroups(host, older_than_s=3600) == []
+        assert foretell.sandbox.sweep_stale_run_cgroups(host, older_than_s=0) == [stale.name]
+        assert not any(d.exists() for d in stale.dirs())
+        assert all(d.exists() for d in busy.dirs())
+    finally:
+        sleeper.kill()
+        await sleeper.wait()
+        await busy.remove()
+        for parent in host.parent_dirs():
+            parent.rmdir()

@@ -17,6 +17,7 @@ from foretell.billing.settle import run_billing
 from foretell.ledger import chain
 from foretell.logs import get_logger
 from foretell.runtime.resources import Clock, open_resources, utc_now
+from foretell.sandbox import SandboxUnavailable, detect_cgroups, sweep_stale_run_cgroups
 from foretell.scheduler import run_job_timeout_s, run_version, schedule_runs
 from foretell.services.registry.build import build_job_timeout_s, build_version
 from foretell.settings import Settings
@@ -43,6 +44,18 @@ async def bill_subscriptions(ctx: dict[str, Any]) -> int:
     fired = await run_billing(resources.db, settings, resources.clock(), gateway_for(settings))
     log.info("billing run", events=fired)
     return fired
+
+
+def _sweep_cgroups(settings: Settings) -> None:
+    """A worker killed mid-run (SIGKILL, a crash) leaves its run's empty cgroups behind: remove
+    those older than any job may last."""
+    try:
+        host = detect_cgroups()
+    except SandboxUnavailable:
+        return
+    oldest = max(run_job_timeout_s(settings), build_job_timeout_s(settings)) + 60
+    if swept := sweep_stale_run_cgroups(host, oldest):
+        log.info("stale run cgroups removed", count=len(swept))
 
 
 def create_worker(
@@ -81,6 +94,7 @@ def create_worker(
         stack = AsyncExitStack()
         ctx["stack"] = stack
         ctx["resources"] = await stack.enter_async_context(open_resources(settings, clock))
+        _sweep_cgroups(settings)
         log.info("worker started", jobs=["build_version", "run_version"], scheduler=scheduler)
 
     async def shutdown(ctx: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ from foretell.sandbox._cgroups import (
     RunCgroups,
     create_run_cgroups,
     detect_cgroups,
+    sweep_stale_run_cgroups,
 )
 from foretell.sandbox._errors import SandboxError, SandboxUnavailable
 from foretell.sandbox._host import PythonRuntime, nsjail_binary, system_python
@@ -70,6 +71,7 @@ __all__ = [
     "render_policy",
     "render_template",
     "run_in_sandbox",
+    "sweep_stale_run_cgroups",
     "system_python",
     "template_parameters",
 ]

@@ -16,6 +16,7 @@ import contextlib
 import enum
 import os
 import signal
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,31 @@ def _remove_tree(top: Path) -> None:
     for directory, _dirs, _files in os.walk(top, topdown=False):
         with contextlib.suppress(FileNotFoundError):
             os.rmdir(directory)
+
+
+def sweep_stale_run_cgroups(host: CgroupHost, older_than_s: float) -> list[str]:
+    """Removes the run cgroups a dead worker left behind: `run-*` parents older than
+    `older_than_s` (longer than any run may last) in which no process remains. Safe beside
+    other workers sharing the parent: a live run's cgroups are younger, and the kernel refuses
+    to remove a cgroup that holds a process. Returns the names removed."""
+    now = time.time()
+    removed: set[str] = set()
+    for parent in host.parent_dirs():
+        if not parent.is_dir():
+            continue
+        for top in parent.glob("run-*"):
+            try:
+                if not top.is_dir() or now - top.stat().st_mtime < older_than_s:
+                    continue
+                stale = RunCgroups(host, top.name, swap_accounting=False)
+                if stale._pids():
+                    continue
+                _remove_tree(top)
+            except OSError:
+                # Busy (a process arrived) or gone meanwhile: not stale, or already swept.
+                continue
+            removed.add(top.name)
+    return sorted(removed)
 
 
 def create_run_cgroups(host: CgroupHost) -> RunCgroups:
