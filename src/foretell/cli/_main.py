@@ -58,11 +58,11 @@ def cli() -> None:
     Operators:
       foretell up                      # run the whole platform on this machine
       foretell serve account           # run one service (needs FORETELL_DATABASE_URL)
-      foretell worker                  # run background jobs (builds)
+      foretell worker                  # background jobs: builds, runs, billing, checkpoints
       foretell db upgrade              # migrate the database
       foretell admin create-user --email ops@example.com
       foretell admin invoices list --open   # then: foretell admin invoices pay ID
-      foretell demo                    # load the demo market data (EURUSD, GOOG)
+      foretell demo                    # demo bars, provider and model; a simulated replay
     """
 
 
