@@ -50,6 +50,8 @@ PROVIDER_COMMANDS = (
     "offline",
     "visibility",
     "logs",
+    "runs",
+    "forecasts",
 )
 
 

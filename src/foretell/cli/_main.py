@@ -9,6 +9,7 @@ from foretell.cli._billing import cancel, invoices, plan, resume, subscribe, sub
 from foretell.cli._client import EXIT_CODES_HELP
 from foretell.cli._data import data
 from foretell.cli._demo import demo
+from foretell.cli._forecasts import forecasts, runs
 from foretell.cli._performance import performance
 from foretell.cli._registry import (
     create,
@@ -38,11 +39,13 @@ def cli() -> None:
       foretell push eurusd-momentum --create
       foretell publish eurusd-momentum 1
       foretell run eurusd-momentum     # a dry run: forecasts and logs, not recorded live
+      foretell runs eurusd-momentum    # how the runs ended; runs MODEL RUN_ID for one's log
 
     \b
     Subscribers:
       foretell plan eurusd-momentum    # price and trial (providers: --price 49.00 --trial-days 14)
       foretell subscribe eurusd-momentum
+      foretell forecasts eurusd-momentum --follow   # the newest, then new ones live
       foretell subscriptions           # cancel ID [--now], resume ID
       foretell invoices
       foretell performance eurusd-momentum   # measured by the platform, against baselines
@@ -87,6 +90,7 @@ for command in (
     visibility,
     logs,
     run,
+    runs,
     data,
     plan,
     subscribe,
@@ -94,6 +98,7 @@ for command in (
     cancel,
     resume,
     invoices,
+    forecasts,
     performance,
     verify,
 ):
