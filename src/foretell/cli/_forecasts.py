@@ -145,25 +145,26 @@ def _open_stream(
     client: Client, request: pb.StreamForecastsRequest
 ) -> Iterator[pb.StreamForecastsResponse]:
     """Opens StreamForecasts and waits for its headers: the server sends them once it listens,
-    so every run recorded from then on is delivered. A refusal raises here."""
+    so every run recorded from then on is delivered. A call refused at once (not entitled)
+    usually raises here, before anything is listed; otherwise with its first read."""
 
     def send(metadata: Metadata) -> Iterator[pb.StreamForecastsResponse]:
         call = client.forecast.StreamForecasts(request, metadata=metadata)
         call.initial_metadata()
-        if call.done() and call.code() != grpc.StatusCode.OK:
-            raise call  # the call is the RpcError
+        if isinstance(call, grpc.Future) and call.done():
+            next(call, None)  # an ended call: raises its error (refreshed on UNAUTHENTICATED)
         return call
 
     return client.call(send)
 
 
-def _stream_ended(error: grpc.RpcError, model: str) -> CliError | None:
-    """The error of a stream that ended while following; None: the usual mapping applies."""
+def _stream_error(error: grpc.RpcError, model: str, opened: bool) -> CliError | None:
+    """The error of a followed stream; None where the usual mapping says it best."""
     code = error.code()
     text = error.details() or code.name.lower()
     if code == grpc.StatusCode.PERMISSION_DENIED:
-        return CliError(f"stopped following {model}: {text}", Exit.DENIED)
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        return CliError(f"cannot follow {model}: {text}", Exit.DENIED)
+    if opened and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
         return CliError(
             f"the stream of {model}'s forecasts was interrupted ({text}): run the command again "
             "(its listing fills the gap)",
@@ -262,35 +263,51 @@ def _follow(
     url: str,
     as_json: bool,
 ) -> None:
-    stream_request = pb.StreamForecastsRequest(model=model, symbol=request.symbol, kind=request.kind)
+    stream_request = pb.StreamForecastsRequest(
+        model=model, symbol=request.symbol, kind=request.kind
+    )
+    opened = False
     try:
         with connect(url) as client:
-            # The stream opens first, the listing follows: a run recorded in between is in
-            # both (shown once, by run id) rather than in neither.
-            stream = _open_stream(client, stream_request)
-            listed = _list_forecasts(client, request, limit)
-            shown = {f.run_id for f in listed}
-            if as_json:
-                for f in reversed(listed):
-                    click.echo(_json_line(f))
-            else:
-                echo_table(_FORECAST_HEADERS, [_row(f) for f in reversed(listed)])
-            click.echo(f"following {model}: new runs appear as they are recorded (Ctrl-C to stop)",
-                       err=True)  # fmt: skip
             try:
-                for message in stream:
-                    for f in message.forecasts:
-                        if f.run_id in shown or not filters.keep(f):
-                            continue
-                        click.echo(_json_line(f) if as_json else "  ".join(_row(f)))
+                # The stream opens first, the listing follows: a run recorded in between is
+                # in both (shown once, by run id) rather than in neither.
+                stream = _open_stream(client, stream_request)
+                opened = True
+                listed = _list_forecasts(client, request, limit)
+                _follow_stream(model, stream, listed, filters, as_json)
             except grpc.RpcError as error:
-                ended = _stream_ended(error, model)
-                if ended is None:
+                mapped = _stream_error(error, model, opened)
+                if mapped is None:
                     raise
-                raise ended from None
-            raise CliError(f"the stream of {model}'s forecasts ended: run the command again")
+                raise mapped from None
     except KeyboardInterrupt:
-        return  # Ctrl-C is how a follow ends
+        return  # Ctrl-C is how following ends
+
+
+def _follow_stream(
+    model: str,
+    stream: Iterator[pb.StreamForecastsResponse],
+    listed: list[pb.ForecastRecord],
+    filters: _Filters,
+    as_json: bool,
+) -> None:
+    shown = {f.run_id for f in listed}
+    if as_json:
+        for f in reversed(listed):
+            click.echo(_json_line(f))
+    else:
+        echo_table(_FORECAST_HEADERS, [_row(f) for f in reversed(listed)])
+    click.echo(
+        f"following {model}: new runs appear as they are recorded (Ctrl-C to stop)", err=True
+    )
+    for message in stream:
+        for f in message.forecasts:
+            if f.run_id not in shown and filters.keep(f):
+                click.echo(_json_line(f) if as_json else "  ".join(_row(f)))
+    raise CliError(
+        f"the stream of {model}'s forecasts ended: run the command again", Exit.UNREACHABLE
+    )
 
 
 @click.command(short_help="A model's runs, or one run with its log (the model's owner).")
