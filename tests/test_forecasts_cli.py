@@ -101,9 +101,8 @@ async def test_forecasts_list_newest_first_across_pages_with_filters(
     first = everything[0]
     assert first["asOf"] == "2024-03-06T11:00:00Z" and first["version"] == 2
     assert first["kind"] == "RUN_KIND_LIVE"
-    assert (
-        first["direction"] == {"EURUSD": "DIRECTION_UP", "GOOG": "DIRECTION_DOWN"}[first["symbol"]]
-    )
+    expected = {"EURUSD": "DIRECTION_UP", "GOOG": "DIRECTION_DOWN"}[str(first["symbol"])]
+    assert first["direction"] == expected
     assert {"model", "targetTime", "predictedReturn", "probability", "recordedTime"} <= set(first)
 
     last = _listed(
