@@ -106,6 +106,17 @@ async def test_listing_needs_an_entitlement_over_grpc_and_rest(
         assert await runs == {old}  # the delayed sample only
     for runs in (_grpc_runs(forecasts, m.name, m.owner), _rest_runs(http, m.name, m.owner)):
         assert await runs == {old, new}
+    # The answer says when it is only the sample, and where the sample ends.
+    sampled = await http.get(
+        f"/v1/models/{m.name}/forecasts",
+        headers={"authorization": f"Bearer {reader.tokens.access_token}"},
+    )
+    assert sampled.json()["delayedSample"] is True
+    assert "sampleRecordedBefore" in sampled.json()
+    whole = await forecasts.ListForecasts(
+        pb.ListForecastsRequest(model=m.name), metadata=m.owner.metadata
+    )
+    assert not whole.delayed_sample and not whole.HasField("sample_recorded_before")
     sub = await trial(channel, m.owner, reader, m.name)
     for runs in (_grpc_runs(forecasts, m.name, reader), _rest_runs(http, m.name, reader)):
         assert await runs == {old, new}

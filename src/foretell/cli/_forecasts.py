@@ -12,7 +12,6 @@ import click
 import grpc
 from google.protobuf import timestamp_pb2
 
-from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.cli._client import (
     Client,
     CliError,
@@ -28,22 +27,10 @@ from foretell.cli._client import (
 )
 from foretell.cli._data import parse_time
 from foretell.forecast.v1 import forecast_service_pb2 as pb
-from foretell.registry.v1 import registry_service_pb2 as reg_pb
-from foretell.subscription.v1 import subscription_service_pb2 as sub_pb
 
 PAGE_SIZE = 100
 DEFAULT_LAST = 20
 DETAIL_WIDTH = 40
-# The states whose holder reads a model's forecasts (PAST_DUE only within grace; a
-# subscription read through the API is settled first, so one past its grace is EXPIRED).
-_READING_STATES = frozenset(
-    (
-        sub_pb.SUBSCRIPTION_STATE_TRIALING,
-        sub_pb.SUBSCRIPTION_STATE_ACTIVE,
-        sub_pb.SUBSCRIPTION_STATE_PAST_DUE,
-    )
-)
-
 _FORECAST_HEADERS = (
     "AS OF", "SYMBOL", "DIRECTION", "TARGET", "RETURN", "PROBABILITY", "VERSION", "RECORDED",
 )  # fmt: skip
@@ -105,40 +92,27 @@ class _Filters:
         )
 
 
-def _list_forecasts(
-    client: Client, request: pb.ListForecastsRequest, limit: int | None
-) -> list[pb.ForecastRecord]:
+@dataclass
+class _Listed:
+    forecasts: list[pb.ForecastRecord]
+    # The server served only the delayed sample: the caller is not entitled to the rest.
+    sample: bool = False
+
+
+def _list_forecasts(client: Client, request: pb.ListForecastsRequest, limit: int | None) -> _Listed:
     """Pages of ListForecasts until `limit` forecasts (None: every page)."""
-    found: list[pb.ForecastRecord] = []
-    while limit is None or len(found) < limit:
-        request.page_size = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(found))
+    listed = _Listed([])
+    while limit is None or len(listed.forecasts) < limit:
+        request.page_size = (
+            PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(listed.forecasts))
+        )
         page = client.unary(client.forecast.ListForecasts, request)
-        found.extend(page.forecasts)
+        listed.forecasts.extend(page.forecasts)
+        listed.sample = listed.sample or page.delayed_sample
         if not page.next_page_token or page.next_page_token == request.page_token:
             break
         request.page_token = page.next_page_token
-    return found
-
-
-def _entitled(client: Client, model: str) -> bool | None:
-    """Whether the caller reads all of `model`'s forecasts rather than the delayed sample.
-
-    ListForecasts does not say which it served, so this asks what decides it (the rule the
-    server applies: admin, owner, or a subscription in a reading state). None when that
-    cannot be told (a call refused): then the listing says nothing rather than guess."""
-    try:
-        me = client.unary(client.account.GetMe, account_pb.GetMeRequest()).user
-        if me.role == account_pb.ROLE_ADMIN:
-            return True
-        found = client.unary(client.registry.GetModel, reg_pb.GetModelRequest(name=model)).model
-        if found.owner_id == me.id:
-            return True
-        listed = client.unary(
-            client.subscription.ListSubscriptions, sub_pb.ListSubscriptionsRequest(model=model)
-        )
-    except grpc.RpcError:
-        return None
-    return any(s.state in _READING_STATES for s in listed.subscriptions)
+    return listed
 
 
 def _open_stream(
@@ -239,15 +213,15 @@ def forecasts(
         _follow(model, request, limit, filters, url, as_json)
         return
     with connect(url) as client:
-        found = _list_forecasts(client, request, limit)
-        entitled = _entitled(client, model)
+        listed = _list_forecasts(client, request, limit)
+    found = listed.forecasts
     if as_json:
         echo_json(message_dict(pb.ListForecastsResponse(forecasts=found)) or {"forecasts": []})
     elif found:
         echo_table(_FORECAST_HEADERS, [_row(f) for f in found])
     else:
         click.echo(f"no {enum_label(pb.RunKind.Name(kind), 'RUN_KIND_')} forecasts of {model}")
-    if entitled is False:
+    if listed.sample:
         click.echo(
             f"note: you are not subscribed to {model}: only its delayed sample of older "
             f"forecasts is shown (`foretell subscribe {model}` for the rest)",
@@ -274,7 +248,7 @@ def _follow(
                 # in both (shown once, by run id) rather than in neither.
                 stream = _open_stream(client, stream_request)
                 opened = True
-                listed = _list_forecasts(client, request, limit)
+                listed = _list_forecasts(client, request, limit).forecasts
                 _follow_stream(model, stream, listed, filters, as_json)
             except grpc.RpcError as error:
                 mapped = _stream_error(error, model, opened)

@@ -109,10 +109,14 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         if len(rows) > limit:
             last = rows[limit - 1][0]
             token = _validate.page_token(last.as_of, last.id)
-        return pb.ListForecastsResponse(
+        response = pb.ListForecastsResponse(
             forecasts=[forecast_pb(view.model.name, f, number) for f, number in rows[:limit]],
             next_page_token=token,
         )
+        if access.recorded_before is not None:
+            response.delayed_sample = True
+            response.sample_recorded_before.FromDatetime(access.recorded_before)
+        return response
 
     async def StreamForecasts(
         self, request: pb.StreamForecastsRequest, context: Context

@@ -336,21 +336,35 @@ class ListForecastsResponse(_message.Message):
 
     FORECASTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    DELAYED_SAMPLE_FIELD_NUMBER: _builtins.int
+    SAMPLE_RECORDED_BEFORE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page."""
+    delayed_sample: _builtins.bool
+    """True when the caller may not read this model's forecasts (no
+    subscription in a reading state, not its owner nor an admin) and was
+    served only the delayed sample: forecasts recorded before
+    `sample_recorded_before`.
+    """
     @_builtins.property
     def forecasts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ForecastRecord]:
         """One page of forecasts, newest as_of first (then newest recorded)."""
+
+    @_builtins.property
+    def sample_recorded_before(self) -> _timestamp_pb2.Timestamp:
+        """With `delayed_sample`: the recording time the sample ends at."""
 
     def __init__(
         self,
         *,
         forecasts: _abc.Iterable[Global___ForecastRecord] | None = ...,
         next_page_token: _builtins.str = ...,
+        delayed_sample: _builtins.bool = ...,
+        sample_recorded_before: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sample_recorded_before", b"sample_recorded_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["forecasts", b"forecasts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delayed_sample", b"delayed_sample", "forecasts", b"forecasts", "next_page_token", b"next_page_token", "sample_recorded_before", b"sample_recorded_before"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
