@@ -1,5 +1,6 @@
 """Models, bars, runs and forecasts written straight into the test database, the way
-`execute_run` records them (one transaction; live runs appended to the ledger)."""
+`execute_run` records them (one transaction; live runs appended to the ledger; announced to
+StreamForecasts on commit)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy import select, text
 
 from foretell.common.v1 import common_pb2
 from foretell.db.models import Forecast, Model, Run, Version
+from foretell.db.notify import RunRecorded, announce_run
 from foretell.ledger import chain
 from foretell.registry.v1 import registry_service_pb2 as reg_pb
 from foretell.registry.v1 import registry_service_pb2_grpc as reg_grpc
@@ -143,4 +145,5 @@ async def record_run(
         await session.flush()
         if kind == "live":
             await chain.append(session, made.model_id, run_id, now)
+        await announce_run(session, RunRecorded(run_id, made.model_id, kind))
     return run_id
