@@ -25,13 +25,20 @@ from tests.conftest import SignedIn, SignUp
 HOUR = timedelta(hours=1)
 
 
+BASE = datetime(2024, 3, 4, tzinfo=UTC)
+
+
 @dataclass(frozen=True)
 class Made:
     owner: SignedIn
     name: str
     model_id: uuid.UUID
     versions: dict[int, uuid.UUID]
-    symbol: str
+    symbols: tuple[str, ...]
+
+    @property
+    def symbol(self) -> str:
+        return self.symbols[0]
 
 
 @dataclass(frozen=True)
@@ -54,17 +61,18 @@ async def make_model(
     sign_up: SignUp,
     resources: Resources,
     *,
-    symbol: str,
+    symbols: Sequence[str] = ("EURUSD", "GOOG"),
     public: bool = True,
     versions: int = 1,
 ) -> Made:
+    """A model of a new provider, with `versions` built versions (none live)."""
     owner = await sign_up()
     created = await registry.CreateModel(
         reg_pb.CreateModelRequest(
             model=reg_pb.Model(
                 name=model_name(),
-                title="Measured",
-                symbols=[symbol],
+                title="Test model",
+                symbols=list(symbols),
                 resolution=common_pb2.RESOLUTION_1H,
                 horizon=1,
                 visibility=reg_pb.VISIBILITY_PUBLIC if public else reg_pb.VISIBILITY_PRIVATE,
@@ -81,14 +89,18 @@ async def make_model(
             version = Version(
                 id=uuid.uuid4(), model_id=model.id, number=number,
                 digest="sha256:" + hashlib.sha256(f"{model.id}{number}".encode()).hexdigest(),
-                bundle_size=1, manifest={"entrypoint": "model:predict"}, created_at=now,
+                bundle_size=1, created_at=now,
+                manifest={
+                    "entrypoint": "model:predict", "symbols": list(symbols), "resolution": "1h",
+                    "horizon": 1, "lookback": 10, "requirements": "",
+                },
                 build_state="ready", failure_reason="", image_digest="sha256:" + "0" * 64,
                 build_finished_at=now, build_log="", published_at=None,
             )  # fmt: skip
             session.add(version)
             ids[number] = version.id
         model_id = model.id
-    return Made(owner, created.model.name, model_id, ids, symbol)
+    return Made(owner, created.model.name, model_id, ids, tuple(symbols))
 
 
 async def insert_bars(
@@ -146,4 +158,60 @@ async def record_run(
         if kind == "live":
             await chain.append(session, made.model_id, run_id, now)
         await announce_run(session, RunRecorded(run_id, made.model_id, kind))
+    return run_id
+
+
+async def record(
+    resources: Resources,
+    model: Made,
+    as_of: datetime,
+    *,
+    version: int = 1,
+    kind: str = "live",
+    symbols: tuple[str, ...] = ("EURUSD", "GOOG"),
+    outcome: str = "ok",
+    log: str = "",
+    recorded_at: datetime | None = None,
+) -> uuid.UUID:
+    """A run with one forecast per symbol (up, down, up, …) when ok, recorded like
+    `record_run`."""
+    run_id = uuid.uuid4()
+    now = recorded_at or datetime.now(UTC)
+    version_id = model.versions[version]
+    async with resources.db.session.begin() as session:
+        session.add(
+            Run(
+                id=run_id,
+                model_id=model.model_id,
+                version_id=version_id,
+                as_of=as_of,
+                kind=kind,
+                outcome=outcome,
+                duration_s=0.25,
+                detail="",
+                log=log,
+                created_at=now,
+            )
+        )
+        await session.flush()
+        for i, symbol in enumerate(symbols if outcome == "ok" else ()):
+            session.add(
+                Forecast(
+                    run_id=run_id,
+                    model_id=model.model_id,
+                    version_id=version_id,
+                    kind=kind,
+                    symbol=symbol,
+                    as_of=as_of,
+                    target_time=as_of + HOUR,
+                    direction="up" if i % 2 == 0 else "down",
+                    predicted_return=0.01,
+                    probability=0.6,
+                    recorded_at=now,
+                )
+            )
+        await session.flush()
+        if kind == "live":
+            await chain.append(session, model.model_id, run_id, now)
+        await announce_run(session, RunRecorded(run_id, model.model_id, kind))
     return run_id

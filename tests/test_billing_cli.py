@@ -11,9 +11,9 @@ from foretell.cli._client import Exit
 from foretell.registry.v1 import registry_service_pb2_grpc as reg_grpc
 from foretell.runtime import Resources
 from tests._envoy import Envoy
+from tests._records import make_model
 from tests.conftest import SignUp
 from tests.test_cli import _fails, _login, _ok, _run
-from tests.test_forecasts import make_model
 
 
 async def test_plan_subscribe_cancel_resume_invoices(

@@ -33,8 +33,8 @@ from foretell.subscription.v1 import subscription_service_pb2 as sub_pb
 from foretell.subscription.v1 import subscription_service_pb2_grpc as sub_grpc
 from tests._billing import trial
 from tests._envoy import Envoy
+from tests._records import BASE, HOUR, Made, make_model, record
 from tests.conftest import MovableClock, SignedIn, SignUp, status_code
-from tests.test_forecasts import BASE, HOUR, Recorded, make_model, record
 
 if TYPE_CHECKING:
     from grpc import aio
@@ -63,7 +63,7 @@ async def http(envoy: Envoy) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def _old_and_new(resources: Resources, model: Recorded) -> tuple[str, str]:
+async def _old_and_new(resources: Resources, model: Made) -> tuple[str, str]:
     """One run recorded ten days ago (in the delayed sample) and one just now."""
     old = await record(
         resources, model, BASE, recorded_at=datetime.now(UTC) - 10 * DAY, symbols=("EURUSD",)
@@ -162,7 +162,7 @@ async def test_without_the_delayed_sample_others_are_refused(
 async def _open_stream(
     forecasts: pb_grpc.ForecastServiceAsyncStub,
     resources: Resources,
-    m: Recorded,
+    m: Made,
     reader: SignedIn,
 ) -> aio.UnaryStreamCall[pb.StreamForecastsRequest, pb.StreamForecastsResponse]:
     stream = forecasts.StreamForecasts(

@@ -6,41 +6,31 @@ way `execute_run` announces it, in the recording transaction."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import grpc
 import httpx
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import select, text
+from sqlalchemy import text
 
 from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.account.v1 import account_service_pb2_grpc as account_grpc
-from foretell.common.v1 import common_pb2
-from foretell.db.models import Forecast, Model, Run, Version
-from foretell.db.notify import RunRecorded, announce_run
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
-from foretell.registry.v1 import registry_service_pb2 as reg_pb
 from foretell.registry.v1 import registry_service_pb2_grpc as reg_grpc
 from foretell.runtime import Resources
 from tests._billing import trial
 from tests._envoy import Envoy
 from tests._errors import field_violations
-from tests._registry import model_name
-from tests.conftest import SignedIn, SignUp, status_code
+from tests._records import BASE, HOUR, make_model, record
+from tests.conftest import SignUp, status_code
 
 if TYPE_CHECKING:
     from grpc import aio
-
-BASE = datetime(2024, 3, 4, tzinfo=UTC)
-HOUR = timedelta(hours=1)
 
 
 @pytest.fixture(scope="module")
@@ -51,124 +41,6 @@ def forecasts(channel: aio.Channel) -> pb_grpc.ForecastServiceAsyncStub:
 @pytest.fixture(scope="module")
 def registry(channel: aio.Channel) -> reg_grpc.RegistryServiceAsyncStub:
     return reg_grpc.RegistryServiceStub(channel)
-
-
-@dataclass(frozen=True)
-class Recorded:
-    owner: SignedIn
-    name: str
-    model_id: uuid.UUID
-    versions: dict[int, uuid.UUID]
-
-
-async def make_model(
-    registry: reg_grpc.RegistryServiceAsyncStub,
-    sign_up: SignUp,
-    resources: Resources,
-    *,
-    public: bool,
-    versions: int = 1,
-) -> Recorded:
-    owner = await sign_up()
-    created = await registry.CreateModel(
-        reg_pb.CreateModelRequest(
-            model=reg_pb.Model(
-                name=model_name(),
-                title="Forecast reads",
-                symbols=["EURUSD", "GOOG"],
-                resolution=common_pb2.RESOLUTION_1H,
-                horizon=1,
-                visibility=reg_pb.VISIBILITY_PUBLIC if public else reg_pb.VISIBILITY_PRIVATE,
-            )
-        ),
-        metadata=owner.metadata,
-    )
-    now = datetime.now(UTC)
-    ids: dict[int, uuid.UUID] = {}
-    async with resources.db.session.begin() as session:
-        model = await session.scalar(select(Model).where(Model.name == created.model.name))
-        assert model is not None
-        model_id = model.id
-        for number in range(1, versions + 1):
-            version = Version(
-                id=uuid.uuid4(),
-                model_id=model_id,
-                number=number,
-                digest="sha256:" + hashlib.sha256(f"{model_id}{number}".encode()).hexdigest(),
-                bundle_size=1,
-                manifest={
-                    "entrypoint": "model:predict",
-                    "symbols": ["EURUSD", "GOOG"],
-                    "resolution": "1h",
-                    "horizon": 1,
-                    "lookback": 10,
-                    "requirements": "",
-                },
-                created_at=now,
-                build_state="ready",
-                failure_reason="",
-                image_digest="sha256:" + "0" * 64,
-                build_finished_at=now,
-                build_log="",
-                published_at=None,
-            )
-            session.add(version)
-            ids[number] = version.id
-    return Recorded(owner, created.model.name, model_id, ids)
-
-
-async def record(
-    resources: Resources,
-    model: Recorded,
-    as_of: datetime,
-    *,
-    version: int = 1,
-    kind: str = "live",
-    symbols: tuple[str, ...] = ("EURUSD", "GOOG"),
-    outcome: str = "ok",
-    log: str = "",
-    recorded_at: datetime | None = None,
-) -> uuid.UUID:
-    """Records a run and its forecasts in one transaction and announces it, as execute_run
-    does."""
-    run_id = uuid.uuid4()
-    now = recorded_at or datetime.now(UTC)
-    version_id = model.versions[version]
-    async with resources.db.session.begin() as session:
-        session.add(
-            Run(
-                id=run_id,
-                model_id=model.model_id,
-                version_id=version_id,
-                as_of=as_of,
-                kind=kind,
-                outcome=outcome,
-                duration_s=0.25,
-                detail="",
-                log=log,
-                created_at=now,
-            )
-        )
-        await session.flush()
-        for i, symbol in enumerate(symbols if outcome == "ok" else ()):
-            session.add(
-                Forecast(
-                    run_id=run_id,
-                    model_id=model.model_id,
-                    version_id=version_id,
-                    kind=kind,
-                    symbol=symbol,
-                    as_of=as_of,
-                    target_time=as_of + HOUR,
-                    direction="up" if i % 2 == 0 else "down",
-                    predicted_return=0.01,
-                    probability=0.6,
-                    recorded_at=now,
-                )
-            )
-        await session.flush()
-        await announce_run(session, RunRecorded(run_id, model.model_id, kind))
-    return run_id
 
 
 def ts(when: datetime) -> Timestamp:

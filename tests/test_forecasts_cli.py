@@ -27,9 +27,9 @@ from foretell.subscription.v1 import subscription_service_pb2 as sub_pb
 from foretell.subscription.v1 import subscription_service_pb2_grpc as sub_grpc
 from tests._billing import trial
 from tests._envoy import Envoy
+from tests._records import BASE, HOUR, make_model, record
 from tests.conftest import FORETELL, SignUp
 from tests.test_cli import _env, _fails, _login, _ok, _run
-from tests.test_forecasts import BASE, HOUR, make_model, record
 
 if TYPE_CHECKING:
     from grpc import aio

@@ -56,7 +56,7 @@ async def ledgered_model(
 ) -> tuple[Made, list[uuid.UUID]]:
     """Runs at 09:00 (ok, two forecasts), 10:00 (ok), 11:00 (model error), 12:00 (ok), and a
     simulated run (not ledgered)."""
-    made = await make_model(registry, sign_up, resources, symbol=unique_symbol("EURUSD"))
+    made = await make_model(registry, sign_up, resources, symbols=(unique_symbol("EURUSD"),))
     other = F("down", -0.001, 0.7, horizon=2)
     runs = [
         await record_run(resources, made, BASE, [F("up", 0.002, 0.6), other]),
@@ -262,7 +262,7 @@ async def test_concurrent_appends_stay_one_chain(
     sign_up: SignUp,
     resources: Resources,
 ) -> None:
-    made = await make_model(registry, sign_up, resources, symbol=unique_symbol("EURUSD"))
+    made = await make_model(registry, sign_up, resources, symbols=(unique_symbol("EURUSD"),))
     jobs: list[Awaitable[uuid.UUID]] = [
         record_run(resources, made, BASE + i * HOUR, [F("up", 0.001 * i, 0.5)]) for i in range(24)
     ]
@@ -325,7 +325,7 @@ async def test_a_reader_without_a_subscription_sees_payloads_only_of_the_delayed
     sign_up: SignUp,
     resources: Resources,
 ) -> None:
-    made = await make_model(registry, sign_up, resources, symbol=unique_symbol("EURUSD"))
+    made = await make_model(registry, sign_up, resources, symbols=(unique_symbol("EURUSD"),))
     old = datetime.now(UTC) - timedelta(days=30)
     for i in range(2):
         await record_run(resources, made, BASE + i * HOUR, [F("up", 0.001, 0.6)], recorded_at=old)
@@ -366,7 +366,7 @@ async def test_a_reader_without_a_subscription_sees_payloads_only_of_the_delayed
     assert not any(e.withheld for e in owned.entries)
     # A private model's ledger is not there for others at all.
     hidden = await make_model(
-        registry, sign_up, resources, symbol=unique_symbol("EURUSD"), public=False
+        registry, sign_up, resources, symbols=(unique_symbol("EURUSD"),), public=False
     )
     with pytest.raises(aio.AioRpcError) as missing:
         await forecasts.GetLedger(

@@ -65,7 +65,7 @@ async def measured_model(
 ) -> tuple[Made, dict[datetime, float], list[datetime]]:
     """13 real bars (closes 10:00 to 22:00), forecasts at as_of 11:00 to 22:00, a missed slot
     at 10:00, no run at 23:00, a timeout at 00:00."""
-    made = await make_model(registry, sign_up, resources, symbol=unique_symbol("EURUSD"))
+    made = await make_model(registry, sign_up, resources, symbols=(unique_symbol("EURUSD"),))
     bars = real_eurusd(13)
     await insert_bars(resources, made.symbol, bars)
     closes = {t + HOUR: c for t, c in bars}  # by close time
@@ -293,7 +293,7 @@ async def test_bad_requests_and_hidden_models(
     resources: Resources,
 ) -> None:
     private = await make_model(
-        registry, sign_up, resources, symbol=unique_symbol("EURUSD"), public=False
+        registry, sign_up, resources, symbols=(unique_symbol("EURUSD"),), public=False
     )
     stranger = await sign_up()
     with pytest.raises(grpc.RpcError) as error:

@@ -173,7 +173,7 @@ def test_the_public_api_is_pinned() -> None:
         "PolicyTemplateError", "PythonRuntime", "RunCgroups", "RunPaths", "SandboxError",
         "SandboxLimits", "SandboxResult", "SandboxUnavailable", "create_run_cgroups",
         "detect_cgroups", "nsjail_binary", "prepare_run_dir", "render_policy", "render_template",
-        "run_in_sandbox", "system_python", "template_parameters",
+        "run_in_sandbox", "sweep_stale_run_cgroups", "system_python", "template_parameters",
     }  # fmt: skip
 
 

@@ -31,8 +31,8 @@ from foretell.subscription.v1 import subscription_service_pb2 as pb
 from foretell.subscription.v1 import subscription_service_pb2_grpc as pb_grpc
 from tests._billing import set_plan
 from tests._errors import field_violations
+from tests._records import Made, make_model
 from tests.conftest import FORETELL, MovableClock, SignedIn, SignUp, foretell_env, status_code
-from tests.test_forecasts import Recorded, make_model
 
 if TYPE_CHECKING:
     from grpc import aio
@@ -109,7 +109,7 @@ class World:
     resources: Resources
     clock: MovableClock
     subs: pb_grpc.SubscriptionServiceAsyncStub
-    model: Recorded
+    model: Made
     reader: SignedIn
     channel: aio.Channel
     sub_id: str = ""
