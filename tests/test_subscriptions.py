@@ -4,13 +4,14 @@ billing run, the database's refusal to change issued invoices, and who sees what
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import itertools
 import subprocess
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import grpc
@@ -19,20 +20,32 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from foretell.account.v1 import account_service_pb2 as account_pb
+from foretell.account.v1 import account_service_pb2_grpc as account_grpc
+from foretell.auth.policy import Role
 from foretell.billing._months import add_months
 from foretell.billing.gateway import LedgerGateway, gateway_for
 from foretell.billing.machine import TRANSITIONS, Event, State, next_state
 from foretell.billing.settle import record_payment, run_billing
-from foretell.db.models import Invoice, SubscriptionEvent
+from foretell.db.models import Invoice, Subscription, SubscriptionEvent
 from foretell.errors import FailedPrecondition
 from foretell.registry.v1 import registry_service_pb2_grpc as reg_grpc
 from foretell.runtime import Resources
+from foretell.services.account._store import create_user
 from foretell.subscription.v1 import subscription_service_pb2 as pb
 from foretell.subscription.v1 import subscription_service_pb2_grpc as pb_grpc
 from tests._billing import set_plan
 from tests._errors import field_violations
 from tests._records import Made, make_model
-from tests.conftest import FORETELL, MovableClock, SignedIn, SignUp, foretell_env, status_code
+from tests.conftest import (
+    FORETELL,
+    PASSWORD,
+    MovableClock,
+    SignedIn,
+    SignUp,
+    foretell_env,
+    status_code,
+    unique_email,
+)
 
 if TYPE_CHECKING:
     from grpc import aio
@@ -633,3 +646,242 @@ async def test_auto_pay_makes_a_subscription_active_at_once(
     assert sub.state == "active"
     assert invoice is not None and invoice.state == "paid"
     assert invoice.payment is not None and invoice.payment.gateway == "ledger"
+
+
+# --- paging -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def admin(resources: Resources, account: account_grpc.AccountServiceAsyncStub) -> SignedIn:
+    email = unique_email("ops")
+    await create_user(
+        resources.db,
+        email=email,
+        password=PASSWORD,
+        display_name="Ops",
+        role=Role.ADMIN,
+        now=resources.clock(),
+    )
+    login = await account.Login(account_pb.LoginRequest(email=email, password=PASSWORD))
+    return SignedIn(login.user, login.tokens, email, PASSWORD)
+
+
+async def _every_page(
+    list_call: Callable[..., Awaitable[Any]],
+    request: pb.ListSubscriptionsRequest | pb.ListInvoicesRequest,
+    field: str,
+    metadata: Sequence[tuple[str, str]],
+) -> list[list[str]]:
+    """The ids of every page, in order, following next_page_token to the end."""
+    pages: list[list[str]] = []
+    while True:
+        page = await list_call(request, metadata=metadata)
+        pages.append([item.id for item in getattr(page, field)])
+        if not page.next_page_token:
+            return pages
+        assert len(pages) < 100, "the pages never end"
+        request.page_token = page.next_page_token
+
+
+async def test_subscriptions_and_invoices_page_in_order_each_item_once(
+    channel: aio.Channel,
+    subs: pb_grpc.SubscriptionServiceAsyncStub,
+    registry: reg_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    resources: Resources,
+    clock: MovableClock,
+    admin: SignedIn,
+) -> None:
+    model = await make_model(registry, sign_up, resources, public=True)
+    await set_plan(channel, model.owner, model.name, trial_days=0)
+    alice = await sign_up(account_pb.ROLE_SUBSCRIBER)
+    bob = await sign_up(account_pb.ROLE_SUBSCRIBER)
+    # Five subscriptions (and five first invoices) of Alice's, one at a time: each canceled
+    # before the next; Bob's one in between.
+    alices: list[str] = []
+    for i in range(5):
+        started = await subs.Subscribe(
+            pb.SubscribeRequest(model=model.name), metadata=alice.metadata
+        )
+        alices.append(started.subscription.id)
+        await subs.CancelSubscription(
+            pb.CancelSubscriptionRequest(id=started.subscription.id, immediately=True),
+            metadata=alice.metadata,
+        )
+        if i == 2:
+            await subs.Subscribe(pb.SubscribeRequest(model=model.name), metadata=bob.metadata)
+        clock.advance(timedelta(hours=1))
+    # Three of them created at the same instant: the id orders them.
+    await _sql(
+        resources,
+        "UPDATE subscriptions SET created_at = $1 WHERE id = ANY($2::uuid[])",
+        datetime(2020, 1, 1, tzinfo=UTC),
+        [uuid.UUID(s) for s in alices[1:4]],
+    )
+    tied = sorted(alices[1:4], key=uuid.UUID)
+    newest_first = [alices[4], alices[0], *tied]
+
+    own = await _every_page(
+        subs.ListSubscriptions,
+        pb.ListSubscriptionsRequest(page_size=2),
+        "subscriptions",
+        alice.metadata,
+    )
+    assert [len(page) for page in own] == [2, 2, 1]
+    assert [s for page in own for s in page] == newest_first
+    one_page = await subs.ListSubscriptions(
+        pb.ListSubscriptionsRequest(model=model.name), metadata=alice.metadata
+    )
+    assert [s.id for s in one_page.subscriptions] == newest_first
+    assert not one_page.next_page_token
+    # An admin pages through everyone's; filtered to the model, that is Alice's and Bob's.
+    everyone = await _every_page(
+        subs.ListSubscriptions,
+        pb.ListSubscriptionsRequest(model=model.name, page_size=1),
+        "subscriptions",
+        admin.metadata,
+    )
+    assert [len(page) for page in everyone] == [1] * 6
+    listed = [s for page in everyone for s in page]
+    assert len(set(listed)) == 6 and set(newest_first) < set(listed)
+
+    invoices = await _every_page(
+        subs.ListInvoices, pb.ListInvoicesRequest(page_size=2), "invoices", alice.metadata
+    )
+    assert [len(page) for page in invoices] == [2, 2, 1]
+    paged = [i for page in invoices for i in page]
+    whole = (await subs.ListInvoices(pb.ListInvoicesRequest(), metadata=alice.metadata)).invoices
+    assert paged == [i.id for i in whole]
+    assert [i.subscription_id for i in whole] == list(reversed(alices))  # newest issued first
+    of_one = await _every_page(
+        subs.ListInvoices,
+        pb.ListInvoicesRequest(subscription_id=alices[0], page_size=1),
+        "invoices",
+        alice.metadata,
+    )
+    assert of_one == [[whole[-1].id]]
+    assert (
+        len(
+            await _every_page(
+                subs.ListInvoices, pb.ListInvoicesRequest(page_size=1), "invoices", bob.metadata
+            )
+        )
+        == 1
+    )
+
+
+async def test_bad_page_sizes_and_tokens_name_the_field(
+    channel: aio.Channel,
+    subs: pb_grpc.SubscriptionServiceAsyncStub,
+    registry: reg_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    resources: Resources,
+) -> None:
+    model = await make_model(registry, sign_up, resources, public=True)
+    await set_plan(channel, model.owner, model.name, trial_days=0)
+    reader = await sign_up(account_pb.ROLE_SUBSCRIBER)
+    md = reader.metadata
+    first = await subs.Subscribe(pb.SubscribeRequest(model=model.name), metadata=md)
+    await subs.CancelSubscription(
+        pb.CancelSubscriptionRequest(id=first.subscription.id, immediately=True), metadata=md
+    )
+    await subs.Subscribe(pb.SubscribeRequest(model=model.name), metadata=md)
+    sub_token = (
+        await subs.ListSubscriptions(pb.ListSubscriptionsRequest(page_size=1), metadata=md)
+    ).next_page_token
+    invoice_token = (
+        await subs.ListInvoices(pb.ListInvoicesRequest(page_size=1), metadata=md)
+    ).next_page_token
+    assert sub_token and invoice_token
+    garbage = ["nope", "!!!", base64.urlsafe_b64encode(b'["a", 1]').decode(), invoice_token]
+    cases: list[tuple[Awaitable[object], str]] = [
+        *(
+            (subs.ListSubscriptions(pb.ListSubscriptionsRequest(page_token=t), metadata=md), t)
+            for t in garbage
+        ),
+        *(
+            (subs.ListInvoices(pb.ListInvoicesRequest(page_token=t), metadata=md), t)
+            for t in [*garbage[:3], sub_token]
+        ),
+        # The same call with other filters than the token's.
+        (
+            subs.ListSubscriptions(
+                pb.ListSubscriptionsRequest(model=model.name, page_token=sub_token), metadata=md
+            ),
+            "other model",
+        ),
+        (
+            subs.ListInvoices(
+                pb.ListInvoicesRequest(
+                    subscription_id=first.subscription.id, page_token=invoice_token
+                ),
+                metadata=md,
+            ),
+            "other subscription",
+        ),
+    ]
+    for call, why in cases:
+        with pytest.raises(grpc.RpcError) as caught:
+            await call
+        assert status_code(caught.value) == grpc.StatusCode.INVALID_ARGUMENT, why
+        assert set(field_violations(caught.value)) == {"page_token"}, why
+    for size in (1001, -1):
+        for call in (
+            subs.ListSubscriptions(pb.ListSubscriptionsRequest(page_size=size), metadata=md),
+            subs.ListInvoices(pb.ListInvoicesRequest(page_size=size), metadata=md),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                await call
+            assert status_code(caught.value) == grpc.StatusCode.INVALID_ARGUMENT
+            assert set(field_violations(caught.value)) == {"page_size"}
+    # The edges are fine.
+    for size in (1, 1000):
+        await subs.ListSubscriptions(pb.ListSubscriptionsRequest(page_size=size), metadata=md)
+        await subs.ListInvoices(pb.ListInvoicesRequest(page_size=size), metadata=md)
+
+
+async def test_listing_a_page_settles_only_the_subscriptions_on_it(
+    channel: aio.Channel,
+    subs: pb_grpc.SubscriptionServiceAsyncStub,
+    registry: reg_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    resources: Resources,
+    clock: MovableClock,
+    admin: SignedIn,
+) -> None:
+    model = await make_model(registry, sign_up, resources, public=True)
+    await set_plan(channel, model.owner, model.name, trial_days=3)
+    # Signed up before the clock moves: a token issued on the moved clock is not valid yet.
+    readers = [await sign_up(account_pb.ROLE_SUBSCRIBER) for _ in range(2)]
+    started = []
+    for reader in readers:
+        started.append(
+            await subs.Subscribe(pb.SubscribeRequest(model=model.name), metadata=reader.metadata)
+        )
+        clock.advance(timedelta(minutes=1))
+    older, newer = (s.subscription.id for s in started)
+    clock.advance(4 * DAY)  # both trials have ended; no billing run has seen it
+
+    async def stored(sub_id: str) -> str:
+        async with resources.db.session() as session:
+            return str(
+                await session.scalar(
+                    select(Subscription.state).where(Subscription.id == uuid.UUID(sub_id))
+                )
+            )
+
+    page = await subs.ListSubscriptions(
+        pb.ListSubscriptionsRequest(model=model.name, page_size=1), metadata=admin.metadata
+    )
+    (listed,) = page.subscriptions
+    assert listed.id == newer and listed.state == pb.SUBSCRIPTION_STATE_ACTIVE
+    assert (await stored(newer), await stored(older)) == ("active", "trialing")
+    # The next page settles the other one.
+    page = await subs.ListSubscriptions(
+        pb.ListSubscriptionsRequest(model=model.name, page_size=1, page_token=page.next_page_token),
+        metadata=admin.metadata,
+    )
+    assert [s.id for s in page.subscriptions] == [older]
+    assert page.subscriptions[0].state == pb.SUBSCRIPTION_STATE_ACTIVE
+    assert await stored(older) == "active"
+    assert not page.next_page_token

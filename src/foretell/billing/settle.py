@@ -83,12 +83,13 @@ def _credited() -> ScalarSelect[int]:
 async def invoice_statuses(
     session: AsyncSession, *conditions: ColumnElement[bool], limit: int | None = None
 ) -> list[InvoiceStatus]:
-    """Invoices matching `conditions` with their credits and payment, newest first."""
+    """Invoices matching `conditions` with their credits and payment, newest first, then by
+    id: a total order, which ListInvoices pages through."""
     query = (
         select(Invoice, _credited(), Payment)
         .outerjoin(Payment, Payment.invoice_id == Invoice.id)
         .where(*conditions)
-        .order_by(Invoice.issued_at.desc(), Invoice.period_start.desc())
+        .order_by(Invoice.issued_at.desc(), Invoice.id)
     )
     if limit is not None:
         query = query.limit(limit)

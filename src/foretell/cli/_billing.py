@@ -135,10 +135,16 @@ def subscriptions(model: str, url: str, as_json: bool) -> None:
     Example:
       foretell subscriptions
     """
+    request = pb.ListSubscriptionsRequest(model=model)
+    listed: list[pb.Subscription] = []
     with connect(url) as client:
-        listed = client.unary(
-            client.subscription.ListSubscriptions, pb.ListSubscriptionsRequest(model=model)
-        ).subscriptions
+        # Every page: one user's subscriptions are few, and the table shows them all.
+        while True:
+            page = client.unary(client.subscription.ListSubscriptions, request)
+            listed.extend(page.subscriptions)
+            if not page.next_page_token or page.next_page_token == request.page_token:
+                break
+            request.page_token = page.next_page_token
     if as_json:
         echo_json({"subscriptions": [message_dict(s) for s in listed]})
         return
@@ -206,8 +212,14 @@ def invoices(subscription_id: str, url: str, as_json: bool) -> None:
       foretell invoices
     """
     request = pb.ListInvoicesRequest(subscription_id=subscription_id)
+    listed: list[pb.Invoice] = []
     with connect(url) as client:
-        listed = client.unary(client.subscription.ListInvoices, request).invoices
+        while True:
+            page = client.unary(client.subscription.ListInvoices, request)
+            listed.extend(page.invoices)
+            if not page.next_page_token or page.next_page_token == request.page_token:
+                break
+            request.page_token = page.next_page_token
     if as_json:
         echo_json({"invoices": [message_dict(i) for i in listed]})
         return

@@ -11,7 +11,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from foretell.errors import FieldViolation, InvalidArgument, Violations
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.runs._schedule import STEP_S
-from foretell.services.registry._validate import SYMBOL, decode_token, encode_token, model_name
+from foretell.services._paging import decode_token, encode_token
+from foretell.services.registry._validate import SYMBOL, model_name
 
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
 

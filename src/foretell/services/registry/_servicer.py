@@ -17,6 +17,7 @@ from foretell.errors import FieldViolation, InvalidArgument, NotFound, Violation
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from foretell.runtime.resources import Resources
+from foretell.services import _paging
 from foretell.services._convert import timestamp as _ts
 from foretell.services.registry import _store, _validate
 from foretell.services.registry._store import ModelView, Upload
@@ -120,7 +121,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     ) -> pb.ListModelsResponse:
         v = Violations()
         limit = _validate.page_size(v, request.page_size)
-        after = _validate.decode_token(v, request.page_token)
+        after = _paging.decode_token(v, request.page_token)
         if after is not None and not isinstance(after, str):
             v.add("page_token", "not a token from a previous page")
         resolution = None
@@ -139,7 +140,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             resolution=resolution,
             only_mine=request.only_mine,
         )
-        token = _validate.encode_token(views[limit - 1].model.name) if len(views) > limit else ""
+        token = _paging.encode_token(views[limit - 1].model.name) if len(views) > limit else ""
         return pb.ListModelsResponse(
             models=[model_pb(view) for view in views[:limit]], next_page_token=token
         )
@@ -236,7 +237,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         v = Violations()
         name = _validate.model_name(v, "model", request.model)
         limit = _validate.page_size(v, request.page_size)
-        before = _validate.decode_token(v, request.page_token)
+        before = _paging.decode_token(v, request.page_token)
         if before is not None and not isinstance(before, int):
             v.add("page_token", "not a token from a previous page")
         v.raise_if_any()
@@ -247,7 +248,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             before=before if isinstance(before, int) else None,
             limit=limit + 1,
         )
-        token = _validate.encode_token(versions[limit - 1].number) if len(versions) > limit else ""
+        token = _paging.encode_token(versions[limit - 1].number) if len(versions) > limit else ""
         return pb.ListVersionsResponse(
             versions=[version_pb(view, version) for version in versions[:limit]],
             next_page_token=token,

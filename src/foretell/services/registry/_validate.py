@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 
 from foretell.common.v1 import common_pb2
@@ -136,21 +133,6 @@ def page_size(v: Violations, size: int) -> int:
     if size < 0 or size > MAX_PAGE:
         v.add("page_size", f"0 to {MAX_PAGE} (0 means {DEFAULT_PAGE})")
     return size or DEFAULT_PAGE
-
-
-def encode_token(cursor: object) -> str:
-    return base64.urlsafe_b64encode(json.dumps(cursor).encode()).decode()
-
-
-def decode_token(v: Violations, token: str) -> object:
-    """The cursor in a page token; None for the first page."""
-    if not token:
-        return None
-    try:
-        return json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        v.add("page_token", "not a token from a previous page")
-        return None
 
 
 def version_ref(model: str, number: int) -> tuple[str, int]:

@@ -11,6 +11,7 @@ from foretell.billing.settle import InvoiceStatus
 from foretell.db.models import Plan, Subscription
 from foretell.runtime.resources import Resources
 from foretell.services._convert import timestamp as _ts
+from foretell.services._paging import keyset_token
 from foretell.services.subscription import _store, _validate
 from foretell.subscription.v1 import subscription_service_pb2 as pb
 from foretell.subscription.v1 import subscription_service_pb2_grpc as pb_grpc
@@ -122,12 +123,13 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
     async def ListSubscriptions(
         self, request: pb.ListSubscriptionsRequest, context: Context
     ) -> pb.ListSubscriptionsResponse:
-        model = _validate.list_subscriptions(request)
-        rows = await _store.list_subscriptions(
-            self._res.db, current_principal(), model, self._billing()
+        model, page = _validate.list_subscriptions(request)
+        rows, last = await _store.list_subscriptions(
+            self._res.db, current_principal(), model, page, self._billing()
         )
         return pb.ListSubscriptionsResponse(
-            subscriptions=[subscription_pb(sub, name, self._grace) for sub, name in rows]
+            subscriptions=[subscription_pb(sub, name, self._grace) for sub, name in rows],
+            next_page_token=keyset_token("subscriptions", model, last) if last else "",
         )
 
     async def CancelSubscription(
@@ -149,9 +151,13 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
     async def ListInvoices(
         self, request: pb.ListInvoicesRequest, context: Context
     ) -> pb.ListInvoicesResponse:
-        sub_id = _validate.list_invoices(request)
-        rows = await _store.list_invoices(self._res.db, current_principal(), sub_id)
-        return pb.ListInvoicesResponse(invoices=[invoice_pb(s, name) for s, name in rows])
+        sub_id, page = _validate.list_invoices(request)
+        rows, last = await _store.list_invoices(self._res.db, current_principal(), sub_id, page)
+        scope = str(sub_id) if sub_id else ""
+        return pb.ListInvoicesResponse(
+            invoices=[invoice_pb(s, name) for s, name in rows],
+            next_page_token=keyset_token("invoices", scope, last) if last else "",
+        )
 
 
 def add_to_server(server: aio.Server, resources: Resources) -> None:

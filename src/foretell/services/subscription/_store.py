@@ -31,6 +31,7 @@ from foretell.billing.settle import (
 from foretell.db import Database
 from foretell.db.models import Invoice, Model, Plan, Subscription
 from foretell.errors import FailedPrecondition, NotFound, PermissionDenied
+from foretell.services._paging import Keyset, Page, after_keyset
 from foretell.services.registry._store import get_view, owned_model
 from foretell.services.subscription._validate import PlanInput
 from foretell.settings import Settings
@@ -153,32 +154,44 @@ def _visible(principal: Principal) -> list[ColumnElement[bool]]:
 
 
 async def list_subscriptions(
-    db: Database, principal: Principal, model: str, billing: Billing
-) -> list[tuple[Subscription, str]]:
-    query = (
-        select(Subscription.id)
-        .join(Model, Model.id == Subscription.model_id)
-        .where(*_visible(principal), Subscription.state.in_([s.value for s in LIVE]))
-    )
+    db: Database, principal: Principal, model: str, page: Page, billing: Billing
+) -> tuple[list[tuple[Subscription, str]], Keyset | None]:
+    """One page of subscriptions, newest first, and where the next page starts (None on the
+    last). Only the page's live subscriptions are settled, so a call costs at most a page of
+    settlements however many subscriptions there are."""
+    order = (Subscription.created_at.desc(), Subscription.id)
+    conditions = _visible(principal)
     if model:
-        query = query.where(Model.name == model)
-    # Settle the live ones first, so that what is listed is true now.
+        conditions.append(Model.name == model)
+    if page.after is not None:
+        conditions.append(after_keyset(Subscription.created_at, Subscription.id, page.after))
+    selected = (
+        select(Subscription.id, Subscription.state, Subscription.created_at)
+        .join(Model, Model.id == Subscription.model_id)
+        .where(*conditions)
+        .order_by(*order)
+        .limit(page.size + 1)
+    )
     async with db.session() as session:
-        live = list(await session.scalars(query))
-    for sub_id in live:
-        async with db.session.begin() as session:
-            sub = await locked_subscription(session, sub_id)
-            await settle(session, sub, billing.now, billing.settings, billing.gateway)
+        rows = (await session.execute(selected)).all()
+    more, rows = len(rows) > page.size, rows[: page.size]
+    # Settle the page's live ones first, so that what is listed is true now. Settling never
+    # changes created_at or id: the page stays the page.
+    for sub_id, state, _ in rows:
+        if State(state) in LIVE:
+            async with db.session.begin() as session:
+                sub = await locked_subscription(session, sub_id)
+                await settle(session, sub, billing.now, billing.settings, billing.gateway)
     listing = (
         select(Subscription, Model.name)
         .join(Model, Model.id == Subscription.model_id)
-        .where(*_visible(principal))
-        .order_by(Subscription.created_at.desc(), Subscription.id)
+        .where(Subscription.id.in_([row[0] for row in rows]))
+        .order_by(*order)
     )
-    if model:
-        listing = listing.where(Model.name == model)
     async with db.session() as session:
-        return [(row[0], row[1]) for row in (await session.execute(listing)).all()]
+        listed = [(row[0], row[1]) for row in (await session.execute(listing)).all()]
+    last = Keyset(rows[-1][2], rows[-1][0]) if more else None
+    return listed, last
 
 
 async def _own(session: AsyncSession, principal: Principal, sub_id: uuid.UUID) -> Subscription:
@@ -230,11 +243,15 @@ async def resume(
 
 
 async def list_invoices(
-    db: Database, principal: Principal, sub_id: uuid.UUID | None
-) -> list[tuple[InvoiceStatus, str]]:
+    db: Database, principal: Principal, sub_id: uuid.UUID | None, page: Page
+) -> tuple[list[tuple[InvoiceStatus, str]], Keyset | None]:
+    """One page of invoices, newest first, and where the next page starts (None on the
+    last)."""
     conditions: list[ColumnElement[bool]] = []
     if principal.role != Role.ADMIN:
         conditions.append(Invoice.subscriber_id == principal.user_id)
+    if page.after is not None:
+        conditions.append(after_keyset(Invoice.issued_at, Invoice.id, page.after))
     async with db.session() as session:
         if sub_id is not None:
             owner = await session.scalar(
@@ -243,7 +260,8 @@ async def list_invoices(
             if owner is None or (principal.role != Role.ADMIN and owner != principal.user_id):
                 raise NotFound(f"no subscription {str(sub_id)!r}")
             conditions.append(Invoice.subscription_id == sub_id)
-        statuses = await invoice_statuses(session, *conditions)
+        statuses = await invoice_statuses(session, *conditions, limit=page.size + 1)
+        more, statuses = len(statuses) > page.size, statuses[: page.size]
         names = {
             row[0]: row[1]
             for row in (
@@ -254,4 +272,8 @@ async def list_invoices(
                 )
             ).all()
         }
-    return [(s, names[s.invoice.model_id]) for s in statuses]
+    last = statuses[-1].invoice if more else None
+    return (
+        [(s, names[s.invoice.model_id]) for s in statuses],
+        Keyset(last.issued_at, last.id) if last else None,
+    )

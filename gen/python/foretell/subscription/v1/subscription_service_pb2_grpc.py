@@ -130,7 +130,9 @@ class SubscriptionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSubscriptions(self, request, context):
-        """Lists the caller's subscriptions, newest first (an admin: everyone's).
+        """Lists the caller's subscriptions, newest first (an admin: everyone's), a
+        page at a time. The live subscriptions of the page are settled first, so
+        each is listed in its state as of now.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,7 +157,8 @@ class SubscriptionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListInvoices(self, request, context):
-        """Lists the caller's invoices, newest first (an admin: everyone's).
+        """Lists the caller's invoices, newest issued first (an admin: everyone's),
+        a page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

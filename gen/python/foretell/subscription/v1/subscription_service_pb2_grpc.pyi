@@ -64,7 +64,10 @@ class SubscriptionServiceStub:
     for the model's own provider.
     """
     ListSubscriptions: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.ListSubscriptionsRequest, _subscription_service_pb2.ListSubscriptionsResponse]
-    """Lists the caller's subscriptions, newest first (an admin: everyone's)."""
+    """Lists the caller's subscriptions, newest first (an admin: everyone's), a
+    page at a time. The live subscriptions of the page are settled first, so
+    each is listed in its state as of now.
+    """
     CancelSubscription: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.CancelSubscriptionRequest, _subscription_service_pb2.CancelSubscriptionResponse]
     """Cancels one of the caller's subscriptions: at the end of the current
     period by default (access until then; ResumeSubscription undoes it), or
@@ -76,7 +79,9 @@ class SubscriptionServiceStub:
     FAILED_PRECONDITION when no cancellation is pending.
     """
     ListInvoices: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.ListInvoicesRequest, _subscription_service_pb2.ListInvoicesResponse]
-    """Lists the caller's invoices, newest first (an admin: everyone's)."""
+    """Lists the caller's invoices, newest issued first (an admin: everyone's),
+    a page at a time.
+    """
 
 @_typing.type_check_only
 class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
@@ -114,7 +119,10 @@ class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
     for the model's own provider.
     """
     ListSubscriptions: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.ListSubscriptionsRequest, _subscription_service_pb2.ListSubscriptionsResponse]  # type: ignore[assignment]
-    """Lists the caller's subscriptions, newest first (an admin: everyone's)."""
+    """Lists the caller's subscriptions, newest first (an admin: everyone's), a
+    page at a time. The live subscriptions of the page are settled first, so
+    each is listed in its state as of now.
+    """
     CancelSubscription: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.CancelSubscriptionRequest, _subscription_service_pb2.CancelSubscriptionResponse]  # type: ignore[assignment]
     """Cancels one of the caller's subscriptions: at the end of the current
     period by default (access until then; ResumeSubscription undoes it), or
@@ -126,7 +134,9 @@ class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
     FAILED_PRECONDITION when no cancellation is pending.
     """
     ListInvoices: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.ListInvoicesRequest, _subscription_service_pb2.ListInvoicesResponse]  # type: ignore[assignment]
-    """Lists the caller's invoices, newest first (an admin: everyone's)."""
+    """Lists the caller's invoices, newest issued first (an admin: everyone's),
+    a page at a time.
+    """
 
 class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
     """SubscriptionService sells a model's forecasts: its provider sets a monthly
@@ -185,7 +195,10 @@ class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _subscription_service_pb2.ListSubscriptionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_subscription_service_pb2.ListSubscriptionsResponse, _abc.Awaitable[_subscription_service_pb2.ListSubscriptionsResponse]]:
-        """Lists the caller's subscriptions, newest first (an admin: everyone's)."""
+        """Lists the caller's subscriptions, newest first (an admin: everyone's), a
+        page at a time. The live subscriptions of the page are settled first, so
+        each is listed in its state as of now.
+        """
 
     @_abc_1.abstractmethod
     def CancelSubscription(
@@ -215,6 +228,8 @@ class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _subscription_service_pb2.ListInvoicesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_subscription_service_pb2.ListInvoicesResponse, _abc.Awaitable[_subscription_service_pb2.ListInvoicesResponse]]:
-        """Lists the caller's invoices, newest first (an admin: everyone's)."""
+        """Lists the caller's invoices, newest issued first (an admin: everyone's),
+        a page at a time.
+        """
 
 def add_SubscriptionServiceServicer_to_server(servicer: SubscriptionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
