@@ -373,3 +373,30 @@ async def test_a_reader_without_a_subscription_sees_payloads_only_of_the_delayed
             pb.GetLedgerRequest(model=hidden.name), metadata=stranger.metadata
         )
     assert status_code(missing.value).name == "NOT_FOUND"
+
+
+async def test_a_ledger_page_token_serves_only_its_own_model(
+    registry: reg_grpc.RegistryServiceAsyncStub,
+    forecasts: pb_grpc.ForecastServiceAsyncStub,
+    sign_up: SignUp,
+    resources: Resources,
+) -> None:
+    made, _runs = await ledgered_model(registry, sign_up, resources)
+    other, _ = await ledgered_model(registry, sign_up, resources)
+    first = await forecasts.GetLedger(
+        pb.GetLedgerRequest(model=made.name, page_size=1), metadata=made.owner.metadata
+    )
+    assert first.next_page_token
+    for model, token in ((other.name, first.next_page_token), (made.name, "seq:1")):
+        with pytest.raises(aio.AioRpcError) as refused:
+            await forecasts.GetLedger(
+                pb.GetLedgerRequest(model=model, page_token=token), metadata=made.owner.metadata
+            )
+        assert status_code(refused.value).name == "INVALID_ARGUMENT"
+        assert "page_token" in (refused.value.details() or "")
+    for size in (-1, 1001):
+        with pytest.raises(aio.AioRpcError) as bad:
+            await forecasts.GetLedger(
+                pb.GetLedgerRequest(model=made.name, page_size=size), metadata=made.owner.metadata
+            )
+        assert status_code(bad.value).name == "INVALID_ARGUMENT"

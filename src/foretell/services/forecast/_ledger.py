@@ -12,6 +12,7 @@ from foretell.db import Database
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.ledger import chain
 from foretell.services._convert import timestamp as _ts
+from foretell.services.forecast._validate import ledger_token
 
 _ENTRIES = text("""
 SELECT sequence, run_id, prev_hash, entry_hash FROM ledger_entries
@@ -73,7 +74,7 @@ async def ledger_page(
                 )
             )
         if len(rows) > limit:
-            response.next_page_token = f"seq:{rows[limit - 1][0]}"
+            response.next_page_token = ledger_token(name, rows[limit - 1][0])
         if after == 0:
             for sequence, head_hash, signed_at, key_id, signature in await conn.execute(
                 _CHECKPOINTS, params

@@ -12,6 +12,7 @@ from foretell.errors import FieldViolation, InvalidArgument, Violations
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.runs._schedule import STEP_S
 from foretell.services._paging import decode_token, encode_token
+from foretell.services._paging import page_size as checked_page_size
 from foretell.services.registry._validate import SYMBOL, model_name
 
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
@@ -219,19 +220,29 @@ def get_performance(request: pb.GetPerformanceRequest) -> tuple[str, str, float]
     return name, kind, cost
 
 
+def ledger_token(model: str, sequence: int) -> str:
+    """The next page of `model`'s ledger starts after entry `sequence`."""
+    return encode_token(["GetLedger", model, sequence])
+
+
 def get_ledger(request: pb.GetLedgerRequest) -> tuple[str, int, int]:
-    """(model name, page size, first sequence of the page)."""
+    """(model name, page size, last sequence before the page)."""
     v = Violations()
     name = model_name(v, "model", request.model)
-    limit = request.page_size or DEFAULT_PAGE
-    if not 1 <= limit <= MAX_PAGE:
-        v.add("page_size", f"1 to {MAX_PAGE}, or 0 for {DEFAULT_PAGE}")
+    limit = checked_page_size(v, request.page_size)
     after = 0
-    if request.page_token:
-        token = request.page_token
-        if not token.startswith("seq:") or not token[4:].isdigit():
-            v.add("page_token", "not a token this call returned")
+    raw = decode_token(v, request.page_token)
+    if raw is not None:
+        # The model rides in the token: another model's token is refused, not followed.
+        if (
+            isinstance(raw, list)
+            and len(raw) == 3
+            and raw[:2] == ["GetLedger", name]
+            and type(raw[2]) is int
+            and raw[2] >= 0
+        ):
+            after = raw[2]
         else:
-            after = int(token[4:])
+            v.add("page_token", "not a token this call returned")
     v.raise_if_any()
     return name, limit, after
