@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 import click
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -76,6 +76,8 @@ The server URL comes from --url, else FORETELL_URL, else localhost:8080.
 
 DEFAULT_URL = "localhost:8080"
 CALL_TIMEOUT_S = 30.0
+# Items asked for per page of a List call.
+PAGE_SIZE = 100
 # Refresh this long before the access token expires, so it cannot expire in flight.
 REFRESH_MARGIN = timedelta(seconds=30)
 
@@ -365,6 +367,42 @@ class Client:
             yield from rest
 
 
+class PagedRequest(Protocol):
+    page_size: int
+    page_token: str
+
+
+class Page(Protocol):
+    next_page_token: str
+
+
+PagedReq = TypeVar("PagedReq", bound=PagedRequest)
+PageT = TypeVar("PageT", bound=Page)
+
+
+def pages(
+    client: Client,
+    method: Callable[..., PageT],
+    request: PagedReq,
+    count: Callable[[PageT], int],
+    limit: int | None = None,
+) -> Iterator[PageT]:
+    """The pages of a List call, following `next_page_token`, until `limit` items (`count`
+    says how many a page holds; None: every page). A server handing back the token it was
+    given ends the loop rather than spinning."""
+    seen = 0
+    while limit is None or seen < limit:
+        request.page_size = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - seen)
+        page = client.call(
+            lambda metadata: method(request, metadata=metadata, timeout=CALL_TIMEOUT_S)
+        )
+        seen += count(page)
+        yield page
+        if not page.next_page_token or page.next_page_token == request.page_token:
+            return
+        request.page_token = page.next_page_token
+
+
 def _bearer(credentials: Credentials) -> Metadata:
     return (("authorization", f"Bearer {credentials.access_token}"),)
 
@@ -484,6 +522,13 @@ def echo_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def short_time(stamp: timestamp_pb2.Timestamp) -> str:
+    """A timestamp as tables show it: `2026-11-02 09:00Z`, or `-` when unset."""
+    if not stamp.seconds and not stamp.nanos:
+        return "-"
+    return stamp.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%MZ")
 
 
 def enum_label(name: str, prefix: str) -> str:

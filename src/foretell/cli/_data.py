@@ -148,6 +148,16 @@ def parse_time(text: str) -> int:
     return int(value.timestamp())
 
 
+def time_option(text: str | None, name: str) -> timestamp_pb2.Timestamp | None:
+    """The value of a --NAME TIME option, or a usage error naming the option."""
+    if text is None:
+        return None
+    try:
+        return timestamp_pb2.Timestamp(seconds=parse_time(text))
+    except ValueError as error:
+        raise CliError(f"--{name} {text!r}: not an ISO 8601 time ({error})", Exit.USAGE) from None
+
+
 def read_csv(path: Path) -> CsvBars:
     """Every row of a CSV file with a header, or a CliError listing the rows that fail."""
     bars = CsvBars.empty()
@@ -368,15 +378,6 @@ def symbols(url: str, as_json: bool) -> None:
     echo_table(["SYMBOL", "RES", "BARS", "FIRST", "LAST"], rows)
 
 
-def _time_option(text: str | None, name: str) -> timestamp_pb2.Timestamp | None:
-    if text is None:
-        return None
-    try:
-        return timestamp_pb2.Timestamp(seconds=parse_time(text))
-    except ValueError as error:
-        raise CliError(f"--{name} {text!r}: not an ISO 8601 time ({error})", Exit.USAGE) from None
-
-
 def _number(value: float) -> str:
     return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
 
@@ -416,8 +417,8 @@ def bars(
     request = pb.GetBarsRequest(
         symbol=symbol.upper(),
         resolution=RESOLUTIONS[resolution],
-        start_time=_time_option(start, "start"),
-        end_time=_time_option(end, "end"),
+        start_time=time_option(start, "start"),
+        end_time=time_option(end, "end"),
         limit=0 if every else first or last or 20,
         latest=not first,
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC
 
 import click
 import grpc
@@ -23,30 +22,18 @@ from foretell.cli._client import (
     enum_label,
     json_option,
     message_dict,
+    pages,
+    short_time,
     url_option,
 )
-from foretell.cli._data import parse_time
+from foretell.cli._data import time_option
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 
-PAGE_SIZE = 100
 DEFAULT_LAST = 20
 DETAIL_WIDTH = 40
 _FORECAST_HEADERS = (
     "AS OF", "SYMBOL", "DIRECTION", "TARGET", "RETURN", "PROBABILITY", "VERSION", "RECORDED",
 )  # fmt: skip
-
-
-def _time(stamp: timestamp_pb2.Timestamp) -> str:
-    return stamp.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%MZ")
-
-
-def _time_option(text: str | None, name: str) -> timestamp_pb2.Timestamp | None:
-    if text is None:
-        return None
-    try:
-        return timestamp_pb2.Timestamp(seconds=parse_time(text))
-    except ValueError as error:
-        raise CliError(f"--{name} {text!r}: not an ISO 8601 time ({error})", Exit.USAGE) from None
 
 
 def _kind(simulated: bool, dry: bool) -> pb.RunKind.ValueType:
@@ -59,14 +46,14 @@ def _kind(simulated: bool, dry: bool) -> pb.RunKind.ValueType:
 
 def _row(f: pb.ForecastRecord) -> tuple[str, ...]:
     return (
-        _time(f.as_of),
+        short_time(f.as_of),
         f.symbol,
         enum_label(pb.Direction.Name(f.direction), "DIRECTION_"),
-        _time(f.target_time),
+        short_time(f.target_time),
         format(f.predicted_return, "+.4%") if f.HasField("predicted_return") else "-",
         format(f.probability, ".2f") if f.HasField("probability") else "-",
         f"v{f.version}",
-        _time(f.recorded_time),
+        short_time(f.recorded_time),
     )
 
 
@@ -102,16 +89,11 @@ class _Listed:
 def _list_forecasts(client: Client, request: pb.ListForecastsRequest, limit: int | None) -> _Listed:
     """Pages of ListForecasts until `limit` forecasts (None: every page)."""
     listed = _Listed([])
-    while limit is None or len(listed.forecasts) < limit:
-        request.page_size = (
-            PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(listed.forecasts))
-        )
-        page = client.unary(client.forecast.ListForecasts, request)
+    for page in pages(
+        client, client.forecast.ListForecasts, request, lambda p: len(p.forecasts), limit
+    ):
         listed.forecasts.extend(page.forecasts)
         listed.sample = listed.sample or page.delayed_sample
-        if not page.next_page_token or page.next_page_token == request.page_token:
-            break
-        request.page_token = page.next_page_token
     return listed
 
 
@@ -199,7 +181,7 @@ def forecasts(
     if last is not None and every:
         raise CliError("use one of --last and --all", Exit.USAGE)
     kind = _kind(simulated, dry)
-    filters = _Filters(number or 0, _time_option(since, "since"), _time_option(until, "until"))
+    filters = _Filters(number or 0, time_option(since, "since"), time_option(until, "until"))
     request = pb.ListForecastsRequest(
         model=model,
         symbol=symbol or "",
@@ -326,15 +308,9 @@ def runs(
         return
     limit = last or DEFAULT_LAST
     request = pb.ListRunsRequest(model=model, version=number or 0, kind=kind)
-    found: list[pb.Run] = []
     with connect(url) as client:
-        while len(found) < limit:
-            request.page_size = min(PAGE_SIZE, limit - len(found))
-            page = client.unary(client.forecast.ListRuns, request)
-            found.extend(page.runs)
-            if not page.next_page_token or page.next_page_token == request.page_token:
-                break
-            request.page_token = page.next_page_token
+        listed = pages(client, client.forecast.ListRuns, request, lambda p: len(p.runs), limit)
+        found = [r for page in listed for r in page.runs]
     if as_json:
         echo_json(message_dict(pb.ListRunsResponse(runs=found)) or {"runs": []})
         return
@@ -345,7 +321,7 @@ def runs(
         ("AS OF", "VERSION", "OUTCOME", "DURATION", "FORECASTS", "DETAIL", "ID"),
         [
             (
-                _time(r.as_of),
+                short_time(r.as_of),
                 f"v{r.version}",
                 _outcome(r),
                 _duration(r),
@@ -381,11 +357,11 @@ def _show_run(model: str, run_id: str, url: str, as_json: bool) -> None:
         ("run", r.id),
         ("model", f"{r.model} version {r.version}"),
         ("kind", enum_label(pb.RunKind.Name(r.kind), "RUN_KIND_")),
-        ("as of", _time(r.as_of)),
+        ("as of", short_time(r.as_of)),
         ("outcome", _outcome(r)),
         ("duration", _duration(r)),
         ("forecasts", str(r.forecast_count)),
-        ("recorded", _time(r.create_time)),
+        ("recorded", short_time(r.create_time)),
     ]
     for label, value in rows:
         click.echo(f"{label + ':':11}{value}")

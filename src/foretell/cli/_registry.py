@@ -8,12 +8,11 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC
 from pathlib import Path
 
 import click
 import grpc
-from google.protobuf import field_mask_pb2, timestamp_pb2
+from google.protobuf import field_mask_pb2
 
 from foretell.bundle import (
     MANIFEST_NAME,
@@ -35,6 +34,8 @@ from foretell.cli._client import (
     enum_label,
     json_option,
     message_dict,
+    pages,
+    short_time,
     url_option,
 )
 from foretell.common.v1 import common_pb2
@@ -42,7 +43,6 @@ from foretell.errors import ForetellError, InvalidArgument
 from foretell.registry.v1 import registry_service_pb2 as pb
 
 CHUNK_BYTES = 1024 * 1024  # the most UploadVersion accepts per message
-PAGE_SIZE = 100
 # Generous for slow links; a stalled upload still ends.
 UPLOAD_BASE_TIMEOUT_S = 60.0
 UPLOAD_MIN_BYTES_PER_S = 256 * 1024
@@ -92,12 +92,6 @@ def _visibility(model: pb.Model) -> str:
 
 def _state(version: pb.Version) -> str:
     return pb.BuildState.Name(version.build_state).removeprefix("BUILD_STATE_")
-
-
-def _time(stamp: timestamp_pb2.Timestamp) -> str:
-    if not stamp.seconds and not stamp.nanos:
-        return "-"
-    return stamp.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%MZ")
 
 
 def _terminal_safe(text: str) -> str:
@@ -482,7 +476,6 @@ def models(
       foretell models --symbol EURUSD --tag fx --json
     """
     request = pb.ListModelsRequest(
-        page_size=PAGE_SIZE,
         symbol=(symbol or "").upper(),
         tag=tag or "",
         resolution=_RESOLUTION_ENUM[resolution]
@@ -490,14 +483,9 @@ def models(
         else common_pb2.RESOLUTION_UNSPECIFIED,
         only_mine=mine,
     )
-    found: list[pb.Model] = []
     with connect(url) as client:
-        while True:
-            page = client.unary(client.registry.ListModels, request)
-            found.extend(page.models)
-            if not page.next_page_token or page.next_page_token == request.page_token:
-                break
-            request.page_token = page.next_page_token
+        listed = pages(client, client.registry.ListModels, request, lambda p: len(p.models))
+        found = [m for page in listed for m in page.models]
     if as_json:
         echo_json(message_dict(pb.ListModelsResponse(models=found)) or {"models": []})
         return
@@ -531,22 +519,23 @@ def versions(model: str, url: str, as_json: bool) -> None:
       foretell versions eurusd-momentum
       foretell versions eurusd-momentum --json
     """
-    request = pb.ListVersionsRequest(model=model, page_size=PAGE_SIZE)
-    found: list[pb.Version] = []
+    request = pb.ListVersionsRequest(model=model)
     with connect(url) as client:
-        while True:
-            page = client.unary(client.registry.ListVersions, request)
-            found.extend(page.versions)
-            if not page.next_page_token or page.next_page_token == request.page_token:
-                break
-            request.page_token = page.next_page_token
+        listed = pages(client, client.registry.ListVersions, request, lambda p: len(p.versions))
+        found = [v for page in listed for v in page.versions]
     if as_json:
         echo_json(message_dict(pb.ListVersionsResponse(versions=found)) or {"versions": []})
         return
     echo_table(
         ("VERSION", "DIGEST", "STATE", "LIVE", "CREATED"),
         [
-            (v.number, _short(v.digest), _state(v), "live" if v.live else "", _time(v.create_time))
+            (
+                v.number,
+                _short(v.digest),
+                _state(v),
+                "live" if v.live else "",
+                short_time(v.create_time),
+            )
             for v in found
         ],
     )
