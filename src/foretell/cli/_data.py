@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 
 from foretell.cli._client import (
     CALL_TIMEOUT_S,
+    Client,
     CliError,
     Exit,
     Target,
@@ -382,6 +383,24 @@ def _number(value: float) -> str:
     return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
 
 
+def fetch_bars(client: Client, request: pb.GetBarsRequest) -> CsvBars:
+    """Every bar GetBars streams for `request`, or an error if the stream ends early."""
+    stub = pb_grpc.DataFeedServiceStub(client.channel)
+    got = CsvBars.empty()
+    complete = False
+    for response in client.stream(stub.GetBars, request):
+        b = response.bars
+        got.times.extend(b.open_times_unix)
+        for column, values in zip(
+            got.columns()[1:6], (b.opens, b.highs, b.lows, b.closes, b.volumes), strict=True
+        ):
+            column.extend(values)
+        complete = response.last
+    if not complete:
+        raise CliError("the bars stopped arriving before the last one: try again", Exit.ERROR)
+    return got
+
+
 @data.command("bars", short_help="Show the bars of a symbol.")
 @click.argument("symbol")
 @resolution_option
@@ -422,24 +441,9 @@ def bars(
         limit=0 if every else first or last or 20,
         latest=not first,
     )
-    rows: list[tuple[int, float, float, float, float, float]] = []
-    complete = False
     with connect(url) as client:
-        stub = pb_grpc.DataFeedServiceStub(client.channel)
-        for response in client.stream(stub.GetBars, request):
-            b = response.bars
-            rows += zip(
-                b.open_times_unix,
-                b.opens,
-                b.highs,
-                b.lows,
-                b.closes,
-                b.volumes,
-                strict=True,
-            )
-            complete = response.last
-    if not complete:
-        raise CliError("the bars stopped arriving before the last one: try again", Exit.ERROR)
+        got = fetch_bars(client, request)
+    rows = list(zip(*got.columns()[:6], strict=True))
     if as_json:
         keys = ("openTime", "open", "high", "low", "close", "volume")
         echo_json(

@@ -27,9 +27,8 @@ from foretell.cli._client import (
     url_option,
 )
 from foretell.cli._data import RESOLUTIONS as RESOLUTION_ENUM
-from foretell.cli._data import CsvBars, parse_time, read_csv
+from foretell.cli._data import CsvBars, fetch_bars, parse_time, read_csv
 from foretell.datafeed.v1 import datafeed_service_pb2 as datafeed_pb
-from foretell.datafeed.v1 import datafeed_service_pb2_grpc as datafeed_grpc
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 
 # A dry run lasts as long as the model runs in the sandbox: far longer than a plain call.
@@ -204,26 +203,13 @@ def _platform_bars(
     `lookback` bars opening before as_of, which on the grid have all closed by then."""
     found: dict[str, CsvBars] = {}
     with connect(url) as client:
-        stub = datafeed_grpc.DataFeedServiceStub(client.channel)
         for symbol in symbols:
             request = datafeed_pb.GetBarsRequest(
                 symbol=symbol, resolution=RESOLUTION_ENUM[resolution], limit=lookback, latest=True
             )
             if as_of is not None:
                 request.end_time.FromDatetime(as_of)
-            bars = CsvBars.empty()
-            complete = False
-            for response in client.stream(stub.GetBars, request):
-                b = response.bars
-                bars.times.extend(b.open_times_unix)
-                bars.opens.extend(b.opens)
-                bars.highs.extend(b.highs)
-                bars.lows.extend(b.lows)
-                bars.closes.extend(b.closes)
-                bars.volumes.extend(b.volumes)
-                complete = response.last
-            if not complete:
-                raise CliError("the bars stopped arriving before the last one: try again")
+            bars = fetch_bars(client, request)
             if not bars.times:
                 raise CliError(
                     f"the platform has no {resolution} bars of {symbol}"
