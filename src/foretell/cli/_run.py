@@ -27,7 +27,7 @@ from foretell.cli._client import (
     url_option,
 )
 from foretell.cli._data import RESOLUTIONS as RESOLUTION_ENUM
-from foretell.cli._data import CsvBars, fetch_bars, parse_time, read_csv
+from foretell.cli._data import CsvBars, fetch_bars, read_csv, time_option
 from foretell.datafeed.v1 import datafeed_service_pb2 as datafeed_pb
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 
@@ -67,12 +67,8 @@ def _show(shown: _Shown, heading: str) -> None:
 
 
 def _as_of(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        return datetime.fromtimestamp(parse_time(text), UTC)
-    except ValueError as error:
-        raise CliError(f"--as-of {text!r}: not an ISO 8601 time ({error})", Exit.USAGE) from None
+    stamp = time_option(text, "as-of")
+    return None if stamp is None else stamp.ToDatetime(tzinfo=UTC)
 
 
 @click.command(short_help="Try a model once in the sandbox: forecasts and logs.")
