@@ -620,6 +620,10 @@ async def test_admin_marks_an_invoice_paid(
         await subs.ListSubscriptions(pb.ListSubscriptionsRequest(), metadata=reader.metadata)
     ).subscriptions[0]
     assert subscription.state == pb.SUBSCRIPTION_STATE_ACTIVE
+    still_open = await asyncio.to_thread(
+        _admin, resources, "list", "--open", "--json", "--limit", "10000"
+    )
+    assert started.invoice.id not in {i["id"] for i in json.loads(still_open.stdout)["invoices"]}
     again = await asyncio.to_thread(_admin, resources, "pay", started.invoice.id)
     assert again.returncode == 2 and "nothing to pay" in again.stderr
     bad = await asyncio.to_thread(_admin, resources, "pay", "not-an-id")

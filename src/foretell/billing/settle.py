@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, ScalarSelect, func, select
+from sqlalchemy import ColumnElement, ScalarSelect, and_, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -97,9 +97,13 @@ async def invoice_statuses(
     return [InvoiceStatus(row[0], int(row[1]), row[2]) for row in rows]
 
 
+def is_open() -> ColumnElement[bool]:
+    """`InvoiceStatus.state == "open"` as SQL: unpaid, and not credited in full."""
+    return and_(Payment.id.is_(None), Invoice.amount_minor > _credited())
+
+
 async def _open_invoices(session: AsyncSession, sub: Subscription) -> list[InvoiceStatus]:
-    statuses = await invoice_statuses(session, Invoice.subscription_id == sub.id)
-    return [s for s in statuses if s.state == "open"]
+    return await invoice_statuses(session, Invoice.subscription_id == sub.id, is_open())
 
 
 async def issue_invoice(

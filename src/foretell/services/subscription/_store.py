@@ -22,6 +22,7 @@ from foretell.billing.settle import (
     Terms,
     after_invoice,
     invoice_statuses,
+    is_open,
     issue_credit_note,
     issue_invoice,
     locked_subscription,
@@ -220,15 +221,15 @@ async def cancel(
         await fire(session, sub, Event.CANCEL_NOW if immediately else Event.CANCEL, now)
         if was is State.INCOMPLETE:
             # Never paid, never readable: its first invoice is corrected to nothing.
-            for status in await invoice_statuses(session, Invoice.subscription_id == sub.id):
-                if status.state == "open":
-                    await issue_credit_note(
-                        session,
-                        status.invoice.id,
-                        status.amount_due_minor,
-                        "canceled before the first payment",
-                        now,
-                    )
+            opened = await invoice_statuses(session, Invoice.subscription_id == sub.id, is_open())
+            for status in opened:
+                await issue_credit_note(
+                    session,
+                    status.invoice.id,
+                    status.amount_due_minor,
+                    "canceled before the first payment",
+                    now,
+                )
         return sub, await _model_name(session, sub)
 
 
