@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from foretell.registry.v1 import registry_service_pb2_grpc as reg_grpc
+from foretell.runtime import Resources
 from foretell.subscription.v1 import subscription_service_pb2 as pb
 from foretell.subscription.v1 import subscription_service_pb2_grpc as pb_grpc
-from tests.conftest import SignedIn
+from tests._records import Made, make_model
+from tests.conftest import SignedIn, SignUp
 
 if TYPE_CHECKING:
     from grpc import aio
@@ -41,3 +44,12 @@ async def trial(
     response = await stub.Subscribe(pb.SubscribeRequest(model=model), metadata=reader.metadata)
     assert response.subscription.state == pb.SUBSCRIPTION_STATE_TRIALING
     return response.subscription
+
+
+async def sold_model(
+    channel: aio.Channel, sign_up: SignUp, resources: Resources, *, trial_days: int
+) -> Made:
+    """A public model on sale: 49.00 USD a month, with a `trial_days` trial."""
+    model = await make_model(reg_grpc.RegistryServiceStub(channel), sign_up, resources, public=True)
+    await set_plan(channel, model.owner, model.name, trial_days=trial_days)
+    return model

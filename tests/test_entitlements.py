@@ -21,7 +21,7 @@ from foretell.auth.policy import Role
 from foretell.auth.principal import Principal
 from foretell.billing.entitlement import Reach, forecast_access
 from foretell.billing.gateway import gateway_for
-from foretell.billing.settle import run_billing
+from foretell.billing.settle import locked_subscription, run_billing
 from foretell.db.models import Model
 from foretell.errors import PermissionDenied
 from foretell.forecast.v1 import forecast_service_pb2 as pb
@@ -138,6 +138,25 @@ async def test_listing_needs_an_entitlement_over_grpc_and_rest(
         headers={"authorization": f"Bearer {reader.tokens.access_token}"},
     )
     assert refused.status_code == 403, refused.text
+
+
+async def test_a_read_with_nothing_due_takes_no_lock(
+    channel: aio.Channel,
+    forecasts: pb_grpc.ForecastServiceAsyncStub,
+    registry: reg_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    resources: Resources,
+) -> None:
+    """Every forecast read checks the entitlement: with no billing event due it is a plain
+    read, so it goes on while the subscription row is locked elsewhere (a payment, the cron)."""
+    m = await make_model(registry, sign_up, resources, public=True)
+    old, new = await _old_and_new(resources, m)
+    reader = await sign_up(account_pb.ROLE_SUBSCRIBER)
+    sub = await trial(channel, m.owner, reader, m.name)
+    async with resources.db.session.begin() as session:
+        await locked_subscription(session, uuid.UUID(sub.id))
+        runs = await asyncio.wait_for(_grpc_runs(forecasts, m.name, reader), 10)
+    assert runs == {old, new}
 
 
 async def test_without_the_delayed_sample_others_are_refused(

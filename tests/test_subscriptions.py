@@ -33,7 +33,7 @@ from foretell.runtime import Resources
 from foretell.services.account._store import create_user
 from foretell.subscription.v1 import subscription_service_pb2 as pb
 from foretell.subscription.v1 import subscription_service_pb2_grpc as pb_grpc
-from tests._billing import set_plan
+from tests._billing import set_plan, sold_model
 from tests._errors import field_violations
 from tests._records import Made, make_model
 from tests.conftest import (
@@ -311,14 +311,12 @@ async def test_subscription_lifecycle(
     name: str,
     channel: aio.Channel,
     subs: pb_grpc.SubscriptionServiceAsyncStub,
-    registry: reg_grpc.RegistryServiceAsyncStub,
     sign_up: SignUp,
     resources: Resources,
     clock: MovableClock,
 ) -> None:
     trial_days, steps = SCENARIOS[name]
-    model = await make_model(registry, sign_up, resources, public=True)
-    await set_plan(channel, model.owner, model.name, trial_days=trial_days)
+    model = await sold_model(channel, sign_up, resources, trial_days=trial_days)
     world = World(resources, clock, subs, model, await sign_up(account_pb.ROLE_SUBSCRIBER), channel)
     started = await world.subscribe()
     assert started.subscription.state == (
@@ -338,12 +336,10 @@ async def test_subscription_lifecycle(
 async def test_resubscribing_never_gives_a_second_trial(
     channel: aio.Channel,
     subs: pb_grpc.SubscriptionServiceAsyncStub,
-    registry: reg_grpc.RegistryServiceAsyncStub,
     sign_up: SignUp,
     resources: Resources,
 ) -> None:
-    model = await make_model(registry, sign_up, resources, public=True)
-    await set_plan(channel, model.owner, model.name, trial_days=7)
+    model = await sold_model(channel, sign_up, resources, trial_days=7)
     reader = await sign_up(account_pb.ROLE_SUBSCRIBER)
     md = reader.metadata
     first = await subs.Subscribe(pb.SubscribeRequest(model=model.name), metadata=md)
@@ -382,13 +378,11 @@ async def test_resubscribing_never_gives_a_second_trial(
 async def test_the_billing_run_is_idempotent(
     channel: aio.Channel,
     subs: pb_grpc.SubscriptionServiceAsyncStub,
-    registry: reg_grpc.RegistryServiceAsyncStub,
     sign_up: SignUp,
     resources: Resources,
     clock: MovableClock,
 ) -> None:
-    model = await make_model(registry, sign_up, resources, public=True)
-    await set_plan(channel, model.owner, model.name, trial_days=3)
+    model = await sold_model(channel, sign_up, resources, trial_days=3)
     world = World(resources, clock, subs, model, await sign_up(account_pb.ROLE_SUBSCRIBER), channel)
     await world.subscribe()
     clock.advance(4 * DAY)
@@ -424,13 +418,11 @@ async def _sql(resources: Resources, statement: str, *args: object) -> None:
 async def test_issued_invoices_cannot_be_changed_in_sql(
     channel: aio.Channel,
     subs: pb_grpc.SubscriptionServiceAsyncStub,
-    registry: reg_grpc.RegistryServiceAsyncStub,
     sign_up: SignUp,
     resources: Resources,
     clock: MovableClock,
 ) -> None:
-    model = await make_model(registry, sign_up, resources, public=True)
-    await set_plan(channel, model.owner, model.name, trial_days=0)
+    model = await sold_model(channel, sign_up, resources, trial_days=0)
     world = World(resources, clock, subs, model, await sign_up(account_pb.ROLE_SUBSCRIBER), channel)
     invoice = (await world.subscribe()).invoice
     await world.pay_open()
@@ -451,12 +443,10 @@ async def test_issued_invoices_cannot_be_changed_in_sql(
 async def test_nobody_reads_or_changes_anothers_subscriptions_and_invoices(
     channel: aio.Channel,
     subs: pb_grpc.SubscriptionServiceAsyncStub,
-    registry: reg_grpc.RegistryServiceAsyncStub,
     sign_up: SignUp,
     resources: Resources,
 ) -> None:
-    model = await make_model(registry, sign_up, resources, public=True)
-    await set_plan(channel, model.owner, model.name, trial_days=0)
+    model = await sold_model(channel, sign_up, resources, trial_days=0)
     alice = await sign_up(account_pb.ROLE_SUBSCRIBER)
     bob = await sign_up(account_pb.ROLE_SUBSCRIBER)
     mine = await subs.Subscribe(pb.SubscribeRequest(model=model.name), metadata=alice.metadata)
@@ -598,14 +588,12 @@ def _admin(resources: Resources, *args: str) -> subprocess.CompletedProcess[str]
 async def test_admin_marks_an_invoice_paid(
     channel: aio.Channel,
     subs: pb_grpc.SubscriptionServiceAsyncStub,
-    registry: reg_grpc.RegistryServiceAsyncStub,
     sign_up: SignUp,
     resources: Resources,
 ) -> None:
     import json
 
-    model = await make_model(registry, sign_up, resources, public=True)
-    await set_plan(channel, model.owner, model.name, trial_days=0)
+    model = await sold_model(channel, sign_up, resources, trial_days=0)
     reader = await sign_up(account_pb.ROLE_SUBSCRIBER)
     started = await subs.Subscribe(pb.SubscribeRequest(model=model.name), metadata=reader.metadata)
     listed = await asyncio.to_thread(
@@ -620,6 +608,10 @@ async def test_admin_marks_an_invoice_paid(
         await subs.ListSubscriptions(pb.ListSubscriptionsRequest(), metadata=reader.metadata)
     ).subscriptions[0]
     assert subscription.state == pb.SUBSCRIPTION_STATE_ACTIVE
+    still_open = await asyncio.to_thread(
+        _admin, resources, "list", "--open", "--json", "--limit", "10000"
+    )
+    assert started.invoice.id not in {i["id"] for i in json.loads(still_open.stdout)["invoices"]}
     again = await asyncio.to_thread(_admin, resources, "pay", started.invoice.id)
     assert again.returncode == 2 and "nothing to pay" in again.stderr
     bad = await asyncio.to_thread(_admin, resources, "pay", "not-an-id")
@@ -628,7 +620,6 @@ async def test_admin_marks_an_invoice_paid(
 
 async def test_auto_pay_makes_a_subscription_active_at_once(
     channel: aio.Channel,
-    registry: reg_grpc.RegistryServiceAsyncStub,
     sign_up: SignUp,
     resources: Resources,
 ) -> None:
@@ -636,8 +627,7 @@ async def test_auto_pay_makes_a_subscription_active_at_once(
     from foretell.auth.principal import Principal
     from foretell.services.subscription import _store
 
-    model = await make_model(registry, sign_up, resources, public=True)
-    await set_plan(channel, model.owner, model.name, trial_days=0)
+    model = await sold_model(channel, sign_up, resources, trial_days=0)
     reader = await sign_up(account_pb.ROLE_SUBSCRIBER)
     settings = dataclasses.replace(resources.settings, billing_auto_pay="on")
     billing = _store.Billing(settings, gateway_for(settings), resources.clock())
@@ -686,14 +676,12 @@ async def _every_page(
 async def test_subscriptions_and_invoices_page_in_order_each_item_once(
     channel: aio.Channel,
     subs: pb_grpc.SubscriptionServiceAsyncStub,
-    registry: reg_grpc.RegistryServiceAsyncStub,
     sign_up: SignUp,
     resources: Resources,
     clock: MovableClock,
     admin: SignedIn,
 ) -> None:
-    model = await make_model(registry, sign_up, resources, public=True)
-    await set_plan(channel, model.owner, model.name, trial_days=0)
+    model = await sold_model(channel, sign_up, resources, trial_days=0)
     alice = await sign_up(account_pb.ROLE_SUBSCRIBER)
     bob = await sign_up(account_pb.ROLE_SUBSCRIBER)
     # Five subscriptions (and five first invoices) of Alice's, one at a time: each canceled
@@ -773,12 +761,10 @@ async def test_subscriptions_and_invoices_page_in_order_each_item_once(
 async def test_bad_page_sizes_and_tokens_name_the_field(
     channel: aio.Channel,
     subs: pb_grpc.SubscriptionServiceAsyncStub,
-    registry: reg_grpc.RegistryServiceAsyncStub,
     sign_up: SignUp,
     resources: Resources,
 ) -> None:
-    model = await make_model(registry, sign_up, resources, public=True)
-    await set_plan(channel, model.owner, model.name, trial_days=0)
+    model = await sold_model(channel, sign_up, resources, trial_days=0)
     reader = await sign_up(account_pb.ROLE_SUBSCRIBER)
     md = reader.metadata
     first = await subs.Subscribe(pb.SubscribeRequest(model=model.name), metadata=md)
@@ -843,14 +829,12 @@ async def test_bad_page_sizes_and_tokens_name_the_field(
 async def test_listing_a_page_settles_only_the_subscriptions_on_it(
     channel: aio.Channel,
     subs: pb_grpc.SubscriptionServiceAsyncStub,
-    registry: reg_grpc.RegistryServiceAsyncStub,
     sign_up: SignUp,
     resources: Resources,
     clock: MovableClock,
     admin: SignedIn,
 ) -> None:
-    model = await make_model(registry, sign_up, resources, public=True)
-    await set_plan(channel, model.owner, model.name, trial_days=3)
+    model = await sold_model(channel, sign_up, resources, trial_days=3)
     # Signed up before the clock moves: a token issued on the moved clock is not valid yet.
     readers = [await sign_up(account_pb.ROLE_SUBSCRIBER) for _ in range(2)]
     started = []

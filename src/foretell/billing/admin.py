@@ -14,6 +14,7 @@ from foretell.billing.gateway import gateway_for
 from foretell.billing.settle import (
     InvoiceStatus,
     invoice_statuses,
+    is_open,
     issue_credit_note,
     record_payment,
 )
@@ -63,10 +64,8 @@ async def list_invoices(settings: Settings, *, open_only: bool, limit: int) -> l
     db = connect(settings.database_url, pool_size=1)
     try:
         async with db.session() as session:
-            statuses = await invoice_statuses(session, limit=None if open_only else limit)
-            if open_only:
-                statuses = [s for s in statuses if s.state == "open"][:limit]
-            return await _lines(session, statuses)
+            conditions = [is_open()] if open_only else []
+            return await _lines(session, await invoice_statuses(session, *conditions, limit=limit))
     finally:
         await db.close()
 

@@ -19,7 +19,7 @@ from foretell.auth.policy import Role
 from foretell.auth.principal import Principal
 from foretell.billing.gateway import gateway_for
 from foretell.billing.machine import ENTITLED, LIVE, State
-from foretell.billing.settle import settle
+from foretell.billing.settle import settle_if_due
 from foretell.db import Database
 from foretell.db.models import Model, Subscription
 from foretell.errors import PermissionDenied
@@ -43,20 +43,20 @@ async def entitled(
 ) -> bool:
     if principal.role == Role.ADMIN or model.owner_id == principal.user_id:
         return True
-    async with db.session.begin() as session:
+    async with db.session() as session:
         sub = await session.scalar(
-            select(Subscription)
-            .where(
+            select(Subscription).where(
                 Subscription.subscriber_id == principal.user_id,
                 Subscription.model_id == model.id,
                 Subscription.state.in_([s.value for s in LIVE]),
             )
-            .with_for_update()
         )
-        if sub is None:
-            return False
-        await settle(session, sub, now, settings, gateway_for(settings))
-        return State(sub.state) in ENTITLED
+    if sub is None:
+        return False
+    # Every forecast read passes here: a plain read unless an event of the subscription is
+    # due, and only then a locked, written settlement.
+    sub, _ = await settle_if_due(db, sub, now, settings, gateway_for(settings))
+    return State(sub.state) in ENTITLED
 
 
 async def forecast_access(

@@ -2,9 +2,10 @@
 that is firing the state machine's events whose time has come (trial end, due date, grace end,
 period end) in the order they fell due.
 
-Every function here works inside the caller's transaction, on a subscription row the caller has
-locked (`locked_subscription`), so the daily cron, a read that checks entitlement and an admin
-recording a payment never settle one subscription twice at once. Invoices are unique per
+Every function here but `settle_if_due` and `run_billing` (which open their own) works inside
+the caller's transaction, on a subscription row the caller has locked (`locked_subscription`),
+so the daily cron, a read that checks entitlement and an admin recording a payment never settle
+one subscription twice at once. Invoices are unique per
 (subscription, period start): issuing the same period again returns the issued invoice.
 """
 
@@ -14,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, ScalarSelect, func, select
+from sqlalchemy import ColumnElement, ScalarSelect, and_, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -97,9 +98,13 @@ async def invoice_statuses(
     return [InvoiceStatus(row[0], int(row[1]), row[2]) for row in rows]
 
 
+def is_open() -> ColumnElement[bool]:
+    """`InvoiceStatus.state == "open"` as SQL: unpaid, and not credited in full."""
+    return and_(Payment.id.is_(None), Invoice.amount_minor > _credited())
+
+
 async def _open_invoices(session: AsyncSession, sub: Subscription) -> list[InvoiceStatus]:
-    statuses = await invoice_statuses(session, Invoice.subscription_id == sub.id)
-    return [s for s in statuses if s.state == "open"]
+    return await invoice_statuses(session, Invoice.subscription_id == sub.id, is_open())
 
 
 async def issue_invoice(
@@ -245,6 +250,25 @@ async def settle(
     return fired
 
 
+async def settle_if_due(
+    db: Database, sub: Subscription, now: datetime, settings: Settings, gateway: PaymentGateway
+) -> tuple[Subscription, int]:
+    """`sub`, read without a lock, settled up to `now`, and the events fired. When nothing is
+    due (nearly always) that is a read: no lock, no write. Otherwise the row is locked, read
+    again and settled in its own transaction; whatever a concurrent settlement already fired
+    is not fired twice."""
+    if State(sub.state) not in LIVE:
+        return sub, 0
+    async with db.session() as session:
+        upcoming = await _next(session, sub, Terms.of(settings))
+    if upcoming is None or upcoming[0] > now:
+        return sub, 0
+    async with db.session.begin() as session:
+        locked = await locked_subscription(session, sub.id)
+        fired = await settle(session, locked, now, settings, gateway)
+    return locked, fired
+
+
 async def run_billing(
     db: Database, settings: Settings, now: datetime, gateway: PaymentGateway
 ) -> int:
@@ -252,17 +276,16 @@ async def run_billing(
     again at the same time fires nothing: each event moves the state or the period on, and
     invoices are unique per period."""
     async with db.session() as session:
-        ids = list(
+        subs = list(
             await session.scalars(
-                select(Subscription.id).where(Subscription.state.in_([s.value for s in LIVE]))
+                select(Subscription).where(Subscription.state.in_([s.value for s in LIVE]))
             )
         )
     fired = 0
-    for subscription_id in ids:
-        # One transaction per subscription: one stuck row never holds up the rest.
-        async with db.session.begin() as session:
-            sub = await locked_subscription(session, subscription_id)
-            fired += await settle(session, sub, now, settings, gateway)
+    for sub in subs:
+        # One transaction per subscription with something due: one stuck row never holds up
+        # the rest, and the many with nothing due are not locked at all.
+        fired += (await settle_if_due(db, sub, now, settings, gateway))[1]
     return fired
 
 

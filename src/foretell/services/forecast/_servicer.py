@@ -136,10 +136,13 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
                     notice = ACCESS_CHANGED
                 if notice is LOST:
                     raise FeedLost("the forecast feed was interrupted: open the stream again")
+                # A run of another kind is none of this stream's business: no check, no query.
+                if not isinstance(notice, str) and notice.kind != kind:
+                    continue
                 # Before anything is sent, and whenever access may have changed (a
                 # subscription lapsed, the model went private) or time passed: still allowed?
                 await self._still_readable(principal, name)
-                if isinstance(notice, str) or notice.kind != kind:
+                if isinstance(notice, str):
                     continue
                 rows = await _store.run_forecasts(self._res.db, notice.run_id, symbol)
                 if rows:

@@ -12,6 +12,7 @@ from foretell.db.models import Plan, Subscription
 from foretell.runtime.resources import Resources
 from foretell.services._convert import timestamp as _ts
 from foretell.services._paging import keyset_token
+from foretell.services.registry._validate import require_name
 from foretell.services.subscription import _store, _validate
 from foretell.subscription.v1 import subscription_service_pb2 as pb
 from foretell.subscription.v1 import subscription_service_pb2_grpc as pb_grpc
@@ -95,7 +96,7 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
 
     async def GetPlan(self, request: pb.GetPlanRequest, context: Context) -> pb.GetPlanResponse:
         name, plan = await _store.get_plan(
-            self._res.db, current_principal(), _validate.model(request)
+            self._res.db, current_principal(), require_name("model", request.model)
         )
         return pb.GetPlanResponse(plan=plan_pb(name, plan))
 
@@ -111,7 +112,7 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: Context
     ) -> pb.SubscribeResponse:
-        name = _validate.model(request)
+        name = require_name("model", request.model)
         sub, invoice = await _store.subscribe(
             self._res.db, current_principal(), name, self._billing()
         )

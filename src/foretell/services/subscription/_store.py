@@ -22,11 +22,13 @@ from foretell.billing.settle import (
     Terms,
     after_invoice,
     invoice_statuses,
+    is_open,
     issue_credit_note,
     issue_invoice,
     locked_subscription,
     set_period,
     settle,
+    settle_if_due,
 )
 from foretell.db import Database
 from foretell.db.models import Invoice, Model, Plan, Subscription
@@ -166,31 +168,23 @@ async def list_subscriptions(
     if page.after is not None:
         conditions.append(after_keyset(Subscription.created_at, Subscription.id, page.after))
     selected = (
-        select(Subscription.id, Subscription.state, Subscription.created_at)
+        select(Subscription, Model.name)
         .join(Model, Model.id == Subscription.model_id)
         .where(*conditions)
         .order_by(*order)
         .limit(page.size + 1)
     )
     async with db.session() as session:
-        rows = (await session.execute(selected)).all()
+        rows = [(row[0], row[1]) for row in (await session.execute(selected)).all()]
     more, rows = len(rows) > page.size, rows[: page.size]
-    # Settle the page's live ones first, so that what is listed is true now. Settling never
-    # changes created_at or id: the page stays the page.
-    for sub_id, state, _ in rows:
-        if State(state) in LIVE:
-            async with db.session.begin() as session:
-                sub = await locked_subscription(session, sub_id)
-                await settle(session, sub, billing.now, billing.settings, billing.gateway)
-    listing = (
-        select(Subscription, Model.name)
-        .join(Model, Model.id == Subscription.model_id)
-        .where(Subscription.id.in_([row[0] for row in rows]))
-        .order_by(*order)
-    )
-    async with db.session() as session:
-        listed = [(row[0], row[1]) for row in (await session.execute(listing)).all()]
-    last = Keyset(rows[-1][2], rows[-1][0]) if more else None
+    # Settle the page's live ones, so that what is listed is true now; only those with an
+    # event due are locked and written. Settling never changes created_at or id: the page
+    # stays the page.
+    listed = [
+        ((await settle_if_due(db, sub, billing.now, billing.settings, billing.gateway))[0], name)
+        for sub, name in rows
+    ]
+    last = Keyset(rows[-1][0].created_at, rows[-1][0].id) if more else None
     return listed, last
 
 
@@ -220,15 +214,15 @@ async def cancel(
         await fire(session, sub, Event.CANCEL_NOW if immediately else Event.CANCEL, now)
         if was is State.INCOMPLETE:
             # Never paid, never readable: its first invoice is corrected to nothing.
-            for status in await invoice_statuses(session, Invoice.subscription_id == sub.id):
-                if status.state == "open":
-                    await issue_credit_note(
-                        session,
-                        status.invoice.id,
-                        status.amount_due_minor,
-                        "canceled before the first payment",
-                        now,
-                    )
+            opened = await invoice_statuses(session, Invoice.subscription_id == sub.id, is_open())
+            for status in opened:
+                await issue_credit_note(
+                    session,
+                    status.invoice.id,
+                    status.amount_due_minor,
+                    "canceled before the first payment",
+                    now,
+                )
         return sub, await _model_name(session, sub)
 
 

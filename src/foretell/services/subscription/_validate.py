@@ -36,13 +36,6 @@ def _id(v: Violations, field: str, text: str, *, required: bool) -> uuid.UUID | 
         return None
 
 
-def model(request: pb.GetPlanRequest | pb.SubscribeRequest) -> str:
-    v = Violations()
-    name = model_name(v, "model", request.model)
-    v.raise_if_any()
-    return name
-
-
 def update_plan(request: pb.UpdatePlanRequest) -> PlanInput:
     v = Violations()
     name = model_name(v, "model", request.model)
