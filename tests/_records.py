@@ -156,7 +156,7 @@ async def record_run(
             )  # fmt: skip
         await session.flush()
         if kind == "live":
-            await chain.append(session, made.model_id, run_id, now)
+            await chain.append(session, made.model_id, [run_id], now)
         await announce_run(session, RunRecorded(run_id, made.model_id, kind))
     return run_id
 
@@ -212,6 +212,6 @@ async def record(
             )
         await session.flush()
         if kind == "live":
-            await chain.append(session, model.model_id, run_id, now)
+            await chain.append(session, model.model_id, [run_id], now)
         await announce_run(session, RunRecorded(run_id, model.model_id, kind))
     return run_id
