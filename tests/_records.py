@@ -131,6 +131,7 @@ async def record_run(
     kind: str = "live",
     outcome: str = "ok",
     detail: str = "",
+    log: str = "output",
     recorded_at: datetime | None = None,
 ) -> uuid.UUID:
     run_id = uuid.uuid4()
@@ -140,7 +141,7 @@ async def record_run(
             Run(
                 id=run_id, model_id=made.model_id, version_id=made.versions[version],
                 as_of=as_of, kind=kind, outcome=outcome, duration_s=0.25, detail=detail,
-                log="output", created_at=now,
+                log=log, created_at=now,
             )
         )  # fmt: skip
         await session.flush()
@@ -156,7 +157,7 @@ async def record_run(
             )  # fmt: skip
         await session.flush()
         if kind == "live":
-            await chain.append(session, made.model_id, run_id, now)
+            await chain.append(session, made.model_id, [run_id], now)
         await announce_run(session, RunRecorded(run_id, made.model_id, kind))
     return run_id
 
@@ -173,45 +174,13 @@ async def record(
     log: str = "",
     recorded_at: datetime | None = None,
 ) -> uuid.UUID:
-    """A run with one forecast per symbol (up, down, up, …) when ok, recorded like
+    """A run with one forecast per symbol (up, down, up, …) when ok, recorded by
     `record_run`."""
-    run_id = uuid.uuid4()
-    now = recorded_at or datetime.now(UTC)
-    version_id = model.versions[version]
-    async with resources.db.session.begin() as session:
-        session.add(
-            Run(
-                id=run_id,
-                model_id=model.model_id,
-                version_id=version_id,
-                as_of=as_of,
-                kind=kind,
-                outcome=outcome,
-                duration_s=0.25,
-                detail="",
-                log=log,
-                created_at=now,
-            )
-        )
-        await session.flush()
-        for i, symbol in enumerate(symbols if outcome == "ok" else ()):
-            session.add(
-                Forecast(
-                    run_id=run_id,
-                    model_id=model.model_id,
-                    version_id=version_id,
-                    kind=kind,
-                    symbol=symbol,
-                    as_of=as_of,
-                    target_time=as_of + HOUR,
-                    direction="up" if i % 2 == 0 else "down",
-                    predicted_return=0.01,
-                    probability=0.6,
-                    recorded_at=now,
-                )
-            )
-        await session.flush()
-        if kind == "live":
-            await chain.append(session, model.model_id, run_id, now)
-        await announce_run(session, RunRecorded(run_id, model.model_id, kind))
-    return run_id
+    forecasts = [
+        F("up" if i % 2 == 0 else "down", 0.01, 0.6, symbol=symbol)
+        for i, symbol in enumerate(symbols if outcome == "ok" else ())
+    ]
+    return await record_run(
+        resources, model, as_of, forecasts, version=version, kind=kind, outcome=outcome,
+        log=log, recorded_at=recorded_at,
+    )  # fmt: skip

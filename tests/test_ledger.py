@@ -6,6 +6,7 @@ stay one chain; the REST route and the CLI."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -248,12 +249,32 @@ async def test_a_history_rewritten_and_resigned_is_flagged_by_remembered_checkpo
     await sql(resources, "DELETE FROM ledger_heads WHERE model_id = :model", model=made.model_id)
     await sql(resources, "UPDATE forecasts SET direction = 'up' WHERE run_id = :run", run=runs[1])
     async with resources.db.session.begin() as session:
-        for run_id in runs:
-            await chain.append(session, made.model_id, run_id, datetime.now(UTC))
+        await chain.append(session, made.model_id, runs, datetime.now(UTC))
     await chain.checkpoint(resources.db, keys_dir, resources.clock)
     assert (await verdict(forecasts, made)).ok  # consistent on its own
     result = await verdict(forecasts, made, seen)
     assert not result.ok and "history rewritten" in result.problem
+
+
+async def test_missed_slots_are_ledgered_once_in_slot_order(
+    registry: reg_grpc.RegistryServiceAsyncStub,
+    forecasts: pb_grpc.ForecastServiceAsyncStub,
+    sign_up: SignUp,
+    resources: Resources,
+) -> None:
+    made, runs = await ledgered_model(registry, sign_up, resources)
+    slots = [BASE + 3 * HOUR, BASE + 4 * HOUR, BASE + 5 * HOUR]
+    # 12:00 already has a run: only 13:00 and 14:00 become missed runs and entries.
+    await _record_missed(resources, made.model_id, made.versions[1], slots, 3, datetime.now(UTC))
+    ledger = await read_ledger(forecasts, made)
+    assert [e.sequence for e in ledger.entries] == [1, 2, 3, 4, 5, 6]
+    assert [e.run_id for e in ledger.entries[:4]] == [str(r) for r in runs]
+    appended = [json.loads(e.payload) for e in ledger.entries[4:]]
+    assert [(p["as_of"], p["outcome"]) for p in appended] == [
+        ("2024-03-04T13:00:00.000000Z", "missed"),
+        ("2024-03-04T14:00:00.000000Z", "missed"),
+    ]
+    assert check_ledger(made.name, ledger, await listed(forecasts, made)).ok
 
 
 async def test_concurrent_appends_stay_one_chain(

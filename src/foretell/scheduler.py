@@ -32,10 +32,14 @@ MISSED_DETAIL = "missed: the platform was not running when this slot came due"
 # queue): a slot queued but not yet recorded must not be taken for a missed one.
 _LAST_TTL_S = 7 * 86400
 
+# One statement for every missed slot of a version; RETURNING names the rows it inserted
+# (a slot recorded meanwhile is skipped), which are the ones the ledger gets.
 _INSERT_MISSED = text("""
 INSERT INTO runs (id, model_id, version_id, as_of, kind, outcome, duration_s, detail, log,
                   created_at)
-VALUES (:id, :model_id, :version_id, :as_of, 'live', 'missed', 0, :detail, '', :now)
+SELECT m.id, :model_id, :version_id, m.as_of, 'live', 'missed', 0, m.detail, '', :now
+FROM unnest(CAST(:ids AS uuid[]), CAST(:as_ofs AS timestamptz[]), CAST(:details AS text[]))
+     AS m(id, as_of, detail)
 ON CONFLICT (version_id, as_of, kind) DO NOTHING
 RETURNING id
 """)
@@ -114,31 +118,24 @@ async def _record_missed(
     total: int,
     now: datetime,
 ) -> int:
-    rows = [
-        {
-            "id": uuid.uuid4(),
-            "model_id": model_id,
-            "version_id": version_id,
-            "as_of": as_of,
-            "detail": MISSED_DETAIL,
-            "now": now,
-        }
-        for as_of in missed
-    ]
+    ids = [uuid.uuid4() for _ in missed]
+    details = [MISSED_DETAIL] * len(missed)
     if total > len(missed):
         # Only the most recent MAX_MISSED become rows; the oldest of them says how many more.
-        rows[0]["detail"] = (
+        details[0] = (
             f"{MISSED_DETAIL}; {total - len(missed)} earlier missed slots are not recorded "
             f"(at most {MAX_MISSED} at once)"
         )
+    params = {
+        "ids": ids, "as_ofs": missed, "details": details, "model_id": model_id,
+        "version_id": version_id, "now": now,
+    }  # fmt: skip
     async with res.db.session.begin() as session:
-        # Row by row: each missed slot is a ledger entry, appended in this transaction.
-        for row in rows:
-            run_id = await session.scalar(_INSERT_MISSED, row)
-            if run_id is not None:
-                await chain.append(session, model_id, run_id, now)
-    log.warning("missed slots recorded", version_id=str(version_id), count=len(rows), total=total)
-    return len(rows)
+        inserted = set(await session.scalars(_INSERT_MISSED, params))
+        # Each missed slot is a ledger entry, in slot order, appended in this transaction.
+        await chain.append(session, model_id, [i for i in ids if i in inserted], now)
+    log.warning("missed slots recorded", version_id=str(version_id), count=len(missed), total=total)
+    return len(missed)
 
 
 async def run_version(ctx: dict[str, Any], version_id: str, as_of: str) -> str:

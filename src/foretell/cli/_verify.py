@@ -152,7 +152,7 @@ def _check_checkpoints(model: str, ledger: Ledger, hashes: Mapping[int, bytes]) 
     for point in ledger.checkpoints:
         where = f"checkpoint at entry {point.sequence}"
         public = keys.get(point.key_id)
-        if public is None or canonical_key_id(public) != point.key_id:
+        if public is None or canonical.key_id(public) != point.key_id:
             raise _Mismatch(f"{where}: signed by an unknown key {point.key_id}")
         message = canonical.checkpoint_message(
             model,
@@ -205,10 +205,6 @@ def check_ledger(
     head = ledger.entries[-1].entry_hash.hex() if ledger.entries else ""
     withheld = sum(entry.withheld for entry in ledger.entries)
     return Verdict(True, len(ledger.entries), len(ledger.checkpoints), checked, "", head, withheld)
-
-
-def canonical_key_id(public_key: bytes) -> str:
-    return hashlib.sha256(public_key).hexdigest()[:32]
 
 
 # --- remembered checkpoints -------------------------------------------------------------------

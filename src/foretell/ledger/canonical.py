@@ -18,7 +18,8 @@ Entry payload keys: `v` (1), `model` (name), `run_id`, `version` (number),
 entry_hash = sha256(prev_hash || payload bytes), prev_hash of the first entry being 32 zero
 bytes. A checkpoint signs (Ed25519) the canonical bytes of
 {"v": 1, "purpose": "foretell-ledger-checkpoint", "model", "sequence", "head_hash" (hex),
-"signed_at", "key_id"}.
+"signed_at", "key_id"}; a key's id is the first 32 hex digits of the sha256 of its raw 32-byte
+public key.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ def number(value: float | None) -> str | None:
 
 def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def key_id(public_key: bytes) -> str:
+    return hashlib.sha256(public_key).hexdigest()[:32]
 
 
 def entry_hash(prev_hash: bytes, payload: bytes) -> bytes:

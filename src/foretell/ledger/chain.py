@@ -95,21 +95,29 @@ async def payloads(db: Executor, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID
 
 
 async def append(
-    session: AsyncSession, model_id: uuid.UUID, run_id: uuid.UUID, now: datetime
+    session: AsyncSession, model_id: uuid.UUID, run_ids: Sequence[uuid.UUID], now: datetime
 ) -> None:
-    """Appends the run (already inserted in this transaction, with its forecasts) to its
-    model's chain. The head row is locked until the transaction ends: appends to one model
-    are serialised, and an append rolled back leaves no trace."""
-    payload = (await payloads(session, [run_id]))[run_id]
+    """Appends the runs (already inserted in this transaction, with their forecasts) to their
+    model's chain, in the order given. The head row is locked until the transaction ends:
+    appends to one model are serialised, and an append rolled back leaves no trace."""
+    if not run_ids:
+        return
+    built = await payloads(session, run_ids)
     await session.execute(_HEAD, {"model_id": model_id, "genesis": canonical.GENESIS})
     sequence, head = (await session.execute(_LOCK_HEAD, {"model_id": model_id})).one()
-    entry_hash = canonical.entry_hash(head, payload)
-    values = {
-        "model_id": model_id, "sequence": sequence + 1, "run_id": run_id, "prev_hash": head,
-        "entry_hash": entry_hash, "now": now,
-    }  # fmt: skip
-    await session.execute(_INSERT_ENTRY, values)
-    await session.execute(_MOVE_HEAD, values)
+    entries = []
+    for run_id in run_ids:
+        sequence += 1
+        entry_hash = canonical.entry_hash(head, built[run_id])
+        entries.append(
+            {
+                "model_id": model_id, "sequence": sequence, "run_id": run_id, "prev_hash": head,
+                "entry_hash": entry_hash, "now": now,
+            }
+        )  # fmt: skip
+        head = entry_hash
+    await session.execute(_INSERT_ENTRY, entries)
+    await session.execute(_MOVE_HEAD, entries[-1])
 
 
 _UNSIGNED = text("""

@@ -5,7 +5,6 @@ every public key that signed is kept in the database (`ledger_keys`)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,6 +12,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from foretell.ledger import canonical
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,6 @@ class SigningKey:
         return self.private.sign(message)
 
 
-def key_id(public_key: bytes) -> str:
-    return hashlib.sha256(public_key).hexdigest()[:32]
-
-
 def _load(path: Path) -> SigningKey:
     private = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(private, Ed25519PrivateKey):
@@ -41,7 +38,7 @@ def _load(path: Path) -> SigningKey:
     public = private.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
-    return SigningKey(key_id(public), private)
+    return SigningKey(canonical.key_id(public), private)
 
 
 def signing_key(directory: Path) -> SigningKey:

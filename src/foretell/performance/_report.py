@@ -7,7 +7,7 @@ import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -19,14 +19,17 @@ from foretell.runs._schedule import STEP_S
 
 YEAR_S = 365 * 86400
 
+# Every column is a number (NULL: missing), so the rows become one numpy array; the symbol
+# comes as its 1-based position in the model's symbols.
 # The realized return of a forecast is close(bar closing at target) / close(bar closing at
 # as_of) - 1; the persistence baseline's last move is close(bar closing at as_of) /
 # close(bar closing one horizon before as_of) - 1. Bars are keyed by open time, which is
 # close time minus one step: the joins use the primary key.
 _FORECASTS = text("""
-SELECT v.number, f.symbol, extract(epoch FROM f.as_of)::bigint,
-       extract(epoch FROM f.target_time)::bigint, f.direction, f.predicted_return,
-       f.probability, b0.close, b1.close, bp.close
+SELECT v.number, extract(epoch FROM f.as_of)::bigint, extract(epoch FROM f.target_time)::bigint,
+       CASE f.direction WHEN 'up' THEN 1 WHEN 'down' THEN -1 ELSE 0 END,
+       f.predicted_return, f.probability, b0.close, b1.close, bp.close,
+       array_position(CAST(:symbols AS text[]), f.symbol)
 FROM forecasts f
 JOIN versions v ON v.id = f.version_id
 LEFT JOIN bars b0 ON b0.symbol = f.symbol AND b0.resolution = :resolution
@@ -51,8 +54,6 @@ _REVISION = text("""
 SELECT (SELECT revision FROM model_revisions WHERE model_id = :model_id),
        (SELECT revision FROM data_revisions WHERE name = 'bars')
 """)
-
-_POSITION = {"up": 1, "down": -1, "flat": 0}
 
 
 @dataclass(frozen=True)
@@ -186,46 +187,45 @@ async def compute_report(
         "model_id": model_id,
         "kind": kind,
         "resolution": resolution,
+        "symbols": symbols,
         "step": timedelta(seconds=step),
     }
     async with db.read.connect() as conn:
         raw = (await conn.execute(_FORECASTS, params)).all()
-        closes = await conn.execute(_LAST_CLOSE, {"resolution": resolution, "symbols": symbols})
+        closes = await conn.execute(_LAST_CLOSE, params)
         last_close: dict[str, int] = {row[0]: row[1] for row in closes.all()}
         runs = (await conn.execute(_RUNS, {"model_id": model_id, "kind": kind})).all()
-    # Tens of milliseconds of Python and numpy for a long record: off the event loop, so the
+    # A forecast is pending while its target bar has not closed: after the symbol's last
+    # stored bar (index 0: a symbol the model does not list, never scored).
+    newest = [-1] + [last_close.get(s, -1) for s in symbols]
+    # Milliseconds of numpy for a long record, but off the event loop all the same, so the
     # service's other calls are not held up meanwhile.
-    return await asyncio.to_thread(_report, raw, last_close, runs, step, cost_bps)
+    return await asyncio.to_thread(_report, raw, newest, runs, step, cost_bps)
 
 
 def _report(
     raw: Sequence[Sequence[Any]],
-    last_close: dict[str, int],
+    newest: list[int],
     runs: Sequence[Sequence[Any]],
     step: int,
     cost_bps: float,
 ) -> Report:
     n = len(raw)
-    columns = list(zip(*raw, strict=True)) if raw else [()] * 10
-
-    def floats(values: tuple[object, ...]) -> np.ndarray:
-        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-
-    as_of = np.array(columns[2], dtype=np.int64)
-    target = np.array(columns[3], dtype=np.int64)
-    # Forecasts whose target bar has not closed yet: after the symbol's last stored bar.
-    newest = np.array([last_close.get(s, -1) for s in columns[1]], dtype=np.int64)
+    # float64 holds the epoch seconds exactly; None becomes NaN. Plain tuples: numpy reads
+    # them twenty times faster than result rows.
+    table = np.array([tuple(r) for r in raw], dtype=np.float64).reshape(n, 10)
+    symbol = np.nan_to_num(table[:, 9]).astype(np.int64)
     rows = _Rows(
-        version=np.array(columns[0], dtype=np.int64),
-        as_of=as_of,
-        target=target,
-        position=np.array([_POSITION[d] for d in columns[4]], dtype=np.int64),
-        predicted=floats(columns[5]),
-        probability=floats(columns[6]),
-        close0=floats(columns[7]),
-        close1=floats(columns[8]),
-        close_prev=floats(columns[9]),
-        pending=target > newest if n else np.zeros(0, dtype=bool),
+        version=table[:, 0].astype(np.int64),
+        as_of=table[:, 1].astype(np.int64),
+        target=table[:, 2].astype(np.int64),
+        position=table[:, 3].astype(np.int64),
+        predicted=table[:, 4],
+        probability=table[:, 5],
+        close0=table[:, 6],
+        close1=table[:, 7],
+        close_prev=table[:, 8],
+        pending=table[:, 2] > np.array(newest, dtype=np.float64)[symbol],
     )
     cost = cost_bps / 10_000
     per_year = YEAR_S / step
@@ -249,7 +249,3 @@ def _report(
         per_year,
     )  # fmt: skip
     return Report(per_year, overall, versions)
-
-
-def utc(seconds: int) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)

@@ -221,7 +221,7 @@ async def execute_run(
             )  # fmt: skip
         if inserted is not None and kind == "live":
             # The track record's hash chain grows in the same transaction as the run.
-            await chain.append(session, model.id, run_id, now)
+            await chain.append(session, model.id, [run_id], now)
         if inserted is not None:
             # NOTIFY is transactional: listeners hear of the run only once it is committed.
             await announce_run(session, RunRecorded(run_id, model.id, kind))

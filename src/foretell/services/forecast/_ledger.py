@@ -53,13 +53,14 @@ async def ledger_page(
         rows = (await conn.execute(_ENTRIES, params)).all()
         head = await conn.scalar(_HEAD, params)
         run_ids = [r[1] for r in rows[:limit]]
-        built = await chain.payloads(conn, run_ids)
         withheld: set[uuid.UUID] = set()
         if recorded_before is not None:
             # The run's recording time is its forecasts' (one transaction, one clock reading),
             # so this cut agrees with the one ListForecasts applies to the same caller.
             cut = {"ids": run_ids, "recorded_before": recorded_before}
             withheld = {r[0] for r in await conn.execute(_RECENT, cut)}
+        # Withheld payloads are not even built: their forecasts are not read.
+        built = await chain.payloads(conn, [r for r in run_ids if r not in withheld])
         response = pb.GetLedgerResponse(model=name, head_sequence=head or 0)
         for sequence, run_id, prev_hash, entry_hash in rows[:limit]:
             payload = None if run_id in withheld else built.get(run_id)
