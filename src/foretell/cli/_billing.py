@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC
 from decimal import Decimal, InvalidOperation
 
 import click
-from google.protobuf import timestamp_pb2
 
 from foretell.cli._client import (
     CliError,
@@ -17,16 +15,20 @@ from foretell.cli._client import (
     enum_label,
     json_option,
     message_dict,
+    pages,
+    short_time,
     url_option,
 )
 from foretell.currencies import MINOR_UNITS, format_minor
 from foretell.subscription.v1 import subscription_service_pb2 as pb
 
 
-def _when(stamp: timestamp_pb2.Timestamp) -> str:
-    if not stamp.seconds and not stamp.nanos:
-        return "-"
-    return stamp.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%MZ")
+def _subscription_count(page: pb.ListSubscriptionsResponse) -> int:
+    return len(page.subscriptions)
+
+
+def _invoice_count(page: pb.ListInvoicesResponse) -> int:
+    return len(page.invoices)
 
 
 def _minor(price: str, currency: str) -> int:
@@ -56,7 +58,7 @@ def _state(sub: pb.Subscription) -> str:
 def _sub_line(sub: pb.Subscription) -> str:
     return (
         f"subscription {sub.id} to {sub.model}: {_state(sub)}, period until "
-        f"{_when(sub.current_period_end_time)}"
+        f"{short_time(sub.current_period_end_time)}"
     )
 
 
@@ -120,7 +122,7 @@ def subscribe(model: str, url: str, as_json: bool) -> None:
         invoice = response.invoice
         click.echo(
             f"invoice {invoice.id}: {format_minor(invoice.amount_due_minor, invoice.currency)}"
-            f" due {_when(invoice.due_time)}"
+            f" due {short_time(invoice.due_time)}"
         )
 
 
@@ -136,22 +138,28 @@ def subscriptions(model: str, url: str, as_json: bool) -> None:
       foretell subscriptions
     """
     request = pb.ListSubscriptionsRequest(model=model)
-    listed: list[pb.Subscription] = []
     with connect(url) as client:
         # Every page: one user's subscriptions are few, and the table shows them all.
-        while True:
-            page = client.unary(client.subscription.ListSubscriptions, request)
-            listed.extend(page.subscriptions)
-            if not page.next_page_token or page.next_page_token == request.page_token:
-                break
-            request.page_token = page.next_page_token
+        listed = [
+            sub
+            for page in pages(
+                client, client.subscription.ListSubscriptions, request, _subscription_count
+            )
+            for sub in page.subscriptions
+        ]
     if as_json:
         echo_json({"subscriptions": [message_dict(s) for s in listed]})
         return
     echo_table(
         ("ID", "MODEL", "STATE", "PERIOD END", "CREATED"),
         [
-            (s.id, s.model, _state(s), _when(s.current_period_end_time), _when(s.create_time))
+            (
+                s.id,
+                s.model,
+                _state(s),
+                short_time(s.current_period_end_time),
+                short_time(s.create_time),
+            )
             for s in listed
         ],
     )
@@ -212,14 +220,12 @@ def invoices(subscription_id: str, url: str, as_json: bool) -> None:
       foretell invoices
     """
     request = pb.ListInvoicesRequest(subscription_id=subscription_id)
-    listed: list[pb.Invoice] = []
     with connect(url) as client:
-        while True:
-            page = client.unary(client.subscription.ListInvoices, request)
-            listed.extend(page.invoices)
-            if not page.next_page_token or page.next_page_token == request.page_token:
-                break
-            request.page_token = page.next_page_token
+        listed = [
+            invoice
+            for page in pages(client, client.subscription.ListInvoices, request, _invoice_count)
+            for invoice in page.invoices
+        ]
     if as_json:
         echo_json({"invoices": [message_dict(i) for i in listed]})
         return
@@ -230,9 +236,9 @@ def invoices(subscription_id: str, url: str, as_json: bool) -> None:
                 i.id,
                 i.model,
                 format_minor(i.amount_minor, i.currency),
-                _when(i.due_time),
+                short_time(i.due_time),
                 enum_label(pb.InvoiceState.Name(i.state), "INVOICE_STATE_"),
-                f"{_when(i.period_start_time)[:10]} to {_when(i.period_end_time)[:10]}",
+                f"{short_time(i.period_start_time)[:10]} to {short_time(i.period_end_time)[:10]}",
             )
             for i in listed
         ],

@@ -386,13 +386,14 @@ def pages(
     request: PagedReq,
     count: Callable[[PageT], int],
     limit: int | None = None,
+    page_size: int = PAGE_SIZE,
 ) -> Iterator[PageT]:
     """The pages of a List call, following `next_page_token`, until `limit` items (`count`
     says how many a page holds; None: every page). A server handing back the token it was
     given ends the loop rather than spinning."""
     seen = 0
     while limit is None or seen < limit:
-        request.page_size = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - seen)
+        request.page_size = page_size if limit is None else min(page_size, limit - seen)
         page = client.call(
             lambda metadata: method(request, metadata=metadata, timeout=CALL_TIMEOUT_S)
         )

@@ -17,11 +17,13 @@ import click
 import grpc
 
 from foretell.cli._client import (
+    Client,
     Exit,
     config_dir,
     connect,
     echo_json,
     json_option,
+    pages,
     parse_target,
     url_option,
 )
@@ -234,37 +236,37 @@ def remember(url: str, model: str, seen: Mapping[int, str], points: Sequence[Any
 # --- the command -------------------------------------------------------------------------------
 
 
-def fetch_ledger(client: Any, model: str) -> Ledger:
+def fetch_ledger(client: Client, model: str) -> Ledger:
     ledger = Ledger()
-    token = ""
-    while True:
-        page = client.unary(
-            client.forecast.GetLedger,
-            pb.GetLedgerRequest(model=model, page_size=1000, page_token=token),
-        )
+    request = pb.GetLedgerRequest(model=model)
+    for page in pages(client, client.forecast.GetLedger, request, _entry_count, page_size=1000):
         ledger.add(page)
-        token = page.next_page_token
-        if not token:
-            return ledger
+    return ledger
 
 
-def fetch_forecasts(client: Any, model: str) -> list[pb.ForecastRecord] | None:
-    records: list[pb.ForecastRecord] = []
-    token = ""
+def _entry_count(page: pb.GetLedgerResponse) -> int:
+    return len(page.entries)
+
+
+def fetch_forecasts(client: Client, model: str) -> list[pb.ForecastRecord] | None:
+    """Every forecast the caller may read; None when they may read none."""
+    request = pb.ListForecastsRequest(model=model)
     try:
-        while True:
-            page = client.unary(
-                client.forecast.ListForecasts,
-                pb.ListForecastsRequest(model=model, page_size=1000, page_token=token),
+        return [
+            record
+            for page in pages(
+                client, client.forecast.ListForecasts, request, _forecast_count, page_size=1000
             )
-            records.extend(page.forecasts)
-            token = page.next_page_token
-            if not token:
-                return records
+            for record in page.forecasts
+        ]
     except grpc.RpcError as error:
         if error.code() == grpc.StatusCode.PERMISSION_DENIED:
             return None
         raise
+
+
+def _forecast_count(page: pb.ListForecastsResponse) -> int:
+    return len(page.forecasts)
 
 
 @click.command(short_help="Check a model's forecast ledger: OK or the first mismatch.")
