@@ -29,29 +29,31 @@ class Envoy:
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def _health_check_successes(self, client: httpx.AsyncClient) -> dict[str, int]:
-        body = (await client.get(f"{self.admin_url}/stats?filter=health_check.success$")).text
+    async def _health_checks(self, client: httpx.AsyncClient, outcome: str) -> dict[str, int]:
+        """Per cluster, how many active health checks ended in `outcome` (success, failure)."""
+        url = f"{self.admin_url}/stats?filter=health_check.{outcome}$"
         counts: dict[str, int] = {}
-        for line in body.splitlines():
+        for line in (await client.get(url)).text.splitlines():
             name, _, value = line.partition(": ")
-            counts[name] = int(value)
+            counts[name.rsplit(".", 2)[0]] = int(value)
         return counts
 
-    async def wait_upstreams_healthy(self, *, fresh: bool) -> None:
+    async def wait_upstreams_healthy(self, failures_seen: dict[str, int]) -> None:
         """Until Envoy's active health checks pass for every upstream host. The session's
-        in-process gRPC server answers them only while the event loop runs: a synchronous
-        test in between leaves Envoy marking it unhealthy (then 503 "no healthy upstream").
-        `fresh`: the loop was stalled, and checks sent meanwhile may still be failing, so
-        wait for a check of every cluster that succeeded after now."""
+        in-process gRPC server answers them only while the event loop runs, which it does not
+        during synchronous tests: checks then time out, and Envoy may be about to mark the
+        host unhealthy (503 "no healthy upstream"). So when any check failed since the last
+        call (`failures_seen`, updated here), wait for one that succeeded after now: checks
+        are sequential, so none sent during the stall is still pending then."""
         deadline = time.monotonic() + _READY_TIMEOUT_S
         async with httpx.AsyncClient(timeout=1) as client:
-            baseline = await self._health_check_successes(client) if fresh else {}
-            if fresh and not baseline:
-                raise RuntimeError("envoy reports no health-check counters")
+            failures = await self._health_checks(client, "failure")
+            failed = any(n > failures_seen.get(name, 0) for name, n in failures.items())
+            baseline = await self._health_checks(client, "success") if failed else {}
             while time.monotonic() < deadline:
                 try:
                     body = (await client.get(f"{self.admin_url}/clusters")).text
-                    successes = await self._health_check_successes(client)
+                    successes = await self._health_checks(client, "success")
                 except httpx.HTTPError:
                     body, successes = "", {}
                 flags = [line for line in body.splitlines() if "::health_flags::" in line]
@@ -60,6 +62,7 @@ class Envoy:
                 )
                 checked = all(successes.get(name, 0) > n for name, n in baseline.items())
                 if healthy and checked:
+                    failures_seen.update(failures)
                     return
                 # Envoy has no health notification; poll within the deadline.
                 await asyncio.sleep(0.05)

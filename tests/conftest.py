@@ -8,13 +8,11 @@ Redis: FORETELL_TEST_REDIS_URL, else 127.0.0.1:6379 if it answers, else an embed
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import socket
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -183,34 +181,20 @@ async def envoy(
         yield gw
 
 
-class LoopTicker:
-    """Notes when the session's event loop last ran: it stands still during synchronous tests
-    (and so does the in-process gRPC server that Envoy health-checks)."""
-
-    def __init__(self) -> None:
-        self.last = time.monotonic()
-
-    async def tick(self) -> None:
-        while True:
-            self.last = time.monotonic()
-            await asyncio.sleep(0.1)
-
-
 @pytest.fixture(scope="session")
-async def loop_ticker() -> AsyncIterator[LoopTicker]:
-    ticker = LoopTicker()
-    task = asyncio.create_task(ticker.tick())
-    yield ticker
-    task.cancel()
+def health_failures_seen() -> dict[str, int]:
+    """Envoy's failed health checks per cluster, as of the last gateway test's start."""
+    return {}
 
 
 @pytest.fixture(autouse=True)
-async def _healthy_gateway(request: pytest.FixtureRequest, loop_ticker: LoopTicker) -> None:
+async def _healthy_gateway(
+    request: pytest.FixtureRequest, health_failures_seen: dict[str, int]
+) -> None:
     """Before each test that goes through Envoy: its upstreams are healthy again."""
-    stalled = time.monotonic() - loop_ticker.last > 0.5
     if "envoy" in request.fixturenames:
         gateway: _envoy.Envoy = request.getfixturevalue("envoy")
-        await gateway.wait_upstreams_healthy(fresh=stalled)
+        await gateway.wait_upstreams_healthy(health_failures_seen)
 
 
 @dataclasses.dataclass(frozen=True)
