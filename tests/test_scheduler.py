@@ -575,8 +575,11 @@ async def test_a_worker_killed_mid_run_takes_its_jail_along_and_the_run_is_recor
 
         async def jail_running() -> list[Proc] | None:
             tree = descendants(worker.pid)
-            # nsjail and, under it, the jail's Python: the model is running.
-            return tree if any(_comm(p.pid) == "nsjail" for p in tree) and len(tree) > 1 else None
+            names = [_comm(p.pid) for p in tree]
+            # nsjail and, under it, the jail's Python (exec'd once the jail is set up, its
+            # parent-death signal included): the model is running.
+            running = "nsjail" in names and any(n.startswith("python") for n in names)
+            return tree if running else None
 
         jail = await poll("the run's jail to start", jail_running, 30)
         worker.kill()
@@ -585,7 +588,9 @@ async def test_a_worker_killed_mid_run_takes_its_jail_along_and_the_run_is_recor
         async def jail_gone() -> bool | None:
             return True if not any(p.alive() for p in jail) else None
 
-        await poll("the jail to die with its worker", jail_gone, 2)
+        # SIGKILL reaches the jail at once; tearing down its address space can take a moment
+        # on a loaded machine.
+        await poll("the jail to die with its worker", jail_gone, 10)
         assert await recorded(resources, model) == ([], [])
 
         worker = await start_worker(env, log)
