@@ -25,11 +25,11 @@ from sqlalchemy.dialects.postgresql import insert
 from foretell.auth.policy import Role
 from foretell.auth.principal import Principal
 from foretell.bundle import Manifest, pack_dir
+from foretell.clock import utc_now
 from foretell.currencies import format_minor
 from foretell.db import Database, Model, User, Version, connect
 from foretell.db.models import Bar, Plan
 from foretell.errors import AlreadyExists
-from foretell.runtime.resources import utc_now
 from foretell.services.datafeed import BarColumns, IngestResult, ingest_bars
 from foretell.settings import Settings
 

@@ -18,10 +18,10 @@ from foretell.billing.settle import (
     issue_credit_note,
     record_payment,
 )
+from foretell.clock import Clock, utc_now
 from foretell.db import connect
 from foretell.db.models import Invoice, Model, User
 from foretell.errors import ForetellError
-from foretell.runtime.resources import Clock, utc_now
 from foretell.settings import Settings
 
 

@@ -28,16 +28,16 @@ from typing import cast
 from foretell.bundle._limits import format_bytes
 from foretell.bundle._paths import path_problem, printable
 from foretell.errors import Violations
+from foretell.resolutions import RESOLUTIONS
+from foretell.symbols import SYMBOL
 
 MANIFEST_NAME = "foretell.toml"
 # A manifest is a few lines; this bounds the parser's work on a hostile one.
 MAX_MANIFEST_BYTES = 64 * 1024
 
-RESOLUTIONS = ("1h", "4h", "1d")
 MAX_SYMBOLS = 50
 MAX_HORIZON = 1000
 MAX_LOOKBACK = 10000
-_SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,31}")
 # ASCII only: Python NFKC-normalises non-ASCII identifiers, so such a module name may not match
 # the bytes of its file name.
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -223,7 +223,7 @@ def _check_symbols(value: object) -> str | None:
     if not_strings := [v for v in value if not isinstance(v, str)]:
         problems.append(f"must be strings, not {_toml_type(not_strings[0])}")
     strings = [v for v in value if isinstance(v, str)]
-    if bad := [s for s in strings if not _SYMBOL.fullmatch(s)]:
+    if bad := [s for s in strings if not SYMBOL.fullmatch(s)]:
         shown = ", ".join(printable(s) for s in bad)
         problems.append(
             f"{shown}: a symbol is 1 to 32 upper-case letters, digits, '.', '_' or '-', "

@@ -33,9 +33,9 @@ from foretell.cli._client import (
     rpc_error,
     url_option,
 )
-from foretell.common.v1 import common_pb2
 from foretell.datafeed.v1 import datafeed_service_pb2 as pb
 from foretell.datafeed.v1 import datafeed_service_pb2_grpc as pb_grpc
+from foretell.resolutions import BY_ENUM, RESOLUTIONS, TO_ENUM
 
 # The most IngestBars takes per message.
 BATCH_BARS = 10_000
@@ -43,12 +43,6 @@ BATCH_BARS = 10_000
 MAX_SHOWN = 10
 TIME_COLUMNS = ("datetime", "date", "time", "timestamp", "open_time", "opentime")
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
-RESOLUTIONS = {
-    "1h": common_pb2.RESOLUTION_1H,
-    "4h": common_pb2.RESOLUTION_4H,
-    "1d": common_pb2.RESOLUTION_1D,
-}
-_RESOLUTION_LABELS = {value: label for label, value in RESOLUTIONS.items()}
 _FIELD = re.compile(r"batches\[(\d+)\]\.(\w+)\[(\d+)\]")
 # IngestBars' field names, as the file's columns.
 _COLUMN_OF = {
@@ -61,7 +55,7 @@ _COLUMN_OF = {
 }
 
 resolution_option = click.option(
-    "--resolution", type=click.Choice(list(RESOLUTIONS)), default="1h", show_default=True
+    "--resolution", type=click.Choice(RESOLUTIONS), default="1h", show_default=True
 )
 
 
@@ -285,7 +279,7 @@ def _when(seconds: int | timestamp_pb2.Timestamp, style: str = "%Y-%m-%d %H:%MZ"
 @data.command("import", short_help="Import bars from a CSV file (admins).")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--symbol", required=True, help="The symbol, e.g. EURUSD.")
-@click.option("--resolution", type=click.Choice(list(RESOLUTIONS)), required=True)
+@click.option("--resolution", type=click.Choice(RESOLUTIONS), required=True)
 @click.option(
     "--on-conflict",
     type=click.Choice(["reject", "upsert"]),
@@ -314,7 +308,7 @@ def import_bars(
     bars = read_csv(file)
     header = pb.IngestBarsHeader(
         symbol=symbol.upper(),
-        resolution=RESOLUTIONS[resolution],
+        resolution=TO_ENUM[resolution],
         on_conflict=(
             pb.CONFLICT_POLICY_UPSERT if on_conflict == "upsert" else pb.CONFLICT_POLICY_REJECT
         ),
@@ -368,7 +362,7 @@ def symbols(url: str, as_json: bool) -> None:
     rows = [
         (
             info.symbol,
-            _RESOLUTION_LABELS.get(s.resolution, "?"),
+            BY_ENUM.get(s.resolution, "?"),
             s.bar_count,
             _when(s.first_open_time),
             _when(s.last_open_time),
@@ -435,7 +429,7 @@ def bars(
         raise CliError(f"use one of {' and '.join(chosen)}", Exit.USAGE)
     request = pb.GetBarsRequest(
         symbol=symbol.upper(),
-        resolution=RESOLUTIONS[resolution],
+        resolution=TO_ENUM[resolution],
         start_time=time_option(start, "start"),
         end_time=time_option(end, "end"),
         limit=0 if every else first or last or 20,

@@ -14,7 +14,6 @@ from typing import Any
 import click
 from google.protobuf import timestamp_pb2
 
-from foretell.bundle.manifest import RESOLUTIONS
 from foretell.cli._client import (
     CliError,
     Exit,
@@ -26,15 +25,13 @@ from foretell.cli._client import (
     message_dict,
     url_option,
 )
-from foretell.cli._data import RESOLUTIONS as RESOLUTION_ENUM
 from foretell.cli._data import CsvBars, fetch_bars, read_csv, time_option
 from foretell.datafeed.v1 import datafeed_service_pb2 as datafeed_pb
 from foretell.forecast.v1 import forecast_service_pb2 as pb
+from foretell.resolutions import STEP_S, TO_ENUM
 
 # A dry run lasts as long as the model runs in the sandbox: far longer than a plain call.
 DRY_RUN_TIMEOUT_S = 300.0
-_STEP_S = {"1h": 3600, "4h": 4 * 3600, "1d": 86400}
-assert set(_STEP_S) == set(RESOLUTIONS)
 
 
 @dataclass(frozen=True)
@@ -201,7 +198,7 @@ def _platform_bars(
     with connect(url) as client:
         for symbol in symbols:
             request = datafeed_pb.GetBarsRequest(
-                symbol=symbol, resolution=RESOLUTION_ENUM[resolution], limit=lookback, latest=True
+                symbol=symbol, resolution=TO_ENUM[resolution], limit=lookback, latest=True
             )
             if as_of is not None:
                 request.end_time.FromDatetime(as_of)
@@ -226,7 +223,7 @@ def _run_local(
     from foretell.cli._registry import _read_manifest
 
     manifest = _read_manifest(directory)
-    step = _STEP_S[manifest.resolution]
+    step = STEP_S[manifest.resolution]
     if as_of is not None and int(as_of.timestamp()) % step:
         raise CliError(f"--as-of must be on the {manifest.resolution} grid", Exit.USAGE)
     if data_files:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from sqlalchemy import select, text
 
+from foretell.clock import utc_now
 from foretell.db import Database
 from foretell.db.models import Model, Run, Version
 from foretell.db.notify import RunRecorded, announce_run
@@ -19,7 +20,6 @@ from foretell.ledger import chain
 from foretell.runs._scope import RunScope
 from foretell.runs._server import BarSource, DatabaseBars, RunServer
 from foretell.runs._validate import AcceptedForecast
-from foretell.runtime.resources import utc_now
 from foretell.sandbox import Outcome, SandboxLimits, SandboxResult, prepare_run_dir, run_in_sandbox
 from foretell.store import ArtifactCorrupt, ArtifactStore
 

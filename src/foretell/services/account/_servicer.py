@@ -8,9 +8,9 @@ from foretell.account.v1 import account_service_pb2 as pb
 from foretell.account.v1 import account_service_pb2_grpc as pb_grpc
 from foretell.auth.policy import Role
 from foretell.auth.principal import current_principal
+from foretell.clock import timestamp as _ts
 from foretell.db import ApiKey, User
 from foretell.runtime.resources import Resources
-from foretell.services._convert import timestamp as _ts
 from foretell.services.account import _store, _validate
 
 if TYPE_CHECKING:

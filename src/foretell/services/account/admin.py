@@ -6,9 +6,9 @@ import uuid
 
 from foretell.account.v1 import account_service_pb2 as pb
 from foretell.auth.policy import Role
+from foretell.clock import utc_now
 from foretell.db import connect
 from foretell.errors import ForetellError, InvalidArgument
-from foretell.runtime.resources import utc_now
 from foretell.services.account import _store, _validate
 from foretell.settings import Settings
 

@@ -3,10 +3,9 @@ streamed and ingested as packed columns."""
 
 from foretell.services.datafeed._ingest import ingest_bars
 from foretell.services.datafeed._servicer import DataFeedServicer, add_to_server
-from foretell.services.datafeed._store import STEP_S, BarColumns, IngestResult
+from foretell.services.datafeed._store import BarColumns, IngestResult
 
 __all__ = [
-    "STEP_S",
     "BarColumns",
     "DataFeedServicer",
     "IngestResult",

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from foretell.db import Database
 from foretell.errors import FieldViolation, InvalidArgument
+from foretell.resolutions import STEP_S
 from foretell.services.datafeed import _store, _validate
 from foretell.services.datafeed._store import BarColumns, IngestResult
 
@@ -24,8 +25,8 @@ async def ingest_bars(
     `bars.COLUMN[I]`) and stores them in one transaction with the same store function."""
     v = _validate.Problems()
     _validate.symbol(v, "symbol", symbol)
-    if resolution not in _store.STEP_S:
-        v.add("resolution", f"one of {', '.join(_store.STEP_S)}")
+    if resolution not in STEP_S:
+        v.add("resolution", f"one of {', '.join(STEP_S)}")
     v.raise_if_any()
     if not bars:
         raise InvalidArgument([FieldViolation("bars", "no bars")])

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from grpc import aio
 
+from foretell import resolutions
+from foretell.clock import timestamp as _ts
 from foretell.datafeed.v1 import datafeed_service_pb2 as pb
 from foretell.datafeed.v1 import datafeed_service_pb2_grpc as pb_grpc
 from foretell.errors import AlreadyExists, FieldViolation, InvalidArgument
 from foretell.runtime.resources import Resources
-from foretell.services._convert import timestamp as _ts
 from foretell.services.datafeed import _store, _validate
 from foretell.services.datafeed._store import BarColumns, IngestResult
 
@@ -77,7 +78,7 @@ def bars_response(request: pb.GetBarsRequest, bars: BarColumns, last: bool) -> p
 def ingest_response(result: IngestResult) -> pb.IngestBarsResponse:
     return pb.IngestBarsResponse(
         symbol=result.symbol,
-        resolution=_validate.RESOLUTION_ENUM[result.resolution],
+        resolution=resolutions.TO_ENUM[result.resolution],
         received=result.received,
         inserted=result.inserted,
         updated=result.updated,
@@ -99,7 +100,7 @@ class DataFeedServicer(pb_grpc.DataFeedServiceServicer):
             info = symbols.setdefault(s.symbol, pb.SymbolInfo(symbol=s.symbol))
             info.series.append(
                 pb.Series(
-                    resolution=_validate.RESOLUTION_ENUM[s.resolution],
+                    resolution=resolutions.TO_ENUM[s.resolution],
                     bar_count=s.bar_count,
                     first_open_time=_ts(s.first_open_time),
                     last_open_time=_ts(s.last_open_time),

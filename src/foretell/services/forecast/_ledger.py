@@ -8,10 +8,10 @@ from datetime import datetime
 
 from sqlalchemy import text
 
+from foretell.clock import timestamp as _ts
 from foretell.db import Database
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.ledger import chain
-from foretell.services._convert import timestamp as _ts
 from foretell.services.forecast._validate import ledger_token
 
 _ENTRIES = text("""

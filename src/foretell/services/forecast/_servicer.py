@@ -11,6 +11,7 @@ from grpc import aio
 
 from foretell.auth.principal import Principal, current_principal
 from foretell.billing.entitlement import forecast_access, require_entitled
+from foretell.clock import timestamp as _ts
 from foretell.db.models import Forecast, Model, Run
 from foretell.errors import FailedPrecondition, ForetellError, NotFound, PermissionDenied
 from foretell.forecast.v1 import forecast_service_pb2 as pb
@@ -18,7 +19,6 @@ from foretell.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
 from foretell.performance import PerformanceCache
 from foretell.runs import NotRunnable, latest_closed_boundary, run_on_platform
 from foretell.runtime.resources import Resources
-from foretell.services._convert import timestamp as _ts
 from foretell.services.forecast import _store, _validate
 from foretell.services.forecast._feed import ACCESS_CHANGED, LOST, ForecastFeed
 from foretell.services.forecast._ledger import ledger_page

@@ -8,17 +8,18 @@ from typing import TYPE_CHECKING, Any
 
 from grpc import aio
 
+from foretell import paging as _paging
+from foretell import resolutions
 from foretell.auth.policy import Role
 from foretell.auth.principal import current_principal
 from foretell.build import follow_build_log
 from foretell.bundle import Limits, read_bundle
+from foretell.clock import timestamp as _ts
 from foretell.db import Version
 from foretell.errors import FieldViolation, InvalidArgument, NotFound, Violations
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from foretell.runtime.resources import Resources
-from foretell.services import _paging
-from foretell.services._convert import timestamp as _ts
 from foretell.services.registry import _store, _validate
 from foretell.services.registry._store import ModelView, Upload
 from foretell.services.registry.build import enqueue_build
@@ -43,7 +44,7 @@ def model_pb(view: ModelView) -> pb.Model:
         title=model.title,
         description=model.description,
         symbols=model.symbols,
-        resolution=_validate.RESOLUTION_ENUM[model.resolution],
+        resolution=resolutions.TO_ENUM[model.resolution],
         horizon=model.horizon,
         tags=model.tags,
         visibility=_validate.VISIBILITY_ENUM[model.visibility],
@@ -66,7 +67,7 @@ def version_pb(model: ModelView, version: Version) -> pb.Version:
         manifest=pb.Manifest(
             entrypoint=m.entrypoint,
             symbols=m.symbols,
-            resolution=_validate.RESOLUTION_ENUM[m.resolution],
+            resolution=resolutions.TO_ENUM[m.resolution],
             horizon=m.horizon,
             lookback=m.lookback,
             requirements=m.requirements,
@@ -123,12 +124,12 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         limit = _validate.page_size(v, request.page_size)
         after = _paging.decode_token(v, request.page_token)
         if after is not None and not isinstance(after, str):
-            v.add("page_token", "not a token from a previous page")
+            _paging.reject_token(v)
         resolution = None
         if request.resolution:
-            resolution = _validate.RESOLUTIONS.get(request.resolution)
+            resolution = resolutions.BY_ENUM.get(request.resolution)
             if resolution is None:
-                v.add("resolution", "RESOLUTION_1H, RESOLUTION_4H or RESOLUTION_1D")
+                v.add("resolution", resolutions.ENUM_RULE)
         v.raise_if_any()
         views = await _store.list_models(
             self._res.db,
@@ -239,7 +240,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         limit = _validate.page_size(v, request.page_size)
         before = _paging.decode_token(v, request.page_token)
         if before is not None and not isinstance(before, int):
-            v.add("page_token", "not a token from a previous page")
+            _paging.reject_token(v)
         v.raise_if_any()
         view, versions = await _store.list_versions(
             self._res.db,

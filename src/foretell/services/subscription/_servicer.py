@@ -8,10 +8,10 @@ from grpc import aio
 from foretell.auth.principal import current_principal
 from foretell.billing.gateway import gateway_for
 from foretell.billing.settle import InvoiceStatus
+from foretell.clock import timestamp as _ts
 from foretell.db.models import Plan, Subscription
+from foretell.paging import keyset_token
 from foretell.runtime.resources import Resources
-from foretell.services._convert import timestamp as _ts
-from foretell.services._paging import keyset_token
 from foretell.services.registry._validate import require_name
 from foretell.services.subscription import _store, _validate
 from foretell.subscription.v1 import subscription_service_pb2 as pb
