@@ -20,8 +20,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from foretell.account.v1 import account_service_pb2 as pb
 from foretell.account.v1 import account_service_pb2_grpc as pb_grpc
+from foretell.composition import SERVICES
 from foretell.runtime import RunningServer
-from foretell.services import SERVICES
 from foretell.services.account import _store
 from foretell.settings import Address, Settings
 from tests import _envoy

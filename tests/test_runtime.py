@@ -16,8 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from foretell.account.v1 import account_service_pb2 as pb
 from foretell.account.v1 import account_service_pb2_grpc as pb_grpc
 from foretell.auth.policy import POLICY, Policy, Role
+from foretell.composition import SERVICES
 from foretell.runtime import metrics
-from foretell.services import SERVICES
 from foretell.services.account import _store
 from foretell.settings import Address, Settings, SettingsError, load_settings
 from tests.conftest import FORETELL, SignUp, foretell_env

@@ -30,7 +30,7 @@ from foretell.currencies import format_minor
 from foretell.db import Database, Model, User, Version, connect
 from foretell.db.models import Bar, Plan
 from foretell.errors import AlreadyExists
-from foretell.services.datafeed import BarColumns, IngestResult, ingest_bars
+from foretell.marketdata import BarColumns, IngestResult, ingest_bars
 from foretell.settings import Settings
 
 

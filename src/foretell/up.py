@@ -43,7 +43,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from honcho.printer import Message, Printer
 
-from foretell.services import SERVICES
+from foretell.composition import SERVICES
 from foretell.settings import Address, Settings
 
 READY_TIMEOUT_S = 60.0

@@ -12,7 +12,7 @@ from foretell.cli._server import _fail, _settings
 
 if TYPE_CHECKING:
     from foretell.demo import DemoSummary
-    from foretell.services.datafeed import IngestResult
+    from foretell.marketdata import IngestResult
     from foretell.settings import Settings
 
 _MISSING_TABLE = "42P01"

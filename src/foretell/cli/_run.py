@@ -243,9 +243,9 @@ def _run_local(
         )
     try:
         from foretell.build import BuildFailed
+        from foretell.marketdata import BarColumns
         from foretell.runs import run_folder
         from foretell.sandbox import SandboxError
-        from foretell.services.datafeed import BarColumns
     except ImportError as error:
         raise CliError(
             f"--local needs the server parts ({error}): pip install 'foretell[server]'",

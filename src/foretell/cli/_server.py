@@ -69,9 +69,9 @@ def serve(service: str) -> None:
       FORETELL_DATABASE_URL=postgresql://localhost/foretell \\
       FORETELL_REDIS_URL=redis://localhost:6379/0 foretell serve all
     """
-    from foretell.runtime import run_services as serve_services
+    from foretell.composition import SERVICES
+    from foretell.composition import run_services as serve_services
     from foretell.runtime.server import PortInUse
-    from foretell.services import SERVICES
     from foretell.settings import SettingsError
 
     settings = _settings()

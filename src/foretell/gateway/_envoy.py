@@ -14,7 +14,7 @@ from typing import Any
 import jinja2
 
 from foretell._assets import asset_path
-from foretell.services import SERVICES
+from foretell.composition import SERVICES
 from foretell.settings import Address, Settings
 
 _TEMPLATE = "envoy/envoy.yaml.j2"

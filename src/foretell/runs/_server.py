@@ -32,13 +32,13 @@ from foretell.errors import (
 )
 from foretell.forecast.v1 import forecast_service_pb2 as fc_pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as fc_grpc
+from foretell.marketdata import queries
+from foretell.marketdata import validate as feed_validate
+from foretell.marketdata.messages import bars_response, page_size
+from foretell.marketdata.queries import BarColumns, BarQuery, utc
 from foretell.runs._scope import MAX_MESSAGE_BYTES, RunScope
 from foretell.runs._validate import AcceptedForecast, check_forecasts
 from foretell.runtime._status import error_status
-from foretell.services.datafeed import _store
-from foretell.services.datafeed import _validate as feed_validate
-from foretell.services.datafeed._servicer import bars_response, page_size
-from foretell.services.datafeed._store import BarColumns, BarQuery, utc
 
 if TYPE_CHECKING:
     Context = aio.ServicerContext[Any, Any]
@@ -85,7 +85,7 @@ class BarSource(Protocol):
         ...
 
     def read(self, query: BarQuery, page_size: int) -> AsyncIterator[tuple[BarColumns, bool]]:
-        """As `foretell.services.datafeed._store.read_bars`."""
+        """As `foretell.marketdata.queries.read_bars`."""
         ...
 
 
@@ -104,7 +104,7 @@ class DatabaseBars:
         return [SeriesInfo(row[0], int(row[1]), row[2], row[3]) for row in rows]
 
     def read(self, query: BarQuery, page_size: int) -> AsyncIterator[tuple[BarColumns, bool]]:
-        return _store.read_bars(self._db, query, page_size)
+        return queries.read_bars(self._db, query, page_size)
 
 
 class MemoryBars:

@@ -1,11 +1,18 @@
 """What every service process shares: resources, the interceptor, the gRPC server."""
 
 from foretell.runtime.resources import Resources, open_resources
-from foretell.runtime.server import RunningServer, run_services, serve, start_server
+from foretell.runtime.server import (
+    RunningServer,
+    ServiceDef,
+    run_services,
+    serve,
+    start_server,
+)
 
 __all__ = [
     "Resources",
     "RunningServer",
+    "ServiceDef",
     "open_resources",
     "run_services",
     "serve",

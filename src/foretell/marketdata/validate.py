@@ -15,8 +15,8 @@ from foretell import resolutions
 from foretell.common.v1 import common_pb2
 from foretell.datafeed.v1 import datafeed_service_pb2 as pb
 from foretell.errors import FieldViolation, Violations
+from foretell.marketdata.queries import BarColumns, BarQuery
 from foretell.resolutions import STEP_S
-from foretell.services.datafeed._store import BarColumns, BarQuery
 from foretell.symbols import SYMBOL, SYMBOL_RULE
 
 MAX_BATCH = 10_000
