@@ -40,10 +40,11 @@ run: $(VENV_STAMP) ## Run the whole platform (embedded PostgreSQL and Redis unle
 test: $(VENV_STAMP) ## Run the whole test suite against real PostgreSQL, Redis and Envoy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(VENV_STAMP) protodeps ## ruff, mypy --strict, buf lint and buf format
+lint: $(VENV_STAMP) protodeps ## ruff, mypy --strict, the import layers, buf lint and buf format
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf format --diff --exit-code protos
 

@@ -33,7 +33,7 @@ from foretell.datafeed.v1 import datafeed_service_pb2 as pb
 from foretell.datafeed.v1 import datafeed_service_pb2_grpc as pb_grpc
 from foretell.demo import load_demo_bars
 from foretell.runtime import Resources
-from foretell.services.account._store import create_user
+from foretell.services.account._queries import create_user
 from foretell.settings import Settings
 from tests._envoy import Envoy
 from tests._errors import field_violations

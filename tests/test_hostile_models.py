@@ -23,9 +23,9 @@ from foretell.db.models import Forecast, Model, Run, Version
 from foretell.marketdata import BarColumns, ingest_bars
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
-from foretell.runs import RunRecord, execute_run, sdk_dir
+from foretell.runs import RunRecord, execute_run
 from foretell.runtime import Resources
-from foretell.sandbox import SandboxLimits
+from foretell.sandbox import SandboxLimits, sdk_dir
 from foretell.settings import Settings
 from tests._registry import model_name, push, run_builds, write_model
 from tests.conftest import PASSWORD, MovableClock, unique_email

@@ -30,7 +30,7 @@ from foretell.db.models import Invoice, Subscription, SubscriptionEvent
 from foretell.errors import FailedPrecondition
 from foretell.registry.v1 import registry_service_pb2_grpc as reg_grpc
 from foretell.runtime import Resources
-from foretell.services.account._store import create_user
+from foretell.services.account._queries import create_user
 from foretell.subscription.v1 import subscription_service_pb2 as pb
 from foretell.subscription.v1 import subscription_service_pb2_grpc as pb_grpc
 from tests._billing import set_plan, sold_model
@@ -625,14 +625,14 @@ async def test_auto_pay_makes_a_subscription_active_at_once(
 ) -> None:
     from foretell.auth.policy import Role
     from foretell.auth.principal import Principal
-    from foretell.services.subscription import _store
+    from foretell.services.subscription import _queries
 
     model = await sold_model(channel, sign_up, resources, trial_days=0)
     reader = await sign_up(account_pb.ROLE_SUBSCRIBER)
     settings = dataclasses.replace(resources.settings, billing_auto_pay="on")
-    billing = _store.Billing(settings, gateway_for(settings), resources.clock())
+    billing = _queries.Billing(settings, gateway_for(settings), resources.clock())
     principal = Principal(uuid.UUID(reader.user.id), Role.SUBSCRIBER, "jwt")
-    sub, invoice = await _store.subscribe(resources.db, principal, model.name, billing)
+    sub, invoice = await _queries.subscribe(resources.db, principal, model.name, billing)
     assert sub.state == "active"
     assert invoice is not None and invoice.state == "paid"
     assert invoice.payment is not None and invoice.payment.gateway == "ledger"

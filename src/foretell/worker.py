@@ -14,13 +14,13 @@ from arq.connections import RedisSettings
 
 from foretell.billing.gateway import gateway_for
 from foretell.billing.settle import run_billing
+from foretell.build import build_job_timeout_s, build_version
 from foretell.clock import Clock, utc_now
 from foretell.ledger import chain
 from foretell.logs import get_logger
 from foretell.runtime.resources import open_resources
 from foretell.sandbox import SandboxUnavailable, detect_cgroups, sweep_stale_run_cgroups
 from foretell.scheduler import run_job_timeout_s, run_version, schedule_runs
-from foretell.services.registry.build import build_job_timeout_s, build_version
 from foretell.settings import Settings
 
 log = get_logger("foretell.worker")

@@ -16,6 +16,7 @@ reported at once (field "manifest.<key>").
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import keyword
 import re
@@ -23,7 +24,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import date, datetime, time
-from typing import cast
+from typing import Any, cast
 
 from foretell.bundle._limits import format_bytes
 from foretell.bundle._paths import path_problem, printable
@@ -83,6 +84,16 @@ class Manifest:
     @property
     def entrypoint_files(self) -> tuple[str, str]:
         return entrypoint_files(self.entrypoint)
+
+    def to_json(self) -> dict[str, Any]:
+        """As the database stores it (versions.manifest, JSONB)."""
+        data = dataclasses.asdict(self)
+        data["symbols"] = list(self.symbols)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        return cls(**{**data, "symbols": tuple(data["symbols"])})
 
     def to_toml(self) -> str:
         symbols = ", ".join(_toml_string(s) for s in self.symbols)

@@ -1,4 +1,8 @@
-"""`foretell demo`: an operator command, run on the server against its database."""
+"""`foretell demo`: an operator command, run on the server against its database.
+
+Server-side modules are imported inside the commands that use them, never at the top: the base
+install (the CLI providers and subscribers use) has none of the server's dependencies, and every
+other command must start without loading them."""
 
 from __future__ import annotations
 

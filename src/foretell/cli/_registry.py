@@ -22,7 +22,7 @@ from foretell.bundle import (
     parse_manifest,
     printable,
 )
-from foretell.cli import _scaffold
+from foretell.bundle import scaffold as _scaffold
 from foretell.cli._client import (
     Client,
     CliError,

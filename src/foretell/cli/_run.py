@@ -1,5 +1,9 @@
 """`foretell run`: one dry run of a model's version on the platform, or of a local folder on
-this machine (`--local`), in the same sandbox, printing the forecasts and the logs."""
+this machine (`--local`), in the same sandbox, printing the forecasts and the logs.
+
+Server-side modules are imported inside the commands that use them, never at the top: the base
+install (the CLI providers and subscribers use) has none of the server's dependencies, and every
+other command must start without loading them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Operator commands: run the platform, run services, migrate, manage accounts."""
+"""Operator commands: run the platform, run services, migrate, manage accounts.
+
+Server-side modules are imported inside the commands that use them, never at the top: the base
+install (the CLI providers and subscribers use) has none of the server's dependencies, and every
+other command must start without loading them."""
 
 from __future__ import annotations
 

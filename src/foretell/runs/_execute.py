@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from sqlalchemy import select, text
 
+from foretell.build import BuildState
 from foretell.clock import utc_now
 from foretell.db import Database
 from foretell.db.models import Model, Run, Version
@@ -181,7 +182,7 @@ async def execute_run(
         return await _record(found)
     if version.model_id != model.id:
         raise NotRunnable("the version belongs to another model")
-    if version.build_state != "ready" or not version.image_digest:
+    if version.build_state != BuildState.READY or not version.image_digest:
         raise NotRunnable(f"version {version.number} is not built ({version.build_state})")
     try:
         # Re-verified before every run: an image changed on disk must never run.

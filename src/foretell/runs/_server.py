@@ -38,7 +38,7 @@ from foretell.marketdata.messages import bars_response, page_size
 from foretell.marketdata.queries import BarColumns, BarQuery, utc
 from foretell.runs._scope import MAX_MESSAGE_BYTES, RunScope
 from foretell.runs._validate import AcceptedForecast, check_forecasts
-from foretell.runtime._status import error_status
+from foretell.runtime import error_status
 
 if TYPE_CHECKING:
     Context = aio.ServicerContext[Any, Any]

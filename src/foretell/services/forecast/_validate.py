@@ -13,7 +13,7 @@ from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.paging import decode_token, encode_token, reject_token
 from foretell.paging import page_size as checked_page_size
 from foretell.resolutions import STEP_S
-from foretell.services.registry._validate import model_name
+from foretell.services.registry import model_name
 from foretell.symbols import SYMBOL
 
 KINDS: dict[int, str] = {

@@ -7,8 +7,8 @@ import re
 from foretell import paging, resolutions
 from foretell.errors import FieldViolation, InvalidArgument, Violations
 from foretell.registry.v1 import registry_service_pb2 as pb
-from foretell.services.account._validate import check_text
 from foretell.symbols import SYMBOL
+from foretell.text import check_text
 
 NAME = re.compile(r"[a-z][a-z0-9-]{2,39}")
 TAG = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")

@@ -34,7 +34,7 @@ from foretell.db import Database
 from foretell.db.models import Invoice, Model, Plan, Subscription
 from foretell.errors import FailedPrecondition, NotFound, PermissionDenied
 from foretell.paging import Keyset, Page, after_keyset
-from foretell.services.registry._store import get_view, owned_model
+from foretell.services.registry import get_view, owned_model
 from foretell.services.subscription._validate import PlanInput
 from foretell.settings import Settings
 
