@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import signal
@@ -11,6 +12,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
+from foretell.auth.keys import load_or_create_keys
+from foretell.gateway import render_envoy_config, validate_envoy_config
 from foretell.settings import Settings
 from foretell.up._checks import check_addresses, data_dir_lock, listeners
 from foretell.up._console import Console
@@ -40,8 +43,6 @@ def run_up(settings: Settings, *, demo: bool = False) -> int:
     with _startup_signals(), data_dir_lock(data_dir), contextlib.ExitStack() as stack:
         check_addresses(listeners(settings, plan))
         try:
-            from foretell.auth.keys import load_or_create_keys
-
             load_or_create_keys(settings.keys_dir)
             envoy_yaml = _envoy_config(settings, plan)
             stores = start_stores(settings, console, stack)
@@ -72,8 +73,6 @@ def _startup_signals() -> Iterator[None]:
 
 
 def _envoy_config(settings: Settings, plan: Sequence[ServiceProcess]) -> Path:
-    from foretell.gateway import render_envoy_config, validate_envoy_config
-
     path = settings.data_dir / "envoy.yaml"
     try:
         path.write_text(render_envoy_config(settings, upstreams(plan)))
@@ -86,8 +85,7 @@ def _envoy_config(settings: Settings, plan: Sequence[ServiceProcess]) -> Path:
 def _load_demo(database_url: str, data_dir: Path, console: Console) -> None:
     """The demo market data: the same idempotent load as `foretell demo` (which also creates
     the demo provider and model and replays them; up only suggests it, to stay fast)."""
-    import asyncio
-
+    # Imported here: it pulls in the services' market-data code, which `--no-demo` never needs.
     from foretell.demo import DemoDataMissing, run_demo
 
     try:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from foretell._embedded import redis_command, start_postgres
+from foretell.db.migrate import upgrade_sync
 from foretell.settings import Settings
 from foretell.up._console import Console
 from foretell.up._errors import StartupError
@@ -37,9 +39,6 @@ def start_stores(settings: Settings, console: Console, stack: contextlib.ExitSta
     """The database (started and migrated) and Redis, embedded ones started when no URL is
     given. Both run outside honcho and stop after its children (`stack` unwinds last): the
     services and the worker must never see their stores vanish while they shut down."""
-    from foretell._embedded import redis_command, start_postgres
-    from foretell.db.migrate import upgrade_sync
-
     database_url = settings.database_url
     pgdata: Path | None = None
     if database_url is None:

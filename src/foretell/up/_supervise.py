@@ -16,6 +16,7 @@ from typing import Any
 
 import honcho.manager
 
+from foretell.gateway import envoy_binary
 from foretell.settings import Settings
 from foretell.up._banner import banner
 from foretell.up._console import Console
@@ -145,8 +146,6 @@ def supervise(
     started_at: float,
 ) -> int:
     """Runs the children until one exits or a signal stops them; returns the exit code."""
-    from foretell.gateway import envoy_binary
-
     stopped = threading.Event()
     deadline = time.monotonic() + READY_TIMEOUT_S
 
