@@ -73,7 +73,7 @@ def render_envoy_config(
     admin_addr: Address | None = None,
 ) -> str:
     """The Envoy config (YAML) for `settings`, routing each service (short name, as in
-    `foretell.services.SERVICES`) to its address in `upstreams`. Services that share an address
+    `foretell.composition.SERVICES`) to its address in `upstreams`. Services that share an address
     share a cluster. `http_addr` and `admin_addr` override the settings (port 0 works)."""
     missing = [name for name in SERVICES if name not in upstreams]
     if missing:
