@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from foretell.cli._client import echo_table
+from foretell.cli._output import echo_table
 from foretell.cli._server import _fail, _settings
 
 if TYPE_CHECKING:

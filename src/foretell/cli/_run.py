@@ -15,19 +15,12 @@ import click
 from google.protobuf import timestamp_pb2
 
 from foretell.bundle.manifest import RESOLUTIONS
-from foretell.cli._client import (
-    CliError,
-    Exit,
-    connect,
-    echo_json,
-    echo_table,
-    enum_label,
-    json_option,
-    message_dict,
-    url_option,
-)
+from foretell.cli._client import connect
 from foretell.cli._data import RESOLUTIONS as RESOLUTION_ENUM
 from foretell.cli._data import CsvBars, fetch_bars, read_csv, time_option
+from foretell.cli._exit import CliError, Exit
+from foretell.cli._output import echo_json, echo_table, enum_label, json_option, message_dict
+from foretell.cli._target import url_option
 from foretell.datafeed.v1 import datafeed_service_pb2 as datafeed_pb
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 
