@@ -48,6 +48,7 @@ def demo(replay_slots: int, replay_all: bool) -> None:
     Example:
       FORETELL_DATABASE_URL=postgresql://localhost/foretell foretell demo --replay-slots 50
     """
+    # Server code, imported only when the command runs: the client install does not have it.
     from sqlalchemy.exc import DBAPIError
 
     from foretell.demo import DemoDataMissing
@@ -69,6 +70,7 @@ def demo(replay_slots: int, replay_all: bool) -> None:
 
 
 async def _run(settings: Settings, replay: int | None) -> DemoSummary:
+    # Server code, imported only when the command runs: the client install does not have it.
     from foretell.db import connect
     from foretell.demo import ensure_demo, load_demo_bars
 
