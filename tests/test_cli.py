@@ -28,8 +28,9 @@ from grpc import aio
 from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.account.v1 import account_service_pb2_grpc as account_grpc
 from foretell.bundle import Manifest, pack_dir, parse_manifest
-from foretell.cli._client import Exit, Target, parse_target
+from foretell.cli._exit import Exit
 from foretell.cli._main import cli
+from foretell.cli._target import Target, parse_target
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from foretell.settings import Settings

@@ -17,22 +17,11 @@ import click
 import grpc
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-from foretell.cli._client import (
-    CALL_TIMEOUT_S,
-    Client,
-    CliError,
-    Exit,
-    Target,
-    connect,
-    echo_json,
-    echo_table,
-    json_option,
-    message_dict,
-    rpc_error,
-    url_option,
-)
+from foretell.cli._client import CALL_TIMEOUT_S, Client, connect, rpc_error, unpack_details
+from foretell.cli._exit import CliError, Exit
+from foretell.cli._output import echo_json, echo_table, json_option, message_dict
+from foretell.cli._target import Target, url_option
 from foretell.datafeed.v1 import datafeed_service_pb2 as pb
 from foretell.datafeed.v1 import datafeed_service_pb2_grpc as pb_grpc
 from foretell.resolutions import BY_ENUM, RESOLUTIONS, TO_ENUM
@@ -231,17 +220,11 @@ def _requests(header: pb.IngestBarsHeader, bars: CsvBars) -> Iterator[pb.IngestB
 
 
 def _violations(error: grpc.RpcError) -> list[tuple[str, str]]:
-    try:
-        status = rpc_status.from_call(error)
-    except ValueError:
-        return []
-    found: list[tuple[str, str]] = []
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            found += [(v.field, v.description) for v in bad.field_violations]
-    return found
+    return [
+        (v.field, v.description)
+        for bad in unpack_details(error, error_details_pb2.BadRequest)
+        for v in bad.field_violations
+    ]
 
 
 def _line_of(field: str, bars: CsvBars) -> str:

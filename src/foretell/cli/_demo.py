@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from foretell.cli._client import echo_table
+from foretell.cli._output import echo_table
 from foretell.cli._server import _fail, _settings
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ def demo(replay_slots: int, replay_all: bool) -> None:
     Example:
       FORETELL_DATABASE_URL=postgresql://localhost/foretell foretell demo --replay-slots 50
     """
+    # Server code, imported only when the command runs: the client install does not have it.
     from sqlalchemy.exc import DBAPIError
 
     from foretell.demo import DemoDataMissing
@@ -73,6 +74,7 @@ def demo(replay_slots: int, replay_all: bool) -> None:
 
 
 async def _run(settings: Settings, replay: int | None) -> DemoSummary:
+    # Server code, imported only when the command runs: the client install does not have it.
     from foretell.db import connect
     from foretell.demo import ensure_demo, load_demo_bars
 

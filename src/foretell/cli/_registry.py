@@ -23,20 +23,17 @@ from foretell.bundle import (
     printable,
 )
 from foretell.bundle import scaffold as _scaffold
-from foretell.cli._client import (
-    Client,
-    CliError,
-    Exit,
-    connect,
+from foretell.cli._client import Client, connect, pages
+from foretell.cli._exit import CliError, Exit
+from foretell.cli._output import (
     echo_json,
     echo_table,
     enum_label,
     json_option,
     message_dict,
-    pages,
     short_time,
-    url_option,
 )
+from foretell.cli._target import url_option
 from foretell.common.v1 import common_pb2
 from foretell.errors import ForetellError, InvalidArgument
 from foretell.registry.v1 import registry_service_pb2 as pb

@@ -18,18 +18,12 @@ from typing import Any
 import click
 from google.protobuf import timestamp_pb2
 
-from foretell.cli._client import (
-    CliError,
-    Exit,
-    connect,
-    echo_json,
-    echo_table,
-    enum_label,
-    json_option,
-    message_dict,
-    url_option,
-)
+from foretell.cli._client import connect
 from foretell.cli._data import CsvBars, fetch_bars, read_csv, time_option
+from foretell.cli._exit import CliError, Exit
+from foretell.cli._output import echo_json, echo_table, enum_label, json_option, message_dict
+from foretell.cli._registry import _read_manifest
+from foretell.cli._target import url_option
 from foretell.datafeed.v1 import datafeed_service_pb2 as datafeed_pb
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.resolutions import STEP_S, TO_ENUM
@@ -224,8 +218,6 @@ def _run_local(
     url: str,
     as_json: bool,
 ) -> _Shown:
-    from foretell.cli._registry import _read_manifest
-
     manifest = _read_manifest(directory)
     step = STEP_S[manifest.resolution]
     if as_of is not None and int(as_of.timestamp()) % step:
@@ -245,6 +237,7 @@ def _run_local(
         raise CliError(
             "--local runs the sandbox (nsjail), which needs root: run it with sudo", Exit.ERROR
         )
+    # The server parts run the model here; a client-only install says what is missing.
     try:
         from foretell.build import BuildFailed
         from foretell.marketdata import BarColumns

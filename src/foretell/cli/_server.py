@@ -1,12 +1,13 @@
 """Operator commands: run the platform, run services, migrate, manage accounts.
 
-Server-side modules are imported inside the commands that use them, never at the top: the base
-install (the CLI providers and subscribers use) has none of the server's dependencies, and every
-other command must start without loading them."""
+They run on the server, so each imports the server stack inside the function: `foretell` on a
+provider's machine (the base install) must load without it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
@@ -24,6 +25,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _settings() -> Settings:
+    # The server stack, loaded when the command runs (see the module docstring).
     from foretell.logs import configure_logging
     from foretell.settings import SettingsError, load_settings
 
@@ -53,6 +55,7 @@ def up(demo: bool) -> None:
       FORETELL_HTTP_ADDR=127.0.0.1:9080 foretell up
       FORETELL_TOPOLOGY=split foretell up --no-demo     # one process per service
     """
+    # The server stack, loaded when the command runs (see the module docstring).
     from foretell.up import AlreadyRunning, StartupError, run_up
 
     try:
@@ -73,6 +76,7 @@ def serve(service: str) -> None:
       FORETELL_DATABASE_URL=postgresql://localhost/foretell \\
       FORETELL_REDIS_URL=redis://localhost:6379/0 foretell serve all
     """
+    # The server stack, loaded when the command runs (see the module docstring).
     from foretell.composition import SERVICES
     from foretell.composition import run_services as serve_services
     from foretell.runtime.server import PortInUse
@@ -97,6 +101,7 @@ def worker() -> None:
       FORETELL_DATABASE_URL=postgresql://localhost/foretell \\
       FORETELL_REDIS_URL=redis://localhost:6379/0 foretell worker
     """
+    # The server stack, loaded when the command runs (see the module docstring).
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from foretell.logs import get_logger
@@ -138,6 +143,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 def db_upgrade(revision: str) -> None:
     """Migrate the database at FORETELL_DATABASE_URL to the latest schema."""
+    # The server stack, loaded when the command runs (see the module docstring).
     from foretell.db.migrate import upgrade_sync
 
     settings = _settings()
@@ -169,6 +175,7 @@ def admin_create_user(email: str, display_name: str, role: str, password: str) -
     Example:
       foretell admin create-user --email ops@example.com
     """
+    # The server stack, loaded when the command runs (see the module docstring).
     from foretell.services.account.admin import create_account
 
     settings = _settings()
@@ -187,6 +194,7 @@ def admin_invoices() -> None:
 
 
 def _invoice_row(line: object) -> dict[str, object]:
+    # The server stack, loaded when the command runs (see the module docstring).
     from foretell.billing.admin import InvoiceLine
     from foretell.currencies import format_minor
 
@@ -229,8 +237,7 @@ def admin_invoices_list(open_only: bool, limit: int, as_json: bool) -> None:
       foretell admin invoices list --open
       foretell admin invoices list --json
     """
-    import json
-
+    # The server stack, loaded when the command runs (see the module docstring).
     from foretell.billing.admin import list_invoices
 
     lines = asyncio.run(list_invoices(_database_settings(), open_only=open_only, limit=limit))
@@ -260,8 +267,7 @@ def admin_invoices_pay(invoice_id: str, reference: str, as_json: bool) -> None:
     Example:
       foretell admin invoices pay 3f0c... --reference "wire 2026-11-30"
     """
-    import json
-
+    # The server stack, loaded when the command runs (see the module docstring).
     from foretell.billing.admin import pay_invoice
 
     try:
@@ -287,8 +293,7 @@ def admin_invoices_credit(invoice_id: str, amount_minor: int, reason: str, as_js
     Example:
       foretell admin invoices credit 3f0c... --amount-minor 4900 --reason "goodwill"
     """
-    import json
-
+    # The server stack, loaded when the command runs (see the module docstring).
     from foretell.billing.admin import credit_invoice
 
     try:
