@@ -12,7 +12,7 @@ from typing import Any
 from arq import Worker, cron, func
 from arq.connections import RedisSettings
 
-from foretell.billing.gateway import gateway_for
+from foretell.billing.payments import processor_for
 from foretell.billing.settle import run_billing
 from foretell.build import build_job_timeout_s, build_version
 from foretell.clock import Clock, utc_now
@@ -42,7 +42,7 @@ async def bill_subscriptions(ctx: dict[str, Any]) -> int:
     a second run at the same time fires nothing and issues no invoice twice."""
     resources = ctx["resources"]
     settings = resources.settings
-    fired = await run_billing(resources.db, settings, resources.clock(), gateway_for(settings))
+    fired = await run_billing(resources.db, settings, resources.clock(), processor_for(settings))
     log.info("billing run", events=fired)
     return fired
 

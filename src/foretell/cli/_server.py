@@ -190,7 +190,7 @@ def admin_create_user(email: str, display_name: str, role: str, password: str) -
 
 @admin.group("invoices")
 def admin_invoices() -> None:
-    """Invoices of the built-in ledger gateway: list them, record payments, issue credits."""
+    """Invoices of the built-in manual processor: list them, record payments, issue credits."""
 
 
 def _invoice_row(line: object) -> dict[str, object]:
@@ -260,7 +260,7 @@ def admin_invoices_list(open_only: bool, limit: int, as_json: bool) -> None:
 @click.option("--reference", default="", help="The bank transfer or receipt it was paid by.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def admin_invoices_pay(invoice_id: str, reference: str, as_json: bool) -> None:
-    """Record that an open invoice was paid in full (the ledger gateway). The subscription
+    """Record that an open invoice was paid in full (the manual processor). The subscription
     becomes ACTIVE again if it was waiting for this money.
 
     \b

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 from grpc import aio
 
 from foretell.auth.principal import current_principal
-from foretell.billing.gateway import gateway_for
+from foretell.billing.payments import processor_for
 from foretell.billing.settle import InvoiceStatus
 from foretell.clock import timestamp as _ts
 from foretell.db.models import Plan, Subscription
@@ -88,7 +88,7 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
 
     def _billing(self) -> _queries.Billing:
         settings = self._res.settings
-        return _queries.Billing(settings, gateway_for(settings), self._res.clock())
+        return _queries.Billing(settings, processor_for(settings), self._res.clock())
 
     @property
     def _grace(self) -> timedelta:
