@@ -76,7 +76,7 @@ class Settings:
     # subscription is PAST_DUE (still readable) for the grace days, then EXPIRED.
     billing_due_days: int = 7
     billing_grace_days: int = 7
-    # Development only: the built-in manual payment processor marks every invoice paid as it is issued.
+    # Development only: the built-in manual payment processor marks every invoice paid on issue.
     billing_auto_pay: Literal["on", "off"] = "off"
     # Forecasts recorded longer ago than this are a delayed sample everyone signed in may list.
     delayed_sample: Literal["on", "off"] = "on"
