@@ -80,6 +80,9 @@ breaking: $(VENV_STAMP) protodeps ## buf breaking (FILE rules) against BREAKING_
 	  echo "buf breaking: no breaking change against $(BREAKING_REF)"; \
 	else echo "buf breaking: $(BREAKING_REF) has no protos, nothing to compare"; fi
 
+docs: $(VENV_STAMP) ## Regenerate docs/configuration.md from the settings code
+	$(PY) -m foretell._settings_doc docs/configuration.md
+
 bench: $(VENV_STAMP) ## Print the RPC throughput and latency figures (bench/README.md)
 	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
 	$(PY) bench/rpc.py
@@ -87,4 +90,4 @@ bench: $(VENV_STAMP) ## Print the RPC throughput and latency figures (bench/READ
 clean: ## Remove the virtualenv, build leftovers and the local data directory
 	rm -rf $(VENV) .build .foretell .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help system-deps venv run test lint fmt protodeps gen gen-check breaking bench clean
+.PHONY: help system-deps venv run test lint fmt protodeps gen gen-check breaking docs bench clean
