@@ -15,7 +15,8 @@ DOCS = ROOT / "docs"
 CONFIGURATION = DOCS / "configuration.md"
 PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
 
-_VARIABLE = re.compile(r"FORETELL_[A-Z0-9_]+")
+# Not preceded by a word character: `_FORETELL_MODULES` is a Python name, not a variable.
+_VARIABLE = re.compile(r"(?<![A-Za-z0-9_])FORETELL_[A-Z0-9_]+")
 _FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 _CODE_SPAN = re.compile(r"`[^`\n]*`")
 _LINK = re.compile(r"!?\[(?:[^\]\n]|\][^(])*?\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
