@@ -392,7 +392,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         field = name.removeprefix("FORETELL_").lower()
         parser = _PARSERS.get(field)
         if parser is None:
-            raise SettingsError(f"{name}: unknown setting (see README, Configuration)")
+            raise SettingsError(f"{name}: unknown setting (see docs/configuration.md)")
         if raw != "":
             values[field] = parser(name, raw)
     return dataclasses.replace(Settings(), **values)  # type: ignore[arg-type]
