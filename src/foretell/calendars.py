@@ -55,8 +55,8 @@ _XCALS_CRYPTO = "24/7"
 # The range every calendar is built over: it covers the real bars the platform ships (GOOG
 # from 2004) with room, and ends far enough ahead for any live slot. Fixed, so that two
 # processes agree on every calendar.
-FIRST_DAY = "1990-01-01"
-LAST_DAY = "2060-12-31"
+FIRST_DAY = "2000-01-01"
+LAST_DAY = "2045-12-31"
 # Periods per year are the mean number of slots in these whole calendar years.
 YEARS_FOR_AVERAGE = (2010, 2019)
 _DAY = 86400
@@ -126,6 +126,18 @@ def get(name: str) -> MarketCalendar:
         return _build(name)
 
 
+def warm(names_: Iterable[str]) -> None:
+    """Builds the named calendars and their slots at every resolution now (unknown names
+    are skipped), so that later questions answer at once."""
+    for name in names_:
+        try:
+            calendar = get(name)
+        except UnknownCalendar:
+            continue
+        for resolution in STEP_S:
+            calendar.all_slots(resolution)
+
+
 def _build(name: str) -> MarketCalendar:
     if name == FX:
         cal = _FXCalendar(start=FIRST_DAY, end=LAST_DAY)
@@ -141,7 +153,9 @@ def _build(name: str) -> MarketCalendar:
 
 
 def _epoch(values: pd.Series[pd.Timestamp]) -> Ints:
-    return np.asarray(values.to_numpy(dtype="datetime64[s]").astype(np.int64), dtype=np.int64)
+    # Naive UTC first: numpy reads that directly (a zoned column goes through objects).
+    naive = values.dt.tz_convert(None).to_numpy()
+    return np.asarray(naive.astype("datetime64[s]").astype(np.int64), dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -255,8 +269,10 @@ class MarketCalendar(Slots):
             np.cumsum(counts) - counts, counts
         )
         slots = np.repeat(first, counts) + offsets * step
-        # Sessions that meet (FX, 24/7) share the grid bar across their boundary: one slot.
-        return np.unique(slots)
+        # Sessions follow each other, so the slots are in order; sessions that meet (FX,
+        # 24/7) share the grid bar across their boundary: one slot.
+        distinct: Ints = slots[np.r_[True, np.diff(slots) > 0]]
+        return distinct
 
 
 class JointCalendar(Slots):

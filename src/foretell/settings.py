@@ -68,6 +68,9 @@ class Settings:
     queue_name: str = "foretell:queue"
     # The worker's every-minute cron that runs live versions at each closed slot.
     scheduler: Literal["on", "off"] = "on"
+    # How long after a slot's close its bars may take to land: past it, the slot is recorded
+    # as data missing (never run late, never counted against the model).
+    data_deadline_s: int = 900
     # Sandbox limits of a scheduled run.
     run_wall_s: int = 30
     run_cpu_s: int = 30
@@ -188,6 +191,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "build_timeout_s": _positive_int,
     "queue_name": _text,
     "scheduler": _choice("on", "off"),
+    "data_deadline_s": _positive_int,
     "run_wall_s": _positive_int,
     "run_cpu_s": _positive_int,
     "run_memory_mib": _positive_int,
