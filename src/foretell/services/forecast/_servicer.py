@@ -75,6 +75,7 @@ def run_pb(model: str, run: Run, version: int, count: int, *, log: bool) -> pb.R
         outcome=_OUTCOMES[run.outcome],
         detail=run.detail,
         duration=duration,
+        duration_seconds=run.duration_s,
         forecast_count=count,
         create_time=_ts(run.created_at),
         log=run.log if log else "",

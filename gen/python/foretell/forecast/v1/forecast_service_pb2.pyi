@@ -227,6 +227,7 @@ class Run(_message.Message):
     FORECAST_COUNT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     LOG_FIELD_NUMBER: _builtins.int
+    DURATION_SECONDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The run's id (a UUID)."""
     model: _builtins.str
@@ -244,6 +245,11 @@ class Run(_message.Message):
     log: _builtins.str
     """The run's captured output (stdout then stderr, at most 64 KiB, the
     earliest output dropped first). Only GetRun fills it.
+    """
+    duration_seconds: _builtins.float
+    """How long the model ran, in seconds, exactly as recorded (IEEE 754
+    binary64): the value the ledger's `duration_s` encodes. `duration` is the
+    same rounded to nanoseconds.
     """
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp:
@@ -271,10 +277,11 @@ class Run(_message.Message):
         forecast_count: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         log: _builtins.str = ...,
+        duration_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "create_time", b"create_time", "duration", b"duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "create_time", b"create_time", "detail", b"detail", "duration", b"duration", "forecast_count", b"forecast_count", "id", b"id", "kind", b"kind", "log", b"log", "model", b"model", "outcome", b"outcome", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "create_time", b"create_time", "detail", b"detail", "duration", b"duration", "duration_seconds", b"duration_seconds", "forecast_count", b"forecast_count", "id", b"id", "kind", b"kind", "log", b"log", "model", b"model", "outcome", b"outcome", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
