@@ -753,7 +753,8 @@ async def test_cli_imports_the_real_eurusd_csv_end_to_end(
     assert document["symbol"] == symbol
 
     listed = _ok(await _cli(config, cli_url, "data", "symbols"))
-    assert [symbol, "1h", "5000", "2017-04-19", "09:00Z", "2018-02-07", "15:00Z"] in [
+    # A currency pair by its name: the FX calendar.
+    assert [symbol, "FX", "1h", "5000", "2017-04-19", "09:00Z", "2018-02-07", "15:00Z"] in [
         line.split() for line in listed.stdout.splitlines()
     ]
     as_json = json.loads(_ok(await _cli(config, cli_url, "data", "symbols", "--json")).stdout)
