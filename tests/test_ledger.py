@@ -404,6 +404,9 @@ async def test_rest_and_the_cli(
     shown = await cli("performance", made.name)
     assert shown.returncode == 0, shown.stderr
     assert "always up" in shown.stdout and "persistence" in shown.stdout
+    # The report states its conventions: the calendar of a currency pair is FX.
+    assert "conventions: calendar FX, 6259.2 periods a year" in shown.stdout, shown.stdout
+    assert "  costs: cost_bps per unit of position traded" in shown.stdout
     await sql(resources, "UPDATE forecasts SET probability = 0.1 WHERE run_id = :run", run=runs[0])
     bad = await cli("verify", made.name)
     assert bad.returncode == 11
