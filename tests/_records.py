@@ -50,6 +50,8 @@ class F:
     probability: float | None = None
     horizon: int = 1
     symbol: str = ""
+    # The target time when it is not as_of + horizon hours (a market that closes between).
+    target: datetime | None = None
 
 
 def unique_symbol(prefix: str) -> str:
@@ -150,7 +152,7 @@ async def record_run(
                 Forecast(
                     run_id=run_id, model_id=made.model_id, version_id=made.versions[version],
                     kind=kind, symbol=f.symbol or made.symbol, as_of=as_of,
-                    target_time=as_of + f.horizon * HOUR, direction=f.direction,
+                    target_time=f.target or as_of + f.horizon * HOUR, direction=f.direction,
                     predicted_return=f.predicted_return, probability=f.probability,
                     recorded_at=now,
                 )

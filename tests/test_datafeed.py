@@ -93,8 +93,11 @@ def requests(
     batches: Sequence[pb.Bars],
     resolution: common_pb2.Resolution.ValueType = H1,
     on_conflict: pb.ConflictPolicy.ValueType = pb.CONFLICT_POLICY_REJECT,
+    calendar: str = "",
 ) -> list[pb.IngestBarsRequest]:
-    header = pb.IngestBarsHeader(symbol=symbol, resolution=resolution, on_conflict=on_conflict)
+    header = pb.IngestBarsHeader(
+        symbol=symbol, resolution=resolution, on_conflict=on_conflict, calendar=calendar
+    )
     return [
         pb.IngestBarsRequest(header=header),
         *(pb.IngestBarsRequest(bars=b) for b in batches),
@@ -102,10 +105,10 @@ def requests(
 
 
 async def ingest(
-    stub: Stub, who: Metadata, symbol: str, *batches: pb.Bars, **options: int
+    stub: Stub, who: Metadata, symbol: str, *batches: pb.Bars, **options: Any
 ) -> pb.IngestBarsResponse:
     return await stub.IngestBars(
-        iter(requests(symbol, batches, **options)),  # type: ignore[arg-type]
+        iter(requests(symbol, batches, **options)),
         metadata=who,
     )
 
@@ -750,7 +753,8 @@ async def test_cli_imports_the_real_eurusd_csv_end_to_end(
     assert document["symbol"] == symbol
 
     listed = _ok(await _cli(config, cli_url, "data", "symbols"))
-    assert [symbol, "1h", "5000", "2017-04-19", "09:00Z", "2018-02-07", "15:00Z"] in [
+    # A currency pair by its name: the FX calendar.
+    assert [symbol, "FX", "1h", "5000", "2017-04-19", "09:00Z", "2018-02-07", "15:00Z"] in [
         line.split() for line in listed.stdout.splitlines()
     ]
     as_json = json.loads(_ok(await _cli(config, cli_url, "data", "symbols", "--json")).stdout)
@@ -913,3 +917,57 @@ def test_data_commands_run_without_the_server_stack_or_pandas(
     assert "Traceback" not in result.stderr
     # They get as far as wanting a session: everything they import has been imported.
     assert result.returncode == Exit.AUTH, result.stderr
+
+
+# --- trading calendars ------------------------------------------------------------------------
+
+
+async def test_each_symbol_has_a_calendar_set_on_first_ingest_or_by_an_admin(
+    datafeed: Stub, admin: SignedIn, sign_up: SignUp
+) -> None:
+    pair, stock, chosen = f"EURUSD-{new_symbol()}", new_symbol(), new_symbol()
+    await ingest(datafeed, admin.metadata, pair, hourly(2))
+    await ingest(datafeed, admin.metadata, stock, hourly(2))
+    await ingest(datafeed, admin.metadata, chosen, hourly(2), calendar="CRYPTO")
+
+    async def calendars() -> dict[str, str]:
+        listed = await datafeed.ListSymbols(pb.ListSymbolsRequest(), metadata=admin.metadata)
+        return {i.symbol: i.calendar for i in listed.symbols}
+
+    assert {k: v for k, v in (await calendars()).items() if k in (pair, stock, chosen)} == {
+        pair: "FX",
+        stock: "XNYS",
+        chosen: "CRYPTO",
+    }
+    # Later ingests keep it; naming another is refused, and nothing is written.
+    await ingest(datafeed, admin.metadata, chosen, hourly(1, start=T0 + 5 * HOUR))
+    error = await rpc_error(
+        ingest(datafeed, admin.metadata, chosen, hourly(1, start=T0 + 9 * HOUR), calendar="FX")
+    )
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "SetSymbolCalendar" in (error.details() or "")
+    # An admin changes it; nobody else may.
+    changed = await datafeed.SetSymbolCalendar(
+        pb.SetSymbolCalendarRequest(symbol=stock, calendar="XLON"), metadata=admin.metadata
+    )
+    assert (changed.calendar, changed.changed) == ("XLON", True)
+    again = await datafeed.SetSymbolCalendar(
+        pb.SetSymbolCalendarRequest(symbol=stock, calendar="XLON"), metadata=admin.metadata
+    )
+    assert not again.changed
+    assert (await calendars())[stock] == "XLON"
+    someone = await sign_up()
+    error = await rpc_error(
+        datafeed.SetSymbolCalendar(
+            pb.SetSymbolCalendarRequest(symbol=stock, calendar="FX"), metadata=someone.metadata
+        )
+    )
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    for bad in ("NOPE", "", "xnys"):
+        error = await rpc_error(
+            datafeed.SetSymbolCalendar(
+                pb.SetSymbolCalendarRequest(symbol=stock, calendar=bad), metadata=admin.metadata
+            )
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert list(field_violations(error)) == ["calendar"]

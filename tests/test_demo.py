@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import func, select
 
+from foretell import calendars
 from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.account.v1 import account_service_pb2_grpc as account_grpc
 from foretell.auth.passwords import verify_password
@@ -44,14 +45,17 @@ async def _counts(resources: Resources) -> list[int]:
     return counts
 
 
-def test_replay_slots_are_the_schedulers_last_boundaries() -> None:
+def test_replay_slots_are_the_calendars_slots() -> None:
+    fx = calendars.get(calendars.FX)
     first, last = datetime(2018, 2, 1, tzinfo=UTC), LAST_SLOT
-    assert replay_slots(first, last, 3) == [LAST_SLOT - timedelta(hours=h) for h in (2, 1, 0)]
-    assert replay_slots(first, last, 0) == []
-    every = replay_slots(first, last, None)
-    # Every boundary after the first bar opened, up to the last close, weekends included.
+    assert replay_slots(fx, first, last, 3) == [LAST_SLOT - timedelta(hours=h) for h in (2, 1, 0)]
+    assert replay_slots(fx, first, last, 0) == []
+    every = replay_slots(fx, first, last, None)
+    # Every slot after the first bar opened, up to the last close: the FX weekend (Friday
+    # 22:00 to Sunday 22:00 UTC in winter) has none.
     assert every[0] == first + timedelta(hours=1) and every[-1] == LAST_SLOT
-    assert len(every) == 6 * 24 + 16
+    assert len(every) == 6 * 24 + 16 - 48
+    assert datetime(2018, 2, 3, 12, tzinfo=UTC) not in every
 
 
 async def test_ensure_demo_creates_the_provider_model_and_simulated_runs_once(
@@ -90,16 +94,17 @@ async def test_ensure_demo_creates_the_provider_model_and_simulated_runs_once(
     assert version.build_state == "ready" and version.image_digest
     assert model.live_version == version.number and version.published_at is not None
 
-    # The last three slots, run in order with the clock at each slot, labelled simulated.
+    # The last three slots, run in order, labelled simulated; recorded at the real time of
+    # recording (their simulated time is as_of), so they are never a delayed sample.
     assert first.slots == 3
     assert [r.as_of for r in runs] == [LAST_SLOT - timedelta(hours=h) for h in (2, 1, 0)]
     assert {r.kind for r in runs} == {"simulated"}
-    assert all(r.created_at == r.as_of for r in runs), [(r.created_at, r.as_of) for r in runs]
+    assert all(r.created_at > LAST_SLOT + timedelta(days=365) for r in runs)
     assert [r.outcome for r in runs] == ["ok"] * 3, [(r.outcome, r.detail, r.log) for r in runs]
     assert len(rows) == 3 and {f.kind for f in rows} == {"simulated"}
     assert {f.symbol for f in rows} == {"EURUSD"}
     assert all(f.target_time == f.as_of + timedelta(hours=1) for f in rows)
-    assert all(f.recorded_at == f.as_of for f in rows)
+    assert all(f.recorded_at > LAST_SLOT + timedelta(days=365) for f in rows)
     assert sum(first.outcomes.values()) + first.already_recorded == 3
 
     # Not part of a live track record: the default (live) listing has none of them.

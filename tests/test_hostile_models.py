@@ -336,7 +336,10 @@ async def _bars(resources: Resources, symbol: str) -> None:
         closes,
         [10.0] * 48,
     )
-    await ingest_bars(resources.db, symbol, "1h", bars, upsert=True, now=datetime.now(UTC))
+    # Bars every hour, day and night: a market that never closes.
+    await ingest_bars(
+        resources.db, symbol, "1h", bars, upsert=True, now=datetime.now(UTC), calendar="CRYPTO"
+    )
 
 
 async def _push_all(

@@ -26,8 +26,9 @@ from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
 from foretell.ledger import chain
 from foretell.registry.v1 import registry_service_pb2_grpc as reg_grpc
+from foretell.runs import SlotPlan
 from foretell.runtime import Resources
-from foretell.scheduler import _record_missed
+from foretell.scheduler import _record_unrun
 from foretell.settings import Settings
 from tests._envoy import Envoy
 from tests._records import HOUR, F, Made, make_model, record_run, unique_symbol
@@ -119,10 +120,8 @@ async def test_a_recorded_history_verifies_with_its_signed_checkpoint(
 ) -> None:
     made, runs = await ledgered_model(registry, sign_up, resources)
     # Missed slots recorded by the scheduler are links too.
-    await _record_missed(
-        resources, made.model_id, made.versions[1], [BASE + 4 * HOUR, BASE + 5 * HOUR], 2,
-        datetime.now(UTC),
-    )  # fmt: skip
+    missed = SlotPlan(missed=[BASE + 4 * HOUR, BASE + 5 * HOUR], unrun_total=2)
+    await _record_unrun(resources, made.model_id, made.versions[1], "1h", missed, datetime.now(UTC))
     assert await chain.checkpoint(resources.db, keys_dir, resources.clock) >= 1
     ledger = await read_ledger(forecasts, made, page_size=2)  # three pages
     assert [e.sequence for e in ledger.entries] == [1, 2, 3, 4, 5, 6]
@@ -335,7 +334,8 @@ async def test_missed_slots_are_ledgered_once_in_slot_order(
     made, runs = await ledgered_model(registry, sign_up, resources)
     slots = [BASE + 3 * HOUR, BASE + 4 * HOUR, BASE + 5 * HOUR]
     # 12:00 already has a run: only 13:00 and 14:00 become missed runs and entries.
-    await _record_missed(resources, made.model_id, made.versions[1], slots, 3, datetime.now(UTC))
+    missed = SlotPlan(missed=slots, unrun_total=3)
+    await _record_unrun(resources, made.model_id, made.versions[1], "1h", missed, datetime.now(UTC))
     ledger = await read_ledger(forecasts, made)
     assert [e.sequence for e in ledger.entries] == [1, 2, 3, 4, 5, 6]
     assert [e.run_id for e in ledger.entries[:4]] == [str(r) for r in runs]
@@ -404,6 +404,9 @@ async def test_rest_and_the_cli(
     shown = await cli("performance", made.name)
     assert shown.returncode == 0, shown.stderr
     assert "always up" in shown.stdout and "persistence" in shown.stdout
+    # The report states its conventions: the calendar of a currency pair is FX.
+    assert "conventions: calendar FX, 6259.2 periods a year" in shown.stdout, shown.stdout
+    assert "  costs: cost_bps per unit of position traded" in shown.stdout
     await sql(resources, "UPDATE forecasts SET probability = 0.1 WHERE run_id = :run", run=runs[0])
     bad = await cli("verify", made.name)
     assert bad.returncode == 11

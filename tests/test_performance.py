@@ -21,8 +21,10 @@ from foretell.runtime import Resources
 from tests._records import HOUR, F, Made, insert_bars, make_model, record_run, unique_symbol
 from tests.conftest import SignUp, status_code
 
-# Cost per trade for the hand-checked curve, in basis points.
+# Cost per unit of position traded for the hand-checked curve, in basis points.
 COST_BPS = 1.5
+# The FX calendar (24 hours on each weekday), counted over 2010-2019: 2,608 weekdays.
+FX_HOURS_A_YEAR = 24 * 2608 / 10
 # The model's calls, one per hour from 11:00 (as_of) on 2017-04-19; the last one is pending.
 SPECS = [
     F("up", 0.0004, 0.6),
@@ -109,7 +111,10 @@ def by_hand(
     probability: list[float | None],
     realized: list[float],
     cost: float,
+    per_year: float = FX_HOURS_A_YEAR,
 ) -> dict[str, Any]:
+    """Hourly forecasts over horizon 1, one per period of an unbroken run of calendar bars:
+    the position is the direction, the cost is charged on each change of position."""
     z = 1.959963984540054
     calls = [(d, r, p) for d, r, p in zip(directions, realized, probability, strict=True)
              if d != 0 and r != 0]  # fmt: skip
@@ -133,7 +138,10 @@ def by_hand(
         out["log_loss"] = -sum(math.log(p) if hit else math.log(1 - p) for p, hit in scored) / len(
             scored
         )
-    returns = [d * r - cost * abs(d) for d, r in zip(directions, realized, strict=True)]
+    returns, held = [], 0
+    for d, r in zip(directions, realized, strict=True):
+        returns.append(d * r - cost * abs(d - held))
+        held = d
     equity, value, peak, drawdown = [], 1.0, 1.0, 0.0
     for ret in returns:
         value *= 1 + ret
@@ -146,8 +154,8 @@ def by_hand(
     out.update(
         trades=sum(1 for d in directions if d != 0),
         total_return=value - 1,
-        sharpe=mean / sd * math.sqrt(8760),
-        sortino=mean / downside * math.sqrt(8760),
+        sharpe=mean / sd * math.sqrt(per_year),
+        sortino=mean / downside * math.sqrt(per_year),
         max_drawdown=drawdown,
         equity=equity,
     )
@@ -198,7 +206,12 @@ async def test_measures_match_a_hand_computation_on_real_eurusd(
     )  # fmt: skip
 
     overall = response.overall
-    assert response.periods_per_year == 8760
+    assert response.periods_per_year == FX_HOURS_A_YEAR
+    conventions = response.conventions
+    assert conventions.calendar == "FX" and conventions.periods_per_year == FX_HOURS_A_YEAR
+    assert "turnover" in conventions.costs or "change" in conventions.costs
+    assert all((conventions.returns, conventions.annualisation, conventions.realized,
+                conventions.coverage, conventions.order))  # fmt: skip
     assert (overall.forecasts.total, overall.forecasts.scored) == (12, 11)
     assert (overall.forecasts.pending, overall.forecasts.unscorable) == (1, 0)
     c = overall.coverage
@@ -317,3 +330,102 @@ async def test_bad_requests_and_hidden_models(
     with pytest.raises(grpc.RpcError) as error:
         await forecasts.GetPerformance(pb.GetPerformanceRequest(model=private.name))
     assert status_code(error.value) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_record_over_a_weekend_follows_the_fx_calendar(
+    registry: reg_grpc.RegistryServiceAsyncStub,
+    forecasts: pb_grpc.ForecastServiceAsyncStub,
+    sign_up: SignUp,
+    resources: Resources,
+) -> None:
+    """120 real EURUSD bars (Wednesday 2017-04-19 to the next Tuesday, a weekend between); a
+    momentum forecast at each bar's close but every seventh, over one bar. The independent
+    computation takes the periods from the bars themselves (the market's own hours), not from
+    the platform's calendar: every period counts (0 when there is no forecast), costs are paid
+    on changes of position, and Sharpe is annualised with the FX hours of a year."""
+    import statistics
+
+    import backtesting.test as shipped
+
+    made = await make_model(registry, sign_up, resources, symbols=(unique_symbol("EURUSD"),))
+    frame = shipped.EURUSD.iloc[:120]
+    bars = [(t.to_pydatetime().replace(tzinfo=UTC), float(c)) for t, c in frame["Close"].items()]
+    await insert_bars(resources, made.symbol, bars)
+    slots = [t + HOUR for t, _ in bars]  # the bars' closes
+    close = {t + HOUR: c for t, c in bars}
+    weekend = [(a, b) for a, b in itertools.pairwise(slots) if b - a > HOUR]
+    assert len(weekend) == 1 and weekend[0][1] - weekend[0][0] == 49 * HOUR
+    positions: list[int] = []
+    for i in range(1, len(slots) - 1):
+        as_of, target = slots[i], slots[i + 1]
+        if i % 7 == 0:
+            positions.append(0)  # no run at this slot: a period without a position
+            continue
+        up = close[as_of] > close[slots[i - 1]]
+        positions.append(1 if up else -1)
+        await record_run(resources, made, as_of, [F("up" if up else "down", target=target)])
+    response = await forecasts.GetPerformance(
+        pb.GetPerformanceRequest(model=made.name, cost_bps=COST_BPS),
+        metadata=made.owner.metadata,
+    )
+    cost = COST_BPS / 10_000
+    returns, held = [], 0
+    for i, position in enumerate(positions, start=1):
+        move = close[slots[i + 1]] / close[slots[i]] - 1
+        returns.append(position * move - cost * abs(position - held))
+        held = position
+    overall = response.overall
+    assert overall.forecasts.scored == sum(1 for p in positions if p)
+    assert overall.forecasts.unscorable == 0  # the weekend's forecast is scored too
+    per_year = FX_HOURS_A_YEAR
+    sharpe = statistics.fmean(returns) / statistics.stdev(returns) * math.sqrt(per_year)
+    downside = math.sqrt(statistics.fmean(min(r, 0.0) ** 2 for r in returns))
+    equity = list(itertools.accumulate((1 + r for r in returns), lambda a, b: a * b))
+    assert overall.model.sharpe == pytest.approx(sharpe, rel=1e-9)
+    assert overall.model.sortino == pytest.approx(
+        statistics.fmean(returns) / downside * math.sqrt(per_year), rel=1e-9
+    )
+    assert overall.model.total_return == pytest.approx(equity[-1] - 1, rel=1e-9, abs=1e-15)
+    charts = overall.charts
+    assert list(charts.model_equity.times_unix) == [int(t.timestamp()) for t in slots[2:]]
+    assert list(charts.model_equity.values) == pytest.approx(equity, rel=1e-12)
+    # The cumulative hit rate: one point per call, in order of target time.
+    assert list(charts.cumulative_hit_rate.times_unix) == sorted(
+        charts.cumulative_hit_rate.times_unix
+    )
+
+
+async def test_coverage_counts_calendar_slots_and_never_exceeds_one(
+    registry: reg_grpc.RegistryServiceAsyncStub,
+    forecasts: pb_grpc.ForecastServiceAsyncStub,
+    sign_up: SignUp,
+    resources: Resources,
+) -> None:
+    """Two versions run the same slots of an FX model over a weekend; one slot's data never
+    came. Slots are the FX calendar's: the weekend's hours are not due."""
+    made = await make_model(
+        registry, sign_up, resources, symbols=(unique_symbol("EURUSD"),), versions=2
+    )
+    friday = datetime(2024, 1, 5, 20, tzinfo=UTC)  # the FX week ends at 22:00 UTC in winter
+    sunday = datetime(2024, 1, 7, 23, tzinfo=UTC)  # and starts again at 22:00: first slot 23:00
+    slots = [friday, friday + HOUR, friday + 2 * HOUR, sunday, sunday + HOUR]
+    for slot in slots[:-1]:
+        await record_run(resources, made, slot, version=1)
+    await record_run(resources, made, slots[-1], outcome="data_missing")
+    for slot in slots[:3]:
+        await record_run(resources, made, slot, version=2)
+    await record_run(resources, made, friday + 16 * HOUR, version=2)  # Saturday: off-calendar
+    response = await forecasts.GetPerformance(
+        pb.GetPerformanceRequest(model=made.name), metadata=made.owner.metadata
+    )
+    overall = response.overall.coverage
+    assert overall.due_slots == 5  # 20:00, 21:00, 22:00 Friday; 23:00, 00:00 Sunday night
+    # 8 ok runs over 5 slots: counting runs, not distinct slots, would give 8 / 5.
+    assert (overall.runs, overall.runs_ok, overall.runs_data_missing) == (9, 8, 1)
+    assert overall.slots_without_run == 0
+    assert overall.ratio == 1.0  # 4 slots ok of the 4 whose data came
+    by_version = {v.version: v.coverage for v in response.versions}
+    assert by_version[1].due_slots == 5 and by_version[1].ratio == 1.0
+    # Version 2: Friday 20:00 to its Saturday run; the Saturday run is no slot.
+    assert by_version[2].due_slots == 3 and by_version[2].ratio == 1.0
+    assert all(0 <= c.ratio <= 1 for c in (overall, *by_version.values()))

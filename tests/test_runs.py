@@ -59,7 +59,10 @@ async def add_bars(resources: Resources, symbol: str, rising: bool) -> None:
         closes,
         [10.0] * n,
     )
-    await ingest_bars(resources.db, symbol, "1h", bars, upsert=True, now=datetime.now(UTC))
+    # Bars every hour, day and night: a market that never closes.
+    await ingest_bars(
+        resources.db, symbol, "1h", bars, upsert=True, now=datetime.now(UTC), calendar="CRYPTO"
+    )
 
 
 async def built(

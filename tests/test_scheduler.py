@@ -14,18 +14,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+from arq.jobs import Job, JobStatus
 from sqlalchemy import select
 
+from foretell import calendars
 from foretell.common.v1 import common_pb2
 from foretell.db.models import Forecast, Model, Run, Version
 from foretell.forecast.v1 import forecast_service_pb2 as fc_pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as fc_grpc
-from foretell.marketdata import BarColumns, ingest_bars
+from foretell.marketdata import BarColumns, ingest_bars, set_calendar
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
-from foretell.runs import MAX_MISSED, due_slots, latest_closed_boundary, missed_total
+from foretell.runs import MAX_MISSED, SlotPlan, latest_slot, plan_slots
 from foretell.runtime import Resources
-from foretell.scheduler import MISSED_DETAIL, run_job_id, run_version, schedule_runs
+from foretell.scheduler import (
+    MISSED_DETAIL,
+    BarsListener,
+    run_job_id,
+    run_version,
+    schedule_runs,
+)
 from foretell.settings import Settings, SettingsError, load_settings
 from foretell.worker import create_worker
 from tests._registry import model_name, push, run_builds, write_model
@@ -43,46 +51,31 @@ def t(text: str) -> datetime:
 
 # --- pure functions -------------------------------------------------------------------------
 
-
-@pytest.mark.parametrize(
-    ("resolution", "now", "boundary"),
-    [
-        ("1h", "2024-03-10 10:00:00", "2024-03-10 10:00:00"),
-        ("1h", "2024-03-10 09:59:59.999999", "2024-03-10 09:00:00"),
-        ("1h", "2024-03-10 10:00:00.000001", "2024-03-10 10:00:00"),
-        ("1h", "2024-03-10 10:59:59", "2024-03-10 10:00:00"),
-        ("4h", "2024-03-10 08:00:00", "2024-03-10 08:00:00"),
-        ("4h", "2024-03-10 07:59:59", "2024-03-10 04:00:00"),
-        ("4h", "2024-03-10 11:59:59", "2024-03-10 08:00:00"),
-        ("4h", "2024-03-10 00:00:01", "2024-03-10 00:00:00"),
-        ("1d", "2024-03-10 00:00:00", "2024-03-10 00:00:00"),
-        ("1d", "2024-03-09 23:59:59", "2024-03-09 00:00:00"),
-        ("1d", "2024-03-10 13:00:00", "2024-03-10 00:00:00"),
-        # Daylight saving changes (US 2024-03-10, EU 2024-10-27) do not move a UTC grid.
-        ("1h", "2024-10-27 02:30:00", "2024-10-27 02:00:00"),
-        ("1d", "2024-10-27 23:00:00", "2024-10-27 00:00:00"),
-    ],
-)
-def test_latest_closed_boundary(resolution: str, now: str, boundary: str) -> None:
-    assert latest_closed_boundary(resolution, t(now)) == t(boundary)
-
-
-def test_latest_closed_boundary_in_another_zone_is_the_same_instant() -> None:
-    from zoneinfo import ZoneInfo
-
-    now = datetime(2024, 3, 10, 3, 30, tzinfo=ZoneInfo("America/New_York"))  # 07:30 UTC
-    assert latest_closed_boundary("4h", now) == t("2024-03-10 04:00:00")
-    assert latest_closed_boundary("1d", now) == t("2024-03-10 00:00:00")
-
-
-def test_naive_times_and_unknown_resolutions_are_refused() -> None:
-    with pytest.raises(ValueError, match="timezone"):
-        latest_closed_boundary("1h", datetime(2024, 1, 1))
-    with pytest.raises(ValueError, match="resolution"):
-        latest_closed_boundary("2h", t("2024-01-01 00:00:00"))
-
-
+CRYPTO = calendars.get(calendars.CRYPTO)  # 24/7: every hour is a slot
+NYSE = calendars.get("XNYS")
+DEADLINE = timedelta(minutes=15)
 PUBLISHED = "2024-03-10 09:30:00"
+
+
+def plan(
+    last: str | None,
+    now: str,
+    landed: str | None = "2099-01-01 00:00:00",
+    calendar: calendars.Slots = CRYPTO,
+    resolution: str = "1h",
+    published: str = PUBLISHED,
+    cap: int = MAX_MISSED,
+) -> SlotPlan:
+    return plan_slots(
+        calendar,
+        resolution,
+        last_as_of=t(last) if last else None,
+        now=t(now),
+        live_since=t(published),
+        landed={"A": t(landed) if landed else None},
+        deadline=DEADLINE,
+        cap=cap,
+    )
 
 
 @pytest.mark.parametrize(
@@ -93,7 +86,7 @@ PUBLISHED = "2024-03-10 09:30:00"
         ("1h", None, "2024-03-10 09:59:59", None, []),
         ("1h", None, "2024-03-10 10:00:00", "2024-03-10 10:00:00", []),
         ("1h", None, "2024-03-10 10:00:30", "2024-03-10 10:00:00", []),
-        # Nothing due right after a run, until the next boundary.
+        # Nothing due right after a run, until the next slot.
         ("1h", "2024-03-10 10:00:00", "2024-03-10 10:00:30", None, []),
         ("1h", "2024-03-10 10:00:00", "2024-03-10 10:59:59", None, []),
         ("1h", "2024-03-10 10:00:00", "2024-03-10 11:00:00", "2024-03-10 11:00:00", []),
@@ -105,81 +98,123 @@ PUBLISHED = "2024-03-10 09:30:00"
             "2024-03-10 13:00:00",
             ["2024-03-10 11:00:00", "2024-03-10 12:00:00"],
         ),
-        # Never ran since publishing, down until 12:10.
+        # Back at 13:20, past 13:00's data deadline: every slot was missed, none is due.
         (
             "1h",
+            "2024-03-10 10:00:00",
+            "2024-03-10 13:20:00",
             None,
-            "2024-03-10 12:10:00",
-            "2024-03-10 12:00:00",
-            ["2024-03-10 10:00:00", "2024-03-10 11:00:00"],
+            ["2024-03-10 11:00:00", "2024-03-10 12:00:00", "2024-03-10 13:00:00"],
         ),
         ("4h", None, "2024-03-10 11:59:59", None, []),
         ("4h", None, "2024-03-10 12:00:00", "2024-03-10 12:00:00", []),
         ("4h", None, "2024-03-10 16:00:00", "2024-03-10 16:00:00", ["2024-03-10 12:00:00"]),
-        ("4h", "2024-03-10 16:00:00", "2024-03-10 19:59:00", None, []),
-        ("1d", None, "2024-03-10 23:59:59", None, []),
         ("1d", None, "2024-03-11 00:00:00", "2024-03-11 00:00:00", []),
-        (
-            "1d",
-            "2024-03-11 00:00:00",
-            "2024-03-14 00:00:01",
-            "2024-03-14 00:00:00",
-            ["2024-03-12 00:00:00", "2024-03-13 00:00:00"],
-        ),
         # A clock behind the last slot (or the publish time) never yields anything.
         ("1h", "2024-03-10 12:00:00", "2024-03-10 11:30:00", None, []),
         ("1h", None, "2024-03-10 08:00:00", None, []),
     ],
 )
-def test_due_slots(
+def test_due_and_missed_slots_with_every_bar_landed(
     resolution: str, last: str | None, now: str, due: str | None, missed: list[str]
 ) -> None:
-    got_due, got_missed = due_slots(resolution, t(last) if last else None, t(now), t(PUBLISHED))
-    assert got_due == (t(due) if due else None)
-    assert got_missed == [t(m) for m in missed]
+    got = plan(last, now, resolution=resolution)
+    assert got.due == (t(due) if due else None)
+    assert got.missed == [t(m) for m in missed]
+    assert got.data_missing == {}
 
 
-def test_due_slots_with_a_moving_clock() -> None:
-    """A minute-by-minute cycle over a day with a four-hour outage: every hourly slot is
-    either run once or recorded missed once, and nothing runs before its boundary."""
+def test_a_slot_waits_for_its_bars_until_the_deadline_then_is_data_missing() -> None:
+    # Bars up to 10:00 have landed; the 11:00 bar has not.
+    landed = "2024-03-10 10:00:00"
+    assert plan("2024-03-10 10:00:00", "2024-03-10 11:05:00", landed) == SlotPlan()
+    assert plan("2024-03-10 10:00:00", "2024-03-10 11:14:59", landed) == SlotPlan()
+    late = plan("2024-03-10 10:00:00", "2024-03-10 11:15:00", landed)
+    assert late.due is None and late.missed == []
+    assert late.data_missing == {t("2024-03-10 11:00:00"): ["A"]}
+    # The bars land at 11:10: 11:00 is due at once.
+    assert plan("2024-03-10 10:00:00", "2024-03-10 11:10:00", "2024-03-10 11:00:00").due == t(
+        "2024-03-10 11:00:00"
+    )
+    # They land at 11:20, after the deadline: the slot is missed, never run late.
+    after = plan("2024-03-10 10:00:00", "2024-03-10 11:20:00", "2024-03-10 11:00:00")
+    assert after.due is None and after.missed == [t("2024-03-10 11:00:00")]
+
+
+def test_only_the_symbols_without_data_are_named() -> None:
+    got = plan_slots(
+        CRYPTO, "1h", last_as_of=t("2024-03-10 10:00:00"), now=t("2024-03-10 11:30:00"),
+        live_since=t(PUBLISHED), deadline=DEADLINE,
+        landed={"A": t("2024-03-10 11:00:00"), "B": t("2024-03-10 10:00:00"), "C": None},
+    )  # fmt: skip
+    assert got.data_missing == {t("2024-03-10 11:00:00"): ["B", "C"]}
+
+
+def test_closed_markets_are_neither_due_nor_missed() -> None:
+    # NYSE, last run Friday 2024-03-08 at the close (21:00 UTC); the platform is up all
+    # weekend: nothing until Monday's first bar closes (14:00 UTC, after daylight saving).
+    friday = "2024-03-08 21:00:00"
+    for now in ("2024-03-08 23:00:00", "2024-03-09 12:00:00", "2024-03-11 13:59:59"):
+        assert plan(friday, now, calendar=NYSE, published="2024-03-01 00:00:00") == SlotPlan()
+    monday = plan(friday, "2024-03-11 14:00:05", calendar=NYSE, published="2024-03-01 00:00:00")
+    assert monday == SlotPlan(due=t("2024-03-11 14:00:00"))
+    # Down over the weekend until Monday 15:05: only Monday's 14:00 bar was missed.
+    down = plan(friday, "2024-03-11 15:05:00", calendar=NYSE, published="2024-03-01 00:00:00")
+    assert down.due == t("2024-03-11 15:00:00") and down.missed == [t("2024-03-11 14:00:00")]
+
+
+def test_a_moving_clock_runs_or_records_every_slot_once() -> None:
+    """A minute-by-minute cycle over a day with a four-hour outage and bars landing two
+    minutes after each close: every hourly slot is run once or recorded missed once, and
+    nothing runs before its bars landed."""
     now = t("2024-03-10 09:30:00")
     last: datetime | None = None
     ran: list[datetime] = []
     missed_all: list[datetime] = []
     down = (t("2024-03-10 14:10:00"), t("2024-03-10 18:20:00"))
     while now < t("2024-03-11 09:30:00"):
+        landed = (now - timedelta(minutes=2)).replace(minute=0, second=0)
         if not down[0] <= now < down[1]:
-            due, missed = due_slots("1h", last, now, t(PUBLISHED))
-            if due is not None:
-                assert due <= now
-                ran.append(due)
-                missed_all += missed
-                last = due
+            got = plan_slots(
+                CRYPTO, "1h", last_as_of=last, now=now, live_since=t(PUBLISHED),
+                landed={"A": landed}, deadline=DEADLINE,
+            )  # fmt: skip
+            assert got.data_missing == {}
+            missed_all += got.missed
+            if got.unrun:
+                last = got.missed[-1]
+            if got.due is not None:
+                assert got.due <= landed
+                ran.append(got.due)
+                last = got.due
         now += timedelta(minutes=1)
-    assert missed_all == [t(f"2024-03-10 {h}:00:00") for h in (15, 16, 17)]
+    assert missed_all == [t(f"2024-03-10 {h}:00:00") for h in (15, 16, 17, 18)]
     assert ran[:2] == [t("2024-03-10 10:00:00"), t("2024-03-10 11:00:00")]
-    assert t("2024-03-10 18:00:00") in ran
+    # Back at 18:20, past the 18:00 deadline: 19:00 is the first run after the outage.
+    assert t("2024-03-10 19:00:00") in ran
     assert sorted(ran + missed_all) == [
         t("2024-03-10 10:00:00") + timedelta(hours=i) for i in range(24)
     ]
     assert len(set(ran)) == len(ran)
 
 
-def test_missed_slots_are_capped_to_the_most_recent() -> None:
-    published = t("2020-01-01 00:30:00")
-    now = t("2024-01-01 00:10:00")
-    due, missed = due_slots("1h", None, now, published)
-    assert due == t("2024-01-01 00:00:00")
-    assert len(missed) == MAX_MISSED
-    assert missed[-1] == due - timedelta(hours=1)
-    assert missed[0] == due - timedelta(hours=MAX_MISSED)
-    total = missed_total("1h", None, due, published)
-    assert total == (due - t("2020-01-01 01:00:00")) // timedelta(hours=1)
-    assert due_slots("1h", None, now, published, cap=3)[1] == [
-        due - timedelta(hours=3),
-        due - timedelta(hours=2),
-        due - timedelta(hours=1),
-    ]
+def test_unrun_slots_are_capped_to_the_most_recent() -> None:
+    got = plan(None, "2024-01-01 00:10:00", published="2020-01-01 00:30:00")
+    due = t("2024-01-01 00:00:00")
+    assert got.due == due
+    assert len(got.missed) == MAX_MISSED
+    assert got.missed[-1] == due - timedelta(hours=1)
+    assert got.missed[0] == due - timedelta(hours=MAX_MISSED)
+    assert got.unrun_total == (due - t("2020-01-01 01:00:00")) // timedelta(hours=1)
+    capped = plan(None, "2024-01-01 00:10:00", published="2020-01-01 00:30:00", cap=3)
+    assert capped.missed == [due - timedelta(hours=h) for h in (3, 2, 1)]
+
+
+def test_latest_slot_follows_the_calendar() -> None:
+    assert latest_slot(NYSE, "1h", t("2024-03-09 12:00:00")) == t("2024-03-08 21:00:00")
+    assert latest_slot(CRYPTO, "4h", t("2024-03-10 07:59:59")) == t("2024-03-10 04:00:00")
+    with pytest.raises(ValueError, match="timezone"):
+        latest_slot(CRYPTO, "1h", datetime(2024, 1, 1))
 
 
 def test_scheduler_settings() -> None:
@@ -250,6 +285,8 @@ async def published_model(
     published (live) at `published_at` on the movable clock."""
     symbol = f"S{uuid.uuid4().hex[:8].upper()}"
     await add_bars(resources, symbol)
+    # Every hour a slot, as the tests below count them.
+    await set_calendar(resources.db, symbol, calendars.CRYPTO, by="test", now=datetime.now(UTC))
     me = await sign_up()
     created = await registry.CreateModel(
         pb.CreateModelRequest(
@@ -320,9 +357,9 @@ async def test_a_due_slot_runs_once_and_missed_slots_are_recorded_missed(
     set_time(clock, due + timedelta(minutes=10))
     ctx: dict[str, Any] = {"resources": resources}
     first = await schedule_runs(ctx)
-    assert first == {"enqueued": 1, "missed": 2}
+    assert first == {"enqueued": 1, "missed": 2, "data_missing": 0}
     # A second cycle in the same slot queues nothing and records nothing more.
-    assert await schedule_runs(ctx) == {"enqueued": 0, "missed": 0}
+    assert await schedule_runs(ctx) == {"enqueued": 0, "missed": 0, "data_missing": 0}
     # The same job id is refused by arq while the first is queued.
     duplicate = await resources.redis.enqueue_job(
         "run_version",
@@ -367,7 +404,7 @@ async def test_a_due_slot_runs_once_and_missed_slots_are_recorded_missed(
     missed_slot = BASE + timedelta(hours=29)
     assert await run_version(ctx, str(version.id), missed_slot.isoformat()) == "missed"
     # Right after the run nothing is due; at the next boundary the next slot is.
-    assert await schedule_runs(ctx) == {"enqueued": 0, "missed": 0}
+    assert await schedule_runs(ctx) == {"enqueued": 0, "missed": 0, "data_missing": 0}
     set_time(clock, due + timedelta(minutes=50))
     await schedule_runs(ctx)
     await run_worker(settings, clock)
@@ -400,7 +437,7 @@ async def test_a_model_taken_offline_after_enqueue_records_nothing(
     assert await run_version(ctx, str(version.id), future.isoformat()) == "not_due"
 
     set_time(clock, BASE + timedelta(hours=21, minutes=5))
-    assert await schedule_runs(ctx) == {"enqueued": 1, "missed": 0}
+    assert await schedule_runs(ctx) == {"enqueued": 1, "missed": 0, "data_missing": 0}
     await take_offline(registry, me, model)
     await run_worker(settings, clock)
     assert await recorded(resources, model) == ([], [])
@@ -444,23 +481,39 @@ async def test_a_republished_model_is_not_charged_with_missed_slots_for_its_time
         return None if since is None else since.replace(microsecond=0)
 
     assert await live_since() == BASE + timedelta(hours=20.5)
-    assert await cycle(BASE + 21 * hour + timedelta(minutes=5)) == {"enqueued": 1, "missed": 0}
+    assert await cycle(BASE + 21 * hour + timedelta(minutes=5)) == {
+        "enqueued": 1,
+        "missed": 0,
+        "data_missing": 0,
+    }
     # Offline from 21:30: the scheduler runs nothing and records nothing for it.
     set_time(clock, BASE + 21.5 * hour)
     await take_offline(registry, me, model)
     assert await live_since() is None
     for at in (BASE + 22 * hour, BASE + 24 * hour + timedelta(minutes=5)):
-        assert await cycle(at) == {"enqueued": 0, "missed": 0}
+        assert await cycle(at) == {"enqueued": 0, "missed": 0, "data_missing": 0}
     # Back at 25:20: the slots from 22:00 to 25:00 were offline, not missed; 26:00 runs.
     await publish(BASE + 25 * hour + timedelta(minutes=20))
     assert await live_since() == BASE + 25 * hour + timedelta(minutes=20)
-    assert await cycle(BASE + 25 * hour + timedelta(minutes=30)) == {"enqueued": 0, "missed": 0}
-    assert await cycle(BASE + 26 * hour + timedelta(minutes=5)) == {"enqueued": 1, "missed": 0}
+    assert await cycle(BASE + 25 * hour + timedelta(minutes=30)) == {
+        "enqueued": 0,
+        "missed": 0,
+        "data_missing": 0,
+    }
+    assert await cycle(BASE + 26 * hour + timedelta(minutes=5)) == {
+        "enqueued": 1,
+        "missed": 0,
+        "data_missing": 0,
+    }
     # Publishing the live version again changes nothing: a platform outage while live (27:00)
     # is still a missed slot.
     await publish(BASE + 26 * hour + timedelta(minutes=30))
     assert await live_since() == BASE + 25 * hour + timedelta(minutes=20)
-    assert await cycle(BASE + 28 * hour + timedelta(minutes=10)) == {"enqueued": 1, "missed": 1}
+    assert await cycle(BASE + 28 * hour + timedelta(minutes=10)) == {
+        "enqueued": 1,
+        "missed": 1,
+        "data_missing": 0,
+    }
 
     runs, forecasts = await recorded(resources, model)
     assert [(r.as_of - BASE, r.outcome) for r in runs] == [
@@ -470,6 +523,119 @@ async def test_a_republished_model_is_not_charged_with_missed_slots_for_its_time
         (28 * hour, "ok"),
     ], [r.log for r in runs]
     assert len(forecasts) == 3
+    await take_offline(registry, me, model)
+
+
+# --- market time: closed markets, data that never comes, bars that wake the scheduler -------
+
+ZERO = {"enqueued": 0, "missed": 0, "data_missing": 0}
+
+
+async def one_bar(resources: Resources, symbol: str, opens: datetime) -> None:
+    bar = BarColumns([int(opens.timestamp())], [150.0], [151.0], [149.0], [150.5], [10.0])
+    await ingest_bars(resources.db, symbol, "1h", bar, upsert=False, now=datetime.now(UTC))
+
+
+async def test_no_run_fires_on_a_closed_market(
+    registry: pb_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    settings: Settings,
+    resources: Resources,
+    clock: MovableClock,
+    tmp_path: Path,
+) -> None:
+    me, model, _version = await published_model(
+        registry, sign_up, settings, resources, clock, tmp_path, BASE + timedelta(hours=21.5)
+    )
+    # The symbol trades on the NYSE: Monday 2024-03-04 closed at 21:00 UTC (16:00 EST).
+    await set_calendar(resources.db, model.symbols[0], "XNYS", by="test", now=datetime.now(UTC))
+    ctx: dict[str, Any] = {"resources": resources}
+    # All night, and on Tuesday until the first bar closes at 15:00 UTC: nothing due, nothing
+    # missed, though every clock hour's bar is stored.
+    for hours in (22, 24 + 3, 24 + 14.9):
+        set_time(clock, BASE + timedelta(hours=hours))
+        assert await schedule_runs(ctx) == ZERO
+    set_time(clock, BASE + timedelta(hours=24 + 15, minutes=5))
+    assert await schedule_runs(ctx) == {**ZERO, "enqueued": 1}
+    await run_worker(settings, clock)
+    runs, forecasts = await recorded(resources, model)
+    assert [(r.as_of, r.outcome) for r in runs] == [(BASE + timedelta(hours=39), "ok")], [
+        r.log for r in runs
+    ]
+    # Horizon 1 from Tuesday 15:00: the next NYSE bar closes at 16:00.
+    assert [f.target_time for f in forecasts] == [BASE + timedelta(hours=40)]
+    await take_offline(registry, me, model)
+
+
+async def test_a_slot_whose_bars_never_come_is_data_missing_and_never_run(
+    registry: pb_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    settings: Settings,
+    resources: Resources,
+    clock: MovableClock,
+    tmp_path: Path,
+) -> None:
+    # 48 bars from BASE: the last closes at 48:00; published at 48:30, so 49:00 is the first
+    # slot, and its bar is not stored.
+    me, model, version = await published_model(
+        registry, sign_up, settings, resources, clock, tmp_path, BASE + timedelta(hours=48.5)
+    )
+    slot = BASE + timedelta(hours=49)
+    deadline = timedelta(seconds=settings.data_deadline_s)
+    ctx: dict[str, Any] = {"resources": resources}
+    set_time(clock, slot + deadline - timedelta(seconds=5))
+    assert await schedule_runs(ctx) == ZERO  # still waiting for the bar
+    set_time(clock, slot + deadline)
+    assert await schedule_runs(ctx) == {**ZERO, "data_missing": 1}
+    runs, _ = await recorded(resources, model)
+    assert [(r.as_of, r.outcome) for r in runs] == [(slot, "data_missing")]
+    assert model.symbols[0] in runs[0].detail and "not counted against" in runs[0].detail
+    # The bar arrives late: the slot is not run, and delivered directly it stays as recorded.
+    await one_bar(resources, model.symbols[0], slot - timedelta(hours=1))
+    set_time(clock, slot + deadline + timedelta(minutes=5))
+    assert await schedule_runs(ctx) == ZERO
+    assert await run_version(ctx, str(version.id), slot.isoformat()) == "data_missing"
+    await run_worker(settings, clock)
+    assert [(r.as_of, r.outcome) for r in (await recorded(resources, model))[0]] == [
+        (slot, "data_missing")
+    ]
+    await take_offline(registry, me, model)
+
+
+async def test_bars_landing_start_their_slot_within_a_second(
+    registry: pb_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    settings: Settings,
+    resources: Resources,
+    clock: MovableClock,
+    tmp_path: Path,
+) -> None:
+    me, model, version = await published_model(
+        registry, sign_up, settings, resources, clock, tmp_path, BASE + timedelta(hours=48.5)
+    )
+    slot = BASE + timedelta(hours=49)
+    set_time(clock, slot + timedelta(seconds=20))
+    ctx: dict[str, Any] = {"resources": resources}
+    assert await schedule_runs(ctx) == ZERO
+    cycles: asyncio.Queue[dict[str, int]] = asyncio.Queue()
+    listener = BarsListener(ctx, on_cycle=cycles.put_nowait)
+    await listener.start()
+    try:
+        started = time.monotonic()
+        await one_bar(resources, model.symbols[0], slot - timedelta(hours=1))
+        while (counts := await asyncio.wait_for(cycles.get(), 10))["enqueued"] == 0:
+            pass  # a cycle woken by another ingest
+        elapsed = time.monotonic() - started
+    finally:
+        await listener.close()
+    assert counts == {**ZERO, "enqueued": 1}
+    assert elapsed < 1.0, elapsed
+    job = Job(run_job_id(version.id, slot), resources.redis, _queue_name=settings.queue_name)
+    assert await job.status() == JobStatus.queued
+    await run_worker(settings, clock)
+    runs, forecasts = await recorded(resources, model)
+    assert [(r.as_of, r.outcome) for r in runs] == [(slot, "ok")], [r.log for r in runs]
+    assert len(forecasts) == 1
     await take_offline(registry, me, model)
 
 
@@ -581,7 +747,8 @@ async def test_a_worker_killed_mid_run_takes_its_jail_along_and_the_run_is_recor
             running = "nsjail" in names and any(n.startswith("python") for n in names)
             return tree if running else None
 
-        jail = await poll("the run's jail to start", jail_running, 30)
+        # The worker starts (building its trading calendars), then the jail.
+        jail = await poll("the run's jail to start", jail_running, 60)
         worker.kill()
         await worker.wait()
 
@@ -620,7 +787,7 @@ def test_the_worker_runs_the_scheduler_unless_burst_or_off(settings: Settings) -
         return [job.name for job in worker.cron_jobs]
 
     assert cron_names() == [
-        "cron:schedule_runs",
+        "cron:scheduler_cycle",
         "cron:bill_subscriptions",
         "cron:checkpoint_ledgers",
     ]

@@ -28,13 +28,14 @@ from foretell.build import BuildState, MemoryLog, build
 from foretell.build.states import TAKEABLE
 from foretell.bundle import Manifest, pack_dir
 from foretell.bundle import scaffold as _scaffold
+from foretell.calendars import Slots
 from foretell.clock import utc_now
 from foretell.currencies import format_minor
 from foretell.db import Database, Model, User, Version, connect
 from foretell.db.models import Bar, Plan
 from foretell.errors import AlreadyExists
-from foretell.marketdata import BarColumns, IngestResult, ingest_bars
-from foretell.runs import due_slots, missed_total, run_on_platform
+from foretell.marketdata import BarColumns, IngestResult, ingest_bars, model_calendar
+from foretell.runs import run_on_platform
 from foretell.services.account import create_user
 from foretell.services.registry import Upload, add_version, create_model, publish
 from foretell.settings import Settings
@@ -260,20 +261,20 @@ async def _build(db: Database, settings: Settings, version: Version, clock: Cloc
     return row
 
 
-def replay_slots(first_open: datetime, last_close: datetime, count: int | None) -> list[datetime]:
-    """The last `count` (None: all) hourly slots of bars from `first_open` to `last_close`, oldest
-    first, as the scheduler computes them: `due_slots` with the clock at the last bar's close,
-    as if the version had been published when the first bar opened. The slots are every grid
-    boundary, as the scheduler runs them, weekends included."""
+def replay_slots(
+    calendar: Slots, first_open: datetime, last_close: datetime, count: int | None
+) -> list[datetime]:
+    """The last `count` (None: all) slots of the calendar from `first_open` to `last_close`,
+    oldest first: the closes of the calendar's bars, as the scheduler runs them (no slot while
+    the market is closed)."""
     if count == 0:
         return []
-    due, _ = due_slots(DEMO_RESOLUTION, None, last_close, first_open, cap=0)
-    if due is None:
-        return []
-    total = missed_total(DEMO_RESOLUTION, None, due, first_open)
-    cap = total if count is None else count - 1
-    _, earlier = due_slots(DEMO_RESOLUTION, None, last_close, first_open, cap=cap)
-    return [*earlier, due]
+    slots = calendar.slots(
+        DEMO_RESOLUTION, int(first_open.timestamp()), int(last_close.timestamp())
+    ).tolist()
+    if count is not None:
+        slots = slots[-count:]
+    return [datetime.fromtimestamp(s, UTC) for s in slots]
 
 
 async def _replay(
@@ -283,6 +284,7 @@ async def _replay(
     count: int | None,
     summary: DemoSummary,
     say: Callable[[str], None],
+    clock: Clock,
 ) -> None:
     async with db.session() as session:
         model = await session.scalar(select(Model).where(Model.name == DEMO_MODEL))
@@ -297,7 +299,8 @@ async def _replay(
     if first_open is None:
         say(f"no {DEMO_SYMBOL} {DEMO_RESOLUTION} bars: nothing to replay")
         return
-    slots = replay_slots(first_open, last_close, count)
+    calendar = await model_calendar(db, list(model.symbols))
+    slots = replay_slots(calendar, first_open, last_close, count)
     summary.slots = len(slots)
     if slots:
         say(
@@ -314,8 +317,8 @@ async def _replay(
             version,
             slot,
             kind="simulated",
-            # The simulated clock: the run is recorded as made when its slot came due.
-            clock=_fixed(slot),
+            # Recorded when it really was: the simulated time of a replay is its as_of.
+            clock=clock,
         )
         if record.recorded:
             summary.outcomes[record.outcome] += 1
@@ -324,13 +327,6 @@ async def _replay(
             summary.already_recorded += 1
         if done % PROGRESS_EVERY == 0 and done < len(slots):
             say(f"  {done}/{len(slots)} slots")
-
-
-def _fixed(moment: datetime) -> Clock:
-    def clock() -> datetime:
-        return moment
-
-    return clock
 
 
 async def ensure_demo(
@@ -401,7 +397,7 @@ async def ensure_demo(
             "nothing is replayed"
         )
         return summary
-    await _replay(db, settings, version, replay, summary, say)
+    await _replay(db, settings, version, replay, summary, say, clock)
     return summary
 
 

@@ -1,34 +1,54 @@
-"""The scheduler: an every-minute cron that runs each live version at its latest closed slot.
+"""The scheduler: runs each live version at its calendar's slots as soon as their bars land.
 
-`schedule_runs` finds, for each model's live version, the latest closed boundary of its
-resolution not yet run since the model went live (`models.live_since`, see
-`foretell.runs.due_slots`), records the slots missed while the platform was down as runs with
-outcome 'missed' (kind 'live', so they can never be run late), and enqueues `run_version` with
-job id `run:{version}:{as_of}`: arq never queues it twice. Time a model spent offline is
-neither run nor missed.
+`schedule_runs` looks, for each model's live version, at the slots of its calendar (the
+calendars of its symbols, `foretell.calendars`) after the model went live (`models.live_since`)
+and after its last recorded or enqueued slot, and plans them with `foretell.runs.plan_slots`:
+the newest slot whose bars have landed for all the model's symbols, within the data deadline,
+is enqueued as `run_version` with job id `run:{version}:{as_of}` (arq never queues it twice);
+older slots are recorded as runs with outcome 'missed' (their bars came but the platform did
+not run them in time) or 'data_missing' (their bars had not come by the deadline), kind
+'live', so they can never be run late. Closed-market slots do not exist; time a model spent
+offline is neither run nor missed.
+
+It runs every minute (the worker's cron, which catches up after downtime and records
+deadlines that pass) and whenever bars are stored: `BarsListener` hears the ingest path's
+NOTIFY and runs a cycle at once, so a slot starts within moments of its bars landing.
 `run_version` re-checks that the version is still live and the slot has come, then calls
 `execute_run`, which records the run and its forecasts exactly once whatever arq redelivers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from datetime import datetime
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
 from sqlalchemy import and_, func, select, text
+from sqlalchemy.engine import make_url
 
+from foretell import calendars
 from foretell.build import BuildState
 from foretell.db.models import Model, Run, Version
+from foretell.db.notify import BARS_CHANNEL
 from foretell.ledger import chain
 from foretell.logs import get_logger
-from foretell.runs import MAX_MISSED, NotRunnable, due_slots, missed_total, run_on_platform
+from foretell.marketdata import calendar_names
+from foretell.resolutions import STEP_S
+from foretell.runs import MAX_MISSED, NotRunnable, SlotPlan, plan_slots, run_on_platform
 from foretell.runtime.resources import Resources
 from foretell.settings import Settings
 
 log = get_logger("foretell.scheduler")
 
 MISSED_DETAIL = "missed: the platform was not running when this slot came due"
+DATA_MISSING_DETAIL = (
+    "data missing: no {resolution} bar closing at this slot had arrived for {symbols} by the "
+    "data deadline ({deadline} s after the close); not run, and not counted against the model"
+)
 # How long the last enqueued slot of a version is remembered (it only has to outlive the
 # queue): a slot queued but not yet recorded must not be taken for a missed one.
 _LAST_TTL_S = 7 * 86400
@@ -38,11 +58,19 @@ _LAST_TTL_S = 7 * 86400
 _INSERT_MISSED = text("""
 INSERT INTO runs (id, model_id, version_id, as_of, kind, outcome, duration_s, detail, log,
                   created_at)
-SELECT m.id, :model_id, :version_id, m.as_of, 'live', 'missed', 0, m.detail, '', :now
-FROM unnest(CAST(:ids AS uuid[]), CAST(:as_ofs AS timestamptz[]), CAST(:details AS text[]))
-     AS m(id, as_of, detail)
+SELECT m.id, :model_id, :version_id, m.as_of, 'live', m.outcome, 0, m.detail, '', :now
+FROM unnest(CAST(:ids AS uuid[]), CAST(:as_ofs AS timestamptz[]), CAST(:outcomes AS text[]),
+            CAST(:details AS text[]))
+     AS m(id, as_of, outcome, detail)
 ON CONFLICT (version_id, as_of, kind) DO NOTHING
 RETURNING id
+""")
+# The open time of each series' newest bar (the primary key's index answers max()).
+_LANDED = text("""
+SELECT p.symbol, p.resolution,
+       (SELECT max(b.open_time) FROM bars b
+        WHERE b.symbol = p.symbol AND b.resolution = p.resolution)
+FROM unnest(CAST(:symbols AS text[]), CAST(:resolutions AS text[])) AS p(symbol, resolution)
 """)
 
 
@@ -61,7 +89,8 @@ def run_job_timeout_s(settings: Settings) -> int:
 
 
 async def schedule_runs(ctx: dict[str, Any]) -> dict[str, int]:
-    """One scheduler cycle; returns how many runs it enqueued and missed slots it recorded."""
+    """One scheduler cycle; returns how many runs it enqueued and how many slots it recorded
+    unrun (missed, and data missing)."""
     res: Resources = ctx["resources"]
     now = res.clock()
     last_run = (
@@ -71,72 +100,118 @@ async def schedule_runs(ctx: dict[str, Any]) -> dict[str, int]:
         .subquery()
     )
     query = (
-        select(Model.id, Model.resolution, Version.id, Model.live_since, last_run.c.last)
+        select(
+            Model.id, Model.resolution, Model.symbols, Version.id, Model.live_since,
+            last_run.c.last,
+        )
         .join(Version, and_(Version.model_id == Model.id, Version.number == Model.live_version))
         .outerjoin(last_run, last_run.c.version_id == Version.id)
         .where(Model.live_version.is_not(None), Version.build_state == BuildState.READY)
-    )
+    )  # fmt: skip
     async with res.db.read.connect() as conn:
         rows = (await conn.execute(query)).all()
+    counts = {"enqueued": 0, "missed": 0, "data_missing": 0}
     if not rows:
-        return {"enqueued": 0, "missed": 0}
-    queued = await res.redis.mget([_last_key(row[2]) for row in rows])
-    enqueued = missed_count = 0
-    for (model_id, resolution, version_id, live_since, last_db), raw in zip(
+        return counts
+    series = sorted({(sym, row[1]) for row in rows for sym in row[2]})
+    names = await calendar_names(res.db, sorted({sym for sym, _ in series}))
+    landed = await _landed(res, series)
+    queued = await res.redis.mget([_last_key(row[3]) for row in rows])
+    deadline = timedelta(seconds=res.settings.data_deadline_s)
+    for (model_id, resolution, symbols, version_id, live_since, last_db), raw in zip(
         rows, queued, strict=True
     ):
-        if live_since is None:
+        if live_since is None or not symbols:
             continue
         last = last_db
         if raw is not None:
             last_queued = datetime.fromisoformat(raw.decode())
             last = last_queued if last is None else max(last, last_queued)
-        due, missed = due_slots(resolution, last, now, live_since)
-        if due is None:
+        plan = plan_slots(
+            calendars.joint(names[sym] for sym in symbols),
+            resolution,
+            last_as_of=last,
+            now=now,
+            live_since=live_since,
+            landed={sym: landed.get((sym, resolution)) for sym in symbols},
+            deadline=deadline,
+        )
+        if plan.unrun:
+            await _record_unrun(res, model_id, version_id, resolution, plan, now)
+            counts["missed"] += len(plan.missed)
+            counts["data_missing"] += len(plan.data_missing)
+        if plan.due is None:
             continue
-        if missed:
-            total = missed_total(resolution, last, due, live_since)
-            missed_count += await _record_missed(res, model_id, version_id, missed, total, now)
         job = await res.redis.enqueue_job(
             "run_version",
             str(version_id),
-            due.isoformat(),
-            _job_id=run_job_id(version_id, due),
+            plan.due.isoformat(),
+            _job_id=run_job_id(version_id, plan.due),
             _queue_name=res.settings.queue_name,
         )
-        await res.redis.set(_last_key(version_id), due.isoformat(), ex=_LAST_TTL_S)
-        enqueued += job is not None
-    if enqueued or missed_count:
-        log.info("scheduled", enqueued=enqueued, missed=missed_count)
-    return {"enqueued": enqueued, "missed": missed_count}
+        await res.redis.set(_last_key(version_id), plan.due.isoformat(), ex=_LAST_TTL_S)
+        counts["enqueued"] += job is not None
+    if any(counts.values()):
+        log.info("scheduled", **counts)
+    return counts
 
 
-async def _record_missed(
+async def _landed(
+    res: Resources, series: list[tuple[str, str]]
+) -> dict[tuple[str, str], datetime | None]:
+    """The close of the newest stored bar of each (symbol, resolution)."""
+    params = {"symbols": [s for s, _ in series], "resolutions": [r for _, r in series]}
+    async with res.db.read.connect() as conn:
+        rows = (await conn.execute(_LANDED, params)).all()
+    return {
+        (sym, resolution): None
+        if opened is None
+        else opened + timedelta(seconds=STEP_S[resolution])
+        for sym, resolution, opened in rows
+    }
+
+
+async def _record_unrun(
     res: Resources,
     model_id: uuid.UUID,
     version_id: uuid.UUID,
-    missed: list[datetime],
-    total: int,
+    resolution: str,
+    plan: SlotPlan,
     now: datetime,
-) -> int:
-    ids = [uuid.uuid4() for _ in missed]
-    details = [MISSED_DETAIL] * len(missed)
-    if total > len(missed):
+) -> None:
+    deadline = res.settings.data_deadline_s
+    slots: list[tuple[datetime, str, str]] = [(s, "missed", MISSED_DETAIL) for s in plan.missed]
+    for slot, symbols in plan.data_missing.items():
+        detail = DATA_MISSING_DETAIL.format(
+            resolution=resolution, symbols=", ".join(symbols), deadline=deadline
+        )
+        slots.append((slot, "data_missing", detail))
+    slots.sort()
+    if plan.unrun_total > len(slots):
         # Only the most recent MAX_MISSED become rows; the oldest of them says how many more.
-        details[0] = (
-            f"{MISSED_DETAIL}; {total - len(missed)} earlier missed slots are not recorded "
+        as_of, outcome, detail = slots[0]
+        note = (
+            f"; {plan.unrun_total - len(slots)} earlier slots were not run and are not recorded "
             f"(at most {MAX_MISSED} at once)"
         )
+        slots[0] = (as_of, outcome, detail + note)
+    ids = [uuid.uuid4() for _ in slots]
     params = {
-        "ids": ids, "as_ofs": missed, "details": details, "model_id": model_id,
-        "version_id": version_id, "now": now,
+        "ids": ids, "as_ofs": [s[0] for s in slots], "outcomes": [s[1] for s in slots],
+        "details": [s[2] for s in slots], "model_id": model_id, "version_id": version_id,
+        "now": now,
     }  # fmt: skip
     async with res.db.session.begin() as session:
         inserted = set(await session.scalars(_INSERT_MISSED, params))
-        # Each missed slot is a ledger entry, in slot order, appended in this transaction.
+        # Each unrun slot is a ledger entry, in slot order, appended in this transaction.
         await chain.append(session, model_id, [i for i in ids if i in inserted], now)
-    log.warning("missed slots recorded", version_id=str(version_id), count=len(missed), total=total)
-    return len(missed)
+    log.warning(
+        "slots recorded unrun",
+        version_id=str(version_id),
+        missed=len(plan.missed),
+        data_missing=len(plan.data_missing),
+        total=plan.unrun_total,
+    )
 
 
 async def run_version(ctx: dict[str, Any], version_id: str, as_of: str) -> str:
@@ -162,3 +237,58 @@ async def run_version(ctx: dict[str, Any], version_id: str, as_of: str) -> str:
         log.warning("version not runnable", version_id=version_id, as_of=as_of, reason=str(error))
         return "not_runnable"
     return record.outcome
+
+
+class BarsListener:
+    """Runs a scheduler cycle whenever bars are stored: LISTEN on `BARS_CHANNEL`, which the
+    ingest path notifies when its transaction commits. One cycle at a time; notices that
+    arrive during a cycle make exactly one more. If the connection is lost, the minute cron
+    still runs every slot (at most a minute late) and the listener reconnects on the next
+    cycle of the cron (`ensure_listening`)."""
+
+    def __init__(
+        self, ctx: dict[str, Any], on_cycle: Callable[[dict[str, int]], None] | None = None
+    ) -> None:
+        self._ctx = ctx
+        self._on_cycle = on_cycle
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._connection: Any = None
+
+    async def start(self) -> None:
+        res: Resources = self._ctx["resources"]
+        assert res.settings.database_url
+        url = make_url(res.settings.database_url).set(drivername="postgresql")
+        self._connection = await asyncpg.connect(url.render_as_string(hide_password=False))
+        await self._connection.add_listener(BARS_CHANNEL, self._notified)
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="foretell-bars-listener")
+
+    async def ensure_listening(self) -> None:
+        if self._connection is None or self._connection.is_closed():
+            await self.start()
+
+    def _notified(self, _connection: Any, _pid: int, _channel: str, _payload: str) -> None:
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                counts = await schedule_runs(self._ctx)
+            except Exception:  # logged; the next notice or the cron tries again
+                log.exception("scheduler cycle after new bars failed")
+                continue
+            if self._on_cycle is not None:
+                self._on_cycle(counts)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None

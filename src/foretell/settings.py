@@ -192,8 +192,17 @@ class Settings:
     scheduler: Literal["on", "off"] = field(
         default="on",
         metadata=_doc(
-            "The worker's every-minute cron that runs each live version at its closed slots; "
-            "`off` stops it."
+            "The worker's scheduler (the bars listener and the every-minute cron) that runs "
+            "each live version at its calendar's slots; `off` stops it."
+        ),
+    )
+    # How long after a slot's close its bars may take to land: past it, the slot is recorded
+    # as data missing (never run late, never counted against the model).
+    data_deadline_s: int = field(
+        default=900,
+        metadata=_doc(
+            "How long after a slot's close its bars may land; past it the slot is recorded "
+            "`data_missing`, never run late."
         ),
     )
     # Sandbox limits of a scheduled run.
@@ -363,6 +372,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "build_timeout_s": _positive_int,
     "queue_name": _text,
     "scheduler": _choice("on", "off"),
+    "data_deadline_s": _positive_int,
     "run_wall_s": _positive_int,
     "run_cpu_s": _positive_int,
     "run_memory_mib": _positive_int,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from typing import Any
 
+import asyncpg
 from arq import Worker, cron, func
 from arq.connections import RedisSettings
 
@@ -18,9 +19,10 @@ from foretell.build import build_job_timeout_s, build_version
 from foretell.clock import Clock, utc_now
 from foretell.ledger import chain
 from foretell.logs import get_logger
+from foretell.marketdata import warm_calendars
 from foretell.runtime.resources import open_resources
 from foretell.sandbox import SandboxUnavailable, detect_cgroups, sweep_stale_run_cgroups
-from foretell.scheduler import run_job_timeout_s, run_version, schedule_runs
+from foretell.scheduler import BarsListener, run_job_timeout_s, run_version, schedule_runs
 from foretell.settings import Settings
 
 log = get_logger("foretell.worker")
@@ -45,6 +47,17 @@ async def bill_subscriptions(ctx: dict[str, Any]) -> int:
     fired = await run_billing(resources.db, settings, resources.clock(), processor_for(settings))
     log.info("billing run", events=fired)
     return fired
+
+
+async def scheduler_cycle(ctx: dict[str, Any]) -> dict[str, int]:
+    """The minute cron: a scheduler cycle, and the bars listener back if it lost PostgreSQL."""
+    listener: BarsListener | None = ctx.get("bars_listener")
+    if listener is not None:
+        try:
+            await listener.ensure_listening()
+        except (OSError, asyncpg.PostgresError) as error:
+            log.warning("bars listener not connected", error=str(error))
+    return await schedule_runs(ctx)
 
 
 def _sweep_cgroups(settings: Settings) -> None:
@@ -74,8 +87,10 @@ def create_worker(
         scheduler = settings.scheduler == "on" and not burst
     cron_timeout = settings.cron_timeout_s
     cron_jobs = [
-        # Every minute at second 0; unique, so two workers never run a cycle at once.
-        cron(schedule_runs, minute=None, second=0, run_at_startup=True, timeout=cron_timeout)
+        # Every minute at second 0; unique, so two workers never run a cycle at once. Bars
+        # arriving wake the scheduler sooner (BarsListener); the cron catches up after
+        # downtime and records data deadlines as they pass.
+        cron(scheduler_cycle, minute=None, second=0, run_at_startup=True, timeout=cron_timeout)
     ]
     # Daily at 00:05 UTC (and at start-up, to catch up after downtime). Reads and subscription
     # calls also settle the caller's subscription, so billing is never a day late for access.
@@ -96,6 +111,13 @@ def create_worker(
         ctx["stack"] = stack
         ctx["resources"] = await stack.enter_async_context(open_resources(settings, clock))
         _sweep_cgroups(settings)
+        # Calendars take seconds to build: before the first job, not inside its time limit.
+        await warm_calendars(ctx["resources"].db)
+        if scheduler and not burst:
+            listener = BarsListener(ctx)
+            await listener.start()
+            stack.push_async_callback(listener.close)
+            ctx["bars_listener"] = listener
         log.info("worker started", jobs=["build_version", "run_version"], scheduler=scheduler)
 
     async def shutdown(ctx: dict[str, Any]) -> None:

@@ -71,6 +71,7 @@ POLICY: dict[str, Policy] = {
     _DATAFEED + "ListSymbols": SIGNED_IN_READ,
     _DATAFEED + "GetBars": SIGNED_IN_READ,
     _DATAFEED + "IngestBars": ADMINS,
+    _DATAFEED + "SetSymbolCalendar": ADMINS,
     # Only a model in its sandbox submits forecasts, over its run's socket
     # (foretell.runs); on the public servers nobody may, so no signed-in user can forge them.
     _FORECAST + "SubmitForecasts": NOBODY,

@@ -270,10 +270,23 @@ def _when(seconds: int | timestamp_pb2.Timestamp, style: str = "%Y-%m-%d %H:%MZ"
     show_default=True,
     help="Bars already stored: refuse the whole import, or overwrite them.",
 )
+@click.option(
+    "--calendar",
+    default="",
+    metavar="NAME",
+    help="The symbol's trading calendar, for its first bars (FX, CRYPTO, XNYS, ...) "
+    "[default: by asset class].",
+)
 @url_option
 @json_option
 def import_bars(
-    file: Path, symbol: str, resolution: str, on_conflict: str, url: str, as_json: bool
+    file: Path,
+    symbol: str,
+    resolution: str,
+    on_conflict: str,
+    calendar: str,
+    url: str,
+    as_json: bool,
 ) -> None:
     """Import the bars in FILE, a CSV file with a header: a time column (named datetime, date,
     time or timestamp, or unnamed and first) and Open, High, Low, Close, Volume, in any case
@@ -295,6 +308,7 @@ def import_bars(
         on_conflict=(
             pb.CONFLICT_POLICY_UPSERT if on_conflict == "upsert" else pb.CONFLICT_POLICY_REJECT
         ),
+        calendar=calendar.upper(),
     )
     timeout = 2 * CALL_TIMEOUT_S + len(bars) / 5000
     with connect(url) as client:
@@ -345,6 +359,7 @@ def symbols(url: str, as_json: bool) -> None:
     rows = [
         (
             info.symbol,
+            info.calendar,
             BY_ENUM.get(s.resolution, "?"),
             s.bar_count,
             _when(s.first_open_time),
@@ -353,7 +368,33 @@ def symbols(url: str, as_json: bool) -> None:
         for info in response.symbols
         for s in info.series
     ]
-    echo_table(["SYMBOL", "RES", "BARS", "FIRST", "LAST"], rows)
+    echo_table(["SYMBOL", "CALENDAR", "RES", "BARS", "FIRST", "LAST"], rows)
+
+
+@data.command("calendar", short_help="Set a symbol's trading calendar (admins).")
+@click.argument("symbol")
+@click.argument("calendar")
+@url_option
+@json_option
+def set_calendar(symbol: str, calendar: str, url: str, as_json: bool) -> None:
+    """Set SYMBOL's trading calendar: FX (24/5, Sunday 17:00 to Friday 17:00 New York), CRYPTO
+    (24/7), or an exchange code such as XNYS, XLON, XETR. The calendar decides which bars
+    exist, when live models run and how performance is measured.
+
+    \b
+    Examples:
+      foretell data calendar GOOG XNYS
+      foretell data calendar BTCUSD CRYPTO
+    """
+    request = pb.SetSymbolCalendarRequest(symbol=symbol.upper(), calendar=calendar.upper())
+    with connect(url) as client:
+        stub = pb_grpc.DataFeedServiceStub(client.channel)
+        response = client.unary(stub.SetSymbolCalendar, request)
+    if as_json:
+        echo_json(message_dict(response))
+        return
+    state = "set" if response.changed else "unchanged"
+    click.echo(f"{response.symbol}: calendar {response.calendar} ({state})")
 
 
 def _number(value: float) -> str:

@@ -43,9 +43,9 @@ def _show(title: str, p: pb.Performance) -> None:
     c, n = p.coverage, p.forecasts
     click.echo(
         f"{title}: {n.total} forecasts ({n.scored} scored, {n.pending} pending, "
-        f"{n.unscorable} unscorable); runs {c.runs_ok} ok of {c.due_slots} due slots "
-        f"({c.ratio:.1%}), {c.runs_failed} failed, {c.runs_missed} missed, "
-        f"{c.slots_without_run} without a run"
+        f"{n.unscorable} unscorable); {c.due_slots} calendar slots, {c.runs_ok} ok runs "
+        f"(coverage {c.ratio:.1%}), {c.runs_failed} failed, {c.runs_missed} missed, "
+        f"{c.runs_data_missing} data missing, {c.slots_without_run} without a run"
     )
     echo_table(
         _HEADERS,
@@ -65,7 +65,7 @@ def _show(title: str, p: pb.Performance) -> None:
     type=click.FloatRange(0, 1000),
     default=0.0,
     show_default=True,
-    help="Cost per trade of the equity curve, in basis points.",
+    help="Cost of the equity curve per unit of position traded, in basis points.",
 )
 @url_option
 @json_option
@@ -96,3 +96,11 @@ def performance(model: str, simulated: bool, cost_bps: float, url: str, as_json:
         for version in response.versions:
             click.echo()
             _show(f"version {version.version}", version)
+    _conventions(response.conventions)
+
+
+def _conventions(c: pb.Conventions) -> None:
+    click.echo()
+    click.echo(f"conventions: calendar {c.calendar}, {c.periods_per_year:g} periods a year")
+    for name in ("returns", "costs", "annualisation", "realized", "coverage", "order"):
+        click.echo(f"  {name}: {getattr(c, name)}")

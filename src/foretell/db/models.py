@@ -150,6 +150,21 @@ class Bar(Base):
     volume: Mapped[float] = mapped_column(Double)
 
 
+class SymbolCalendar(Base):
+    """A symbol's trading calendar (`foretell.calendars`), set when its first bars are stored
+    or by an admin (`set_by`: 'default' or the admin's user id)."""
+
+    __tablename__ = "symbol_calendars"
+    __table_args__ = (
+        CheckConstraint("calendar ~ '^[A-Z0-9/]{2,16}$'", name="symbol_calendars_name_check"),
+    )
+
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    calendar: Mapped[str] = mapped_column(String(16))
+    set_at: Mapped[datetime]
+    set_by: Mapped[str] = mapped_column(String(64))
+
+
 class Run(Base):
     """One execution of a version at one as_of: how it ended, its provider-facing detail and
     its captured output. Unique per (version, as_of, kind): a retried job records nothing new."""

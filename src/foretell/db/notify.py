@@ -54,3 +54,16 @@ ACCESS_CHANNEL = "foretell_access"
 async def announce_access(session: AsyncSession, model_id: uuid.UUID) -> None:
     """Queues an access-changed notice for the model; sent when the transaction commits."""
     await session.execute(_NOTIFY, {"channel": ACCESS_CHANNEL, "payload": str(model_id)})
+
+
+# Bars were stored: "SYMBOL RESOLUTION LAST_CLOSE" (the last stored bar's close, in seconds
+# since the epoch). The scheduler listens, so a slot runs as soon as its bars have landed.
+BARS_CHANNEL = "foretell_bars"
+
+
+async def announce_bars(
+    session: AsyncSession, symbol: str, resolution: str, last_close: int
+) -> None:
+    """Queues a bars-stored notice; sent when the transaction commits."""
+    payload = f"{symbol} {resolution} {last_close}"
+    await session.execute(_NOTIFY, {"channel": BARS_CHANNEL, "payload": payload})

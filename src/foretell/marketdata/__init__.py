@@ -4,6 +4,23 @@ and read them, the rules a bar must meet, ingestion, and the DataFeed messages t
 The DataFeed service and the run-scoped server in the jail both serve bars from here."""
 
 from foretell.marketdata.ingest import ingest_bars
-from foretell.marketdata.queries import BarColumns, BarQuery, IngestResult
+from foretell.marketdata.queries import (
+    BarColumns,
+    BarQuery,
+    IngestResult,
+    calendar_names,
+    model_calendar,
+    set_calendar,
+    warm_calendars,
+)
 
-__all__ = ["BarColumns", "BarQuery", "IngestResult", "ingest_bars"]
+__all__ = [
+    "BarColumns",
+    "BarQuery",
+    "IngestResult",
+    "calendar_names",
+    "ingest_bars",
+    "model_calendar",
+    "set_calendar",
+    "warm_calendars",
+]

@@ -20,17 +20,22 @@ async def ingest_bars(
     *,
     upsert: bool,
     now: datetime,
+    calendar: str = "",
 ) -> IngestResult:
     """Checks every bar as IngestBars does (InvalidArgument listing the problems, fields
-    `bars.COLUMN[I]`) and stores them in one transaction with the same store function."""
+    `bars.COLUMN[I]`) and stores them in one transaction with the same store function.
+    `calendar`: the symbol's trading calendar for its first bars ("" for the default of its
+    asset class), as the IngestBars header's."""
     v = validate.Problems()
     validate.symbol(v, "symbol", symbol)
     if resolution not in STEP_S:
         v.add("resolution", f"one of {', '.join(STEP_S)}")
+    if calendar:
+        validate.calendar(v, "calendar", calendar)
     v.raise_if_any()
     if not bars:
         raise InvalidArgument([FieldViolation("bars", "no bars")])
     header = validate.Header(symbol, resolution, upsert)
     validate.check_bars(v, "bars.", bars, header, after=None, now=int(now.timestamp()))
     v.raise_if_any()
-    return await queries.write_bars(db, symbol, resolution, bars, upsert=upsert)
+    return await queries.write_bars(db, symbol, resolution, bars, upsert=upsert, calendar=calendar)

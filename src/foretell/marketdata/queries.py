@@ -3,6 +3,7 @@ database unnests (no Python object per bar), reads aggregate a page into six arr
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import dataclasses
 from array import array
@@ -13,8 +14,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from foretell.db import Database
-from foretell.errors import AlreadyExists, NotFound
+from foretell import calendars
+from foretell.db import Database, notify
+from foretell.errors import AlreadyExists, FailedPrecondition, NotFound
 from foretell.resolutions import STEP_S
 
 # Seconds in a bar of each resolution; open times are multiples of it (UTC, from the epoch).
@@ -78,6 +80,15 @@ class BarExists(AlreadyExists):
 
 
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+# A symbol's first bars give it the default calendar of its asset class (an admin may set
+# another, `set_calendar`); the scheduler is told of every write when it commits.
+_ENSURE_CALENDAR = text("""
+INSERT INTO symbol_calendars (symbol, calendar, set_at, set_by)
+VALUES (:symbol, :calendar, now(), :by)
+ON CONFLICT (symbol) DO NOTHING
+""")
+_STORED_CALENDAR = text("SELECT calendar FROM symbol_calendars WHERE symbol = :symbol")
+
 
 _INCOMING = """
 WITH incoming AS (
@@ -137,11 +148,19 @@ def _params(symbol: str, resolution: str, bars: BarColumns) -> dict[str, Any]:
 
 
 async def write_bars(
-    db: Database, symbol: str, resolution: str, bars: BarColumns, *, upsert: bool
+    db: Database,
+    symbol: str,
+    resolution: str,
+    bars: BarColumns,
+    *,
+    upsert: bool,
+    calendar: str = "",
 ) -> IngestResult:
     """Stores validated bars (open times strictly increasing) in one transaction. With
     `upsert`, stored bars take the new values; without, any stored bar refuses the whole
-    write with BarExists naming the first one."""
+    write with BarExists naming the first one. A symbol's first bars give it `calendar` (a
+    checked name), or by default the one of its asset class; a `calendar` other than the
+    stored one refuses the write (FailedPrecondition)."""
     assert len(bars), "no bars to write"
     inserted = updated = 0
     chunks = [bars.slice(i, i + WRITE_CHUNK) for i in range(0, len(bars), WRITE_CHUNK)]
@@ -163,6 +182,19 @@ async def write_bars(
                     raise _exists(symbol, resolution, bars, int(found[0]), int(found[1]))
                 await session.execute(_INSERT_NEW, params)
                 inserted += len(chunk)
+            chosen = calendar or calendars.default_for(symbol)
+            by = "ingest" if calendar else "default"
+            params = {"symbol": symbol, "calendar": chosen, "by": by}
+            await session.execute(_ENSURE_CALENDAR, params)
+            stored = await session.scalar(_STORED_CALENDAR, {"symbol": symbol})
+            if calendar and stored != calendar:
+                raise FailedPrecondition(
+                    f"{symbol} trades on the {stored} calendar, not {calendar}: nothing was "
+                    "written; an admin changes a calendar with SetSymbolCalendar"
+                )
+            # Delivered on commit: the scheduler runs the slots these bars complete.
+            last_close = bars.open_times[-1] + STEP_S[resolution]
+            await notify.announce_bars(session, symbol, resolution, last_close)
     except IntegrityError:
         # Only possible if someone wrote these bars outside the lock (e.g. with psql).
         raise AlreadyExists(
@@ -315,3 +347,60 @@ async def _has_series(db: Database, query: BarQuery) -> bool:
     async with db.read.connect() as conn:
         found = await conn.scalar(_ANY, {"symbol": query.symbol, "resolution": query.resolution})
     return bool(found)
+
+
+# --- calendars --------------------------------------------------------------------------------
+
+_CALENDARS = text("SELECT symbol, calendar FROM symbol_calendars WHERE symbol = ANY(:symbols)")
+_SET_CALENDAR = text("""
+INSERT INTO symbol_calendars (symbol, calendar, set_at, set_by)
+VALUES (:symbol, :calendar, :now, :by)
+ON CONFLICT (symbol) DO UPDATE
+SET calendar = EXCLUDED.calendar, set_at = EXCLUDED.set_at, set_by = EXCLUDED.set_by
+WHERE symbol_calendars.calendar IS DISTINCT FROM EXCLUDED.calendar
+""")
+
+
+async def all_calendar_names(db: Database) -> dict[str, str]:
+    """Every stored symbol's calendar."""
+    async with db.read.connect() as conn:
+        rows = (await conn.execute(text("SELECT symbol, calendar FROM symbol_calendars"))).all()
+    return {row[0]: row[1] for row in rows}
+
+
+async def calendar_names(db: Database, symbols: list[str]) -> dict[str, str]:
+    """Each symbol's calendar name: the one stored, or its default while it has no bars."""
+    async with db.read.connect() as conn:
+        rows = (await conn.execute(_CALENDARS, {"symbols": symbols})).all()
+    stored: dict[str, str] = {row[0]: row[1] for row in rows}
+    return {s: stored.get(s) or calendars.default_for(s) for s in symbols}
+
+
+async def model_calendar(db: Database, symbols: list[str]) -> calendars.Slots:
+    """The calendar of a model forecasting `symbols`: the slots all their calendars share."""
+    names = await calendar_names(db, symbols)
+    return calendars.joint(names.values())
+
+
+async def set_calendar(db: Database, symbol: str, name: str, *, by: str, now: datetime) -> bool:
+    """An admin's choice of a symbol's calendar; whether it changed. The name must be a
+    calendar (`calendars.UnknownCalendar` otherwise). A change invalidates every performance
+    report (the data revision moves, migration 0009)."""
+    calendars.get(name)
+    params = {"symbol": symbol, "calendar": name, "now": now, "by": by}
+    async with db.session.begin() as session:
+        result = await session.execute(_SET_CALENDAR, params)
+    return bool(getattr(result, "rowcount", 0))
+
+
+_CALENDARS_IN_USE = text("SELECT DISTINCT calendar FROM symbol_calendars")
+
+
+async def warm_calendars(db: Database) -> list[str]:
+    """Builds every calendar in use and the defaults (seconds each, once per process), so
+    that no run or scheduler cycle waits for one. Returns their names."""
+    async with db.read.connect() as conn:
+        used = set((await conn.scalars(_CALENDARS_IN_USE)).all())
+    names = sorted(used | {calendars.FX, calendars.CRYPTO, calendars.EQUITY_DEFAULT})
+    await asyncio.to_thread(calendars.warm, names)
+    return names

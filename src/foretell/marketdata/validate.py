@@ -11,7 +11,7 @@ from typing import Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from foretell import resolutions
+from foretell import calendars, resolutions
 from foretell.common.v1 import common_pb2
 from foretell.datafeed.v1 import datafeed_service_pb2 as pb
 from foretell.errors import FieldViolation, Violations
@@ -107,6 +107,8 @@ class Header:
     symbol: str
     resolution: str
     upsert: bool
+    # A calendar for a symbol's first bars; "" for the stored or default one.
+    calendar: str = ""
 
     @property
     def step(self) -> int:
@@ -119,8 +121,30 @@ def ingest_header(header: pb.IngestBarsHeader) -> Header:
     res = resolution(v, "header.resolution", header.resolution)
     if header.on_conflict not in pb.ConflictPolicy.values():
         v.add("header.on_conflict", "CONFLICT_POLICY_UPSERT or CONFLICT_POLICY_REJECT")
+    if header.calendar:
+        calendar(v, "header.calendar", header.calendar)
     v.raise_if_any()
-    return Header(name, res, header.on_conflict == pb.CONFLICT_POLICY_UPSERT)
+    upsert = header.on_conflict == pb.CONFLICT_POLICY_UPSERT
+    return Header(name, res, upsert, header.calendar)
+
+
+def calendar(v: Violations, field: str, value: str) -> str:
+    if not value:
+        v.add(field, f"required: {calendars.NAME_RULE}")
+        return value
+    try:
+        calendars.get(value)
+    except calendars.UnknownCalendar:
+        v.add(field, f"{value!r} is not {calendars.NAME_RULE}")
+    return value
+
+
+def set_calendar(request: pb.SetSymbolCalendarRequest) -> tuple[str, str]:
+    v = Violations()
+    name = symbol(v, "symbol", request.symbol)
+    chosen = calendar(v, "calendar", request.calendar)
+    v.raise_if_any()
+    return name, chosen
 
 
 _COLUMNS = ("opens", "highs", "lows", "closes", "volumes")

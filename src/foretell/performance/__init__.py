@@ -8,9 +8,17 @@ from collections import OrderedDict
 from collections.abc import Hashable
 
 from foretell.db import Database
-from foretell.performance._measures import Curve, Measures, Scored, measure, spearman, wilson
+from foretell.performance._measures import (
+    Curve,
+    Measures,
+    Periods,
+    Scored,
+    measure,
+    spearman,
+    wilson,
+)
 from foretell.performance._report import (
-    YEAR_S,
+    Conventions,
     Counts,
     Coverage,
     Performance,
@@ -20,13 +28,14 @@ from foretell.performance._report import (
 )
 
 __all__ = [
-    "YEAR_S",
+    "Conventions",
     "Counts",
     "Coverage",
     "Curve",
     "Measures",
     "Performance",
     "PerformanceCache",
+    "Periods",
     "Report",
     "Scored",
     "compute_report",

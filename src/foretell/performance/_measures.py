@@ -11,14 +11,23 @@ Definitions (the README repeats them for users):
 - The information coefficient is Spearman's rank correlation (average ranks for ties) of
   predicted and realized returns, over the forecasts that give a predicted return (at least
   3, and neither side constant).
-- The equity curve follows the direction: position +1 (up), -1 (down) or 0 (flat); a trade is
-  a directional forecast, held from as_of to target_time, paying `cost` (a fraction) once.
-  Forecasts of the same as_of share one period equally; a forecast over h bars holds 1/h of
-  its share (h overlapping tranches), so a period's return is
-  mean over its forecasts of (position * realized - cost * |position|) / h. Equity starts at
-  1 and compounds period returns. Sharpe = mean / stdev (n-1) * sqrt(periods per year);
-  Sortino = mean / sqrt(mean(min(R, 0)^2)) * sqrt(periods per year); maximum drawdown is the
-  largest fall from a running peak (the start, 1, counts as a peak), as a fraction.
+- The equity curve follows the direction: position +1 (up), -1 (down) or 0 (flat). The
+  record's periods are the model's calendar bars, every one from the first scored as_of to the
+  last (a period with no forecast has no new position and returns 0). A forecast made at as_of
+  over h bars takes weight w = position / (h * n), n the number of forecasts made at that
+  as_of (they share the period equally), and holds it for its h bars (h overlapping tranches);
+  its return w * realized is booked in the period of its as_of. The book's weight in a symbol
+  is the sum of the weights of its tranches still open; costs are charged on changes of the
+  book (turnover): cost * sum over symbols of |book_k - book_(k-1)| in period k (flat to long
+  costs once, long to short twice; the book left open at the end is not charged). Period
+  return R_k = sum of the tranche returns booked in it - its cost. Equity starts at 1 and
+  compounds period returns; each point is at the close of its period's bar (the calendar's
+  next slot). Sharpe = mean(R) / stdev(R, n-1) * sqrt(periods per year); Sortino = mean(R) /
+  sqrt(mean(min(R, 0)^2)) * sqrt(periods per year), periods per year from the calendar;
+  maximum drawdown is the largest fall from a running peak (the start, 1, counts as a peak),
+  as a fraction.
+- Series are in a fixed order: forecasts by (as_of, symbol, target, version); the cumulative
+  hit rate by (target, as_of, symbol, version) of its calls.
 """
 
 from __future__ import annotations
@@ -38,12 +47,13 @@ LOG_LOSS_EPS = 1e-15
 
 @dataclass(frozen=True)
 class Scored:
-    """Scored forecasts, one element per forecast, sorted by as_of. Missing optional values
-    are NaN."""
+    """Scored forecasts, one element per forecast, sorted by (as_of, symbol, target,
+    version). Missing optional values are NaN."""
 
-    as_of: Ints  # seconds since the epoch
+    as_of: Ints  # seconds since the epoch, a slot of the model's calendar
     target: Ints
-    horizon: Ints  # bars between as_of and target (>= 1)
+    horizon: Ints  # calendar bars between as_of and target (>= 1)
+    symbol: Ints  # 0-based index of the symbol
     position: Ints  # +1 up, -1 down, 0 flat (or no call)
     predicted: Floats
     probability: Floats
@@ -111,7 +121,34 @@ def _optional(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def measure(s: Scored, *, cost: float, periods_per_year: float) -> Measures:
+@dataclass(frozen=True)
+class Periods:
+    """The record's calendar bars: `starts[k]` is period k's as_of slot, `ends[k]` the close of
+    its bar (the next slot). Increasing; every as_of of the scored forecasts is among them."""
+
+    starts: Ints
+    ends: Ints
+    symbols: int
+
+
+def _period_returns(s: Scored, cost: float, periods: Periods) -> Floats:
+    n_periods = len(periods.starts)
+    k = np.searchsorted(periods.starts, s.as_of)
+    per_period = np.bincount(k, minlength=n_periods)
+    weight = s.position / (s.horizon * np.maximum(per_period[k], 1))
+    booked = np.bincount(k, weights=weight * s.realized, minlength=n_periods)
+    # The book: each tranche held from its period for `horizon` periods (a difference array
+    # per symbol, summed up).
+    changes = np.zeros((n_periods + 1, max(periods.symbols, 1)), dtype=np.float64)
+    np.add.at(changes, (k, s.symbol), weight)
+    np.add.at(changes, (np.minimum(k + s.horizon, n_periods), s.symbol), -weight)
+    book = np.cumsum(changes[:n_periods], axis=0)
+    turnover = np.abs(np.diff(book, axis=0, prepend=0.0)).sum(axis=1)
+    returns: Floats = booked - cost * turnover
+    return returns
+
+
+def measure(s: Scored, *, cost: float, periods_per_year: float, periods: Periods) -> Measures:
     realized = s.realized
     calls_mask = (s.position != 0) & (realized != 0)
     hit_mask = calls_mask & (np.sign(realized).astype(np.int64) == s.position)
@@ -138,16 +175,9 @@ def measure(s: Scored, *, cost: float, periods_per_year: float) -> Measures:
         clipped = np.clip(p, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
         log_loss = float(-(outcome * np.log(clipped) + (1 - outcome) * np.log1p(-clipped)).mean())
 
-    # One period per distinct as_of; its forecasts share it equally.
-    period_times, inverse = np.unique(s.as_of, return_inverse=True)
-    per_forecast = (s.position * realized - cost * np.abs(s.position)) / s.horizon
-    sums = np.bincount(inverse, weights=per_forecast, minlength=len(period_times))
-    counts = np.bincount(inverse, minlength=len(period_times))
-    period = sums / np.maximum(counts, 1)
-    # A period's curve point is when its last trade closes.
-    ends = np.zeros(len(period_times), dtype=np.int64)
-    np.maximum.at(ends, inverse, s.target)
+    period = _period_returns(s, cost, periods) if len(s.as_of) else np.zeros(0)
     equity = np.cumprod(1.0 + period)
+    ends = periods.ends if len(s.as_of) else np.zeros(0, dtype=np.int64)
     sharpe = sortino = None
     if len(period) >= 2:
         sd = float(period.std(ddof=1))
@@ -159,8 +189,12 @@ def measure(s: Scored, *, cost: float, periods_per_year: float) -> Measures:
     peaks = np.maximum.accumulate(np.concatenate(([1.0], equity)))[1:]
     drawdown = float((1.0 - equity / peaks).max()) if len(equity) else 0.0
 
-    call_times = s.target[calls_mask]
-    cumulative = np.cumsum(hit_mask[calls_mask]) / np.arange(1, calls + 1)
+    # Calls in the order their outcomes became known: by target, then as the forecasts are
+    # sorted (as_of, symbol, version); lexsort is stable.
+    order = np.lexsort((np.arange(len(s.target)), s.target))
+    in_order = calls_mask[order]
+    call_times = s.target[order][in_order]
+    cumulative = np.cumsum(hit_mask[order][in_order]) / np.arange(1, calls + 1)
     return Measures(
         calls=calls,
         hits=hits,

@@ -13,7 +13,7 @@ from foretell.runs._execute import (
 )
 from foretell.runs._local import LocalResult, run_folder
 from foretell.runs._platform import run_limits, run_on_platform
-from foretell.runs._schedule import MAX_MISSED, due_slots, latest_closed_boundary, missed_total
+from foretell.runs._schedule import MAX_MISSED, SlotPlan, latest_slot, plan_slots
 from foretell.runs._scope import MAX_FORECASTS, MAX_MESSAGE_BYTES, RunScope
 from foretell.runs._server import BarSource, DatabaseBars, MemoryBars, RunServer
 from foretell.runs._validate import AcceptedForecast, check_forecasts
@@ -34,11 +34,11 @@ __all__ = [
     "RunRecord",
     "RunScope",
     "RunServer",
+    "SlotPlan",
     "check_forecasts",
-    "due_slots",
     "execute_run",
-    "latest_closed_boundary",
-    "missed_total",
+    "latest_slot",
+    "plan_slots",
     "run_folder",
     "run_limits",
     "run_local",

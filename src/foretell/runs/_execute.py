@@ -18,6 +18,7 @@ from foretell.db import Database
 from foretell.db.models import Model, Run, Version
 from foretell.db.notify import RunRecorded, announce_run
 from foretell.ledger import chain
+from foretell.marketdata import model_calendar
 from foretell.runs._scope import RunScope
 from foretell.runs._server import BarSource, DatabaseBars, RunServer
 from foretell.runs._validate import AcceptedForecast
@@ -100,6 +101,7 @@ def _argv(scope: RunScope, manifest: Mapping[str, Any]) -> list[str]:
         "--symbols", ",".join(scope.symbols),
         "--resolution", scope.resolution,
         "--horizon", str(scope.horizon),
+        "--target-time", scope.target_time.isoformat(),
         "--lookback", str(int(manifest.get("lookback", 500))),
         "--entrypoint", str(manifest["entrypoint"]),
     ]  # fmt: skip
@@ -189,7 +191,11 @@ async def execute_run(
         image = store.verified_image(version.image_digest)
     except (ArtifactCorrupt, OSError) as error:
         raise NotRunnable(str(error)) from None
-    scope = RunScope(tuple(model.symbols), model.resolution, model.horizon, as_of)
+    calendar = await model_calendar(db, list(model.symbols))
+    try:
+        scope = RunScope(tuple(model.symbols), model.resolution, model.horizon, as_of, calendar)
+    except ValueError as error:
+        raise NotRunnable(str(error)) from None
     result, server = await _sandboxed(
         image, scope, version.manifest, DatabaseBars(db), run_root, sdk, limits
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from foretell.calendars import Slots
 from foretell.resolutions import STEP_S
 
 # Forecasts one run may submit, over all its calls: far above any model's symbol count, low
@@ -25,6 +26,10 @@ class RunScope:
     # The data cut-off: only bars closed at or before it are visible. A boundary of the
     # resolution's grid, so "closed by as_of" is exactly "opened before as_of".
     as_of: datetime
+    # The model's calendar (`foretell.calendars`): as_of is one of its slots and the target
+    # time is the close of the horizon-th bar after it. None (local runs without the market
+    # data of a platform): every grid boundary is a slot.
+    calendar: Slots | None = None
 
     def __post_init__(self) -> None:
         if self.as_of.tzinfo is None:
@@ -33,6 +38,11 @@ class RunScope:
             raise ValueError(f"unknown resolution {self.resolution!r}")
         if int(self.as_of.timestamp()) % self.step or self.as_of.microsecond:
             raise ValueError(f"as_of {self.as_of} is not a {self.resolution} boundary")
+        if self.calendar is not None and not self.calendar.is_slot(self.resolution, self.as_of_s):
+            raise ValueError(
+                f"as_of {self.as_of} is not a {self.resolution} slot of the "
+                f"{self.calendar.name} calendar"
+            )
         if self.horizon < 1:
             raise ValueError("horizon must be at least 1")
 
@@ -46,6 +56,10 @@ class RunScope:
 
     @property
     def target_time(self) -> datetime:
-        """The one target time a run's forecasts may have: as_of plus `horizon` bars. One point,
+        """The one target time a run's forecasts may have: the close of the `horizon`-th bar
+        after as_of on the calendar (nights, weekends and holidays have no bars). One point,
         not a grid of them: the track record compares forecasts of the same horizon only."""
+        if self.calendar is not None:
+            target = self.calendar.target_time(self.resolution, self.as_of_s, self.horizon)
+            return datetime.fromtimestamp(target, UTC)
         return (self.as_of + timedelta(seconds=self.horizon * self.step)).astimezone(UTC)

@@ -211,6 +211,12 @@ class RunDataFeed(feed_grpc.DataFeedServiceServicer):
         await _abort(PermissionDenied("a model cannot add market data"), context)
         raise AssertionError("unreachable")
 
+    async def SetSymbolCalendar(
+        self, request: feed_pb.SetSymbolCalendarRequest, context: Context
+    ) -> feed_pb.SetSymbolCalendarResponse:
+        await _abort(PermissionDenied("a model cannot change market data"), context)
+        raise AssertionError("unreachable")
+
 
 class RunForecasts(fc_grpc.ForecastServiceServicer):
     """SubmitForecasts: checks and keeps the run's forecasts in memory. The platform records

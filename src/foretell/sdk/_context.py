@@ -89,6 +89,7 @@ class Context:
         resolution: str,
         horizon: int,
         lookback: int,
+        target_time: datetime | None = None,
     ) -> None:
         self._feed = feed_grpc.DataFeedServiceStub(channel)
         self.as_of = as_of
@@ -96,7 +97,10 @@ class Context:
         self.resolution = resolution
         self.horizon = horizon
         self.lookback = lookback
-        self.target_time = as_of + timedelta(seconds=horizon * STEP_S[resolution])
+        # The close of the horizon-th bar after as_of on the symbols' trading calendar, as
+        # the platform computes it (nights, weekends and holidays have no bars); without one
+        # (an older platform), horizon bars of the UTC grid.
+        self.target_time = target_time or as_of + timedelta(seconds=horizon * STEP_S[resolution])
 
     def log(self, message: object) -> None:
         """A line in the run's log (stderr, captured by the platform with a size cap)."""

@@ -32,6 +32,8 @@ def _arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--resolution", required=True)
     parser.add_argument("--horizon", required=True, type=int)
     parser.add_argument("--lookback", required=True, type=int)
+    # The platform's calendar decides it (the close of the horizon-th bar after as_of).
+    parser.add_argument("--target-time", type=datetime.fromisoformat, default=None)
     parser.add_argument("--entrypoint", required=True)
     return parser.parse_args(argv)
 
@@ -49,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             resolution=args.resolution,
             horizon=args.horizon,
             lookback=args.lookback,
+            target_time=args.target_time,
         )
         returned = predict(ctx)
         if returned is None:

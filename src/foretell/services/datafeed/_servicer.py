@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from grpc import aio
 
-from foretell import resolutions
+from foretell import calendars, resolutions
+from foretell.auth.principal import current_principal
 from foretell.clock import timestamp as _ts
 from foretell.datafeed.v1 import datafeed_service_pb2 as pb
 from foretell.datafeed.v1 import datafeed_service_pb2_grpc as pb_grpc
@@ -30,8 +31,10 @@ class DataFeedServicer(pb_grpc.DataFeedServiceServicer):
         self, request: pb.ListSymbolsRequest, context: Context
     ) -> pb.ListSymbolsResponse:
         symbols: dict[str, pb.SymbolInfo] = {}
+        stored = await queries.all_calendar_names(self._res.db)
         for s in await queries.list_series(self._res.db):
-            info = symbols.setdefault(s.symbol, pb.SymbolInfo(symbol=s.symbol))
+            name = stored.get(s.symbol) or calendars.default_for(s.symbol)
+            info = symbols.setdefault(s.symbol, pb.SymbolInfo(symbol=s.symbol, calendar=name))
             info.series.append(
                 pb.Series(
                     resolution=resolutions.TO_ENUM[s.resolution],
@@ -61,7 +64,12 @@ class DataFeedServicer(pb_grpc.DataFeedServiceServicer):
         received, ends = await _receive(request_iterator, header, self._res.clock())
         try:
             result = await queries.write_bars(
-                self._res.db, header.symbol, header.resolution, received, upsert=header.upsert
+                self._res.db,
+                header.symbol,
+                header.resolution,
+                received,
+                upsert=header.upsert,
+                calendar=header.calendar,
             )
         except queries.BarExists as error:
             batch = bisect.bisect_right(ends, error.index)
@@ -70,6 +78,15 @@ class DataFeedServicer(pb_grpc.DataFeedServiceServicer):
                 error.message, field=f"batches[{batch}].open_times_unix[{index}]"
             ) from None
         return ingest_response(result)
+
+    async def SetSymbolCalendar(
+        self, request: pb.SetSymbolCalendarRequest, context: Context
+    ) -> pb.SetSymbolCalendarResponse:
+        symbol, name = validate.set_calendar(request)
+        changed = await queries.set_calendar(
+            self._res.db, symbol, name, by=str(current_principal().user_id), now=self._res.clock()
+        )
+        return pb.SetSymbolCalendarResponse(symbol=symbol, calendar=name, changed=changed)
 
 
 async def _receive(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from foretell.forecast.v1 import forecast_service_pb2 as pb
-from foretell.performance import Curve, Measures, Performance, Report
+from foretell.performance import Conventions, Curve, Measures, Performance, Report
 
 
 def _series(curve: Curve) -> pb.Series:
@@ -42,6 +42,7 @@ def _performance(p: Performance) -> pb.Performance:
             runs_missed=c.runs_missed,
             slots_without_run=c.slots_without_run,
             ratio=c.ratio,
+            runs_data_missing=c.runs_data_missing,
         ),
         forecasts=pb.ForecastCounts(
             total=p.counts.total,
@@ -71,4 +72,18 @@ def performance_pb(
         overall=_performance(report.overall),
         versions=[_performance(v) for v in report.versions],
         periods_per_year=report.periods_per_year,
+        conventions=_conventions(report.conventions),
+    )
+
+
+def _conventions(c: Conventions) -> pb.Conventions:
+    return pb.Conventions(
+        calendar=c.calendar,
+        periods_per_year=c.periods_per_year,
+        returns=c.returns,
+        costs=c.costs,
+        annualisation=c.annualisation,
+        realized=c.realized,
+        coverage=c.coverage,
+        order=c.order,
     )

@@ -16,8 +16,9 @@ from foretell.db.models import Forecast, Model, Run
 from foretell.errors import FailedPrecondition, ForetellError, NotFound, PermissionDenied
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
+from foretell.marketdata import model_calendar
 from foretell.performance import PerformanceCache
-from foretell.runs import NotRunnable, latest_closed_boundary, run_on_platform
+from foretell.runs import NotRunnable, latest_slot, run_on_platform
 from foretell.runtime.resources import Resources
 from foretell.services.forecast import _queries, _validate
 from foretell.services.forecast._feed import ACCESS_CHANGED, LOST, ForecastFeed
@@ -37,6 +38,7 @@ _OUTCOMES = {
     "killed_by_policy": pb.RUN_OUTCOME_KILLED_BY_POLICY,
     "invalid_output": pb.RUN_OUTCOME_INVALID_OUTPUT,
     "missed": pb.RUN_OUTCOME_MISSED,
+    "data_missing": pb.RUN_OUTCOME_DATA_MISSING,
 }
 
 
@@ -73,6 +75,7 @@ def run_pb(model: str, run: Run, version: int, count: int, *, log: bool) -> pb.R
         outcome=_OUTCOMES[run.outcome],
         detail=run.detail,
         duration=duration,
+        duration_seconds=run.duration_s,
         forecast_count=count,
         create_time=_ts(run.created_at),
         log=run.log if log else "",
@@ -191,9 +194,12 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         model = view.model
         version = await _queries.dry_run_version(self._res.db, view, number)
         now = self._res.clock()
+        calendar = await model_calendar(self._res.db, list(model.symbols))
         if as_of is None:
-            as_of = latest_closed_boundary(model.resolution, now)
-        _validate.check_as_of(as_of, model.resolution, now)
+            as_of = latest_slot(calendar, model.resolution, now)
+            if as_of is None:
+                raise FailedPrecondition(f"the {calendar.name} calendar has no slot before now")
+        _validate.check_as_of(as_of, model.resolution, now, calendar)
         settings = self._res.settings
         try:
             record = await run_on_platform(

@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from foretell.calendars import Slots
 from foretell.errors import FieldViolation, InvalidArgument, Violations
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.paging import decode_token, encode_token, reject_token
 from foretell.paging import page_size as checked_page_size
-from foretell.resolutions import STEP_S
 from foretell.services.registry import model_name
 from foretell.symbols import SYMBOL
 
@@ -191,13 +191,19 @@ def dry_run(request: pb.DryRunRequest) -> tuple[str, int | None, datetime | None
     return name, request.version or None, as_of
 
 
-def check_as_of(as_of: datetime, resolution: str, now: datetime) -> None:
-    step = STEP_S[resolution]
+def check_as_of(as_of: datetime, resolution: str, now: datetime, calendar: Slots) -> None:
+    """A dry run's as_of is a slot of the model's calendar (the close of one of its bars)."""
     if as_of > now:
         raise InvalidArgument([FieldViolation("as_of", "must not be in the future")])
-    if as_of.microsecond or int(as_of.timestamp()) % step:
+    if as_of.microsecond or not calendar.is_slot(resolution, int(as_of.timestamp())):
         raise InvalidArgument(
-            [FieldViolation("as_of", f"must be a boundary of the model's {resolution} grid")]
+            [
+                FieldViolation(
+                    "as_of",
+                    f"must be a slot of the model's calendar ({calendar.name}): the close of "
+                    f"one of its {resolution} bars",
+                )
+            ]
         )
 
 

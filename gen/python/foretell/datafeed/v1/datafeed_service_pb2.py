@@ -28,13 +28,17 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+foretell/datafeed/v1/datafeed_service.proto\x12\x14\x66oretell.datafeed.v1\x1a\x1f\x66oretell/common/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"l\n\x04\x42\x61rs\x12\x17\n\x0fopen_times_unix\x18\x01 \x03(\x03\x12\r\n\x05opens\x18\x02 \x03(\x01\x12\r\n\x05highs\x18\x03 \x03(\x01\x12\x0c\n\x04lows\x18\x04 \x03(\x01\x12\x0e\n\x06\x63loses\x18\x05 \x03(\x01\x12\x0f\n\x07volumes\x18\x06 \x03(\x01\"r\n\nPackedBars\x12\x17\n\x0fopen_times_unix\x18\x01 \x01(\x0c\x12\r\n\x05opens\x18\x02 \x01(\x0c\x12\r\n\x05highs\x18\x03 \x01(\x0c\x12\x0c\n\x04lows\x18\x04 \x01(\x0c\x12\x0e\n\x06\x63loses\x18\x05 \x01(\x0c\x12\x0f\n\x07volumes\x18\x06 \x01(\x0c\"\xb8\x01\n\x06Series\x12\x32\n\nresolution\x18\x01 \x01(\x0e\x32\x1e.foretell.common.v1.Resolution\x12\x11\n\tbar_count\x18\x02 \x01(\x03\x12\x33\n\x0f\x66irst_open_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_open_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\nSymbolInfo\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12,\n\x06series\x18\x02 \x03(\x0b\x32\x1c.foretell.datafeed.v1.Series\"\x14\n\x12ListSymbolsRequest\"H\n\x13ListSymbolsResponse\x12\x31\n\x07symbols\x18\x01 \x03(\x0b\x32 .foretell.datafeed.v1.SymbolInfo\"\xed\x01\n\x0eGetBarsRequest\x12\x14\n\x06symbol\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x38\n\nresolution\x18\x02 \x01(\x0e\x32\x1e.foretell.common.v1.ResolutionB\x04\xe2\x41\x01\x02\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x05 \x01(\x05\x12\x0e\n\x06latest\x18\x06 \x01(\x08\x12\x0e\n\x06packed\x18\x07 \x01(\x08\"\x80\x01\n\x0fGetBarsResponse\x12(\n\x04\x62\x61rs\x18\x01 \x01(\x0b\x32\x1a.foretell.datafeed.v1.Bars\x12\x0c\n\x04last\x18\x02 \x01(\x08\x12\x35\n\x0bpacked_bars\x18\x03 \x01(\x0b\x32 .foretell.datafeed.v1.PackedBars\"\x9d\x01\n\x10IngestBarsHeader\x12\x14\n\x06symbol\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x38\n\nresolution\x18\x02 \x01(\x0e\x32\x1e.foretell.common.v1.ResolutionB\x04\xe2\x41\x01\x02\x12\x39\n\x0bon_conflict\x18\x03 \x01(\x0e\x32$.foretell.datafeed.v1.ConflictPolicy\"\x81\x01\n\x11IngestBarsRequest\x12\x38\n\x06header\x18\x01 \x01(\x0b\x32&.foretell.datafeed.v1.IngestBarsHeaderH\x00\x12*\n\x04\x62\x61rs\x18\x02 \x01(\x0b\x32\x1a.foretell.datafeed.v1.BarsH\x00\x42\x06\n\x04part\"\x89\x02\n\x12IngestBarsResponse\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x32\n\nresolution\x18\x02 \x01(\x0e\x32\x1e.foretell.common.v1.Resolution\x12\x10\n\x08received\x18\x03 \x01(\x03\x12\x10\n\x08inserted\x18\x04 \x01(\x03\x12\x0f\n\x07updated\x18\x05 \x01(\x03\x12\x11\n\tunchanged\x18\x06 \x01(\x03\x12\x33\n\x0f\x66irst_open_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_open_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*i\n\x0e\x43onflictPolicy\x12\x1f\n\x1b\x43ONFLICT_POLICY_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONFLICT_POLICY_UPSERT\x10\x01\x12\x1a\n\x16\x43ONFLICT_POLICY_REJECT\x10\x02\x32\xea\x02\n\x0f\x44\x61taFeedService\x12w\n\x0bListSymbols\x12(.foretell.datafeed.v1.ListSymbolsRequest\x1a).foretell.datafeed.v1.ListSymbolsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/symbols\x12{\n\x07GetBars\x12$.foretell.datafeed.v1.GetBarsRequest\x1a%.foretell.datafeed.v1.GetBarsResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/symbols/{symbol}/bars0\x01\x12\x61\n\nIngestBars\x12\'.foretell.datafeed.v1.IngestBarsRequest\x1a(.foretell.datafeed.v1.IngestBarsResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+foretell/datafeed/v1/datafeed_service.proto\x12\x14\x66oretell.datafeed.v1\x1a\x1f\x66oretell/common/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"H\n\x18SetSymbolCalendarRequest\x12\x14\n\x06symbol\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08\x63\x61lendar\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"N\n\x19SetSymbolCalendarResponse\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61lendar\x18\x02 \x01(\t\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\"l\n\x04\x42\x61rs\x12\x17\n\x0fopen_times_unix\x18\x01 \x03(\x03\x12\r\n\x05opens\x18\x02 \x03(\x01\x12\r\n\x05highs\x18\x03 \x03(\x01\x12\x0c\n\x04lows\x18\x04 \x03(\x01\x12\x0e\n\x06\x63loses\x18\x05 \x03(\x01\x12\x0f\n\x07volumes\x18\x06 \x03(\x01\"r\n\nPackedBars\x12\x17\n\x0fopen_times_unix\x18\x01 \x01(\x0c\x12\r\n\x05opens\x18\x02 \x01(\x0c\x12\r\n\x05highs\x18\x03 \x01(\x0c\x12\x0c\n\x04lows\x18\x04 \x01(\x0c\x12\x0e\n\x06\x63loses\x18\x05 \x01(\x0c\x12\x0f\n\x07volumes\x18\x06 \x01(\x0c\"\xb8\x01\n\x06Series\x12\x32\n\nresolution\x18\x01 \x01(\x0e\x32\x1e.foretell.common.v1.Resolution\x12\x11\n\tbar_count\x18\x02 \x01(\x03\x12\x33\n\x0f\x66irst_open_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_open_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\\\n\nSymbolInfo\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12,\n\x06series\x18\x02 \x03(\x0b\x32\x1c.foretell.datafeed.v1.Series\x12\x10\n\x08\x63\x61lendar\x18\x03 \x01(\t\"\x14\n\x12ListSymbolsRequest\"H\n\x13ListSymbolsResponse\x12\x31\n\x07symbols\x18\x01 \x03(\x0b\x32 .foretell.datafeed.v1.SymbolInfo\"\xed\x01\n\x0eGetBarsRequest\x12\x14\n\x06symbol\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x38\n\nresolution\x18\x02 \x01(\x0e\x32\x1e.foretell.common.v1.ResolutionB\x04\xe2\x41\x01\x02\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x05 \x01(\x05\x12\x0e\n\x06latest\x18\x06 \x01(\x08\x12\x0e\n\x06packed\x18\x07 \x01(\x08\"\x80\x01\n\x0fGetBarsResponse\x12(\n\x04\x62\x61rs\x18\x01 \x01(\x0b\x32\x1a.foretell.datafeed.v1.Bars\x12\x0c\n\x04last\x18\x02 \x01(\x08\x12\x35\n\x0bpacked_bars\x18\x03 \x01(\x0b\x32 .foretell.datafeed.v1.PackedBars\"\xaf\x01\n\x10IngestBarsHeader\x12\x14\n\x06symbol\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x38\n\nresolution\x18\x02 \x01(\x0e\x32\x1e.foretell.common.v1.ResolutionB\x04\xe2\x41\x01\x02\x12\x39\n\x0bon_conflict\x18\x03 \x01(\x0e\x32$.foretell.datafeed.v1.ConflictPolicy\x12\x10\n\x08\x63\x61lendar\x18\x04 \x01(\t\"\x81\x01\n\x11IngestBarsRequest\x12\x38\n\x06header\x18\x01 \x01(\x0b\x32&.foretell.datafeed.v1.IngestBarsHeaderH\x00\x12*\n\x04\x62\x61rs\x18\x02 \x01(\x0b\x32\x1a.foretell.datafeed.v1.BarsH\x00\x42\x06\n\x04part\"\x89\x02\n\x12IngestBarsResponse\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x32\n\nresolution\x18\x02 \x01(\x0e\x32\x1e.foretell.common.v1.Resolution\x12\x10\n\x08received\x18\x03 \x01(\x03\x12\x10\n\x08inserted\x18\x04 \x01(\x03\x12\x0f\n\x07updated\x18\x05 \x01(\x03\x12\x11\n\tunchanged\x18\x06 \x01(\x03\x12\x33\n\x0f\x66irst_open_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_open_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*i\n\x0e\x43onflictPolicy\x12\x1f\n\x1b\x43ONFLICT_POLICY_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONFLICT_POLICY_UPSERT\x10\x01\x12\x1a\n\x16\x43ONFLICT_POLICY_REJECT\x10\x02\x32\x8e\x04\n\x0f\x44\x61taFeedService\x12w\n\x0bListSymbols\x12(.foretell.datafeed.v1.ListSymbolsRequest\x1a).foretell.datafeed.v1.ListSymbolsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/symbols\x12{\n\x07GetBars\x12$.foretell.datafeed.v1.GetBarsRequest\x1a%.foretell.datafeed.v1.GetBarsResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/symbols/{symbol}/bars0\x01\x12\x61\n\nIngestBars\x12\'.foretell.datafeed.v1.IngestBarsRequest\x1a(.foretell.datafeed.v1.IngestBarsResponse(\x01\x12\xa1\x01\n\x11SetSymbolCalendar\x12..foretell.datafeed.v1.SetSymbolCalendarRequest\x1a/.foretell.datafeed.v1.SetSymbolCalendarResponse\"+\x82\xd3\xe4\x93\x02%\" /v1/symbols/{symbol}:setCalendar:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'foretell.datafeed.v1.datafeed_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SETSYMBOLCALENDARREQUEST'].fields_by_name['symbol']._loaded_options = None
+  _globals['_SETSYMBOLCALENDARREQUEST'].fields_by_name['symbol']._serialized_options = b'\342A\001\002'
+  _globals['_SETSYMBOLCALENDARREQUEST'].fields_by_name['calendar']._loaded_options = None
+  _globals['_SETSYMBOLCALENDARREQUEST'].fields_by_name['calendar']._serialized_options = b'\342A\001\002'
   _globals['_GETBARSREQUEST'].fields_by_name['symbol']._loaded_options = None
   _globals['_GETBARSREQUEST'].fields_by_name['symbol']._serialized_options = b'\342A\001\002'
   _globals['_GETBARSREQUEST'].fields_by_name['resolution']._loaded_options = None
@@ -47,30 +51,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATAFEEDSERVICE'].methods_by_name['ListSymbols']._serialized_options = b'\202\323\344\223\002\r\022\013/v1/symbols'
   _globals['_DATAFEEDSERVICE'].methods_by_name['GetBars']._loaded_options = None
   _globals['_DATAFEEDSERVICE'].methods_by_name['GetBars']._serialized_options = b'\202\323\344\223\002\033\022\031/v1/symbols/{symbol}/bars'
-  _globals['_CONFLICTPOLICY']._serialized_start=1714
-  _globals['_CONFLICTPOLICY']._serialized_end=1819
-  _globals['_BARS']._serialized_start=198
-  _globals['_BARS']._serialized_end=306
-  _globals['_PACKEDBARS']._serialized_start=308
-  _globals['_PACKEDBARS']._serialized_end=422
-  _globals['_SERIES']._serialized_start=425
-  _globals['_SERIES']._serialized_end=609
-  _globals['_SYMBOLINFO']._serialized_start=611
-  _globals['_SYMBOLINFO']._serialized_end=685
-  _globals['_LISTSYMBOLSREQUEST']._serialized_start=687
-  _globals['_LISTSYMBOLSREQUEST']._serialized_end=707
-  _globals['_LISTSYMBOLSRESPONSE']._serialized_start=709
-  _globals['_LISTSYMBOLSRESPONSE']._serialized_end=781
-  _globals['_GETBARSREQUEST']._serialized_start=784
-  _globals['_GETBARSREQUEST']._serialized_end=1021
-  _globals['_GETBARSRESPONSE']._serialized_start=1024
-  _globals['_GETBARSRESPONSE']._serialized_end=1152
-  _globals['_INGESTBARSHEADER']._serialized_start=1155
-  _globals['_INGESTBARSHEADER']._serialized_end=1312
-  _globals['_INGESTBARSREQUEST']._serialized_start=1315
-  _globals['_INGESTBARSREQUEST']._serialized_end=1444
-  _globals['_INGESTBARSRESPONSE']._serialized_start=1447
-  _globals['_INGESTBARSRESPONSE']._serialized_end=1712
-  _globals['_DATAFEEDSERVICE']._serialized_start=1822
-  _globals['_DATAFEEDSERVICE']._serialized_end=2184
+  _globals['_DATAFEEDSERVICE'].methods_by_name['SetSymbolCalendar']._loaded_options = None
+  _globals['_DATAFEEDSERVICE'].methods_by_name['SetSymbolCalendar']._serialized_options = b'\202\323\344\223\002%\" /v1/symbols/{symbol}:setCalendar:\001*'
+  _globals['_CONFLICTPOLICY']._serialized_start=1904
+  _globals['_CONFLICTPOLICY']._serialized_end=2009
+  _globals['_SETSYMBOLCALENDARREQUEST']._serialized_start=198
+  _globals['_SETSYMBOLCALENDARREQUEST']._serialized_end=270
+  _globals['_SETSYMBOLCALENDARRESPONSE']._serialized_start=272
+  _globals['_SETSYMBOLCALENDARRESPONSE']._serialized_end=350
+  _globals['_BARS']._serialized_start=352
+  _globals['_BARS']._serialized_end=460
+  _globals['_PACKEDBARS']._serialized_start=462
+  _globals['_PACKEDBARS']._serialized_end=576
+  _globals['_SERIES']._serialized_start=579
+  _globals['_SERIES']._serialized_end=763
+  _globals['_SYMBOLINFO']._serialized_start=765
+  _globals['_SYMBOLINFO']._serialized_end=857
+  _globals['_LISTSYMBOLSREQUEST']._serialized_start=859
+  _globals['_LISTSYMBOLSREQUEST']._serialized_end=879
+  _globals['_LISTSYMBOLSRESPONSE']._serialized_start=881
+  _globals['_LISTSYMBOLSRESPONSE']._serialized_end=953
+  _globals['_GETBARSREQUEST']._serialized_start=956
+  _globals['_GETBARSREQUEST']._serialized_end=1193
+  _globals['_GETBARSRESPONSE']._serialized_start=1196
+  _globals['_GETBARSRESPONSE']._serialized_end=1324
+  _globals['_INGESTBARSHEADER']._serialized_start=1327
+  _globals['_INGESTBARSHEADER']._serialized_end=1502
+  _globals['_INGESTBARSREQUEST']._serialized_start=1505
+  _globals['_INGESTBARSREQUEST']._serialized_end=1634
+  _globals['_INGESTBARSRESPONSE']._serialized_start=1637
+  _globals['_INGESTBARSRESPONSE']._serialized_end=1902
+  _globals['_DATAFEEDSERVICE']._serialized_start=2012
+  _globals['_DATAFEEDSERVICE']._serialized_end=2538
 # @@protoc_insertion_point(module_scope)

@@ -46,6 +46,62 @@ CONFLICT_POLICY_REJECT: ConflictPolicy.ValueType  # 2
 Global___ConflictPolicy: _TypeAlias = ConflictPolicy  # noqa: Y015
 
 @_typing.final
+class SetSymbolCalendarRequest(_message.Message):
+    """Request for DataFeedService.SetSymbolCalendar."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    CALENDAR_FIELD_NUMBER: _builtins.int
+    symbol: _builtins.str
+    """The symbol, with or without bars yet."""
+    calendar: _builtins.str
+    """The calendar's name, e.g. "XNYS", "FX", "CRYPTO"."""
+    def __init__(
+        self,
+        *,
+        symbol: _builtins.str = ...,
+        calendar: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calendar", b"calendar", "symbol", b"symbol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSymbolCalendarRequest: _TypeAlias = SetSymbolCalendarRequest  # noqa: Y015
+
+@_typing.final
+class SetSymbolCalendarResponse(_message.Message):
+    """Response for DataFeedService.SetSymbolCalendar."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    CALENDAR_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    symbol: _builtins.str
+    """The symbol."""
+    calendar: _builtins.str
+    """Its calendar now."""
+    changed: _builtins.bool
+    """Whether it changed."""
+    def __init__(
+        self,
+        *,
+        symbol: _builtins.str = ...,
+        calendar: _builtins.str = ...,
+        changed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calendar", b"calendar", "changed", b"changed", "symbol", b"symbol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSymbolCalendarResponse: _TypeAlias = SetSymbolCalendarResponse  # noqa: Y015
+
+@_typing.final
 class Bars(_message.Message):
     """Bars is a run of bars of one symbol and resolution as packed columns: element
     i of every array belongs to the same bar, and every array has the same length.
@@ -195,8 +251,11 @@ class SymbolInfo(_message.Message):
 
     SYMBOL_FIELD_NUMBER: _builtins.int
     SERIES_FIELD_NUMBER: _builtins.int
+    CALENDAR_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     """The symbol, e.g. "EURUSD": `[A-Z0-9][A-Z0-9._-]{0,31}`."""
+    calendar: _builtins.str
+    """The symbol's trading calendar, e.g. "XNYS", "FX" (24/5), "CRYPTO" (24/7)."""
     @_builtins.property
     def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___Series]:
         """One entry per resolution with bars, finest first."""
@@ -206,10 +265,11 @@ class SymbolInfo(_message.Message):
         *,
         symbol: _builtins.str = ...,
         series: _abc.Iterable[Global___Series] | None = ...,
+        calendar: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["series", b"series", "symbol", b"symbol"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calendar", b"calendar", "series", b"series", "symbol", b"symbol"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -356,6 +416,7 @@ class IngestBarsHeader(_message.Message):
     SYMBOL_FIELD_NUMBER: _builtins.int
     RESOLUTION_FIELD_NUMBER: _builtins.int
     ON_CONFLICT_FIELD_NUMBER: _builtins.int
+    CALENDAR_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     """The symbol: 1 to 32 of A-Z, 0-9, '.', '_' and '-', starting with a letter or
     digit.
@@ -364,16 +425,23 @@ class IngestBarsHeader(_message.Message):
     """The bars' resolution."""
     on_conflict: Global___ConflictPolicy.ValueType
     """What to do with bars that are already stored."""
+    calendar: _builtins.str
+    """The symbol's trading calendar, used when these are its first bars
+    (otherwise the default of its asset class: see SetSymbolCalendar). Empty:
+    the stored or default calendar. A calendar other than the stored one is
+    FAILED_PRECONDITION: an admin changes it with SetSymbolCalendar.
+    """
     def __init__(
         self,
         *,
         symbol: _builtins.str = ...,
         resolution: _common_pb2.Resolution.ValueType = ...,
         on_conflict: Global___ConflictPolicy.ValueType = ...,
+        calendar: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["on_conflict", b"on_conflict", "resolution", b"resolution", "symbol", b"symbol"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calendar", b"calendar", "on_conflict", b"on_conflict", "resolution", b"resolution", "symbol", b"symbol"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

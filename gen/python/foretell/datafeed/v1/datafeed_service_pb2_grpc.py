@@ -56,6 +56,11 @@ class DataFeedServiceStub:
                 request_serializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.IngestBarsRequest.SerializeToString,
                 response_deserializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.IngestBarsResponse.FromString,
                 _registered_method=True)
+        self.SetSymbolCalendar = channel.unary_unary(
+                '/foretell.datafeed.v1.DataFeedService/SetSymbolCalendar',
+                request_serializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.SetSymbolCalendarRequest.SerializeToString,
+                response_deserializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.SetSymbolCalendarResponse.FromString,
+                _registered_method=True)
 
 
 class DataFeedServiceServicer:
@@ -111,6 +116,18 @@ class DataFeedServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetSymbolCalendar(self, request, context):
+        """Sets a symbol's trading calendar (admins only): "FX" (24/5), "CRYPTO" (24/7)
+        or an exchange code such as "XNYS". A symbol gets the default of its asset
+        class when its first bars are stored; the calendar decides which bars
+        exist, when live models run and how performance is measured (a change
+        invalidates every performance report). An unknown calendar is
+        INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DataFeedServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +145,11 @@ def add_DataFeedServiceServicer_to_server(servicer, server):
                     servicer.IngestBars,
                     request_deserializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.IngestBarsRequest.FromString,
                     response_serializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.IngestBarsResponse.SerializeToString,
+            ),
+            'SetSymbolCalendar': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSymbolCalendar,
+                    request_deserializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.SetSymbolCalendarRequest.FromString,
+                    response_serializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.SetSymbolCalendarResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +240,33 @@ class DataFeedService:
             '/foretell.datafeed.v1.DataFeedService/IngestBars',
             foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.IngestBarsRequest.SerializeToString,
             foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.IngestBarsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSymbolCalendar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.datafeed.v1.DataFeedService/SetSymbolCalendar',
+            foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.SetSymbolCalendarRequest.SerializeToString,
+            foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.SetSymbolCalendarResponse.FromString,
             options,
             channel_credentials,
             insecure,

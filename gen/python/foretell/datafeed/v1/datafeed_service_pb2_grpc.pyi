@@ -71,6 +71,14 @@ class DataFeedServiceStub:
     (ALREADY_EXISTS) names the first such bar. Nothing is written unless
     everything is: the ingest is one transaction.
     """
+    SetSymbolCalendar: _grpc.UnaryUnaryMultiCallable[_datafeed_service_pb2.SetSymbolCalendarRequest, _datafeed_service_pb2.SetSymbolCalendarResponse]
+    """Sets a symbol's trading calendar (admins only): "FX" (24/5), "CRYPTO" (24/7)
+    or an exchange code such as "XNYS". A symbol gets the default of its asset
+    class when its first bars are stored; the calendar decides which bars
+    exist, when live models run and how performance is measured (a change
+    invalidates every performance report). An unknown calendar is
+    INVALID_ARGUMENT.
+    """
 
 @_typing.type_check_only
 class DataFeedServiceAsyncStub(DataFeedServiceStub):
@@ -114,6 +122,14 @@ class DataFeedServiceAsyncStub(DataFeedServiceStub):
     overwritten or refused, as the header's `on_conflict` says; a refusal
     (ALREADY_EXISTS) names the first such bar. Nothing is written unless
     everything is: the ingest is one transaction.
+    """
+    SetSymbolCalendar: _aio.UnaryUnaryMultiCallable[_datafeed_service_pb2.SetSymbolCalendarRequest, _datafeed_service_pb2.SetSymbolCalendarResponse]  # type: ignore[assignment]
+    """Sets a symbol's trading calendar (admins only): "FX" (24/5), "CRYPTO" (24/7)
+    or an exchange code such as "XNYS". A symbol gets the default of its asset
+    class when its first bars are stored; the calendar decides which bars
+    exist, when live models run and how performance is measured (a change
+    invalidates every performance report). An unknown calendar is
+    INVALID_ARGUMENT.
     """
 
 class DataFeedServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -173,6 +189,20 @@ class DataFeedServiceServicer(metaclass=_abc_1.ABCMeta):
         overwritten or refused, as the header's `on_conflict` says; a refusal
         (ALREADY_EXISTS) names the first such bar. Nothing is written unless
         everything is: the ingest is one transaction.
+        """
+
+    @_abc_1.abstractmethod
+    def SetSymbolCalendar(
+        self,
+        request: _datafeed_service_pb2.SetSymbolCalendarRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_datafeed_service_pb2.SetSymbolCalendarResponse, _abc.Awaitable[_datafeed_service_pb2.SetSymbolCalendarResponse]]:
+        """Sets a symbol's trading calendar (admins only): "FX" (24/5), "CRYPTO" (24/7)
+        or an exchange code such as "XNYS". A symbol gets the default of its asset
+        class when its first bars are stored; the calendar decides which bars
+        exist, when live models run and how performance is measured (a change
+        invalidates every performance report). An unknown calendar is
+        INVALID_ARGUMENT.
         """
 
 def add_DataFeedServiceServicer_to_server(servicer: DataFeedServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -73,6 +73,11 @@ class _RunOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunOutcome
     """The slot came due while the platform was not running. The model was not
     run, and never is late for it: a missed slot has no forecasts.
     """
+    RUN_OUTCOME_DATA_MISSING: _RunOutcome.ValueType  # 8
+    """The bars closing at the slot had not arrived for every symbol of the
+    model by the data deadline. The model was not run, and never is later;
+    the slot never counts against the model.
+    """
 
 class RunOutcome(_RunOutcome, metaclass=_RunOutcomeEnumTypeWrapper):
     """RunOutcome is how a run ended. Runs are recorded once they have ended."""
@@ -94,6 +99,11 @@ RUN_OUTCOME_INVALID_OUTPUT: RunOutcome.ValueType  # 6
 RUN_OUTCOME_MISSED: RunOutcome.ValueType  # 7
 """The slot came due while the platform was not running. The model was not
 run, and never is late for it: a missed slot has no forecasts.
+"""
+RUN_OUTCOME_DATA_MISSING: RunOutcome.ValueType  # 8
+"""The bars closing at the slot had not arrived for every symbol of the
+model by the data deadline. The model was not run, and never is later;
+the slot never counts against the model.
 """
 Global___RunOutcome: _TypeAlias = RunOutcome  # noqa: Y015
 
@@ -217,6 +227,7 @@ class Run(_message.Message):
     FORECAST_COUNT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     LOG_FIELD_NUMBER: _builtins.int
+    DURATION_SECONDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The run's id (a UUID)."""
     model: _builtins.str
@@ -234,6 +245,11 @@ class Run(_message.Message):
     log: _builtins.str
     """The run's captured output (stdout then stderr, at most 64 KiB, the
     earliest output dropped first). Only GetRun fills it.
+    """
+    duration_seconds: _builtins.float
+    """How long the model ran, in seconds, exactly as recorded (IEEE 754
+    binary64): the value the ledger's `duration_s` encodes. `duration` is the
+    same rounded to nanoseconds.
     """
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp:
@@ -261,10 +277,11 @@ class Run(_message.Message):
         forecast_count: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         log: _builtins.str = ...,
+        duration_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "create_time", b"create_time", "duration", b"duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "create_time", b"create_time", "detail", b"detail", "duration", b"duration", "forecast_count", b"forecast_count", "id", b"id", "kind", b"kind", "log", b"log", "model", b"model", "outcome", b"outcome", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "create_time", b"create_time", "detail", b"detail", "duration", b"duration", "duration_seconds", b"duration_seconds", "forecast_count", b"forecast_count", "id", b"id", "kind", b"kind", "log", b"log", "model", b"model", "outcome", b"outcome", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -742,8 +759,9 @@ class GetPerformanceRequest(_message.Message):
     RUN_KIND_SIMULATED. Dry runs have no performance.
     """
     cost_bps: _builtins.float
-    """Cost of one trade of the signal-following equity curve, in basis points
-    of the position (charged once per directional forecast), 0 to 1000.
+    """Cost of trading in the signal-following equity curve, in basis points
+    per unit of position traded (charged on changes of position: flat to long
+    once, long to short twice), 0 to 1000.
     """
     def __init__(
         self,
@@ -772,15 +790,17 @@ class GetPerformanceResponse(_message.Message):
     OVERALL_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
     PERIODS_PER_YEAR_FIELD_NUMBER: _builtins.int
+    CONVENTIONS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model's name."""
     kind: Global___RunKind.ValueType
     """The kind of runs measured."""
     cost_bps: _builtins.float
-    """The cost per trade used, in basis points."""
+    """The cost used, in basis points per unit of position traded."""
     periods_per_year: _builtins.float
-    """Equity curves are annualised with this many periods per year: calendar
-    seconds in 365 days over the model's resolution (8,760 for 1h).
+    """Sharpe and Sortino are annualised with this many periods per year: the
+    mean number of slots a year on the model's calendar (e.g. about 6,259 for
+    hourly FX, 252 for daily NYSE). The same as conventions.periods_per_year.
     """
     @_builtins.property
     def overall(self) -> Global___Performance:
@@ -789,6 +809,10 @@ class GetPerformanceResponse(_message.Message):
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Performance]:
         """One per version that has runs of this kind, by version number."""
+
+    @_builtins.property
+    def conventions(self) -> Global___Conventions:
+        """How every measure of this report is computed, stated with the report."""
 
     def __init__(
         self,
@@ -799,14 +823,72 @@ class GetPerformanceResponse(_message.Message):
         overall: Global___Performance | None = ...,
         versions: _abc.Iterable[Global___Performance] | None = ...,
         periods_per_year: _builtins.float = ...,
+        conventions: Global___Conventions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["overall", b"overall"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conventions", b"conventions", "overall", b"overall"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_bps", b"cost_bps", "kind", b"kind", "model", b"model", "overall", b"overall", "periods_per_year", b"periods_per_year", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conventions", b"conventions", "cost_bps", b"cost_bps", "kind", b"kind", "model", b"model", "overall", b"overall", "periods_per_year", b"periods_per_year", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetPerformanceResponse: _TypeAlias = GetPerformanceResponse  # noqa: Y015
+
+@_typing.final
+class Conventions(_message.Message):
+    """Conventions states the choices behind a performance report, so that a
+    reader can recompute every figure (docs/performance.md has the formulas).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALENDAR_FIELD_NUMBER: _builtins.int
+    PERIODS_PER_YEAR_FIELD_NUMBER: _builtins.int
+    RETURNS_FIELD_NUMBER: _builtins.int
+    COSTS_FIELD_NUMBER: _builtins.int
+    ANNUALISATION_FIELD_NUMBER: _builtins.int
+    REALIZED_FIELD_NUMBER: _builtins.int
+    COVERAGE_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    calendar: _builtins.str
+    """The model's trading calendar: one calendar name (e.g. "XNYS", "FX",
+    "CRYPTO"), or several joined by "+" when its symbols trade on different
+    calendars (only the slots all of them share count).
+    """
+    periods_per_year: _builtins.float
+    """The mean number of slots a year on the calendar at the model's
+    resolution (over whole years 2010-2019).
+    """
+    returns: _builtins.str
+    """How the return series is formed."""
+    costs: _builtins.str
+    """How costs are charged."""
+    annualisation: _builtins.str
+    """How Sharpe and Sortino are computed and annualised."""
+    realized: _builtins.str
+    """How a forecast's realized return is measured."""
+    coverage: _builtins.str
+    """How coverage counts slots."""
+    order: _builtins.str
+    """The order of every series."""
+    def __init__(
+        self,
+        *,
+        calendar: _builtins.str = ...,
+        periods_per_year: _builtins.float = ...,
+        returns: _builtins.str = ...,
+        costs: _builtins.str = ...,
+        annualisation: _builtins.str = ...,
+        realized: _builtins.str = ...,
+        coverage: _builtins.str = ...,
+        order: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annualisation", b"annualisation", "calendar", b"calendar", "costs", b"costs", "coverage", b"coverage", "order", b"order", "periods_per_year", b"periods_per_year", "realized", b"realized", "returns", b"returns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Conventions: _TypeAlias = Conventions  # noqa: Y015
 
 @_typing.final
 class Performance(_message.Message):
@@ -881,20 +963,29 @@ class Coverage(_message.Message):
     RUNS_MISSED_FIELD_NUMBER: _builtins.int
     SLOTS_WITHOUT_RUN_FIELD_NUMBER: _builtins.int
     RATIO_FIELD_NUMBER: _builtins.int
+    RUNS_DATA_MISSING_FIELD_NUMBER: _builtins.int
     due_slots: _builtins.int
-    """Grid slots from the first to the last recorded run (inclusive)."""
+    """Calendar slots from the first to the last recorded run (inclusive):
+    closed-market hours are not slots.
+    """
     runs: _builtins.int
     """Runs recorded, any outcome."""
     runs_ok: _builtins.int
     """Runs that ended ok."""
     runs_failed: _builtins.int
-    """Runs that ended in an error or a limit (not ok, not missed)."""
+    """Runs that ended in an error or a limit (not ok, missed or data missing)."""
     runs_missed: _builtins.int
     """Slots recorded as missed (the platform was not running)."""
     slots_without_run: _builtins.int
     """Slots in the span with no run recorded at all."""
     ratio: _builtins.float
-    """runs_ok / due_slots (0 when nothing is due)."""
+    """Slots with at least one ok run / counted slots (0 when none), at most 1.
+    Counted slots are the due slots less those recorded as data missing (the
+    market data did not arrive: never counted against the model). Overall,
+    over the distinct slots of every version.
+    """
+    runs_data_missing: _builtins.int
+    """Slots recorded as data missing (the bars never arrived by the deadline)."""
     def __init__(
         self,
         *,
@@ -905,10 +996,11 @@ class Coverage(_message.Message):
         runs_missed: _builtins.int = ...,
         slots_without_run: _builtins.int = ...,
         ratio: _builtins.float = ...,
+        runs_data_missing: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["due_slots", b"due_slots", "ratio", b"ratio", "runs", b"runs", "runs_failed", b"runs_failed", "runs_missed", b"runs_missed", "runs_ok", b"runs_ok", "slots_without_run", b"slots_without_run"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["due_slots", b"due_slots", "ratio", b"ratio", "runs", b"runs", "runs_data_missing", b"runs_data_missing", "runs_failed", b"runs_failed", "runs_missed", b"runs_missed", "runs_ok", b"runs_ok", "slots_without_run", b"slots_without_run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
