@@ -22,11 +22,20 @@ from foretell.build import BuildState
 from foretell.db.models import Model, Run, Version
 from foretell.ledger import chain
 from foretell.logs import get_logger
-from foretell.runs import MAX_MISSED, NotRunnable, due_slots, missed_total, run_on_platform
+from foretell.runs import (
+    MAX_MISSED,
+    NotRunnable,
+    due_slots,
+    missed_total,
+    run_job_timeout_s,
+    run_on_platform,
+)
+from foretell.runtime.lanes import Lane, queue_name
 from foretell.runtime.resources import Resources
-from foretell.settings import Settings
 
 log = get_logger("foretell.scheduler")
+
+__all__ = ["run_job_id", "run_job_timeout_s", "run_version", "schedule_runs"]
 
 MISSED_DETAIL = "missed: the platform was not running when this slot came due"
 # How long the last enqueued slot of a version is remembered (it only has to outlive the
@@ -52,12 +61,6 @@ def run_job_id(version_id: uuid.UUID | str, as_of: datetime) -> str:
 
 def _last_key(version_id: uuid.UUID) -> str:
     return f"foretell:sched-last:{version_id}"
-
-
-def run_job_timeout_s(settings: Settings) -> int:
-    """Longer than the sandbox's own wall clock, so the jail's limit fires first and the run is
-    recorded as a timeout; past it, arq cancels the job, and cancelling kills the jail."""
-    return settings.run_wall_s + settings.job_grace_s
 
 
 async def schedule_runs(ctx: dict[str, Any]) -> dict[str, int]:
@@ -102,7 +105,7 @@ async def schedule_runs(ctx: dict[str, Any]) -> dict[str, int]:
             str(version_id),
             due.isoformat(),
             _job_id=run_job_id(version_id, due),
-            _queue_name=res.settings.queue_name,
+            _queue_name=queue_name(res.settings, Lane.LIVE),
         )
         await res.redis.set(_last_key(version_id), due.isoformat(), ex=_LAST_TTL_S)
         enqueued += job is not None

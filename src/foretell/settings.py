@@ -66,6 +66,14 @@ class Settings:
     build_timeout_s: int = 600
     # The arq queue; separate names keep sites (or test sessions) sharing one Redis apart.
     queue_name: str = "foretell:queue"
+    # Lanes (foretell.runtime.lanes): how many jobs one worker of each lane runs at once, and
+    # how many builds and dry runs one provider may have queued or running.
+    build_concurrency: int = 2
+    live_concurrency: int = 4
+    dry_run_concurrency: int = 2
+    replay_concurrency: int = 2
+    provider_builds: int = 2
+    provider_dry_runs: int = 2
     # The worker's every-minute cron that runs live versions at each closed slot.
     scheduler: Literal["on", "off"] = "on"
     # Sandbox limits of a scheduled run.
@@ -187,6 +195,12 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "max_bundle_bytes": _positive_int,
     "build_timeout_s": _positive_int,
     "queue_name": _text,
+    "build_concurrency": _positive_int,
+    "live_concurrency": _positive_int,
+    "dry_run_concurrency": _positive_int,
+    "replay_concurrency": _positive_int,
+    "provider_builds": _positive_int,
+    "provider_dry_runs": _positive_int,
     "scheduler": _choice("on", "off"),
     "run_wall_s": _positive_int,
     "run_cpu_s": _positive_int,

@@ -20,6 +20,7 @@ from foretell.db import Version
 from foretell.errors import FieldViolation, InvalidArgument, NotFound, Violations
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
+from foretell.runtime.lanes import build_cap
 from foretell.runtime.resources import Resources
 from foretell.services.registry import _queries, _validate
 from foretell.services.registry._queries import ModelView, Upload
@@ -185,13 +186,23 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             view = await _queries.get_view(self._res.db, header.model, principal)
             _check_manifest(view, upload)
             await asyncio.to_thread(store.put_bundle, path, contents.digest)
-            version, created, queued = await _queries.add_version(
-                self._res.db, principal, upload, self._res.clock()
+            # The provider's slot in the build lane, taken before the version exists: past the
+            # cap the upload is refused whole (RESOURCE_EXHAUSTED) and nothing is recorded.
+            hold = await build_cap(self._res.settings).take(
+                self._res.redis, self._res.settings, principal.user_id
             )
+            queued = False
+            try:
+                version, created, queued = await _queries.add_version(
+                    self._res.db, principal, upload, self._res.clock()
+                )
+                if queued:
+                    await enqueue_build(self._res, version.id, hold)
+            finally:
+                if not queued:
+                    await hold.release(self._res.redis)
         finally:
             await asyncio.to_thread(_remove_tree, scratch)
-        if queued:
-            await enqueue_build(self._res, version.id)
         view = await _queries.get_view(self._res.db, header.model, principal)
         return pb.UploadVersionResponse(version=version_pb(view, version), created=created)
 
