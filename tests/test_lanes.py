@@ -26,12 +26,19 @@ from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from foretell.runs import enqueue_replay
 from foretell.runtime import Resources
-from foretell.runtime.lanes import Lane, ProviderCap, build_cap, dry_run_cap, queue_name
+from foretell.runtime.lanes import (
+    Lane,
+    ProviderCap,
+    build_cap,
+    concurrency,
+    dry_run_cap,
+    queue_name,
+)
 from foretell.scheduler import run_job_id
-from foretell.settings import Settings
+from foretell.settings import Settings, SettingsError, load_settings
 from foretell.worker import create_worker
 from tests._registry import model_name, push, running_worker, write_model
-from tests.conftest import MovableClock, SignUp
+from tests.conftest import FORETELL, MovableClock, SignUp, foretell_env
 from tests.test_scheduler import BASE, poll, published_model, set_time
 
 if TYPE_CHECKING:
@@ -91,6 +98,48 @@ def test_each_lane_has_its_queue_jobs_and_concurrency(settings: Settings) -> Non
         Lane.DRY: (f"{settings.queue_name}:dry", {"dry_run"}, 1),
         Lane.REPLAY: (f"{settings.queue_name}:replay", {"replay_run"}, settings.replay_concurrency),
     }
+
+
+def test_lane_settings_come_from_the_environment() -> None:
+    loaded = load_settings(
+        {
+            "FORETELL_BUILD_CONCURRENCY": "1",
+            "FORETELL_LIVE_CONCURRENCY": "8",
+            "FORETELL_DRY_RUN_CONCURRENCY": "3",
+            "FORETELL_REPLAY_CONCURRENCY": "4",
+            "FORETELL_PROVIDER_BUILDS": "5",
+            "FORETELL_PROVIDER_DRY_RUNS": "6",
+        }
+    )
+    assert [concurrency(loaded, lane) for lane in Lane] == [1, 8, 3, 4]
+    assert (build_cap(loaded).cap, dry_run_cap(loaded).cap) == (5, 6)
+    with pytest.raises(SettingsError, match="FORETELL_PROVIDER_BUILDS"):
+        load_settings({"FORETELL_PROVIDER_BUILDS": "0"})
+
+
+async def test_one_worker_process_can_serve_every_lane_and_stops_cleanly(
+    settings: Settings, tmp_path: Path
+) -> None:
+    log = tmp_path / "worker.log"
+    env = foretell_env(settings, FORETELL_SCHEDULER="off")
+    with log.open("ab") as out:
+        worker = await asyncio.create_subprocess_exec(
+            FORETELL, "worker", env=env, stdout=out, stderr=out
+        )
+    try:
+
+        async def all_started() -> bool | None:
+            text = log.read_text()
+            started = {lane for lane in Lane if f"lane={lane.value}" in text}
+            return True if started == set(Lane) else None
+
+        await poll("a worker for each lane", all_started, 60)
+        worker.terminate()
+        assert await asyncio.wait_for(worker.wait(), 30) == 0, log.read_text()
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
 
 
 async def test_a_cap_holds_per_provider_and_frees_on_release_or_expiry(
