@@ -191,16 +191,18 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             hold = await build_cap(self._res.settings).take(
                 self._res.redis, self._res.settings, principal.user_id
             )
-            queued = False
             try:
                 version, created, queued = await _queries.add_version(
                     self._res.db, principal, upload, self._res.clock()
                 )
                 if queued:
+                    # The build job releases the hold when it is done.
                     await enqueue_build(self._res, version.id, hold)
-            finally:
-                if not queued:
-                    await hold.release(self._res.redis)
+            except BaseException:
+                await hold.release(self._res.redis)
+                raise
+            if not queued:
+                await hold.release(self._res.redis)
         finally:
             await asyncio.to_thread(_remove_tree, scratch)
         view = await _queries.get_view(self._res.db, header.model, principal)
