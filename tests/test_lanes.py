@@ -198,6 +198,9 @@ async def test_builds_past_the_cap_are_refused_whole_with_a_retry_hint(
         pb.ListVersionsRequest(model=names[-1]), metadata=me.metadata
     )
     assert list(listed.versions) == []
+    # An identical upload queues no build: it is answered with the existing version.
+    again = await push(registry, me.metadata, names[0], tmp_path / "m0")
+    assert (again.created, again.version.number) == (False, 1)
     # Another provider still builds.
     other = await sign_up()
     await push(registry, other.metadata, await _create(registry, other.metadata), tmp_path / "m0")
