@@ -294,7 +294,8 @@ class Platform:
 
 def _is_worker_ready(line: str) -> bool:
     process, _, text = line.partition("|")
-    return process.split()[-1:] == ["worker"] and "worker started" in text
+    # The build lane's worker takes the builds (`foretell up` starts one worker per lane).
+    return process.split()[-1:] == ["worker-build"] and "worker started" in text
 
 
 @dataclass

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from arq import Worker
+
 from foretell.bundle import Manifest, pack_dir
+from foretell.clock import Clock, utc_now
 from foretell.common.v1 import common_pb2
 from foretell.registry.v1 import registry_service_pb2 as pb
+from foretell.runtime.lanes import Lane
 from foretell.settings import Settings
 from foretell.worker import create_worker
 
@@ -112,9 +118,24 @@ async def push(
 
 
 async def run_builds(settings: Settings) -> None:
-    """Runs the build worker until the queue is empty (arq burst mode)."""
-    worker = create_worker(settings, burst=True)
+    """Runs the build lane's worker until its queue is empty (arq burst mode)."""
+    worker = create_worker(settings, lane=Lane.BUILD, burst=True)
     try:
         await worker.async_run()
     finally:
+        await worker.close()
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    settings: Settings, lane: Lane, clock: Clock = utc_now
+) -> AsyncIterator[Worker]:
+    """A worker serving `lane` in the background (not a burst) until the block ends."""
+    worker = create_worker(settings, lane=lane, clock=clock, scheduler=False, handle_signals=False)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        yield worker
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await worker.close()

@@ -29,8 +29,10 @@ from foretell.account.v1 import account_service_pb2_grpc as account_grpc
 from foretell.composition import SERVICES, start_services
 from foretell.db.migrate import upgrade
 from foretell.runtime import Resources, RunningServer, open_resources
+from foretell.runtime.lanes import Lane
 from foretell.settings import Address, Settings
 from tests import _envoy
+from tests._registry import running_worker
 
 PASSWORD = "correct horse battery staple"
 FORETELL = str(Path(sys.executable).parent / "foretell")
@@ -145,6 +147,13 @@ def settings(tmp_root: Path, database_url: str, redis_url: str) -> Settings:
 async def resources(settings: Settings, session_clock: MovableClock) -> AsyncIterator[Resources]:
     async with open_resources(settings, clock=session_clock) as res:
         yield res
+
+
+@pytest.fixture(scope="session")
+async def dry_lane(settings: Settings, session_clock: MovableClock) -> AsyncIterator[None]:
+    """A worker of the dry-run lane for the session: DryRun waits for one to run its job."""
+    async with running_worker(settings, Lane.DRY, session_clock):
+        yield
 
 
 @pytest.fixture(scope="session")

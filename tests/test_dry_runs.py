@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
+from arq.jobs import Job
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import select
 
@@ -36,6 +37,11 @@ from tests.test_runs import AS_OF, BASE, MOMENTUM, TARGET, add_bars, symbols
 
 if TYPE_CHECKING:
     from grpc import aio
+
+
+@pytest.fixture(autouse=True)
+def _dry_lane(dry_lane: None) -> None:
+    """Dry runs run on the dry lane's workers, never in the API process."""
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +109,14 @@ async def test_a_dry_run_is_recorded_as_dry_and_never_read_as_live(
     target = TARGET.replace(tzinfo=None)
     assert got == [(names[0], fc_pb.DIRECTION_UP, target), (names[1], fc_pb.DIRECTION_DOWN, target)]
     assert all(f.kind == fc_pb.RUN_KIND_DRY for f in response.forecasts)
+    # Run by a job of the dry lane's workers, not in the API process: the job's kept result
+    # names the run.
+    results = []
+    async for key in resources.redis.scan_iter(match="arq:result:dry:*"):
+        info = await Job(key.decode().removeprefix("arq:result:"), resources.redis).result_info()
+        if info is not None and info.result.get("run_id") == response.run.id:
+            results.append(info.function)
+    assert results == ["dry_run"]
     # The same (version, as_of) again: the recorded run, not a second one (proto3 JSON leaves
     # recorded=false out).
 

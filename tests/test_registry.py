@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import marshal
 import re
+import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -380,6 +382,49 @@ async def test_same_bundle_same_image(
         )
         digests.add(version.version.image_digest)
     assert len(digests) == 1
+
+
+def _pyc(path: Path) -> tuple[int, str]:
+    """A pyc's flags word (PEP 552: 1 = hash-based, 2 = check the source) and the file name
+    its code object carries."""
+    data = path.read_bytes()
+    code = marshal.loads(data[16:])  # noqa: S302 - our own build's output
+    return int.from_bytes(data[4:8], "little"), code.co_filename
+
+
+async def test_images_hold_deterministic_bytecode(
+    registry: Stub, sign_up: SignUp, settings: Settings, resources: Resources, tmp_path: Path
+) -> None:
+    """The provider's code and its wheels are compiled at build time into unchecked-hash pycs
+    named as the jail sees them; two builds of the same bundle give the same image digest."""
+    assert settings.wheelhouse is not None
+    helper = "KINDS = {'up', 'down', 'flat', 'sideways'}\ndef sign(x):\n    return 'up' in KINDS\n"
+    make_wheel(settings.wheelhouse, "ft-pyc-helpers", "1.0.0", helper)
+    source = (
+        "import ft_pyc_helpers\nNAMES = frozenset({'a', 'b', 'c', 'd', 'e'})\n\n"
+        "def predict(ctx):\n    return []\n"
+    )
+    folder = write_model(tmp_path / "m", source=source, requirements="ft-pyc-helpers==1.0.0\n")
+    me = await sign_up()
+    first, second = [await create_model(registry, me.metadata) for _ in range(2)]
+    await push(registry, me.metadata, first.name, folder)
+    await run_builds(settings)
+    # Built one after the other: the second build compiles everything again, in another process.
+    await push(registry, me.metadata, second.name, folder)
+    await run_builds(settings)
+    digests = set()
+    for model in (first, second):
+        version = await registry.GetVersion(
+            pb.GetVersionRequest(model=model.name, number=1), metadata=me.metadata
+        )
+        assert version.version.build_state == pb.BUILD_STATE_READY
+        digests.add(version.version.image_digest)
+    assert len(digests) == 1
+    image = resources.store.verified_image(digests.pop())
+    tag = sys.implementation.cache_tag
+    assert _pyc(image / "app" / "__pycache__" / f"model.{tag}.pyc") == (1, "/image/app/model.py")
+    helper_pyc = image / "site-packages" / "__pycache__" / f"ft_pyc_helpers.{tag}.pyc"
+    assert _pyc(helper_pyc) == (1, "/image/site-packages/ft_pyc_helpers.py")
 
 
 @pytest.mark.parametrize(

@@ -700,7 +700,7 @@ async def poll(what: str, check: Callable[[], Awaitable[T | None]], timeout_s: f
 async def start_worker(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
-            FORETELL, "worker", env=env, stdout=out, stderr=out
+            FORETELL, "worker", "--lane", "live", env=env, stdout=out, stderr=out
         )
 
 

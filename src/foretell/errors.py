@@ -84,6 +84,13 @@ class ResourceExhausted(ForetellError):
         self.retry_after_s = retry_after_s
 
 
+class Unavailable(ForetellError):
+    """The platform could not do it now; the same request may succeed later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UNAVAILABLE"
+
+
 @dataclass
 class Violations:
     """Collects every field problem of a request so the client sees them all at once."""

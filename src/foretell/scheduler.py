@@ -38,11 +38,20 @@ from foretell.ledger import chain
 from foretell.logs import get_logger
 from foretell.marketdata import calendar_names
 from foretell.resolutions import STEP_S
-from foretell.runs import MAX_MISSED, NotRunnable, SlotPlan, plan_slots, run_on_platform
+from foretell.runs import (
+    MAX_MISSED,
+    NotRunnable,
+    SlotPlan,
+    plan_slots,
+    run_job_timeout_s,
+    run_on_platform,
+)
+from foretell.runtime.lanes import Lane, queue_name
 from foretell.runtime.resources import Resources
-from foretell.settings import Settings
 
 log = get_logger("foretell.scheduler")
+
+__all__ = ["run_job_id", "run_job_timeout_s", "run_version", "schedule_runs"]
 
 MISSED_DETAIL = "missed: the platform was not running when this slot came due"
 DATA_MISSING_DETAIL = (
@@ -80,12 +89,6 @@ def run_job_id(version_id: uuid.UUID | str, as_of: datetime) -> str:
 
 def _last_key(version_id: uuid.UUID) -> str:
     return f"foretell:sched-last:{version_id}"
-
-
-def run_job_timeout_s(settings: Settings) -> int:
-    """Longer than the sandbox's own wall clock, so the jail's limit fires first and the run is
-    recorded as a timeout; past it, arq cancels the job, and cancelling kills the jail."""
-    return settings.run_wall_s + settings.job_grace_s
 
 
 async def schedule_runs(ctx: dict[str, Any]) -> dict[str, int]:
@@ -147,7 +150,7 @@ async def schedule_runs(ctx: dict[str, Any]) -> dict[str, int]:
             str(version_id),
             plan.due.isoformat(),
             _job_id=run_job_id(version_id, plan.due),
-            _queue_name=res.settings.queue_name,
+            _queue_name=queue_name(res.settings, Lane.LIVE),
         )
         await res.redis.set(_last_key(version_id), plan.due.isoformat(), ex=_LAST_TTL_S)
         counts["enqueued"] += job is not None

@@ -186,7 +186,42 @@ class Settings:
     # The arq queue; separate names keep sites (or test sessions) sharing one Redis apart.
     queue_name: str = field(
         default="foretell:queue",
-        metadata=_doc("The arq queue; sites (or test sessions) sharing one Redis need their own."),
+        metadata=_doc(
+            "The arq queue of the live lane; the build, dry-run and replay lanes add `:build`, "
+            "`:dry` and `:replay`. Sites (or test sessions) sharing one Redis need their own."
+        ),
+    )
+    # Lanes (foretell.runtime.lanes): how many jobs one worker of each lane runs at once, and
+    # how many builds and dry runs one provider may have queued or running.
+    build_concurrency: int = field(
+        default=2,
+        metadata=_doc("Builds one build-lane worker runs at once."),
+    )
+    live_concurrency: int = field(
+        default=4,
+        metadata=_doc("Live runs one live-lane worker runs at once."),
+    )
+    dry_run_concurrency: int = field(
+        default=2,
+        metadata=_doc("Dry runs one dry-lane worker runs at once."),
+    )
+    replay_concurrency: int = field(
+        default=2,
+        metadata=_doc("Simulated replays one replay-lane worker runs at once."),
+    )
+    provider_builds: int = field(
+        default=2,
+        metadata=_doc(
+            "Builds one provider may have queued or running; past it an upload is refused "
+            "with a retry hint."
+        ),
+    )
+    provider_dry_runs: int = field(
+        default=2,
+        metadata=_doc(
+            "Dry runs one provider may have queued or running; past it a dry run is refused "
+            "with a retry hint."
+        ),
     )
     # The worker's every-minute cron that runs live versions at each closed slot.
     scheduler: Literal["on", "off"] = field(
@@ -371,6 +406,12 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "max_bundle_bytes": _positive_int,
     "build_timeout_s": _positive_int,
     "queue_name": _text,
+    "build_concurrency": _positive_int,
+    "live_concurrency": _positive_int,
+    "dry_run_concurrency": _positive_int,
+    "replay_concurrency": _positive_int,
+    "provider_builds": _positive_int,
+    "provider_dry_runs": _positive_int,
     "scheduler": _choice("on", "off"),
     "data_deadline_s": _positive_int,
     "run_wall_s": _positive_int,

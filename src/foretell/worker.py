@@ -1,11 +1,16 @@
 """`foretell worker`: runs the platform's background jobs (arq) until SIGTERM.
 
+One worker serves one lane (foretell.runtime.lanes): builds, live runs (with the periodic jobs:
+the scheduler cycle, billing, ledger checkpoints), dry runs or simulated replays, each from its
+own queue with its own concurrency, so no amount of one kind of work delays another.
+
 Jobs are delivered at least once (a crash or a restart re-runs them), so every job is
 idempotent: it reads the state it is about to change and does nothing when already done.
 """
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -20,9 +25,11 @@ from foretell.clock import Clock, utc_now
 from foretell.ledger import chain
 from foretell.logs import get_logger
 from foretell.marketdata import warm_calendars
+from foretell.runs import dry_run, replay_run, run_job_timeout_s
+from foretell.runtime.lanes import Lane, concurrency, queue_name
 from foretell.runtime.resources import open_resources
-from foretell.sandbox import SandboxUnavailable, detect_cgroups, sweep_stale_run_cgroups
-from foretell.scheduler import BarsListener, run_job_timeout_s, run_version, schedule_runs
+from foretell.sandbox import SandboxUnavailable, detect_cgroups, sdk_dir, sweep_stale_run_cgroups
+from foretell.scheduler import BarsListener, run_version, schedule_runs
 from foretell.settings import Settings
 
 log = get_logger("foretell.worker")
@@ -72,16 +79,31 @@ def _sweep_cgroups(settings: Settings) -> None:
         log.info("stale run cgroups removed", count=len(swept))
 
 
+def _functions(settings: Settings, lane: Lane) -> list[Any]:
+    run_timeout = run_job_timeout_s(settings)
+    return {
+        Lane.BUILD: [func(build_version, timeout=build_job_timeout_s(settings), max_tries=3)],
+        Lane.LIVE: [func(run_version, timeout=run_timeout, max_tries=3)],
+        # A dry run's caller waits for it: a retry would come too late to answer, so one try.
+        Lane.DRY: [func(dry_run, timeout=run_timeout, max_tries=1)],
+        Lane.REPLAY: [func(replay_run, timeout=run_timeout, max_tries=3)],
+    }[lane]
+
+
 def create_worker(
     settings: Settings,
     *,
+    lane: Lane = Lane.LIVE,
     burst: bool = False,
     clock: Clock = utc_now,
     scheduler: bool | None = None,
+    handle_signals: bool | None = None,
 ) -> Worker:
-    """A worker for every job, with the process's resources in ctx["resources"] (their clock
-    is `clock`, for tests). The scheduler cron runs when `scheduler` is true; by default when
-    FORETELL_SCHEDULER is on and the worker is not a burst (test) worker."""
+    """A worker for the jobs of `lane`, with the process's resources in ctx["resources"]
+    (their clock is `clock`, for tests). The periodic jobs run on the live lane only; the
+    scheduler cron when `scheduler` is true, by default when FORETELL_SCHEDULER is on and the
+    worker is not a burst (test) worker. Several workers in one process handle signals
+    together (`handle_signals=False` for each, see `foretell worker`)."""
     assert settings.redis_url
     if scheduler is None:
         scheduler = settings.scheduler == "on" and not burst
@@ -113,28 +135,33 @@ def create_worker(
         _sweep_cgroups(settings)
         # Calendars take seconds to build: before the first job, not inside its time limit.
         await warm_calendars(ctx["resources"].db)
-        if scheduler and not burst:
+        # The jail's SDK directory is assembled once per process (seconds: it compiles grpc and
+        # protobuf): here, off the event loop, rather than inside the first job.
+        await asyncio.to_thread(sdk_dir, settings.data_dir)
+        if scheduler and lane is Lane.LIVE and not burst:
             listener = BarsListener(ctx)
             await listener.start()
             stack.push_async_callback(listener.close)
             ctx["bars_listener"] = listener
-        log.info("worker started", jobs=["build_version", "run_version"], scheduler=scheduler)
+        log.info("worker started", lane=lane.value, scheduler=scheduler and lane is Lane.LIVE)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         await ctx["stack"].aclose()
 
+    periodic = [*(cron_jobs if scheduler else []), billing, ledger_cron]
     return Worker(
-        functions=[
-            func(build_version, timeout=build_job_timeout_s(settings), max_tries=3),
-            func(run_version, timeout=run_job_timeout_s(settings), max_tries=3),
-        ],
-        cron_jobs=[*(cron_jobs if scheduler else []), billing, ledger_cron] if not burst else None,
+        functions=_functions(settings, lane),
+        cron_jobs=periodic if lane is Lane.LIVE and not burst else None,
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         on_startup=startup,
         on_shutdown=shutdown,
-        queue_name=settings.queue_name,
+        queue_name=queue_name(settings, lane),
+        max_jobs=concurrency(settings, lane),
+        # An idle worker looks for jobs this often (arq's default is 0.5 s): a live run or a
+        # waiting dry run should not sit in the queue for half a second.
+        poll_delay=0.05,
         burst=burst,
-        handle_signals=not burst,
+        handle_signals=not burst if handle_signals is None else handle_signals,
         # A minute, not arq's default hour, so `arq --check` style probes notice a dead worker.
         health_check_interval=60,
         keep_result=3600,

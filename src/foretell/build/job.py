@@ -20,6 +20,7 @@ from foretell.bundle import Manifest
 from foretell.clock import Clock
 from foretell.db import Database, Version
 from foretell.logs import get_logger
+from foretell.runtime.lanes import Hold, Lane, queue_name
 from foretell.runtime.resources import Resources
 from foretell.sandbox import sdk_dir
 from foretell.settings import Settings
@@ -63,16 +64,21 @@ def build_job_id(version_id: uuid.UUID, attempt: int) -> str:
     return f"build:{version_id}:{attempt}"
 
 
-async def enqueue_build(res: Resources, version_id: uuid.UUID) -> None:
+async def enqueue_build(res: Resources, version_id: uuid.UUID, hold: Hold | None = None) -> None:
+    """Queues the version's build in the build lane; the job releases `hold` (the provider's
+    slot in the build cap, foretell.runtime.lanes) when it is done."""
     # Each upload that (re)queues a build is a new attempt: arq keeps a finished job's id for
     # an hour, and a retry of a failed build must not be swallowed as a duplicate.
     attempt = await res.redis.incr(f"foretell:build-attempt:{version_id}")
-    await res.redis.enqueue_job(
+    job = await res.redis.enqueue_job(
         "build_version",
         str(version_id),
+        *((hold.key, hold.member) if hold else ()),
         _job_id=build_job_id(version_id, attempt),
-        _queue_name=res.settings.queue_name,
+        _queue_name=queue_name(res.settings, Lane.BUILD),
     )
+    if job is None and hold is not None:
+        await hold.release(res.redis)
 
 
 def build_job_timeout_s(settings: Settings) -> int:
@@ -80,9 +86,12 @@ def build_job_timeout_s(settings: Settings) -> int:
     return settings.build_timeout_s + settings.job_grace_s
 
 
-async def build_version(ctx: dict[str, Any], version_id: str) -> str:
+async def build_version(
+    ctx: dict[str, Any], version_id: str, hold_key: str = "", hold_member: str = ""
+) -> str:
     """Builds a queued version; returns its final state. Idempotent: a version that is
-    already built, or not queued, is left alone."""
+    already built, or not queued, is left alone. Releases the provider's hold on the build
+    cap (`hold_key`, `hold_member`) when done, whatever the outcome."""
     res: Resources = ctx["resources"]
     vid = uuid.UUID(version_id)
     # One build per version at a time, whatever the queue delivers twice. The lock outlives a
@@ -96,6 +105,8 @@ async def build_version(ctx: dict[str, Any], version_id: str) -> str:
         )
     finally:
         await res.redis.delete(lock)
+        if hold_key:
+            await Hold(hold_key, hold_member).release(res.redis)
 
 
 async def build(

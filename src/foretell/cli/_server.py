@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
@@ -90,21 +91,38 @@ def serve(service: str) -> None:
         _fail(str(error), 1)
 
 
-@click.command()
-def worker() -> None:
-    """Run background jobs (version builds, scheduled runs) until SIGTERM.
+_LANES = ("build", "live", "dry", "replay")
 
-    Needs FORETELL_DATABASE_URL and FORETELL_REDIS_URL; `foretell up` starts one for you.
+
+@click.command()
+@click.option(
+    "--lane",
+    "lanes",
+    type=click.Choice([*_LANES, "all"]),
+    multiple=True,
+    default=("all",),
+    show_default=True,
+    help="The lanes to serve (repeatable): each has its own queue and concurrency.",
+)
+def worker(lanes: tuple[str, ...]) -> None:
+    """Run background jobs (builds, live runs, dry runs, replays) until SIGTERM.
+
+    Each lane is a queue with its own workers: builds, live runs (with the scheduler, billing
+    and ledger crons), dry runs and simulated replays. `foretell up` starts one worker per lane;
+    beyond one machine, scale each lane on its own.
+
+    Needs FORETELL_DATABASE_URL and FORETELL_REDIS_URL; `foretell up` starts them for you.
 
     \b
     Example:
       FORETELL_DATABASE_URL=postgresql://localhost/foretell \\
-      FORETELL_REDIS_URL=redis://localhost:6379/0 foretell worker
+      FORETELL_REDIS_URL=redis://localhost:6379/0 foretell worker --lane live
     """
     # The server stack, loaded when the command runs (see the module docstring).
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from foretell.logs import get_logger
+    from foretell.runtime.lanes import Lane
     from foretell.settings import SettingsError
     from foretell.worker import create_worker
 
@@ -113,20 +131,29 @@ def worker() -> None:
     settings = _settings()
     if not settings.database_url or not settings.redis_url:
         _fail("FORETELL_DATABASE_URL and FORETELL_REDIS_URL must be set")
+    chosen = [Lane(name) for name in (_LANES if "all" in lanes else dict.fromkeys(lanes))]
 
     async def run() -> None:
-        running = create_worker(settings)
+        # arq's own signal handling stops one worker; several in one process stop together.
+        alone = len(chosen) == 1
+        running = [create_worker(settings, lane=lane, handle_signals=alone) for lane in chosen]
+        together = asyncio.gather(*(w.async_run() for w in running))
+        if not alone:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, together.cancel)
         try:
-            await running.async_run()
+            await together
         except asyncio.CancelledError:
             # arq cancels its main task on SIGTERM or SIGINT: that is a clean stop.
             pass
         finally:
-            try:
-                await running.close()
-            except RedisConnectionError:
-                # When the whole platform stops, Redis may go first: nothing left to tidy.
-                log.info("redis gone before the worker closed")
+            for each in running:
+                try:
+                    await each.close()
+                except RedisConnectionError:
+                    # When the whole platform stops, Redis may go first: nothing left to tidy.
+                    log.info("redis gone before the worker closed")
 
     try:
         asyncio.run(run())

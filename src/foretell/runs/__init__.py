@@ -11,8 +11,15 @@ from foretell.runs._execute import (
     execute_run,
     run_local,
 )
+from foretell.runs._jobs import (
+    dry_run,
+    enqueue_replay,
+    replay_job_id,
+    replay_run,
+    request_dry_run,
+)
 from foretell.runs._local import LocalResult, run_folder
-from foretell.runs._platform import run_limits, run_on_platform
+from foretell.runs._platform import run_job_timeout_s, run_limits, run_on_platform
 from foretell.runs._schedule import MAX_MISSED, SlotPlan, latest_slot, plan_slots
 from foretell.runs._scope import MAX_FORECASTS, MAX_MESSAGE_BYTES, RunScope
 from foretell.runs._server import BarSource, DatabaseBars, MemoryBars, RunServer
@@ -36,10 +43,16 @@ __all__ = [
     "RunServer",
     "SlotPlan",
     "check_forecasts",
+    "dry_run",
+    "enqueue_replay",
     "execute_run",
     "latest_slot",
     "plan_slots",
+    "replay_job_id",
+    "replay_run",
+    "request_dry_run",
     "run_folder",
+    "run_job_timeout_s",
     "run_limits",
     "run_local",
     "run_on_platform",

@@ -14,6 +14,12 @@ from foretell.settings import Settings
 from foretell.store import ArtifactStore
 
 
+def run_job_timeout_s(settings: Settings) -> int:
+    """Longer than the sandbox's own wall clock, so the jail's limit fires first and the run is
+    recorded as a timeout; past it, arq cancels the job, and cancelling kills the jail."""
+    return settings.run_wall_s + settings.job_grace_s
+
+
 def run_limits(settings: Settings) -> SandboxLimits:
     return SandboxLimits(
         wall_seconds=settings.run_wall_s,

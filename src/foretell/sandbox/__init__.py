@@ -40,6 +40,7 @@ from foretell.sandbox._host import PythonRuntime, nsjail_binary, system_python
 from foretell.sandbox._limits import JailUser, SandboxLimits
 from foretell.sandbox._outcome import Outcome, SandboxResult
 from foretell.sandbox._policy import (
+    JAIL_IMAGE,
     JAIL_SDK,
     JAIL_SOCKET,
     PolicyTemplateError,
@@ -52,6 +53,7 @@ from foretell.sandbox._run import OutputJudge, prepare_run_dir, run_in_sandbox
 from foretell.sandbox._sdk_dir import sdk_dir
 
 __all__ = [
+    "JAIL_IMAGE",
     "JAIL_SDK",
     "JAIL_SOCKET",
     "CgroupHost",

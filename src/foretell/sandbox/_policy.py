@@ -16,8 +16,9 @@ from foretell.sandbox._host import PythonRuntime
 from foretell.sandbox._limits import DEFAULT_USER, JailUser, SandboxLimits
 
 TEMPLATE = "nsjail.cfg.j2"
-JAIL_APP = "/image/app"
-JAIL_SITE_PACKAGES = "/image/site-packages"
+JAIL_IMAGE = "/image"
+JAIL_APP = f"{JAIL_IMAGE}/app"
+JAIL_SITE_PACKAGES = f"{JAIL_IMAGE}/site-packages"
 # The platform's provider SDK (foretell.sdk, its generated protos, grpcio, protobuf), when a run
 # needs it: first on the path, so the wire client is the one the platform tested, whatever
 # versions the model's own requirements installed.

@@ -7,8 +7,8 @@ Order of start-up, cheapest checks first so that a mistake costs nothing:
 3. create the JWT signing key, render and validate the Envoy config;
 4. start the embedded PostgreSQL (unless FORETELL_DATABASE_URL is set) and migrate;
 5. start the embedded Redis (unless FORETELL_REDIS_URL is set);
-6. run the children under honcho: the services, the worker (background jobs) and Envoy; a
-   thread waits until they all answer, then prints a banner.
+6. run the children under honcho: the services, one worker per lane (builds, live runs, dry
+   runs, replays) and Envoy; a thread waits until they all answer, then prints a banner.
 
 When any child exits, honcho stops the others; Ctrl-C or SIGTERM stops them all, each with the
 services' grace period. The embedded Redis and PostgreSQL are stopped last.

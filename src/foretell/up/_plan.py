@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from foretell.composition import SERVICES
 from foretell.settings import Address, Settings
 
+# The worker lanes `foretell up` starts, one `foretell worker --lane` child each
+# (foretell.runtime.lanes): builds, live runs, dry runs and simulated replays.
+WORKER_LANES = ("build", "live", "dry", "replay")
+
 # Hosts that mean "every interface": recognised here, never bound by this package.
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # noqa: S104
 

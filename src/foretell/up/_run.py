@@ -18,7 +18,7 @@ from foretell.settings import Settings
 from foretell.up._checks import check_addresses, data_dir_lock, listeners
 from foretell.up._console import Console
 from foretell.up._errors import StartupError
-from foretell.up._plan import ServiceProcess, plan_services, upstreams
+from foretell.up._plan import WORKER_LANES, ServiceProcess, plan_services, upstreams
 from foretell.up._stores import safe_url, start_stores
 from foretell.up._supervise import supervise
 
@@ -37,7 +37,7 @@ def run_up(settings: Settings, *, demo: bool = False) -> int:
         raise StartupError(f"FORETELL_DATA_DIR {data_dir}: {error.strerror}") from error
     settings = dataclasses.replace(settings, data_dir=data_dir)
     plan = plan_services(settings)
-    names = [p.name for p in plan] + ["worker", "envoy"]
+    names = [p.name for p in plan] + [f"worker-{lane}" for lane in WORKER_LANES] + ["envoy"]
     console = Console(sys.stdout, names)
 
     with _startup_signals(), data_dir_lock(data_dir), contextlib.ExitStack() as stack:

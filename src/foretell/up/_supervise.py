@@ -20,7 +20,7 @@ from foretell.gateway import envoy_binary
 from foretell.settings import Settings
 from foretell.up._banner import banner
 from foretell.up._console import Console
-from foretell.up._plan import ServiceProcess
+from foretell.up._plan import WORKER_LANES, ServiceProcess
 from foretell.up._ready import readiness_checks, wait_until_ready
 from foretell.up._stores import Stores
 
@@ -168,12 +168,14 @@ def supervise(
     for process in plan:
         argv = [*foretell_command(), "serve", process.service]
         manager.add_process(process.name, shell(argv), env=child_env(settings, stores, process))
-    # The worker runs background jobs (builds); it reads the same stores as the services.
-    manager.add_process(
-        "worker",
-        shell([*foretell_command(), "worker"]),
-        env=child_env(settings, stores, plan[0]),
-    )
+    # One worker per lane (builds, live runs, dry runs, replays), each with its own queue and
+    # concurrency; they read the same stores as the services.
+    for lane in WORKER_LANES:
+        manager.add_process(
+            f"worker-{lane}",
+            shell([*foretell_command(), "worker", "--lane", lane]),
+            env=child_env(settings, stores, plan[0]),
+        )
     manager.add_process("envoy", shell(envoy_argv(envoy_binary(), envoy_yaml)))
 
     # honcho SIGKILLs whatever is left KILL_WAIT seconds after it asked the children to stop;

@@ -18,7 +18,7 @@ from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
 from foretell.marketdata import model_calendar
 from foretell.performance import PerformanceCache
-from foretell.runs import NotRunnable, latest_slot, run_on_platform
+from foretell.runs import latest_slot, request_dry_run
 from foretell.runtime.resources import Resources
 from foretell.services.forecast import _queries, _validate
 from foretell.services.forecast._feed import ACCESS_CHANGED, LOST, ForecastFeed
@@ -186,9 +186,9 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         return pb.GetRunResponse(run=run_pb(name, run, number, count, log=True))
 
     async def DryRun(self, request: pb.DryRunRequest, context: Context) -> pb.DryRunResponse:
-        """Runs the sandbox in this process, like the worker (as root, with nsjail): fine for
-        the all-in-one `foretell up`; a split deployment routes this method to a server on a
-        worker host."""
+        """Runs the version on the dry-run lane's workers (this process never starts a
+        sandbox) and answers with the recorded run. Each provider has at most
+        FORETELL_PROVIDER_DRY_RUNS dry runs queued or running: RESOURCE_EXHAUSTED past it."""
         name, number, as_of = _validate.dry_run(request)
         view = await _queries.runs_model(self._res.db, current_principal(), name)
         model = view.model
@@ -200,26 +200,14 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
             if as_of is None:
                 raise FailedPrecondition(f"the {calendar.name} calendar has no slot before now")
         _validate.check_as_of(as_of, model.resolution, now, calendar)
-        settings = self._res.settings
-        try:
-            record = await run_on_platform(
-                self._res.db,
-                self._res.store,
-                settings,
-                model,
-                version,
-                as_of,
-                kind="dry",
-                clock=self._res.clock,
-            )
-        except NotRunnable as error:
-            raise FailedPrecondition(str(error)) from None
-        run, run_number, count = await _queries.get_run(self._res.db, view, record.run_id)
-        rows = await _queries.run_forecasts(self._res.db, record.run_id, "")
+        # The model's owner is the provider whose cap the dry run counts against.
+        run_id, recorded = await request_dry_run(self._res, model.owner_id, version.id, as_of)
+        run, run_number, count = await _queries.get_run(self._res.db, view, run_id)
+        rows = await _queries.run_forecasts(self._res.db, run_id, "")
         return pb.DryRunResponse(
             run=run_pb(name, run, run_number, count, log=True),
             forecasts=[forecast_pb(name, f, n) for f, n in rows],
-            recorded=record.recorded,
+            recorded=recorded,
         )
 
     async def GetPerformance(

@@ -205,6 +205,18 @@ class Upload:
     manifest: Manifest
 
 
+async def needs_build(db: Database, model_id: uuid.UUID, digest: str) -> bool:
+    """Whether an upload of `digest` to the model would queue a build: it is new, or its
+    version's build failed (add_version queues it again)."""
+    async with db.session() as session:
+        state = await session.scalar(
+            select(Version.build_state).where(
+                Version.model_id == model_id, Version.digest == digest
+            )
+        )
+    return state is None or state == BuildState.FAILED
+
+
 async def add_version(
     db: Database, principal: Principal, upload: Upload, now: datetime
 ) -> tuple[Version, bool, bool]:

@@ -17,9 +17,16 @@ from foretell.build.states import FINAL, TAKEABLE
 from foretell.bundle import Limits, Manifest, read_bundle
 from foretell.clock import timestamp as _ts
 from foretell.db import Version
-from foretell.errors import FieldViolation, InvalidArgument, NotFound, Violations
+from foretell.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Violations,
+)
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
+from foretell.runtime.lanes import build_cap
 from foretell.runtime.resources import Resources
 from foretell.services.registry import _queries, _validate
 from foretell.services.registry._queries import ModelView, Upload
@@ -185,13 +192,32 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             view = await _queries.get_view(self._res.db, header.model, principal)
             _check_manifest(view, upload)
             await asyncio.to_thread(store.put_bundle, path, contents.digest)
-            version, created, queued = await _queries.add_version(
-                self._res.db, principal, upload, self._res.clock()
-            )
+            # The provider's slot in the build lane, taken before the version exists: past the
+            # cap the upload is refused whole (RESOURCE_EXHAUSTED) and nothing is recorded. An
+            # identical upload of a built version queues nothing and is answered anyway.
+            try:
+                hold = await build_cap(self._res.settings).take(
+                    self._res.redis, self._res.settings, principal.user_id
+                )
+            except ResourceExhausted:
+                if await _queries.needs_build(self._res.db, view.model.id, contents.digest):
+                    raise
+                hold = None
+            try:
+                version, created, queued = await _queries.add_version(
+                    self._res.db, principal, upload, self._res.clock()
+                )
+                if queued:
+                    # The build job releases the hold when it is done.
+                    await enqueue_build(self._res, version.id, hold)
+            except BaseException:
+                if hold is not None:
+                    await hold.release(self._res.redis)
+                raise
+            if hold is not None and not queued:
+                await hold.release(self._res.redis)
         finally:
             await asyncio.to_thread(_remove_tree, scratch)
-        if queued:
-            await enqueue_build(self._res, version.id)
         view = await _queries.get_view(self._res.db, header.model, principal)
         return pb.UploadVersionResponse(version=version_pb(view, version), created=created)
 
