@@ -54,8 +54,14 @@ class Settings:
     # Per-email login back-off: this many failures are free, then each doubles the wait.
     login_free_failures: int = 5
     login_max_backoff_s: int = 900
-    # Requests per minute Envoy lets through to the auth routes, per listener.
-    auth_rate_limit_per_min: int = 60
+    # Requests per minute Envoy lets through to each auth route (sign-up, sign-in, refresh):
+    # per client address, and in all (the ceiling, per Envoy).
+    auth_rate_limit_per_client_per_min: int = 30
+    auth_rate_limit_per_min: int = 600
+    # The same for each expensive call (performance, ledger, dry run, upload), per client
+    # address and per bearer token, and in all.
+    expensive_rate_limit_per_client_per_min: int = 60
+    expensive_rate_limit_per_min: int = 1200
     shutdown_grace_s: float = 5.0
     # Content-addressed bundles and images; default: data_dir/store.
     store_dir: Path | None = None
@@ -63,6 +69,9 @@ class Settings:
     pip_index_url: str | None = None
     wheelhouse: Path | None = None
     max_bundle_bytes: int = 64 * 1024 * 1024
+    # The largest REST (JSON) request body Envoy accepts; larger ones get a 413 from Envoy
+    # before anything is transcoded. gRPC messages are bounded by the services.
+    rest_max_body_bytes: int = 256 * 1024
     build_timeout_s: int = 600
     # The arq queue; separate names keep sites (or test sessions) sharing one Redis apart.
     queue_name: str = "foretell:queue"
@@ -180,11 +189,15 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "login_free_failures": _positive_int,
     "login_max_backoff_s": _positive_int,
     "auth_rate_limit_per_min": _positive_int,
+    "auth_rate_limit_per_client_per_min": _positive_int,
+    "expensive_rate_limit_per_min": _positive_int,
+    "expensive_rate_limit_per_client_per_min": _positive_int,
     "shutdown_grace_s": _seconds,
     "store_dir": lambda _name, raw: Path(raw),
     "pip_index_url": _url("http://", "https://", "file://"),
     "wheelhouse": lambda _name, raw: Path(raw),
     "max_bundle_bytes": _positive_int,
+    "rest_max_body_bytes": _positive_int,
     "build_timeout_s": _positive_int,
     "queue_name": _text,
     "scheduler": _choice("on", "off"),

@@ -23,7 +23,7 @@ async def ingest_bars(
 ) -> IngestResult:
     """Checks every bar as IngestBars does (InvalidArgument listing the problems, fields
     `bars.COLUMN[I]`) and stores them in one transaction with the same store function."""
-    v = validate.Problems()
+    v = validate.problems()
     validate.symbol(v, "symbol", symbol)
     if resolution not in STEP_S:
         v.add("resolution", f"one of {', '.join(STEP_S)}")

@@ -10,6 +10,7 @@ from foretell.auth.policy import Role
 from foretell.auth.principal import current_principal
 from foretell.clock import timestamp as _ts
 from foretell.db import ApiKey, User
+from foretell.runtime import client_address
 from foretell.runtime.resources import Resources
 from foretell.services.account import _queries, _validate
 
@@ -75,7 +76,12 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
 
     async def Login(self, request: pb.LoginRequest, context: Context) -> pb.LoginResponse:
         _validate.login(request)
-        session = await _queries.login(self._res, request.email, request.password)
+        session = await _queries.login(
+            self._res,
+            _validate.normal_email(request.email),
+            request.password,
+            client_address(context),
+        )
         return pb.LoginResponse(tokens=_tokens_pb(session), user=user_pb(session.user))
 
     async def Refresh(self, request: pb.RefreshRequest, context: Context) -> pb.RefreshResponse:

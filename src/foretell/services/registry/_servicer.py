@@ -122,7 +122,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     ) -> pb.ListModelsResponse:
         v = Violations()
         limit = _validate.page_size(v, request.page_size)
-        after = _paging.decode_token(v, request.page_token)
+        after = self._res.page_tokens.open(v, "ListModels", request.page_token)
         if after is not None and not isinstance(after, str):
             _paging.reject_token(v)
         resolution = None
@@ -141,7 +141,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             resolution=resolution,
             only_mine=request.only_mine,
         )
-        token = _paging.encode_token(views[limit - 1].model.name) if len(views) > limit else ""
+        token = ""
+        if len(views) > limit:
+            token = self._res.page_tokens.seal("ListModels", views[limit - 1].model.name)
         return pb.ListModelsResponse(
             models=[model_pb(view) for view in views[:limit]], next_page_token=token
         )
@@ -238,7 +240,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         v = Violations()
         name = _validate.model_name(v, "model", request.model)
         limit = _validate.page_size(v, request.page_size)
-        before = _paging.decode_token(v, request.page_token)
+        before = self._res.page_tokens.open(v, f"ListVersions:{name}", request.page_token)
         if before is not None and not isinstance(before, int):
             _paging.reject_token(v)
         v.raise_if_any()
@@ -249,7 +251,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             before=before if isinstance(before, int) else None,
             limit=limit + 1,
         )
-        token = _paging.encode_token(versions[limit - 1].number) if len(versions) > limit else ""
+        token = ""
+        if len(versions) > limit:
+            token = self._res.page_tokens.seal(f"ListVersions:{name}", versions[limit - 1].number)
         return pb.ListVersionsResponse(
             versions=[version_pb(view, version) for version in versions[:limit]],
             next_page_token=token,

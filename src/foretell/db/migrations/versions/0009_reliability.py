@@ -1,0 +1,51 @@
+"""Emails in one form, and an outbox of notices to account owners.
+
+Emails are stored NFKC-normalised (fullwidth letters become plain ones; sign-up normalises
+them), so the unique index on lower(email) also catches addresses that differ only in
+compatibility forms. Existing addresses are normalised here where that makes no duplicate; an
+old pair that would collide is left as it is rather than refusing the upgrade.
+
+The outbox holds notices for account owners (e.g. "someone tried to sign up with your
+address": sign-up answers the same whether or not an address is registered) until the
+operator's mailer sends them.
+
+Revision ID: 0009
+Revises: 0008
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0009"
+down_revision = "0008"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("""
+        UPDATE users SET email = normalize(email, NFKC)
+        WHERE email <> normalize(email, NFKC)
+          AND NOT EXISTS (
+            SELECT 1 FROM users other
+            WHERE other.id <> users.id AND lower(other.email) = lower(normalize(users.email, NFKC))
+          )
+    """)
+    op.create_table(
+        "outbox",
+        sa.Column("id", sa.Uuid(), primary_key=True),
+        sa.Column("kind", sa.String(32), nullable=False),
+        sa.Column("recipient", sa.String(254), nullable=False),
+        sa.Column("subject", sa.Text(), nullable=False),
+        sa.Column("body", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+    )
+    op.create_index(
+        "outbox_unsent_idx", "outbox", ["created_at"], postgresql_where=sa.text("sent_at IS NULL")
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("outbox_unsent_idx", table_name="outbox")
+    op.drop_table("outbox")
