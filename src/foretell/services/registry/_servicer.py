@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,11 +20,14 @@ from foretell.bundle import Limits, Manifest, read_bundle
 from foretell.clock import timestamp as _ts
 from foretell.db import Version
 from foretell.errors import FieldViolation, InvalidArgument, NotFound, Violations
+from foretell.logs import get_logger
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from foretell.runtime.resources import Resources
 from foretell.services.registry import _queries, _validate
 from foretell.services.registry._queries import ModelView, Upload
+
+log = get_logger("foretell.registry")
 
 if TYPE_CHECKING:
     # Generic only in the type stubs.
@@ -178,7 +183,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         # Ownership first: nobody uploads megabytes into someone else's model.
         await _queries.model_for_upload(self._res.db, principal, header.model)
         store = self._res.store
-        scratch = store.scratch()
+        scratch = store.scratch(UPLOADS)
         try:
             path = await self._receive(request_iterator, header, scratch / "bundle.tar")
             limits = Limits(max_bundle_bytes=self._res.settings.max_bundle_bytes)
@@ -191,7 +196,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                 self._res.db, principal, upload, self._res.clock()
             )
         finally:
-            await asyncio.to_thread(_remove_tree, scratch)
+            # Whatever ended the upload (done, refused, the client gone, the server stopping):
+            # synchronous, so a cancellation cannot skip it.
+            shutil.rmtree(scratch, ignore_errors=True)
         if queued:
             await enqueue_build(self._res, version.id)
         view = await _queries.get_view(self._res.db, header.model, principal)
@@ -310,11 +317,14 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         return pb.TakeOfflineResponse(model=model_pb(view))
 
 
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
+# The store's scratch space for uploads in progress, and how long one may go without a write
+# before a starting registry takes it for the leftover of a process that died mid-upload.
+UPLOADS = "uploads"
+STALE_UPLOAD = timedelta(minutes=10)
 
 
 def add_to_server(server: aio.Server, resources: Resources) -> None:
+    removed = resources.store.sweep_scratch(UPLOADS, STALE_UPLOAD, resources.clock())
+    if removed:
+        log.info("swept leftover uploads", count=removed)
     pb_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(resources), server)
