@@ -276,6 +276,8 @@ class Subscription(Base):
     cancel_at_period_end: Mapped[bool] = mapped_column(Boolean)
     past_due_since: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
+    # Why it ended, for its subscriber (migration 0009).
+    end_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

@@ -312,7 +312,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     ) -> pb.TakeOfflineResponse:
         name = _validate.require_name("name", request.name)
         view = await _queries.take_offline(
-            self._res.db, current_principal(), name, self._res.clock()
+            self._res.db, current_principal(), name, self._res.clock(), retire=request.retire
         )
         return pb.TakeOfflineResponse(model=model_pb(view))
 

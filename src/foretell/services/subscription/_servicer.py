@@ -57,6 +57,7 @@ def subscription_pb(sub: Subscription, model: str, grace: timedelta) -> pb.Subsc
         current_period_end_time=_ts(sub.period_end),
         cancel_at_period_end=sub.cancel_at_period_end,
         end_time=_ts(sub.ended_at),
+        end_reason=sub.end_reason or "",
         grace_end_time=_ts(sub.past_due_since + grace if sub.past_due_since else None),
     )
 

@@ -1,4 +1,4 @@
-"""Emails in one form, and an outbox of notices to account owners.
+"""Emails in one form, an outbox of notices to account owners, and why subscriptions ended.
 
 Emails are stored NFKC-normalised (fullwidth letters become plain ones; sign-up normalises
 them), so the unique index on lower(email) also catches addresses that differ only in
@@ -8,6 +8,9 @@ old pair that would collide is left as it is rather than refusing the upgrade.
 The outbox holds notices for account owners (e.g. "someone tried to sign up with your
 address": sign-up answers the same whether or not an address is registered) until the
 operator's mailer sends them.
+
+Billing follows access: a subscription that ends records why (`subscriptions.end_reason`),
+e.g. because its model was made private or retired, so its subscriber can see it.
 
 Revision ID: 0009
 Revises: 0008
@@ -45,7 +48,10 @@ def upgrade() -> None:
         "outbox_unsent_idx", "outbox", ["created_at"], postgresql_where=sa.text("sent_at IS NULL")
     )
 
+    op.add_column("subscriptions", sa.Column("end_reason", sa.Text(), nullable=True))
+
 
 def downgrade() -> None:
+    op.drop_column("subscriptions", "end_reason")
     op.drop_index("outbox_unsent_idx", table_name="outbox")
     op.drop_table("outbox")
