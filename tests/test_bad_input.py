@@ -334,6 +334,33 @@ async def test_large_bodies_are_413_from_the_gateway(http: httpx.AsyncClient, en
     assert (await http.post("/v1/models", json=model)).status_code == 413
 
 
+async def test_unknown_json_fields_are_400_naming_the_field(
+    http: httpx.AsyncClient, sign_up: SignUp
+) -> None:
+    me = await sign_up()
+    auth = {"authorization": f"Bearer {me.tokens.access_token}"}
+    model = {
+        "name": model_name(),
+        "title": "Typo",
+        "symbols": ["EURUSD"],
+        "resolution": "RESOLUTION_1H",
+        "horizon": 1,
+        "visibilty": "VISIBILITY_PUBLIC",
+    }
+    response = await http.post("/v1/models", json=model, headers=auth)
+    assert response.status_code == 400, response.text
+    assert "visibilty" in response.json()["message"]
+    plan = {"priceMinor": "4900", "currency": "USD", "trialDay": 7}
+    response = await http.put(f"/v1/models/{model['name']}/plan", json=plan, headers=auth)
+    assert response.status_code == 400, response.text
+    assert _rest_violations(response) == {"trialDay": "no such field"}
+    # Nested messages are checked too; known fields, in either spelling, pass.
+    nested = {"email": unique_email(), "password": PASSWORD, "displayName": "N", "extra": {}}
+    assert _rest_violations(await http.post("/v1/users", json=nested)) == {"extra": "no such field"}
+    known = {"email": unique_email(), "password": PASSWORD, "display_name": "N", "role": 2}
+    assert (await http.post("/v1/users", json=known)).status_code == 200
+
+
 async def test_a_token_whose_account_is_gone_is_401(
     channel: aio.Channel, http: httpx.AsyncClient, sign_up: SignUp, resources: Resources
 ) -> None:

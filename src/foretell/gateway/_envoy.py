@@ -15,6 +15,7 @@ import jinja2
 
 from foretell._assets import asset_path
 from foretell.composition import SERVICES
+from foretell.gateway._json_fields import unknown_fields_filter
 from foretell.settings import Address, Settings
 
 _TEMPLATE = "envoy/envoy.yaml.j2"
@@ -180,6 +181,9 @@ def render_envoy_config(
             for name, definition in SERVICES.items()
         ],
         clusters=clusters,
+        unknown_fields_lua=unknown_fields_filter(
+            method for definition in SERVICES.values() for method in definition.descriptor.methods
+        ),
     )
     for marker in ("{{", "{%"):
         if marker in text:
