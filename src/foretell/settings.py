@@ -63,6 +63,10 @@ class Settings:
     expensive_rate_limit_per_client_per_min: int = 60
     expensive_rate_limit_per_min: int = 1200
     shutdown_grace_s: float = 5.0
+    # Where the worker sends notices to account owners (smtp://[user:password@]host:port, or
+    # smtps://); unset, they wait in the outbox table.
+    smtp_url: str | None = None
+    smtp_from: str = "foretell@localhost"
     # Content-addressed bundles and images; default: data_dir/store.
     store_dir: Path | None = None
     # Where builds get wheels: an index URL, or a local wheelhouse (then no index is used).
@@ -193,6 +197,8 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "expensive_rate_limit_per_min": _positive_int,
     "expensive_rate_limit_per_client_per_min": _positive_int,
     "shutdown_grace_s": _seconds,
+    "smtp_url": _url("smtp://", "smtps://"),
+    "smtp_from": _text,
     "store_dir": lambda _name, raw: Path(raw),
     "pip_index_url": _url("http://", "https://", "file://"),
     "wheelhouse": lambda _name, raw: Path(raw),

@@ -12,6 +12,7 @@ from typing import Any
 from arq import Worker, cron, func
 from arq.connections import RedisSettings
 
+from foretell import outbox
 from foretell.billing.payments import processor_for
 from foretell.billing.settle import run_billing
 from foretell.build import build_job_timeout_s, build_version
@@ -45,6 +46,15 @@ async def bill_subscriptions(ctx: dict[str, Any]) -> int:
     fired = await run_billing(resources.db, settings, resources.clock(), processor_for(settings))
     log.info("billing run", events=fired)
     return fired
+
+
+async def send_notices(ctx: dict[str, Any]) -> int:
+    """Sends the outbox's notices to account owners (FORETELL_SMTP_URL)."""
+    res = ctx["resources"]
+    sent = await outbox.deliver(res.db, res.settings, res.clock())
+    if sent:
+        log.info("notices sent", count=sent)
+    return sent
 
 
 def _sweep_cgroups(settings: Settings) -> None:
@@ -91,6 +101,8 @@ def create_worker(
         timeout=cron_timeout,
     )
 
+    notices = cron(send_notices, minute=None, second=15, run_at_startup=True, timeout=cron_timeout)
+
     async def startup(ctx: dict[str, Any]) -> None:
         stack = AsyncExitStack()
         ctx["stack"] = stack
@@ -106,7 +118,11 @@ def create_worker(
             func(build_version, timeout=build_job_timeout_s(settings), max_tries=3),
             func(run_version, timeout=run_job_timeout_s(settings), max_tries=3),
         ],
-        cron_jobs=[*(cron_jobs if scheduler else []), billing, ledger_cron] if not burst else None,
+        cron_jobs=(
+            [*(cron_jobs if scheduler else []), billing, ledger_cron, notices]
+            if not burst
+            else None
+        ),
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         on_startup=startup,
         on_shutdown=shutdown,
