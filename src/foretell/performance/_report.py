@@ -100,21 +100,30 @@ async def revision(db: Database, model_id: uuid.UUID) -> tuple[int, int]:
     return int(row[0] or 0), int(row[1] or 0)
 
 
+# Runs the platform failed to carry out: the platform's fault, never the model's. Their slots
+# are not due for the model (unless another run covers them) and they count in nothing.
+_PLATFORM_ERROR = "platform_error"
+
+
 def _coverage(slots: np.ndarray, outcomes: list[str], step: int) -> Coverage:
     if not len(slots):
         return Coverage(0, 0, 0, 0, 0, 0, 0.0)
-    due = int((slots.max() - slots.min()) // step) + 1
-    ok = outcomes.count("ok")
-    missed = outcomes.count("missed")
-    distinct = len(np.unique(slots))
+    platform = np.array([o == _PLATFORM_ERROR for o in outcomes], dtype=bool)
+    kept_slots = slots[~platform]
+    kept = [o for o in outcomes if o != _PLATFORM_ERROR]
+    excused = len(set(slots[platform].tolist()) - set(kept_slots.tolist()))
+    due = int((slots.max() - slots.min()) // step) + 1 - excused
+    ok = kept.count("ok")
+    missed = kept.count("missed")
+    distinct = len(np.unique(kept_slots))
     return Coverage(
         due_slots=due,
-        runs=len(outcomes),
+        runs=len(kept),
         runs_ok=ok,
-        runs_failed=len(outcomes) - ok - missed,
+        runs_failed=len(kept) - ok - missed,
         runs_missed=missed,
         slots_without_run=due - distinct,
-        ratio=ok / due,
+        ratio=ok / due if due else 0.0,
     )
 
 

@@ -37,6 +37,7 @@ _OUTCOMES = {
     "killed_by_policy": pb.RUN_OUTCOME_KILLED_BY_POLICY,
     "invalid_output": pb.RUN_OUTCOME_INVALID_OUTPUT,
     "missed": pb.RUN_OUTCOME_MISSED,
+    "platform_error": pb.RUN_OUTCOME_PLATFORM_ERROR,
 }
 
 

@@ -73,6 +73,11 @@ class _RunOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunOutcome
     """The slot came due while the platform was not running. The model was not
     run, and never is late for it: a missed slot has no forecasts.
     """
+    RUN_OUTCOME_PLATFORM_ERROR: _RunOutcome.ValueType  # 8
+    """The platform could not run the model (its sandbox failed to start, even
+    when tried again): the platform's fault, recorded with the reason and
+    never counted in the model's measures.
+    """
 
 class RunOutcome(_RunOutcome, metaclass=_RunOutcomeEnumTypeWrapper):
     """RunOutcome is how a run ended. Runs are recorded once they have ended."""
@@ -94,6 +99,11 @@ RUN_OUTCOME_INVALID_OUTPUT: RunOutcome.ValueType  # 6
 RUN_OUTCOME_MISSED: RunOutcome.ValueType  # 7
 """The slot came due while the platform was not running. The model was not
 run, and never is late for it: a missed slot has no forecasts.
+"""
+RUN_OUTCOME_PLATFORM_ERROR: RunOutcome.ValueType  # 8
+"""The platform could not run the model (its sandbox failed to start, even
+when tried again): the platform's fault, recorded with the reason and
+never counted in the model's measures.
 """
 Global___RunOutcome: _TypeAlias = RunOutcome  # noqa: Y015
 

@@ -12,6 +12,9 @@ operator's mailer sends them.
 Billing follows access: a subscription that ends records why (`subscriptions.end_reason`),
 e.g. because its model was made private or retired, so its subscriber can see it.
 
+A run the platform failed to carry out (its sandbox never ran the model) is recorded with the
+outcome 'platform_error': chained like any run, never counted in the model's measures.
+
 Revision ID: 0009
 Revises: 0008
 """
@@ -25,7 +28,17 @@ branch_labels = None
 depends_on = None
 
 
+_OUTCOMES = (
+    "'ok', 'model_error', 'timeout', 'out_of_memory', 'killed_by_policy', 'invalid_output', "
+    "'missed'"
+)
+
+
 def upgrade() -> None:
+    op.drop_constraint("runs_outcome_check", "runs", type_="check")
+    op.create_check_constraint(
+        "runs_outcome_check", "runs", f"outcome IN ({_OUTCOMES}, 'platform_error')"
+    )
     op.execute("""
         UPDATE users SET email = normalize(email, NFKC)
         WHERE email <> normalize(email, NFKC)
@@ -52,6 +65,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("DELETE FROM runs WHERE outcome = 'platform_error'")
+    op.drop_constraint("runs_outcome_check", "runs", type_="check")
+    op.create_check_constraint("runs_outcome_check", "runs", f"outcome IN ({_OUTCOMES})")
     op.drop_column("subscriptions", "end_reason")
     op.drop_index("outbox_unsent_idx", table_name="outbox")
     op.drop_table("outbox")
