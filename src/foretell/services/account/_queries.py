@@ -17,7 +17,7 @@ from foretell.auth.passwords import hash_password, verify_password
 from foretell.auth.policy import Role
 from foretell.auth.tokens import TokenIssuer
 from foretell.db import ApiKey, Database, OutboxMessage, RefreshToken, User
-from foretell.errors import NotFound, ResourceExhausted, Unauthenticated
+from foretell.errors import AlreadyExists, NotFound, ResourceExhausted, Unauthenticated
 from foretell.runtime.resources import Resources
 
 REFRESH_PREFIX = "ftr_"
@@ -47,13 +47,8 @@ async def create_user(
     try:
         async with db.session.begin() as session:
             session.add(user)
-    except IntegrityError as error:
-        if "users_email_key" not in str(error.orig):
-            raise
-        # Sign-up answers the same whether or not the address has an account (the same work,
-        # the same response: a user that was never stored), so it cannot be used to find out
-        # who is registered. The owner hears of it at that address instead.
-        await _notify_owner(db, email, now)
+    except IntegrityError:
+        raise AlreadyExists("an account with this email already exists", field="email") from None
     return user
 
 
@@ -65,7 +60,9 @@ _TAKEN_BODY = (
 )
 
 
-async def _notify_owner(db: Database, email: str, now: datetime) -> None:
+async def notify_owner(db: Database, email: str, now: datetime) -> None:
+    """Leaves a notice for the owner of `email` (through the outbox) that someone tried to
+    sign up with it."""
     async with db.session.begin() as session:
         owner = await session.scalar(
             select(User.email).where(func.lower(User.email) == func.lower(email))
