@@ -42,15 +42,13 @@ def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | 
 
 
 def client_address(context: Any) -> str:
-    """The address of the client a request came from: the last X-Forwarded-For entry, which
-    the gateway (Envoy, `use_remote_address`) appends itself, else the peer of the connection.
-    The services listen behind the gateway; a client reaching them directly could name any
-    address there."""
+    """The address of the client a request came from: the one the gateway (Envoy, the edge,
+    `use_remote_address`) saw and put in `x-envoy-external-address`, else the peer of the
+    connection. Not X-Forwarded-For: its entries can come from the client. The services listen
+    behind the gateway; a client reaching them directly could name any address there."""
     for key, value in context.invocation_metadata() or ():
-        if key == "x-forwarded-for" and isinstance(value, str):
-            last = value.rsplit(",", 1)[-1].strip()
-            if last:
-                return last
+        if key == "x-envoy-external-address" and isinstance(value, str) and value.strip():
+            return value.strip()
     peer = unquote(str(context.peer() or ""))
     kind, _, rest = peer.partition(":")
     if kind in ("ipv4", "ipv6"):
