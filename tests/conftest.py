@@ -136,6 +136,9 @@ def settings(tmp_root: Path, database_url: str, redis_url: str) -> Settings:
         redis_url=redis_url,
         # The suite signs in far more often than a person would; a separate test checks the limit.
         auth_rate_limit_per_min=100_000,
+        auth_rate_limit_per_client_per_min=100_000,
+        expensive_rate_limit_per_min=100_000,
+        expensive_rate_limit_per_client_per_min=100_000,
         shutdown_grace_s=0.5,
         # Its own queue: a worker of another session on the same Redis must not take our jobs.
         queue_name=f"foretell-test:{uuid.uuid4().hex[:8]}",

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import grpc
 import jwt
 import pytest
+from sqlalchemy import select
 
 from foretell.account.v1 import account_service_pb2 as pb
 from foretell.account.v1 import account_service_pb2_grpc as pb_grpc
+from foretell.db import OutboxMessage
 from foretell.runtime import Resources
 from tests._errors import field_violations, retry_delay_s
 from tests.conftest import PASSWORD, MovableClock, SignUp, unique_email
@@ -34,17 +37,41 @@ async def test_create_user_returns_the_user_without_secrets(account: Stub) -> No
     assert PASSWORD not in str(response)
 
 
-async def test_duplicate_email_is_refused_whatever_its_case(account: Stub) -> None:
+def _fullwidth(text: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if "a" <= c <= "z" else c for c in text)
+
+
+async def test_signing_up_again_makes_no_account_and_does_not_say_so(
+    account: Stub, resources: Resources
+) -> None:
     email = unique_email("dup")
     request = pb.CreateUserRequest(
         email=email, password=PASSWORD, display_name="One", role=pb.ROLE_PROVIDER
     )
-    await account.CreateUser(request)
-    request.email = email.upper().replace("@EXAMPLE.COM", "@example.com")
-    with pytest.raises(grpc.RpcError) as caught:
-        await account.CreateUser(request)
-    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert "email" in field_violations(caught.value)
+    first = await account.CreateUser(request)
+    local, domain = email.split("@")
+    again = [
+        email.upper().replace("@EXAMPLE.COM", "@example.com"),
+        f"{_fullwidth(local)}@{domain}",
+    ]
+    for variant in again:
+        request.email = variant
+        request.password = PASSWORD + " two"
+        response = await account.CreateUser(request)
+        # The same answer as a new account's, naming no existing one.
+        assert response.user.id != first.user.id
+        assert response.user.email.lower() == unicodedata.normalize("NFKC", variant).lower()
+        with pytest.raises(grpc.RpcError) as caught:
+            await account.Login(pb.LoginRequest(email=variant, password=PASSWORD + " two"))
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # Only the first account exists, and its owner hears of each attempt at their address.
+    login = await account.Login(pb.LoginRequest(email=again[1], password=PASSWORD))
+    assert login.user.id == first.user.id
+    async with resources.db.session() as session:
+        notices = (
+            await session.scalars(select(OutboxMessage).where(OutboxMessage.recipient == email))
+        ).all()
+    assert [n.kind for n in notices] == ["signup_existing", "signup_existing"]
 
 
 BAD_USERS = [

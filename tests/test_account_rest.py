@@ -154,11 +154,13 @@ async def test_malformed_bodies_are_400(http: httpx.AsyncClient, content: bytes,
     assert_no_leak(response)
 
 
-async def test_duplicate_email_is_409(http: httpx.AsyncClient) -> None:
+async def test_signing_up_twice_answers_the_same(http: httpx.AsyncClient) -> None:
     body = new_user()
-    assert (await http.post("/v1/users", json=body)).status_code == 200
+    first = await http.post("/v1/users", json=body)
+    assert first.status_code == 200
     again = await http.post("/v1/users", json=body)
-    assert again.status_code == 409
+    assert again.status_code == 200
+    assert again.json()["user"].keys() == first.json()["user"].keys()
     assert_no_leak(again)
 
 
@@ -203,6 +205,26 @@ async def test_login_back_off_is_429(http: httpx.AsyncClient, settings: Settings
     locked = await http.post("/v1/auth:login", json={"email": body["email"], "password": PASSWORD})
     assert locked.status_code == 429
     assert any(d["@type"].endswith("google.rpc.RetryInfo") for d in locked.json()["details"])
+
+
+async def test_an_attacker_cannot_lock_the_owner_out_from_elsewhere(
+    envoy: Envoy, settings: Settings
+) -> None:
+    async with (
+        _client_at(envoy.base_url, "127.0.0.4") as attacker,
+        _client_at(envoy.base_url, "127.0.0.5") as owner,
+    ):
+        body = new_user()
+        assert (await owner.post("/v1/users", json=body)).status_code == 200
+        wrong = {"email": body["email"], "password": "wrong password 123"}
+        for i in range(settings.login_free_failures + 1):
+            # Naming another address in the headers changes nothing: the gateway's word counts.
+            spoofed = {"x-envoy-external-address": f"10.0.0.{i}", "x-forwarded-for": "10.1.1.1"}
+            response = await attacker.post("/v1/auth:login", json=wrong, headers=spoofed)
+            assert response.status_code == 401
+        right = {"email": body["email"], "password": PASSWORD}
+        assert (await attacker.post("/v1/auth:login", json=right)).status_code == 429
+        assert (await owner.post("/v1/auth:login", json=right)).status_code == 200
 
 
 async def test_native_grpc_through_envoy(envoy: Envoy) -> None:
@@ -312,6 +334,40 @@ async def test_envoy_rate_limits_the_auth_routes(
             with pytest.raises(grpc.RpcError) as caught:
                 await stub.Login(pb.LoginRequest(email="x@example.com", password="y" * 12))
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def _client_at(base_url: str, address: str) -> httpx.AsyncClient:
+    """A client whose connections come from `address` (any 127.x address is this machine)."""
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    return httpx.AsyncClient(base_url=base_url, transport=transport)
+
+
+@pytest.mark.timeout(60)
+async def test_one_client_cannot_spend_the_others_sign_in_limit(
+    settings: Settings, grpc_server: RunningServer, tmp_root: Path
+) -> None:
+    limited = dataclasses.replace(
+        settings, auth_rate_limit_per_min=5, auth_rate_limit_per_client_per_min=2
+    )
+    upstreams = dict.fromkeys(SERVICES, Address("127.0.0.1", grpc_server.port))
+    async with (
+        _envoy.running_envoy(limited, upstreams, tmp_root / "envoy-per-client") as gw,
+        _client_at(gw.base_url, "127.0.0.1") as flooder,
+        _client_at(gw.base_url, "127.0.0.2") as honest,
+        _client_at(gw.base_url, "127.0.0.3") as third,
+    ):
+        wrong = {"email": unique_email("flood"), "password": "wrong password 123"}
+        flood = [(await flooder.post("/v1/auth:login", json=wrong)).status_code for _ in range(4)]
+        assert flood == [401, 401, 429, 429]
+        # Another client still has its own share...
+        body = new_user()
+        assert (await honest.post("/v1/users", json=body)).status_code == 200
+        login = {"email": body["email"], "password": PASSWORD}
+        assert (await honest.post("/v1/auth:login", json=login)).status_code == 200
+        assert (await honest.post("/v1/auth:login", json=login)).status_code == 200
+        # ...until the ceiling over all clients (5 a minute) is reached.
+        assert (await third.post("/v1/auth:login", json=login)).status_code == 200
+        assert (await third.post("/v1/auth:login", json=login)).status_code == 429
 
 
 async def test_an_unexpected_error_is_a_bare_500_over_rest(

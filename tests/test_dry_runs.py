@@ -27,7 +27,10 @@ from foretell.forecast.v1 import forecast_service_pb2 as fc_pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as fc_grpc
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
+from foretell.runs._execute import JAIL_ATTEMPTS
 from foretell.runtime import Resources
+from foretell.sandbox import _run as sandbox_run
+from foretell.sandbox import nsjail_binary
 from foretell.settings import Settings
 from tests._envoy import Envoy
 from tests._registry import model_name, push, run_builds, write_model
@@ -242,3 +245,54 @@ async def test_foretell_run_local_without_data_uses_the_platforms_bars(
     missing = await _run(config, url, "run", "--local", str(lonely))
     assert missing.returncode == Exit.NOT_FOUND, missing.stdout + missing.stderr
     assert "NOBARS1" in missing.stderr
+
+
+def _crashing_nsjail(directory: Path, crashes: int) -> Path:
+    """An nsjail stand-in that dies of SIGSEGV before running anything, as the real one was
+    seen to, `crashes` times; then it execs the real nsjail."""
+    counter = directory / "crashes"
+    counter.write_text("0")
+    script = directory / "nsjail"
+    script.write_text(
+        textwrap.dedent(f"""\
+        #!/bin/sh
+        n=$(cat {counter})
+        if [ "$n" -lt {crashes} ]; then
+          echo $((n + 1)) > {counter}
+          kill -SEGV $$
+        fi
+        exec {nsjail_binary()} "$@"
+        """)
+    )
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("crashes", [2, 5])
+async def test_a_jail_that_never_ran_is_retried_then_recorded_as_the_platforms(
+    crashes: int,
+    registry: pb_grpc.RegistryServiceAsyncStub,
+    forecasts: fc_grpc.ForecastServiceAsyncStub,
+    sign_up: SignUp,
+    settings: Settings,
+    resources: Resources,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    owner, name, _ = await _owned_model(registry, sign_up, settings, resources, tmp_path)
+    fake = _crashing_nsjail(tmp_path, crashes)
+    monkeypatch.setattr(sandbox_run, "nsjail_binary", lambda: str(fake))
+    request = fc_pb.DryRunRequest(model=name, as_of=_ts(AS_OF))
+    response = await forecasts.DryRun(request, metadata=owner.metadata, timeout=120)
+    assert response.recorded
+    if crashes < JAIL_ATTEMPTS:
+        # Retried at once: the model ran on the third attempt.
+        assert response.run.outcome == fc_pb.RUN_OUTCOME_OK, response.run.detail
+        assert len(response.forecasts) == 2
+    else:
+        # Never INTERNAL: the run is recorded as the platform's failure, with the reason.
+        assert response.run.outcome == fc_pb.RUN_OUTCOME_PLATFORM_ERROR
+        assert "status -11" in response.run.detail
+        assert "platform" in response.run.detail
+        assert not response.forecasts
+    assert (tmp_path / "crashes").read_text().strip() == str(min(crashes, JAIL_ATTEMPTS))

@@ -77,18 +77,32 @@ def test_admin_listens_on_loopback() -> None:
     assert "port_value: 9901" in admin
 
 
-def test_auth_routes_are_rate_limited_and_others_are_not() -> None:
-    settings = dataclasses.replace(Settings(), auth_rate_limit_per_min=17)
+def test_auth_and_expensive_routes_are_rate_limited_and_others_are_not() -> None:
+    settings = dataclasses.replace(
+        Settings(), auth_rate_limit_per_min=17, auth_rate_limit_per_client_per_min=5
+    )
     routes = _routes(render_envoy_config(settings, ONE_PROCESS))
     limited = [r for r in routes if "envoy.filters.http.local_ratelimit" in r]
     paths = {match.group(1) for r in limited if (match := re.search(r'path: "([^"]+)"', r))}
     assert len(paths) == len(limited)
     account = SERVICES["account"].full_name
-    assert paths == {f"/{account}/{m}" for m in ("CreateUser", "Login", "Refresh")}
+    forecast = SERVICES["forecast"].full_name
+    registry = SERVICES["registry"].full_name
+    assert paths == {
+        *(f"/{account}/{m}" for m in ("CreateUser", "Login", "Refresh")),
+        *(f"/{forecast}/{m}" for m in ("GetPerformance", "GetLedger", "DryRun")),
+        f"/{registry}/UploadVersion",
+    }
     (login,) = [r for r in limited if f'path: "/{account}/Login"' in r]
+    # The ceiling, and a bucket per client address under it.
     assert "max_tokens: 17" in login
     assert "tokens_per_fill: 17" in login
     assert "fill_interval: 60s" in login
+    assert re.search(r"- key: remote_address\s+token_bucket:\s+max_tokens: 5\b", login)
+    assert "remote_address: {}" in login
+    (dry_run,) = [r for r in limited if f'path: "/{forecast}/DryRun"' in r]
+    assert "descriptor_key: bearer" in dry_run
+    assert "timeout: 0s" in dry_run
     # The filter does nothing unless both are on.
     assert re.search(r"filter_enabled:\s+runtime_key: \S+\s+default_value:\s+numerator: 100", login)
     assert re.search(

@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from foretell.cli._verify import Ledger, check_ledger
 from foretell.db import connect
 from foretell.db.migrate import upgrade
+from foretell.paging import PageTokens
 from foretell.services.forecast._ledger import ledger_page
 
 BASE = datetime(2024, 3, 4, 9, tzinfo=UTC)
@@ -90,7 +91,7 @@ async def test_live_runs_recorded_before_the_ledger_are_chained_by_the_upgrade(
     await upgrade(scratch_url)
     db = connect(scratch_url, pool_size=1)
     try:
-        page = await ledger_page(db, model, "old-model", 100, 0)
+        page = await ledger_page(db, PageTokens(bytes(32)), model, "old-model", 100, 0)
     finally:
         await db.close()
     assert [e.sequence for e in page.entries] == [1, 2, 3]

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
+import os
+import shutil
 import tarfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 import pytest
+from grpc import aio
 
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from foretell.runtime import Resources
+from foretell.services.registry import add_to_server
+from foretell.services.registry._servicer import UPLOADS
 from tests._errors import field_violations
 from tests._registry import create_model, upload_bytes
 from tests.conftest import SignUp
 
 if TYPE_CHECKING:
-    from grpc import aio
-
     Stub = pb_grpc.RegistryServiceAsyncStub
 
 
@@ -147,3 +152,53 @@ async def test_a_bad_manifest_is_refused_with_its_fields(registry: Stub, sign_up
         await upload_bytes(registry, me.metadata, model.name, data, _digest(data))
     fields = field_violations(caught.value)
     assert {"manifest.entrypoint", "manifest.symbols", "manifest.resolution"} <= set(fields)
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    """Polls `condition` (the server's work happens on its own tasks) within a deadline."""
+    deadline = time.monotonic() + 20
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def test_an_interrupted_upload_leaves_nothing_in_scratch_space(
+    registry: Stub, sign_up: SignUp, resources: Resources
+) -> None:
+    me = await sign_up()
+    model = await create_model(registry, me.metadata)
+    uploads = resources.store.root / "tmp" / "uploads"
+    before = set(uploads.iterdir()) if uploads.is_dir() else set()
+    size = 8 * 1024 * 1024
+    header = pb.UploadHeader(model=model.name, size=size, digest=_digest(b"unknown"))
+
+    async def hanging() -> AsyncIterator[pb.UploadVersionRequest]:
+        yield pb.UploadVersionRequest(header=header)
+        yield pb.UploadVersionRequest(chunk=b"x" * (1024 * 1024))
+        # The client stalls mid-upload and then goes away.
+        await asyncio.Event().wait()
+
+    call = registry.UploadVersion(hanging(), metadata=me.metadata)
+
+    def receiving() -> bool:
+        mine = (set(uploads.iterdir()) if uploads.is_dir() else set()) - before
+        return any((p / "bundle.tar").exists() and (p / "bundle.tar").stat().st_size for p in mine)
+
+    await _until(receiving, "the server to receive the first chunk")
+    call.cancel()
+    await _until(lambda: not set(uploads.iterdir()) - before, "the scratch space to be cleaned")
+
+
+async def test_leftover_uploads_are_swept_when_the_registry_starts(resources: Resources) -> None:
+    store = resources.store
+    stale, fresh = store.scratch(UPLOADS), store.scratch(UPLOADS)
+    (stale / "bundle.tar").write_bytes(b"partial")
+    (fresh / "bundle.tar").write_bytes(b"in progress")
+    old = time.time() - 3600
+    for path in (stale / "bundle.tar", stale):
+        os.utime(path, (old, old))
+    server = aio.server()
+    add_to_server(server, resources)
+    assert not stale.exists()
+    assert (fresh / "bundle.tar").exists()
+    shutil.rmtree(fresh)

@@ -9,21 +9,25 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 
+from foretell import calendars
 from foretell.bundle import Manifest
 from foretell.bundle import scaffold as _scaffold
 from foretell.common.v1 import common_pb2
-from foretell.db.models import Forecast, Model, Run, Version
+from foretell.db.models import Forecast, LedgerEntry, Model, Run, Version
 from foretell.errors import InvalidArgument
 from foretell.forecast.v1 import forecast_service_pb2 as fc_pb
 from foretell.marketdata import BarColumns, ingest_bars
+from foretell.performance._report import _coverage
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from foretell.runs import RunRecord, RunScope, check_forecasts, execute_run
 from foretell.runtime import Resources
 from foretell.sandbox import SandboxLimits, sdk_dir
+from foretell.sandbox import _run as sandbox_run
 from foretell.settings import Settings
 from tests._registry import model_name, push, run_builds, write_model
 from tests.conftest import MovableClock, SignUp
@@ -398,3 +402,46 @@ async def test_the_scaffolded_model_runs_as_generated(
         (names[1], "down", TARGET),
     ]
     assert all(f.probability is not None and 0.5 <= f.probability <= 0.75 for f in forecasts)
+
+
+async def test_a_live_run_the_platform_failed_is_chained_and_never_counted(
+    registry: pb_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    settings: Settings,
+    resources: Resources,
+    clock: MovableClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model, version = await model_from_source(
+        registry, sign_up, settings, resources, tmp_path, MOMENTUM
+    )
+    # An nsjail that dies of SIGSEGV before running anything, every time.
+    crashing = tmp_path / "nsjail"
+    crashing.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    crashing.chmod(0o755)
+    monkeypatch.setattr(sandbox_run, "nsjail_binary", lambda: str(crashing))
+    result = await run(resources, settings, model, version, clock)
+    assert result.outcome == "platform_error"
+    assert "status -11" in result.detail
+    runs, forecasts = await recorded(resources, model)
+    assert [r.outcome for r in runs] == ["platform_error"] and forecasts == []
+    # Chained in the ledger like any live run.
+    async with resources.db.session() as session:
+        chained = await session.scalar(
+            select(LedgerEntry.run_id).where(LedgerEntry.run_id == runs[0].id)
+        )
+    assert chained == runs[0].id
+
+
+def test_platform_errors_count_in_no_measure() -> None:
+    step = 3600
+    # Four hourly slots of the 24/7 calendar, the second one failed by the platform.
+    start = int(datetime(2024, 3, 4, 10, tzinfo=UTC).timestamp())
+    slots = np.array([start + i * step for i in range(4)], dtype=np.int64)
+    calendar = calendars.get(calendars.CRYPTO)
+    coverage = _coverage(calendar, "1h", slots, ["ok", "platform_error", "ok", "ok"])
+    assert coverage.due_slots == 3
+    assert (coverage.runs, coverage.runs_ok, coverage.runs_failed) == (3, 3, 0)
+    assert coverage.slots_without_run == 0
+    assert coverage.ratio == 1.0

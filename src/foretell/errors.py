@@ -29,14 +29,38 @@ class ForetellError(Exception):
         return f"{type(self).__name__}({self.message!r})"
 
 
+# Violations listed in one error: status details travel in gRPC trailers (and the message in a
+# header), which are small. Past this many, the rest are only counted.
+MAX_LISTED = 20
+# The field the count of unlisted violations is reported under, unless a caller names one.
+WHOLE_REQUEST = "request"
+
+
+def _unlisted(count: int) -> str:
+    return f"{count} more problems not listed"
+
+
 class InvalidArgument(ForetellError):
     code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "INVALID_ARGUMENT"
 
-    def __init__(self, violations: list[FieldViolation], message: str = "") -> None:
+    def __init__(
+        self,
+        violations: list[FieldViolation],
+        message: str = "",
+        *,
+        unlisted: int = 0,
+        count_field: str = WHOLE_REQUEST,
+    ) -> None:
+        unlisted += max(0, len(violations) - MAX_LISTED)
+        violations = violations[:MAX_LISTED]
+        if unlisted:
+            violations = [*violations, FieldViolation(count_field, _unlisted(unlisted))]
         summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
         super().__init__(message or f"invalid request: {summary}")
         self.violations = violations
+        # How many violations were found but not listed (the last violation says so too).
+        self.unlisted = unlisted
 
 
 class Unauthenticated(ForetellError):
@@ -93,13 +117,19 @@ class Unavailable(ForetellError):
 
 @dataclass
 class Violations:
-    """Collects every field problem of a request so the client sees them all at once."""
+    """Collects every field problem of a request so the client sees them all at once: the
+    first MAX_LISTED of them, and a count of the rest (under `count_field`)."""
 
     items: list[FieldViolation] = field(default_factory=list)
+    unlisted: int = 0
+    count_field: str = WHOLE_REQUEST
 
     def add(self, field_name: str, description: str) -> None:
-        self.items.append(FieldViolation(field_name, description))
+        if len(self.items) < MAX_LISTED:
+            self.items.append(FieldViolation(field_name, description))
+        else:
+            self.unlisted += 1
 
     def raise_if_any(self) -> None:
         if self.items:
-            raise InvalidArgument(self.items)
+            raise InvalidArgument(self.items, unlisted=self.unlisted, count_field=self.count_field)

@@ -141,16 +141,47 @@ class Settings:
     login_max_backoff_s: int = field(
         default=900, metadata=_doc("The longest sign-in back-off, in seconds.")
     )
-    # Requests per minute Envoy lets through to the auth routes, per listener.
+    # Requests per minute Envoy lets through to each auth route (sign-up, sign-in, refresh):
+    # per client address, and in all (the ceiling, per Envoy).
+    auth_rate_limit_per_client_per_min: int = field(
+        default=30,
+        metadata=_doc(
+            "Requests per minute one client address may make to each auth route (`CreateUser`, "
+            "`Login`, `Refresh`), on every path."
+        ),
+    )
     auth_rate_limit_per_min: int = field(
+        default=600,
+        metadata=_doc("Requests per minute Envoy lets through to each auth route in all."),
+    )
+    # The same for each expensive call (performance, ledger, dry run, upload), per client
+    # address and per bearer token, and in all.
+    expensive_rate_limit_per_client_per_min: int = field(
         default=60,
         metadata=_doc(
-            "Requests per minute Envoy lets through to each auth route (`CreateUser`, "
-            "`Login`, `Refresh`) on every path: REST, gRPC, grpc-web."
+            "Requests per minute one client address, and one bearer token, may make to each "
+            "expensive call (performance, ledger, dry run, upload)."
         ),
+    )
+    expensive_rate_limit_per_min: int = field(
+        default=1200,
+        metadata=_doc("Requests per minute Envoy lets through to each expensive call in all."),
     )
     shutdown_grace_s: float = field(
         default=5.0, metadata=_doc("Time in-flight RPCs get to finish on SIGTERM.")
+    )
+    # Where the worker sends notices to account owners; unset, they wait in the outbox table.
+    smtp_url: str | None = field(
+        default=None,
+        metadata=_doc(
+            "Where the worker sends notices to account owners; unset, they wait in the outbox "
+            "table.",
+            shown="none",
+            accepts="`smtp://[user:password@]host:port` or `smtps://…`",
+        ),
+    )
+    smtp_from: str = field(
+        default="foretell@localhost", metadata=_doc("The sender of notices to account owners.")
     )
     # Content-addressed bundles and images; default: data_dir/store.
     store_dir: Path | None = field(
@@ -179,6 +210,15 @@ class Settings:
     max_bundle_bytes: int = field(
         default=64 * 1024 * 1024,
         metadata=_doc("The largest bundle a push may upload, in bytes (64 MiB by default)."),
+    )
+    # The largest REST (JSON) request body Envoy accepts; larger ones get a 413 from Envoy
+    # before anything is transcoded. gRPC messages are bounded by the services.
+    rest_max_body_bytes: int = field(
+        default=256 * 1024,
+        metadata=_doc(
+            "The largest REST (JSON) request body Envoy accepts, in bytes; larger ones get a 413 "
+            "before anything is transcoded."
+        ),
     )
     build_timeout_s: int = field(
         default=600, metadata=_doc("The longest a build step may take, in seconds.")
@@ -399,11 +439,17 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "login_free_failures": _positive_int,
     "login_max_backoff_s": _positive_int,
     "auth_rate_limit_per_min": _positive_int,
+    "auth_rate_limit_per_client_per_min": _positive_int,
+    "expensive_rate_limit_per_min": _positive_int,
+    "expensive_rate_limit_per_client_per_min": _positive_int,
     "shutdown_grace_s": _seconds,
+    "smtp_url": _url("smtp://", "smtps://"),
+    "smtp_from": _text,
     "store_dir": lambda _name, raw: Path(raw),
     "pip_index_url": _url("http://", "https://", "file://"),
     "wheelhouse": lambda _name, raw: Path(raw),
     "max_bundle_bytes": _positive_int,
+    "rest_max_body_bytes": _positive_int,
     "build_timeout_s": _positive_int,
     "queue_name": _text,
     "build_concurrency": _positive_int,

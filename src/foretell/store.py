@@ -11,12 +11,14 @@ only root able to reset the system clock could slip past, and root owns the work
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import stat
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 _CHUNK = 1024 * 1024
@@ -83,6 +85,16 @@ def _hex(digest: str) -> str:
     return value
 
 
+def _last_write(root: Path) -> float:
+    """The newest modification time in a tree (0 when it is gone)."""
+    newest = 0.0
+    for directory, _dirs, files in os.walk(root):
+        for name in (directory, *(os.path.join(directory, f) for f in files)):
+            with contextlib.suppress(OSError):
+                newest = max(newest, os.lstat(name).st_mtime)
+    return newest
+
+
 def _make_read_only(root: Path) -> None:
     for directory, _dirs, files in os.walk(root):
         for name in files:
@@ -95,14 +107,28 @@ def _make_read_only(root: Path) -> None:
 class ArtifactStore:
     root: Path
 
-    def scratch(self) -> Path:
+    def scratch(self, kind: str = "") -> Path:
         """A new private working directory inside the store's filesystem, so finished
-        artifacts move into place with an atomic rename."""
-        path = self.root / "tmp" / uuid.uuid4().hex
+        artifacts move into place with an atomic rename. `kind` groups them (uploads), so one
+        kind can be swept without touching another's."""
+        path = self.root / "tmp" / kind / uuid.uuid4().hex
         # Searchable (not listable) by others: the sandbox bind-mounts an image being built
         # from here as the jail's unprivileged user.
-        path.mkdir(parents=True, mode=0o711)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+        path.mkdir(mode=0o711)
         return path
+
+    def sweep_scratch(self, kind: str, idle: timedelta, now: datetime) -> int:
+        """Removes the working directories of `kind` in which nothing was written for `idle`
+        (left by a process that died mid-work); returns how many it removed. Directories still
+        being written to (another process's work in progress) stay."""
+        parent = self.root / "tmp" / kind
+        removed = 0
+        for path in parent.iterdir() if parent.is_dir() else ():
+            if now.timestamp() - _last_write(path) >= idle.total_seconds():
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+        return removed
 
     def bundle_path(self, digest: str) -> Path:
         return self.root / "bundles" / _hex(digest)

@@ -18,6 +18,7 @@ import asyncpg
 from arq import Worker, cron, func
 from arq.connections import RedisSettings
 
+from foretell import outbox
 from foretell.billing.payments import processor_for
 from foretell.billing.settle import run_billing
 from foretell.build import build_job_timeout_s, build_version
@@ -65,6 +66,15 @@ async def scheduler_cycle(ctx: dict[str, Any]) -> dict[str, int]:
         except (OSError, asyncpg.PostgresError) as error:
             log.warning("bars listener not connected", error=str(error))
     return await schedule_runs(ctx)
+
+
+async def send_notices(ctx: dict[str, Any]) -> int:
+    """Sends the outbox's notices to account owners (FORETELL_SMTP_URL)."""
+    res = ctx["resources"]
+    sent = await outbox.deliver(res.db, res.settings, res.clock())
+    if sent:
+        log.info("notices sent", count=sent)
+    return sent
 
 
 def _sweep_cgroups(settings: Settings) -> None:
@@ -128,6 +138,8 @@ def create_worker(
         timeout=cron_timeout,
     )
 
+    notices = cron(send_notices, minute=None, second=15, run_at_startup=True, timeout=cron_timeout)
+
     async def startup(ctx: dict[str, Any]) -> None:
         stack = AsyncExitStack()
         ctx["stack"] = stack
@@ -148,7 +160,7 @@ def create_worker(
     async def shutdown(ctx: dict[str, Any]) -> None:
         await ctx["stack"].aclose()
 
-    periodic = [*(cron_jobs if scheduler else []), billing, ledger_cron]
+    periodic = [*(cron_jobs if scheduler else []), billing, ledger_cron, notices]
     return Worker(
         functions=_functions(settings, lane),
         cron_jobs=periodic if lane is Lane.LIVE and not burst else None,

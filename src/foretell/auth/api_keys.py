@@ -6,6 +6,7 @@ runtime, because every service's interceptor needs it."""
 from __future__ import annotations
 
 import hashlib
+import uuid
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -47,3 +48,10 @@ async def resolve_api_key(db: Database, clock: Clock, secret: str) -> Principal 
             )
             await session.commit()
     return Principal(key.user_id, Role(role), "api_key")
+
+
+async def user_exists(db: Database, user_id: uuid.UUID) -> bool:
+    """Whether the account a token was issued to still exists (a valid token can outlive it)."""
+    async with db.session() as session:
+        found = await session.scalar(select(User.id).where(User.id == user_id))
+    return found is not None

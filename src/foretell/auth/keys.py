@@ -95,3 +95,23 @@ def load_or_create_keys(keys_dir: Path) -> SigningKeys:
         public[kid] = PublicKey(kid, key.public_key())
     newest = private[paths[-1]]
     return SigningKeys(_thumbprint(newest.public_key()), newest, public)
+
+
+_SECRET_BYTES = 32
+
+
+def load_or_create_secret(keys_dir: Path, name: str) -> bytes:
+    """A random server secret kept in the keys directory (created on first use, mode 0600),
+    e.g. the page-token key: every process of a site reads the same one."""
+    keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = keys_dir / name
+    with open(keys_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(os.urandom(_SECRET_BYTES))
+    secret = path.read_bytes()
+    if len(secret) < _SECRET_BYTES:
+        raise ValueError(f"{path}: a secret of at least {_SECRET_BYTES} bytes expected")
+    return secret

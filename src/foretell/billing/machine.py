@@ -51,6 +51,9 @@ class Event(enum.StrEnum):
     RESUME = "resume"
     # The period ended with a cancellation pending.
     ENDED_AT_PERIOD_END = "ended_at_period_end"
+    # The model stopped being the subscriber's to read (made private, retired, deleted):
+    # billing follows access, so the subscription ends now.
+    ACCESS_ENDED = "access_ended"
 
 
 LIVE = frozenset({State.TRIALING, State.INCOMPLETE, State.ACTIVE, State.PAST_DUE})
@@ -87,6 +90,20 @@ TRANSITIONS: dict[tuple[State | None, Event], State] = {
     (State.TRIALING, Event.ENDED_AT_PERIOD_END): State.CANCELED,
     (State.ACTIVE, Event.ENDED_AT_PERIOD_END): State.CANCELED,
     (State.PAST_DUE, Event.ENDED_AT_PERIOD_END): State.CANCELED,
+    (State.TRIALING, Event.ACCESS_ENDED): State.CANCELED,
+    (State.INCOMPLETE, Event.ACCESS_ENDED): State.CANCELED,
+    (State.ACTIVE, Event.ACCESS_ENDED): State.CANCELED,
+    (State.PAST_DUE, Event.ACCESS_ENDED): State.CANCELED,
+}
+
+# Why a subscription ended, for its subscriber, when the event gives no reason of its own.
+_END_REASONS = {
+    Event.CANCEL: "canceled before the first payment",
+    Event.CANCEL_NOW: "canceled by the subscriber",
+    Event.ENDED_AT_PERIOD_END: "canceled by the subscriber at the end of the period",
+    Event.INVOICE_OVERDUE: "the first invoice was not paid by its due date",
+    Event.GRACE_ENDED: "an invoice was still unpaid when the grace period ended",
+    Event.PERIOD_ENDED_UNPAID: "an invoice was still unpaid when the period ended",
 }
 
 
@@ -121,6 +138,7 @@ async def fire(
     if target in ENDED:
         sub.ended_at = now
         sub.cancel_at_period_end = False
+        sub.end_reason = detail or _END_REASONS.get(event, event.value.replace("_", " "))
     sub.state = target.value
     sub.updated_at = now
     session.add(sub)

@@ -357,3 +357,29 @@ async def issue_credit_note(
     await after_invoice(session, sub, now)
     (credited,) = await invoice_statuses(session, Invoice.id == invoice_id)
     return credited
+
+
+async def end_for_access(
+    session: AsyncSession, model_id: uuid.UUID, reason: str, now: datetime
+) -> int:
+    """Billing follows access: ends every live subscription to a model its subscribers may no
+    longer read, with `reason` recorded for them, and credits their open invoices in full.
+    Returns how many subscriptions ended. Runs in the caller's transaction."""
+    subs = (
+        await session.scalars(
+            select(Subscription)
+            .where(
+                Subscription.model_id == model_id,
+                Subscription.state.in_([s.value for s in LIVE]),
+            )
+            .order_by(Subscription.id)
+            .with_for_update()
+        )
+    ).all()
+    for sub in subs:
+        await fire(session, sub, Event.ACCESS_ENDED, now, reason)
+        for status in await _open_invoices(session, sub):
+            await issue_credit_note(
+                session, status.invoice.id, status.amount_due_minor, reason, now
+            )
+    return len(subs)

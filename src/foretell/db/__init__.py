@@ -2,13 +2,22 @@
 
 from foretell.db._engine import Database, async_url, connect
 from foretell.db.migrate import upgrade
-from foretell.db.models import ApiKey, Base, Model, RefreshToken, User, Version
+from foretell.db.models import (
+    ApiKey,
+    Base,
+    Model,
+    OutboxMessage,
+    RefreshToken,
+    User,
+    Version,
+)
 
 __all__ = [
     "ApiKey",
     "Base",
     "Database",
     "Model",
+    "OutboxMessage",
     "RefreshToken",
     "User",
     "Version",

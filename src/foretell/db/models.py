@@ -35,6 +35,8 @@ class User(Base):
     __tablename__ = "users"
     __table_args__ = (
         CheckConstraint("role IN ('provider', 'subscriber', 'admin')", name="users_role_check"),
+        # Emails are stored NFKC-normalised (migration 0009), so this catches addresses that
+        # differ only in case or in compatibility forms (fullwidth letters).
         Index("users_email_key", text("lower(email)"), unique=True),
     )
 
@@ -44,6 +46,24 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     password_hash: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
+
+
+class OutboxMessage(Base):
+    """A notice to send to an account owner's address; the operator's mailer sends it and
+    stamps `sent_at` (migration 0009)."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("outbox_unsent_idx", "created_at", postgresql_where=text("sent_at IS NULL")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    kind: Mapped[str] = mapped_column(String(32))
+    recipient: Mapped[str] = mapped_column(String(254))
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
 
 
 class RefreshToken(Base):
@@ -271,6 +291,8 @@ class Subscription(Base):
     cancel_at_period_end: Mapped[bool] = mapped_column(Boolean)
     past_due_since: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
+    # Why it ended, for its subscriber (migration 0009).
+    end_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

@@ -15,14 +15,28 @@ import jinja2
 
 from foretell._assets import asset_path
 from foretell.composition import SERVICES
+from foretell.gateway._json_fields import unknown_fields_filter
 from foretell.settings import Address, Settings
 
 _TEMPLATE = "envoy/envoy.yaml.j2"
 _DESCRIPTOR_SET = "gen/descriptors/foretell.binpb"
-# Rate limited by Envoy (Settings.auth_rate_limit_per_min): the calls that check a password or
+# Rate limited by Envoy (Settings.auth_rate_limit_*): the calls that check a password or
 # create state without being signed in.
-_RATE_LIMITED_METHODS = ("CreateUser", "Login", "Refresh")
+_AUTH_METHODS = ("CreateUser", "Login", "Refresh")
+# Rate limited by Envoy (Settings.expensive_rate_limit_*), per client address and per bearer
+# token: the calls that cost the platform most (a sandboxed run, a bundle, whole-record scans).
+_EXPENSIVE_METHODS = {
+    "forecast": ("GetPerformance", "GetLedger", "DryRun"),
+    "registry": ("UploadVersion",),
+}
 _VALIDATE_TIMEOUT_S = 120
+# Request headers Envoy accepts, in KiB: a bearer token, a long REST query. The services accept
+# more (foretell.runtime.server.MAX_METADATA_BYTES), so only Envoy ever refuses, with a 431.
+MAX_REQUEST_HEADERS_KB = 16
+# REST calls whose whole body is a few short fields (sign-up, sign-in, refresh, sign-out) are
+# held to this many bytes; other REST calls to Settings.rest_max_body_bytes.
+_SMALL_BODY_PATHS = ("/v1/users", "/v1/auth:login", "/v1/auth:refresh", "/v1/auth:logout")
+_SMALL_BODY_BYTES = 8 * 1024
 
 
 # Unary RPCs that may outlast the 30 s route timeout: a dry run is a whole sandboxed run.
@@ -64,6 +78,46 @@ def _clusters(upstreams: Mapping[str, Address]) -> tuple[list[dict[str, Any]], d
     return clusters, cluster_of
 
 
+def _limited_routes(settings: Settings, cluster_of: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The rate-limited routes: exact gRPC paths with their buckets."""
+    routes: list[dict[str, Any]] = []
+    account = SERVICES["account"].full_name
+    for method in _AUTH_METHODS:
+        routes.append(
+            {
+                "path": f"/{account}/{method}",
+                "cluster": cluster_of["account"],
+                "timeout": "30s",
+                "stat_prefix": "auth_rate_limit",
+                "ceiling": settings.auth_rate_limit_per_min,
+                "per_client": min(
+                    settings.auth_rate_limit_per_client_per_min, settings.auth_rate_limit_per_min
+                ),
+                "per_account": False,
+            }
+        )
+    for service, methods in _EXPENSIVE_METHODS.items():
+        definition = SERVICES[service]
+        for name in methods:
+            rpc = definition.descriptor.methods_by_name[name]
+            long = rpc.client_streaming or rpc.server_streaming or name in _LONG_RUNNING
+            routes.append(
+                {
+                    "path": f"/{definition.full_name}/{name}",
+                    "cluster": cluster_of[service],
+                    "timeout": "0s" if long else "30s",
+                    "stat_prefix": "expensive_rate_limit",
+                    "ceiling": settings.expensive_rate_limit_per_min,
+                    "per_client": min(
+                        settings.expensive_rate_limit_per_client_per_min,
+                        settings.expensive_rate_limit_per_min,
+                    ),
+                    "per_account": True,
+                }
+            )
+    return routes
+
+
 def render_envoy_config(
     settings: Settings,
     upstreams: Mapping[str, Address],
@@ -89,7 +143,8 @@ def render_envoy_config(
         raise FileNotFoundError(f"descriptor set {descriptors} does not exist")
 
     clusters, cluster_of = _clusters(upstreams)
-    account = SERVICES["account"].full_name
+    limited = _limited_routes(settings, cluster_of)
+    limited_paths = {route["path"] for route in limited}
     template_path = asset_path(_TEMPLATE)
     # Renders YAML, not HTML: autoescape would corrupt it. Strings go through `tojson`.
     env = jinja2.Environment(
@@ -107,20 +162,28 @@ def render_envoy_config(
         service_names=[definition.full_name for definition in SERVICES.values()],
         cors_origins=list(settings.cors_origins),
         auth_rate_limit_per_min=settings.auth_rate_limit_per_min,
-        rate_limited_paths=[f"/{account}/{method}" for method in _RATE_LIMITED_METHODS],
+        max_request_headers_kb=MAX_REQUEST_HEADERS_KB,
+        rest_max_body_bytes=settings.rest_max_body_bytes,
+        small_body_paths=list(_SMALL_BODY_PATHS),
+        small_max_body_bytes=min(_SMALL_BODY_BYTES, settings.rest_max_body_bytes),
+        limited_routes=limited,
         account_cluster=cluster_of["account"],
         # Read from the contracts, so a new streaming RPC gets its route without an edit here.
         streaming_routes=[
             {"path": f"/{definition.full_name}/{method.name}", "cluster": cluster_of[name]}
             for name, definition in SERVICES.items()
             for method in definition.descriptor.methods
-            if method.client_streaming or method.server_streaming or method.name in _LONG_RUNNING
+            if (method.client_streaming or method.server_streaming or method.name in _LONG_RUNNING)
+            and f"/{definition.full_name}/{method.name}" not in limited_paths
         ],
         service_routes=[
             {"prefix": f"/{definition.full_name}/", "cluster": cluster_of[name]}
             for name, definition in SERVICES.items()
         ],
         clusters=clusters,
+        unknown_fields_lua=unknown_fields_filter(
+            method for definition in SERVICES.values() for method in definition.descriptor.methods
+        ),
     )
     for marker in ("{{", "{%"):
         if marker in text:

@@ -26,7 +26,7 @@ async def ingest_bars(
     `bars.COLUMN[I]`) and stores them in one transaction with the same store function.
     `calendar`: the symbol's trading calendar for its first bars ("" for the default of its
     asset class), as the IngestBars header's."""
-    v = validate.Problems()
+    v = validate.problems()
     validate.symbol(v, "symbol", symbol)
     if resolution not in STEP_S:
         v.add("resolution", f"one of {', '.join(STEP_S)}")

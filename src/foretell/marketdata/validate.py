@@ -12,9 +12,10 @@ from typing import Literal
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from foretell import calendars, resolutions
+from foretell.clock import checked_time
 from foretell.common.v1 import common_pb2
 from foretell.datafeed.v1 import datafeed_service_pb2 as pb
-from foretell.errors import FieldViolation, Violations
+from foretell.errors import Violations
 from foretell.marketdata.queries import BarColumns, BarQuery
 from foretell.resolutions import STEP_S
 from foretell.symbols import SYMBOL, SYMBOL_RULE
@@ -24,28 +25,11 @@ MAX_INGEST = 1_000_000
 # Market data older or newer than this is a mistake (a date in the wrong unit, most likely).
 MIN_TIME = int(datetime(1900, 1, 1, tzinfo=UTC).timestamp())
 MAX_TIME = int(datetime(2200, 1, 1, tzinfo=UTC).timestamp())
-# Bounds of google.protobuf.Timestamp: 0001-01-01 to 9999-12-31.
-_TS_MIN, _TS_MAX = -62135596800, 253402300799
-# Violations listed in one error: status details travel in gRPC trailers, which are small.
-MAX_LISTED = 20
 
 
-@dataclasses.dataclass
-class Problems(Violations):
-    """Violations, of which the first MAX_LISTED are listed and the rest only counted."""
-
-    unlisted: int = 0
-
-    def add(self, field_name: str, description: str) -> None:
-        if len(self.items) < MAX_LISTED:
-            super().add(field_name, description)
-        else:
-            self.unlisted += 1
-
-    def raise_if_any(self) -> None:
-        if self.unlisted:
-            self.items.append(FieldViolation("bars", f"{self.unlisted} more problems not listed"))
-        super().raise_if_any()
+def problems() -> Violations:
+    """Violations of an ingest's bars: the count of unlisted ones is reported under `bars`."""
+    return Violations(count_field="bars")
 
 
 def iso(seconds: int) -> str:
@@ -80,8 +64,7 @@ def _time(
     if not request.HasField(field):
         return default
     stamp: Timestamp = getattr(request, field)
-    if not _TS_MIN <= stamp.seconds <= _TS_MAX or not 0 <= stamp.nanos < 1_000_000_000:
-        v.add(field, "not a valid time")
+    if checked_time(v, field, stamp) is None:
         return default
     # A bar opens on whole seconds: a range bound with nanos starts at the next second.
     seconds = stamp.seconds + (1 if stamp.nanos else 0)
@@ -153,7 +136,7 @@ _COLUMNS = ("opens", "highs", "lows", "closes", "volumes")
 def batch(index: int, bars: pb.Bars, header: Header, *, after: int | None, now: int) -> BarColumns:
     """Batch number `index` of an ingest as columns, or InvalidArgument with every problem
     (fields `batches[index].COLUMN[I]`). `after`: the previous batch's last open time."""
-    v = Problems()
+    v = problems()
     prefix = f"batches[{index}]"
     n = len(bars.open_times_unix)
     if not 1 <= n <= MAX_BATCH:

@@ -144,26 +144,35 @@ async def revision(db: Database, model_id: uuid.UUID) -> tuple[int, int]:
     return int(row[0] or 0), int(row[1] or 0)
 
 
+# Runs the platform failed to carry out: the platform's fault, never the model's. Their slots
+# are not due for the model (unless another run covers them) and they count in nothing.
+_PLATFORM_ERROR = "platform_error"
+
+
 def _coverage(
     calendar: calendars.Slots, resolution: str, slots: Ints, outcomes: list[str]
 ) -> Coverage:
     if not len(slots):
         return Coverage(0, 0, 0, 0, 0, 0, 0.0)
+    platform = np.array([o == _PLATFORM_ERROR for o in outcomes], dtype=bool)
+    kept_slots = slots[~platform]
+    kept = [o for o in outcomes if o != _PLATFORM_ERROR]
     due = calendar.slots(resolution, int(slots.min()) - 1, int(slots.max()))
-    out = np.array(outcomes, dtype=object)
-    ok_slots = np.intersect1d(slots[out == "ok"], due)
-    data_missing = np.setdiff1d(np.intersect1d(slots[out == "data_missing"], due), ok_slots)
+    due = np.setdiff1d(due, np.setdiff1d(slots[platform], kept_slots))
+    out = np.array(kept, dtype=object)
+    ok_slots = np.intersect1d(kept_slots[out == "ok"], due)
+    data_missing = np.setdiff1d(np.intersect1d(kept_slots[out == "data_missing"], due), ok_slots)
     counted = len(due) - len(data_missing)
-    ok = outcomes.count("ok")
-    missed = outcomes.count("missed")
-    absent = outcomes.count("data_missing")
+    ok = kept.count("ok")
+    missed = kept.count("missed")
+    absent = kept.count("data_missing")
     return Coverage(
         due_slots=len(due),
-        runs=len(outcomes),
+        runs=len(kept),
         runs_ok=ok,
-        runs_failed=len(outcomes) - ok - missed - absent,
+        runs_failed=len(kept) - ok - missed - absent,
         runs_missed=missed,
-        slots_without_run=len(np.setdiff1d(due, slots)),
+        slots_without_run=len(np.setdiff1d(due, kept_slots)),
         ratio=len(ok_slots) / counted if counted else 0.0,
         runs_data_missing=absent,
     )

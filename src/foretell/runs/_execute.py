@@ -18,12 +18,23 @@ from foretell.db import Database
 from foretell.db.models import Model, Run, Version
 from foretell.db.notify import RunRecorded, announce_run
 from foretell.ledger import chain
+from foretell.logs import get_logger
 from foretell.marketdata import model_calendar
 from foretell.runs._scope import RunScope
 from foretell.runs._server import BarSource, DatabaseBars, RunServer
 from foretell.runs._validate import AcceptedForecast
-from foretell.sandbox import Outcome, SandboxLimits, SandboxResult, prepare_run_dir, run_in_sandbox
+from foretell.sandbox import (
+    JailDidNotRun,
+    Outcome,
+    SandboxError,
+    SandboxLimits,
+    SandboxResult,
+    prepare_run_dir,
+    run_in_sandbox,
+)
 from foretell.store import ArtifactCorrupt, ArtifactStore
+
+_log = get_logger("foretell.runs")
 
 RunKind = Literal["live", "dry", "simulated"]
 # Characters of captured output kept with a run (the sandbox already caps each stream).
@@ -131,6 +142,50 @@ async def _sandboxed(
     return result, server
 
 
+# The outcome of a run the platform failed to carry out (the jail never ran the model). It is
+# recorded and chained like any run, shown to the provider with its reason, and never counted
+# in the model's measures.
+PLATFORM_ERROR = "platform_error"
+# A jail that did not run the model is started again at once (nothing ran in it, so it is
+# safe), well within the slot's window: this many attempts in all.
+JAIL_ATTEMPTS = 3
+
+
+async def _attempts(
+    image: Path,
+    scope: RunScope,
+    manifest: Mapping[str, Any],
+    bars: BarSource,
+    run_root: Path,
+    sdk: Path,
+    limits: SandboxLimits | None,
+) -> tuple[SandboxResult, RunServer] | str:
+    """The run, tried again when the jail did not run the model; after the last attempt, or
+    when the sandbox itself is unusable, the reason the platform could not run it (for the
+    provider: no host detail; operators get everything in the log)."""
+    for attempt in range(1, JAIL_ATTEMPTS + 1):
+        try:
+            return await _sandboxed(image, scope, manifest, bars, run_root, sdk, limits)
+        except JailDidNotRun as error:
+            _log.warning(
+                "the jail did not run the model",
+                attempt=attempt,
+                reason=error.reason,
+                nsjail_exit_status=error.exit_status,
+                nsjail_log=error.log,
+            )
+            status = error.exit_status
+        except SandboxError as error:
+            _log.error("the sandbox cannot run models", error=str(error))
+            return "the platform's sandbox is unavailable; the model was not run"
+    ended = f"nsjail ended with status {status}" if status is not None else "nsjail failed"
+    return (
+        f"the platform could not start the model's sandbox ({ended} before the model ran; "
+        f"tried {JAIL_ATTEMPTS} times). This is the platform's fault: the run does not count "
+        "in the model's measures"
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class LocalRun:
     outcome: str
@@ -178,8 +233,9 @@ async def execute_run(
     commits; StreamForecasts listens).
     Idempotent per (version, as_of, kind): a repeat returns the recorded run with
     `recorded=False`. `sdk` is the directory from `sdk_dir`; `run_root` holds the per-run
-    directories (keep it short: the socket path is limited to ~107 bytes). Raises NotRunnable,
-    or SandboxError when the platform itself failed (nothing is recorded then)."""
+    directories (keep it short: the socket path is limited to ~107 bytes). Raises NotRunnable.
+    A run the platform itself failed to carry out (after retries) is recorded as
+    PLATFORM_ERROR, never raised."""
     if (found := await _existing(db, version.id, as_of, kind)) is not None:
         return await _record(found)
     if version.model_id != model.id:
@@ -196,11 +252,16 @@ async def execute_run(
         scope = RunScope(tuple(model.symbols), model.resolution, model.horizon, as_of, calendar)
     except ValueError as error:
         raise NotRunnable(str(error)) from None
-    result, server = await _sandboxed(
+    attempt = await _attempts(
         image, scope, version.manifest, DatabaseBars(db), run_root, sdk, limits
     )
-    outcome, detail, forecasts = _judge(result, server)
-    log = _cap(result.stdout + result.stderr)
+    forecasts: list[AcceptedForecast] = []
+    if isinstance(attempt, str):
+        outcome, detail, log, duration_s = PLATFORM_ERROR, attempt, "", 0.0
+    else:
+        result, server = attempt
+        outcome, detail, forecasts = _judge(result, server)
+        log, duration_s = _cap(result.stdout + result.stderr), result.duration_s
     run_id = uuid.uuid4()
     now = clock()
     async with db.session.begin() as session:
@@ -208,7 +269,7 @@ async def execute_run(
             _INSERT_RUN,
             {
                 "id": run_id, "model_id": model.id, "version_id": version.id, "as_of": as_of,
-                "kind": kind, "outcome": outcome, "duration_s": result.duration_s,
+                "kind": kind, "outcome": outcome, "duration_s": duration_s,
                 "detail": _cap(detail), "log": log, "now": now,
             },
         )  # fmt: skip
@@ -237,4 +298,4 @@ async def execute_run(
         found = await _existing(db, version.id, as_of, kind)
         assert found is not None
         return await _record(found)
-    return RunRecord(run_id, outcome, detail, log, result.duration_s, tuple(forecasts), True)
+    return RunRecord(run_id, outcome, detail, log, duration_s, tuple(forecasts), True)

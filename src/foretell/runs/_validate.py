@@ -6,12 +6,9 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from foretell.errors import FieldViolation, InvalidArgument
+from foretell.errors import FieldViolation, InvalidArgument, Violations
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.runs._scope import MAX_FORECASTS, RunScope
-
-# Violations listed in one error: status details travel in gRPC trailers, which are small.
-MAX_LISTED = 20
 
 DIRECTIONS = {pb.DIRECTION_UP: "up", pb.DIRECTION_DOWN: "down", pb.DIRECTION_FLAT: "flat"}
 
@@ -30,22 +27,14 @@ def _iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def check_forecasts(  # noqa: C901 - one flat list of rules
+def check_forecasts(
     scope: RunScope, forecasts: list[pb.Forecast], already: set[str]
 ) -> list[AcceptedForecast]:
     """The forecasts, checked; InvalidArgument listing every problem (`forecasts[I].FIELD`)
     otherwise. `already`: symbols forecast earlier in the run (one forecast per symbol: the
     recorded key is (version, as_of, symbol, target))."""
-    problems: list[FieldViolation] = []
-    unlisted = 0
-
-    def add(field: str, description: str) -> None:
-        nonlocal unlisted
-        if len(problems) < MAX_LISTED:
-            problems.append(FieldViolation(field, description))
-        else:
-            unlisted += 1
-
+    problems = Violations(count_field="forecasts")
+    add = problems.add
     if len(already) + len(forecasts) > MAX_FORECASTS:
         raise InvalidArgument(
             [FieldViolation("forecasts", f"at most {MAX_FORECASTS} forecasts per run")]
@@ -82,8 +71,5 @@ def check_forecasts(  # noqa: C901 - one flat list of rules
             add(at + "probability", "must be in [0, 1]")
         if when is not None and direction is not None:
             accepted.append(AcceptedForecast(f.symbol, when, direction, predicted, probability))
-    if unlisted:
-        problems.append(FieldViolation("forecasts", f"{unlisted} more problems not listed"))
-    if problems:
-        raise InvalidArgument(problems)
+    problems.raise_if_any()
     return accepted

@@ -1,5 +1,6 @@
 """What every service process shares: resources, the interceptor, the gRPC server."""
 
+from foretell.runtime._interceptor import client_address
 from foretell.runtime._status import error_status
 from foretell.runtime.resources import Resources, open_resources
 from foretell.runtime.server import (
@@ -14,6 +15,7 @@ __all__ = [
     "Resources",
     "RunningServer",
     "ServiceDef",
+    "client_address",
     "error_status",
     "open_resources",
     "run_services",

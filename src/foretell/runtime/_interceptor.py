@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import grpc
 from grpc import aio
@@ -20,12 +21,14 @@ from foretell.auth.tokens import TokenVerifier
 from foretell.errors import ForetellError, PermissionDenied, Unauthenticated
 from foretell.logs import get_logger
 from foretell.runtime import metrics
+from foretell.runtime._requests import check_request, checked_stream, lenient
 from foretell.runtime._status import error_status, internal_status
 
 log = get_logger("foretell.rpc")
 
 
 ApiKeyResolver = Callable[[str], Awaitable[Principal | None]]
+UserCheck = Callable[[uuid.UUID], Awaitable[bool]]
 
 
 def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
@@ -38,10 +41,27 @@ def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | 
     return None
 
 
+def client_address(context: Any) -> str:
+    """The address of the client a request came from: the one the gateway (Envoy, the edge,
+    `use_remote_address`) saw and put in `x-envoy-external-address`, else the peer of the
+    connection. Not X-Forwarded-For: its entries can come from the client. The services listen
+    behind the gateway; a client reaching them directly could name any address there."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-envoy-external-address" and isinstance(value, str) and value.strip():
+            return value.strip()
+    peer = unquote(str(context.peer() or ""))
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return peer
+
+
 @dataclass(frozen=True)
 class Authenticator:
     verifier: TokenVerifier
     resolve_api_key: ApiKeyResolver
+    # Whether a token's account still exists: a token outlives a deleted account.
+    user_exists: UserCheck
 
     async def authenticate(self, method: str, metadata: Any) -> Principal | None:
         policy = POLICY.get(method)
@@ -61,6 +81,8 @@ class Authenticator:
                 raise PermissionDenied("API keys may call read methods only; sign in for this one")
         else:
             claims = self.verifier.verify(token)
+            if not await self.user_exists(claims.user_id):
+                raise Unauthenticated("the account this token was issued to no longer exists")
             principal = Principal(claims.user_id, claims.role, "jwt")
         if principal.role not in policy.roles:
             raise PermissionDenied(f"a {principal.role.value} may not call this method")
@@ -88,34 +110,40 @@ class ServiceInterceptor(aio.ServerInterceptor):
             return handler
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                self._unary(method, handler.unary_unary, streamed=False),
+                request_deserializer=lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(method, handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
+                self._unary(method, handler.stream_unary, streamed=True),
+                request_deserializer=lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                self._stream(method, handler.unary_stream, streamed=False),
+                request_deserializer=lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         assert handler.stream_stream is not None
         return grpc.stream_stream_rpc_method_handler(
-            self._stream(method, handler.stream_stream),
-            request_deserializer=handler.request_deserializer,
+            self._stream(method, handler.stream_stream, streamed=True),
+            request_deserializer=lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
-    def _unary(self, method: str, behavior: Callable[..., Awaitable[Any]]) -> Any:
+    def _unary(
+        self, method: str, behavior: Callable[..., Awaitable[Any]], *, streamed: bool
+    ) -> Any:
         async def wrapped(request: Any, context: Context) -> Any:
             outcome = _Outcome(method)
             try:
                 set_principal(await self._auth.authenticate(method, context.invocation_metadata()))
+                if streamed:
+                    request = checked_stream(request)
+                else:
+                    check_request(request)
                 return await behavior(request, context)
             except BaseException as error:  # noqa: BLE001 - translated, never swallowed
                 await outcome.fail(error, context)
@@ -124,11 +152,15 @@ class ServiceInterceptor(aio.ServerInterceptor):
 
         return wrapped
 
-    def _stream(self, method: str, behavior: Callable[..., Any]) -> Any:
+    def _stream(self, method: str, behavior: Callable[..., Any], *, streamed: bool) -> Any:
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
             outcome = _Outcome(method)
             try:
                 set_principal(await self._auth.authenticate(method, context.invocation_metadata()))
+                if streamed:
+                    request = checked_stream(request)
+                else:
+                    check_request(request)
                 async for response in behavior(request, context):
                     yield response
             except BaseException as error:  # noqa: BLE001 - translated, never swallowed

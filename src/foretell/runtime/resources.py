@@ -6,11 +6,14 @@ from dataclasses import dataclass
 
 from arq.connections import ArqRedis
 
-from foretell.auth.keys import SigningKeys, load_or_create_keys
+from foretell.auth.keys import SigningKeys, load_or_create_keys, load_or_create_secret
 from foretell.clock import Clock, utc_now
 from foretell.db import Database, connect
+from foretell.paging import PageTokens
 from foretell.settings import Settings, SettingsError
 from foretell.store import ArtifactStore
+
+_PAGE_TOKEN_KEY = "page-tokens.key"  # noqa: S105 - a file name, not a secret
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class Resources:
     # arq's client is a redis.asyncio.Redis that can also enqueue jobs.
     redis: ArqRedis
     keys: SigningKeys
+    page_tokens: PageTokens
     # Injected so tests can move time.
     clock: Clock = utc_now
 
@@ -45,7 +49,14 @@ async def open_resources(settings: Settings, clock: Clock = utc_now) -> AsyncIte
     db = connect(settings.database_url)
     redis = ArqRedis.from_url(settings.redis_url)
     try:
-        yield Resources(settings, db, redis, load_or_create_keys(settings.keys_dir), clock)
+        yield Resources(
+            settings,
+            db,
+            redis,
+            load_or_create_keys(settings.keys_dir),
+            PageTokens(load_or_create_secret(settings.keys_dir, _PAGE_TOKEN_KEY)),
+            clock,
+        )
     finally:
         await redis.aclose()
         await db.close()

@@ -14,7 +14,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from foretell.auth.api_keys import resolve_api_key
+from foretell.auth.api_keys import resolve_api_key, user_exists
 from foretell.auth.tokens import TokenVerifier
 from foretell.logs import get_logger
 from foretell.runtime._interceptor import Authenticator, ServiceInterceptor
@@ -23,6 +23,16 @@ from foretell.runtime.resources import Resources, open_resources
 from foretell.settings import Address, Settings
 
 log = get_logger("foretell.server")
+
+
+# Request metadata past this is refused outright (grpc's default is a soft limit of 8 KiB with
+# random refusals up to a hard 16 KiB). Envoy refuses headers past `max_request_headers_kb`
+# (below this) itself with a clean 431, so behind it a request is refused once, in one place.
+MAX_METADATA_BYTES = 64 * 1024
+GRPC_SERVER_OPTIONS = (
+    ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+    ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
+)
 
 
 class PortInUse(OSError):
@@ -69,7 +79,13 @@ async def start_server(
     async def api_key(secret: str):  # type: ignore[no-untyped-def]
         return await resolve_api_key(resources.db, resources.clock, secret)
 
-    server = aio.server(interceptors=[ServiceInterceptor(Authenticator(verifier, api_key))])
+    async def exists(user_id):  # type: ignore[no-untyped-def]
+        return await user_exists(resources.db, user_id)
+
+    server = aio.server(
+        interceptors=[ServiceInterceptor(Authenticator(verifier, api_key, exists))],
+        options=GRPC_SERVER_OPTIONS,
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = []

@@ -35,7 +35,7 @@ from foretell.sandbox._cgroups import (
     detect_cgroups,
     sweep_stale_run_cgroups,
 )
-from foretell.sandbox._errors import SandboxError, SandboxUnavailable
+from foretell.sandbox._errors import JailDidNotRun, SandboxError, SandboxUnavailable
 from foretell.sandbox._host import PythonRuntime, nsjail_binary, system_python
 from foretell.sandbox._limits import JailUser, SandboxLimits
 from foretell.sandbox._outcome import Outcome, SandboxResult
@@ -58,6 +58,7 @@ __all__ = [
     "JAIL_SOCKET",
     "CgroupHost",
     "CgroupVersion",
+    "JailDidNotRun",
     "JailUser",
     "Outcome",
     "OutputJudge",

@@ -14,7 +14,7 @@ import re
 import signal
 from dataclasses import dataclass
 
-from foretell.sandbox._errors import SandboxError
+from foretell.sandbox._errors import JailDidNotRun
 from foretell.sandbox._limits import SandboxLimits
 
 
@@ -125,7 +125,7 @@ def classify(
     if killed_from_outside or ending.time_limit:
         return Outcome.TIMEOUT, f"stopped after the {limits.wall_seconds} s wall-clock limit"
     if not ending.started or (ending.exit_code is None and ending.signal is None):
-        raise SandboxError("nsjail did not run the model: " + ("; ".join(ending.errors) or "?"))
+        raise JailDidNotRun("; ".join(ending.errors) or "nsjail logged no error", None, "")
     if ending.seccomp or ending.signal == signal.SIGSYS:
         return Outcome.KILLED_BY_POLICY, "killed by the sandbox policy: a forbidden system call"
     if ending.signal == signal.SIGKILL and oom:

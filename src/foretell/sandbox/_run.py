@@ -13,7 +13,7 @@ from pathlib import Path
 
 from foretell.sandbox._capture import CappedOutput
 from foretell.sandbox._cgroups import CgroupHost, create_run_cgroups, detect_cgroups
-from foretell.sandbox._errors import SandboxUnavailable
+from foretell.sandbox._errors import JailDidNotRun, SandboxUnavailable
 from foretell.sandbox._host import (
     PythonRuntime,
     check_reachable,
@@ -136,14 +136,19 @@ async def _supervise(run: RunPaths, argv: Sequence[str], limits: SandboxLimits) 
     duration = time.monotonic() - started
     log = run.log_file.read_text(errors="replace") if run.log_file.exists() else ""
     ending = read_ending(log)
-    outcome, detail = classify(
-        ending,
-        stderr.text(),
-        limits,
-        killed_from_outside=killed_from_outside,
-        oom=run.cgroups.out_of_memory(limits.memory_bytes),
-        duration_s=duration,
-    )
+    try:
+        outcome, detail = classify(
+            ending,
+            stderr.text(),
+            limits,
+            killed_from_outside=killed_from_outside,
+            oom=run.cgroups.out_of_memory(limits.memory_bytes),
+            duration_s=duration,
+        )
+    except JailDidNotRun as error:
+        # Kept whole for the operator: how nsjail itself ended (a negative status is the
+        # signal that killed it) and everything it logged.
+        raise JailDidNotRun(error.reason, process.returncode, log) from None
     return SandboxResult(
         outcome=outcome,
         detail=detail,

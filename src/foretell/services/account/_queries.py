@@ -16,7 +16,7 @@ from foretell.auth.api_keys import API_KEY_PREFIX, secret_digest
 from foretell.auth.passwords import hash_password, verify_password
 from foretell.auth.policy import Role
 from foretell.auth.tokens import TokenIssuer
-from foretell.db import ApiKey, Database, RefreshToken, User
+from foretell.db import ApiKey, Database, OutboxMessage, RefreshToken, User
 from foretell.errors import AlreadyExists, NotFound, ResourceExhausted, Unauthenticated
 from foretell.runtime.resources import Resources
 
@@ -52,6 +52,33 @@ async def create_user(
     return user
 
 
+_TAKEN_SUBJECT = "Someone tried to create a Foretell account with your address"
+_TAKEN_BODY = (
+    "Someone (maybe you) tried to create a new Foretell account with this email address, which "
+    "already has one. No account was created. If it was you, sign in with your password "
+    "instead; if not, you need do nothing."
+)
+
+
+async def notify_owner(db: Database, email: str, now: datetime) -> None:
+    """Leaves a notice for the owner of `email` (through the outbox) that someone tried to
+    sign up with it."""
+    async with db.session.begin() as session:
+        owner = await session.scalar(
+            select(User.email).where(func.lower(User.email) == func.lower(email))
+        )
+        session.add(
+            OutboxMessage(
+                id=uuid.uuid4(),
+                kind="signup_existing",
+                recipient=owner or email,
+                subject=_TAKEN_SUBJECT,
+                body=_TAKEN_BODY,
+                created_at=now,
+            )
+        )
+
+
 async def get_user(db: Database, user_id: uuid.UUID) -> User:
     async with db.read.connect() as conn:
         row = (await conn.execute(_USER_BY_ID, {"id": user_id})).first()
@@ -64,22 +91,25 @@ async def get_user(db: Database, user_id: uuid.UUID) -> User:
 _USER_BY_ID = select(*User.__table__.columns).where(User.__table__.c.id == bindparam("id"))
 
 
-def _throttle_keys(email: str) -> tuple[str, str]:
-    h = hashlib.sha256(email.strip().lower().encode()).hexdigest()
+def _throttle_keys(email: str, client: str) -> tuple[str, str]:
+    # Per account *and* client: failures from one place slow down guesses from there, and
+    # never lock the account's owner out from anywhere else.
+    h = hashlib.sha256(f"{email.strip().lower()}\0{client}".encode()).hexdigest()
     return f"foretell:login:failures:{h}", f"foretell:login:lock:{h}"
 
 
-async def login(res: Resources, email: str, password: str) -> Session:
-    """Checks the password, with a per-email back-off that does not reveal whether the email
-    has an account: unknown emails are throttled the same way."""
-    failures_key, lock_key = _throttle_keys(email)
+async def login(res: Resources, email: str, password: str, client: str) -> Session:
+    """Checks the password, with a back-off per email and client address that does not reveal
+    whether the email has an account: unknown emails are throttled the same way."""
+    failures_key, lock_key = _throttle_keys(email, client)
     locked_ms = await res.redis.pttl(lock_key)
     if locked_ms > 0:
         raise ResourceExhausted(
-            "too many failed sign-ins for this email; try again later", locked_ms / 1000
+            "too many failed sign-ins for this email from here; try again later",
+            locked_ms / 1000,
         )
     async with res.db.session() as session:
-        user = await session.scalar(select(User).where(func.lower(User.email) == email.lower()))
+        user = await session.scalar(select(User).where(func.lower(User.email) == func.lower(email)))
     if not await verify_password(user.password_hash if user else None, password) or user is None:
         await _record_failure(res, failures_key, lock_key)
         raise Unauthenticated("email or password is wrong")

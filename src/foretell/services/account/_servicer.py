@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from grpc import aio
@@ -10,6 +11,8 @@ from foretell.auth.policy import Role
 from foretell.auth.principal import current_principal
 from foretell.clock import timestamp as _ts
 from foretell.db import ApiKey, User
+from foretell.errors import AlreadyExists
+from foretell.runtime import client_address
 from foretell.runtime.resources import Resources
 from foretell.services.account import _queries, _validate
 
@@ -63,19 +66,32 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         self, request: pb.CreateUserRequest, context: Context
     ) -> pb.CreateUserResponse:
         email, name, role = _validate.create_user(request)
-        user = await _queries.create_user(
-            self._res.db,
-            email=email,
-            password=request.password,
-            display_name=name,
-            role=Role(role),
-            now=self._res.clock(),
-        )
+        now = self._res.clock()
+        try:
+            user = await _queries.create_user(
+                self._res.db,
+                email=email,
+                password=request.password,
+                display_name=name,
+                role=Role(role),
+                now=now,
+            )
+        except AlreadyExists:
+            # Sign-up answers the same whether or not the address has an account (the same
+            # work, the same response: a user that was never stored), so it cannot be used to
+            # find out who is registered. The owner hears of it at that address instead.
+            await _queries.notify_owner(self._res.db, email, now)
+            user = User(id=uuid.uuid4(), email=email, display_name=name, role=role, created_at=now)
         return pb.CreateUserResponse(user=user_pb(user))
 
     async def Login(self, request: pb.LoginRequest, context: Context) -> pb.LoginResponse:
         _validate.login(request)
-        session = await _queries.login(self._res, request.email, request.password)
+        session = await _queries.login(
+            self._res,
+            _validate.normal_email(request.email),
+            request.password,
+            client_address(context),
+        )
         return pb.LoginResponse(tokens=_tokens_pb(session), user=user_pb(session.user))
 
     async def Refresh(self, request: pb.RefreshRequest, context: Context) -> pb.RefreshResponse:

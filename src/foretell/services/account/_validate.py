@@ -3,6 +3,7 @@ package here, so the rules live in code; each returns every violation at once.""
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 
 from email_validator import EmailNotValidError, validate_email
@@ -39,8 +40,16 @@ def _printable(text: str) -> bool:
     return text.isprintable()
 
 
+def normal_email(email: str) -> str:
+    """An address in the one form accounts are stored and found by: NFKC (fullwidth and other
+    compatibility forms become their plain letters), no surrounding space. Case is compared
+    without (the unique index is on lower(email))."""
+    return unicodedata.normalize("NFKC", email).strip()
+
+
 def check_email(v: Violations, field: str, email: str) -> str:
-    """Returns the normalised address (domain lower-cased, IDNA applied)."""
+    """Returns the normalised address (NFKC, domain lower-cased, IDNA applied)."""
+    email = normal_email(email)
     if not email:
         v.add(field, "required")
         return email

@@ -12,6 +12,7 @@ from foretell.clock import timestamp as _ts
 from foretell.db import Database
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.ledger import chain
+from foretell.paging import PageTokens
 from foretell.services.forecast._validate import ledger_token
 
 _ENTRIES = text("""
@@ -38,6 +39,7 @@ WHERE r.model_id = :model_id AND r.kind = 'live' AND e.run_id IS NULL ORDER BY r
 
 async def ledger_page(
     db: Database,
+    tokens: PageTokens,
     model_id: uuid.UUID,
     name: str,
     limit: int,
@@ -75,7 +77,7 @@ async def ledger_page(
                 )
             )
         if len(rows) > limit:
-            response.next_page_token = ledger_token(name, rows[limit - 1].sequence)
+            response.next_page_token = ledger_token(tokens, name, rows[limit - 1].sequence)
         if after == 0:
             for point in await conn.execute(_CHECKPOINTS, params):
                 response.checkpoints.append(

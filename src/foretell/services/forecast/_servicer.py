@@ -39,6 +39,7 @@ _OUTCOMES = {
     "invalid_output": pb.RUN_OUTCOME_INVALID_OUTPUT,
     "missed": pb.RUN_OUTCOME_MISSED,
     "data_missing": pb.RUN_OUTCOME_DATA_MISSING,
+    "platform_error": pb.RUN_OUTCOME_PLATFORM_ERROR,
 }
 
 
@@ -100,7 +101,7 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
     async def ListForecasts(
         self, request: pb.ListForecastsRequest, context: Context
     ) -> pb.ListForecastsResponse:
-        filters = _validate.list_forecasts(request)
+        filters = _validate.list_forecasts(request, self._res.page_tokens)
         principal = current_principal()
         view = await _queries.readable_model(self._res.db, principal, filters.model)
         access = await forecast_access(
@@ -111,7 +112,9 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         token = ""
         if len(rows) > limit:
             last = rows[limit - 1][0]
-            token = _validate.page_token(last.as_of, last.id)
+            token = _validate.page_token(
+                self._res.page_tokens, "ListForecasts", filters.model, last.as_of, last.id
+            )
         response = pb.ListForecastsResponse(
             forecasts=[forecast_pb(view.model.name, f, number) for f, number in rows[:limit]],
             next_page_token=token,
@@ -166,14 +169,16 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         await self._entitled(principal, view.model)
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
-        filters = _validate.list_runs(request)
+        filters = _validate.list_runs(request, self._res.page_tokens)
         view = await _queries.runs_model(self._res.db, current_principal(), filters.model)
         rows = await _queries.list_runs(self._res.db, view, filters)
         limit = filters.limit
         token = ""
         if len(rows) > limit:
             last = rows[limit - 1][0]
-            token = _validate.page_token(last.as_of, last.id)
+            token = _validate.page_token(
+                self._res.page_tokens, "ListRuns", filters.model, last.as_of, last.id
+            )
         return pb.ListRunsResponse(
             runs=[run_pb(view.model.name, r, n, c, log=False) for r, n, c in rows[:limit]],
             next_page_token=token,
@@ -224,7 +229,7 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
     async def GetLedger(
         self, request: pb.GetLedgerRequest, context: Context
     ) -> pb.GetLedgerResponse:
-        name, limit, after = _validate.get_ledger(request)
+        name, limit, after = _validate.get_ledger(request, self._res.page_tokens)
         principal = current_principal()
         view = await _queries.readable_model(self._res.db, principal, name)
         # The payloads hold the forecasts: served as far as ListForecasts would serve them.
@@ -236,7 +241,13 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         except PermissionDenied:
             recorded_before = datetime.min.replace(tzinfo=UTC)
         return await ledger_page(
-            self._res.db, view.model.id, view.model.name, limit, after, recorded_before
+            self._res.db,
+            self._res.page_tokens,
+            view.model.id,
+            view.model.name,
+            limit,
+            after,
+            recorded_before,
         )
 
 

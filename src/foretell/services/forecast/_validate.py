@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from foretell.calendars import Slots
+from foretell.clock import checked_time
 from foretell.errors import FieldViolation, InvalidArgument, Violations
 from foretell.forecast.v1 import forecast_service_pb2 as pb
-from foretell.paging import decode_token, encode_token, reject_token
+from foretell.paging import PageTokens, reject_token
 from foretell.paging import page_size as checked_page_size
 from foretell.services.registry import model_name
 from foretell.symbols import SYMBOL
@@ -58,22 +59,18 @@ def _symbol(v: Violations, symbol: str) -> str:
     return symbol
 
 
-def _time(ts: Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
-
-
 def _range(
     v: Violations, has_start: bool, start: Timestamp, has_end: bool, end: Timestamp
 ) -> tuple[datetime | None, datetime | None]:
-    begin = _time(start) if has_start else None
-    until = _time(end) if has_end else None
+    begin = checked_time(v, "start_time", start) if has_start else None
+    until = checked_time(v, "end_time", end) if has_end else None
     if begin is not None and until is not None and until <= begin:
         v.add("end_time", "must be after start_time")
     return begin, until
 
 
-def _cursor(v: Violations, token: str) -> Cursor | None:
-    raw = decode_token(v, token)
+def _cursor(v: Violations, tokens: PageTokens, call: str, token: str) -> Cursor | None:
+    raw = tokens.open(v, call, token)
     if raw is None:
         return None
     try:
@@ -87,29 +84,32 @@ def _cursor(v: Violations, token: str) -> Cursor | None:
     return None
 
 
-def page_token(as_of: datetime, row_id: object) -> str:
-    return encode_token([as_of.isoformat(), str(row_id)])
+def page_token(tokens: PageTokens, call: str, model: str, as_of: datetime, row_id: object) -> str:
+    """The token of the page after (as_of, row_id) of `call` (ListForecasts, ListRuns)."""
+    return tokens.seal(f"{call}:{model}", [as_of.isoformat(), str(row_id)])
 
 
 def _common(
     v: Violations,
-    model: str,
-    version: int,
-    page_size: int,
-    token: str,
+    tokens: PageTokens,
+    call: str,
+    request: pb.ListForecastsRequest | pb.ListRunsRequest,
 ) -> tuple[str, int | None, int, Cursor | None]:
-    name = model_name(v, "model", model)
-    if version < 0:
+    name = model_name(v, "model", request.model)
+    if request.version < 0:
         v.add("version", "a version number, or 0 for every version")
-    limit = checked_page_size(v, page_size)
-    return name, version or None, limit, _cursor(v, token)
-
-
-def list_forecasts(request: pb.ListForecastsRequest) -> Filters:
-    v = Violations()
-    name, version, limit, after = _common(
-        v, request.model, request.version, request.page_size, request.page_token
+    limit = checked_page_size(v, request.page_size)
+    return (
+        name,
+        request.version or None,
+        limit,
+        _cursor(v, tokens, f"{call}:{name}", request.page_token),
     )
+
+
+def list_forecasts(request: pb.ListForecastsRequest, tokens: PageTokens) -> Filters:
+    v = Violations()
+    name, version, limit, after = _common(v, tokens, "ListForecasts", request)
     if after is not None and not after.id.isdigit():
         reject_token(v)
     start, end = _range(
@@ -126,11 +126,9 @@ def list_forecasts(request: pb.ListForecastsRequest) -> Filters:
     return filters
 
 
-def list_runs(request: pb.ListRunsRequest) -> Filters:
+def list_runs(request: pb.ListRunsRequest, tokens: PageTokens) -> Filters:
     v = Violations()
-    name, version, limit, after = _common(
-        v, request.model, request.version, request.page_size, request.page_token
-    )
+    name, version, limit, after = _common(v, tokens, "ListRuns", request)
     if after is not None and not _is_uuid(after.id):
         reject_token(v)
     start, end = _range(
@@ -186,7 +184,7 @@ def dry_run(request: pb.DryRunRequest) -> tuple[str, int | None, datetime | None
     name = model_name(v, "model", request.model)
     if request.version < 0:
         v.add("version", "a version number, or 0 for the live (or latest built) version")
-    as_of = _time(request.as_of) if request.HasField("as_of") else None
+    as_of = checked_time(v, "as_of", request.as_of) if request.HasField("as_of") else None
     v.raise_if_any()
     return name, request.version or None, as_of
 
@@ -224,29 +222,23 @@ def get_performance(request: pb.GetPerformanceRequest) -> tuple[str, str, float]
     return name, kind, cost
 
 
-def ledger_token(model: str, sequence: int) -> str:
+def ledger_token(tokens: PageTokens, model: str, sequence: int) -> str:
     """The next page of `model`'s ledger starts after entry `sequence`."""
-    return encode_token(["GetLedger", model, sequence])
+    # The model is bound to the token: another model's token is refused, not followed.
+    return tokens.seal(f"GetLedger:{model}", sequence)
 
 
-def get_ledger(request: pb.GetLedgerRequest) -> tuple[str, int, int]:
+def get_ledger(request: pb.GetLedgerRequest, tokens: PageTokens) -> tuple[str, int, int]:
     """(model name, page size, last sequence before the page)."""
     v = Violations()
     name = model_name(v, "model", request.model)
     limit = checked_page_size(v, request.page_size)
     after = 0
-    raw = decode_token(v, request.page_token)
+    raw = tokens.open(v, f"GetLedger:{name}", request.page_token)
     if raw is not None:
-        # The model rides in the token: another model's token is refused, not followed.
-        if (
-            isinstance(raw, list)
-            and len(raw) == 3
-            and raw[:2] == ["GetLedger", name]
-            and type(raw[2]) is int
-            and raw[2] >= 0
-        ):
-            after = raw[2]
+        if type(raw) is int and raw >= 0:
+            after = raw
         else:
-            v.add("page_token", "not a token this call returned")
+            reject_token(v)
     v.raise_if_any()
     return name, limit, after

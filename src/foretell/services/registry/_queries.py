@@ -16,9 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from foretell.auth.policy import Role
 from foretell.auth.principal import Principal
+from foretell.billing.settle import end_for_access
 from foretell.build import BuildState
 from foretell.bundle import Manifest
 from foretell.db import Database, Model, User, Version
+from foretell.db.models import Subscription
 from foretell.db.notify import announce_access
 from foretell.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
 
@@ -148,6 +150,9 @@ async def update_model(
         if "visibility" in changes:
             # Open forecast streams re-check whether their caller may still see the model.
             await announce_access(session, model.id)
+        if changes.get("visibility") == "private":
+            # Its subscribers can no longer read it: billing follows access.
+            await end_for_access(session, model.id, "the provider made the model private", now)
     return await get_view(db, name, principal)
 
 
@@ -163,6 +168,15 @@ async def delete_model(db: Database, principal: Principal, name: str) -> None:
             raise FailedPrecondition(
                 f"model {name!r} has published versions: its track record cannot be deleted; "
                 "take it offline instead"
+            )
+        subscribed = await session.scalar(
+            select(func.count()).select_from(Subscription).where(Subscription.model_id == model.id)
+        )
+        if subscribed:
+            # Its subscriptions and invoices are records that must stay.
+            raise FailedPrecondition(
+                f"model {name!r} has subscriptions on record: it cannot be deleted; "
+                "retire it instead (take it offline for good), which ends them"
             )
         await session.execute(delete(Version).where(Version.model_id == model.id))
         await session.delete(model)
@@ -289,11 +303,16 @@ async def publish(
     return await get_view(db, name, principal), version
 
 
-async def take_offline(db: Database, principal: Principal, name: str, now: datetime) -> ModelView:
+async def take_offline(
+    db: Database, principal: Principal, name: str, now: datetime, *, retire: bool = False
+) -> ModelView:
+    """Stops the model's runs; `retire`: for good, which also ends its subscriptions."""
     async with db.session.begin() as session:
         model = await owned_model(session, name, principal, admin_ok=True)
         if model.live_version is not None:
             model.live_version = None
             model.live_since = None
             model.updated_at = now
+        if retire:
+            await end_for_access(session, model.id, "the provider retired the model", now)
     return await get_view(db, name, principal)

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +26,15 @@ from foretell.errors import (
     ResourceExhausted,
     Violations,
 )
+from foretell.logs import get_logger
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from foretell.runtime.lanes import build_cap
 from foretell.runtime.resources import Resources
 from foretell.services.registry import _queries, _validate
 from foretell.services.registry._queries import ModelView, Upload
+
+log = get_logger("foretell.registry")
 
 if TYPE_CHECKING:
     # Generic only in the type stubs.
@@ -129,7 +134,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     ) -> pb.ListModelsResponse:
         v = Violations()
         limit = _validate.page_size(v, request.page_size)
-        after = _paging.decode_token(v, request.page_token)
+        after = self._res.page_tokens.open(v, "ListModels", request.page_token)
         if after is not None and not isinstance(after, str):
             _paging.reject_token(v)
         resolution = None
@@ -148,7 +153,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             resolution=resolution,
             only_mine=request.only_mine,
         )
-        token = _paging.encode_token(views[limit - 1].model.name) if len(views) > limit else ""
+        token = ""
+        if len(views) > limit:
+            token = self._res.page_tokens.seal("ListModels", views[limit - 1].model.name)
         return pb.ListModelsResponse(
             models=[model_pb(view) for view in views[:limit]], next_page_token=token
         )
@@ -183,7 +190,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         # Ownership first: nobody uploads megabytes into someone else's model.
         await _queries.model_for_upload(self._res.db, principal, header.model)
         store = self._res.store
-        scratch = store.scratch()
+        scratch = store.scratch(UPLOADS)
         try:
             path = await self._receive(request_iterator, header, scratch / "bundle.tar")
             limits = Limits(max_bundle_bytes=self._res.settings.max_bundle_bytes)
@@ -217,7 +224,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             if hold is not None and not queued:
                 await hold.release(self._res.redis)
         finally:
-            await asyncio.to_thread(_remove_tree, scratch)
+            # Whatever ended the upload (done, refused, the client gone, the server stopping):
+            # synchronous, so a cancellation cannot skip it.
+            shutil.rmtree(scratch, ignore_errors=True)
         view = await _queries.get_view(self._res.db, header.model, principal)
         return pb.UploadVersionResponse(version=version_pb(view, version), created=created)
 
@@ -264,7 +273,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         v = Violations()
         name = _validate.model_name(v, "model", request.model)
         limit = _validate.page_size(v, request.page_size)
-        before = _paging.decode_token(v, request.page_token)
+        before = self._res.page_tokens.open(v, f"ListVersions:{name}", request.page_token)
         if before is not None and not isinstance(before, int):
             _paging.reject_token(v)
         v.raise_if_any()
@@ -275,7 +284,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             before=before if isinstance(before, int) else None,
             limit=limit + 1,
         )
-        token = _paging.encode_token(versions[limit - 1].number) if len(versions) > limit else ""
+        token = ""
+        if len(versions) > limit:
+            token = self._res.page_tokens.seal(f"ListVersions:{name}", versions[limit - 1].number)
         return pb.ListVersionsResponse(
             versions=[version_pb(view, version) for version in versions[:limit]],
             next_page_token=token,
@@ -327,16 +338,19 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     ) -> pb.TakeOfflineResponse:
         name = _validate.require_name("name", request.name)
         view = await _queries.take_offline(
-            self._res.db, current_principal(), name, self._res.clock()
+            self._res.db, current_principal(), name, self._res.clock(), retire=request.retire
         )
         return pb.TakeOfflineResponse(model=model_pb(view))
 
 
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
+# The store's scratch space for uploads in progress, and how long one may go without a write
+# before a starting registry takes it for the leftover of a process that died mid-upload.
+UPLOADS = "uploads"
+STALE_UPLOAD = timedelta(minutes=10)
 
 
 def add_to_server(server: aio.Server, resources: Resources) -> None:
+    removed = resources.store.sweep_scratch(UPLOADS, STALE_UPLOAD, resources.clock())
+    if removed:
+        log.info("swept leftover uploads", count=removed)
     pb_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(resources), server)

@@ -10,7 +10,6 @@ from foretell.billing.payments import processor_for
 from foretell.billing.settle import InvoiceStatus
 from foretell.clock import timestamp as _ts
 from foretell.db.models import Plan, Subscription
-from foretell.paging import keyset_token
 from foretell.runtime.resources import Resources
 from foretell.services.registry import require_name
 from foretell.services.subscription import _queries, _validate
@@ -58,6 +57,7 @@ def subscription_pb(sub: Subscription, model: str, grace: timedelta) -> pb.Subsc
         current_period_end_time=_ts(sub.period_end),
         cancel_at_period_end=sub.cancel_at_period_end,
         end_time=_ts(sub.ended_at),
+        end_reason=sub.end_reason or "",
         grace_end_time=_ts(sub.past_due_since + grace if sub.past_due_since else None),
     )
 
@@ -124,13 +124,15 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
     async def ListSubscriptions(
         self, request: pb.ListSubscriptionsRequest, context: Context
     ) -> pb.ListSubscriptionsResponse:
-        model, page = _validate.list_subscriptions(request)
+        model, page = _validate.list_subscriptions(request, self._res.page_tokens)
         rows, last = await _queries.list_subscriptions(
             self._res.db, current_principal(), model, page, self._billing()
         )
         return pb.ListSubscriptionsResponse(
             subscriptions=[subscription_pb(sub, name, self._grace) for sub, name in rows],
-            next_page_token=keyset_token("subscriptions", model, last) if last else "",
+            next_page_token=self._res.page_tokens.keyset_token("subscriptions", model, last)
+            if last
+            else "",
         )
 
     async def CancelSubscription(
@@ -154,12 +156,14 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
     async def ListInvoices(
         self, request: pb.ListInvoicesRequest, context: Context
     ) -> pb.ListInvoicesResponse:
-        sub_id, page = _validate.list_invoices(request)
+        sub_id, page = _validate.list_invoices(request, self._res.page_tokens)
         rows, last = await _queries.list_invoices(self._res.db, current_principal(), sub_id, page)
         scope = str(sub_id) if sub_id else ""
         return pb.ListInvoicesResponse(
             invoices=[invoice_pb(s, name) for s, name in rows],
-            next_page_token=keyset_token("invoices", scope, last) if last else "",
+            next_page_token=self._res.page_tokens.keyset_token("invoices", scope, last)
+            if last
+            else "",
         )
 
 

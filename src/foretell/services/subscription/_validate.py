@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from foretell.currencies import MINOR_UNITS
 from foretell.errors import Violations
-from foretell.paging import Page, keyset_page
+from foretell.paging import Page, PageTokens
 from foretell.services.registry import model_name
 from foretell.subscription.v1 import subscription_service_pb2 as pb
 
@@ -52,10 +52,12 @@ def update_plan(request: pb.UpdatePlanRequest) -> PlanInput:
     return PlanInput(name, plan.price_minor, plan.currency, plan.trial_days)
 
 
-def list_subscriptions(request: pb.ListSubscriptionsRequest) -> tuple[str, Page]:
+def list_subscriptions(
+    request: pb.ListSubscriptionsRequest, tokens: PageTokens
+) -> tuple[str, Page]:
     v = Violations()
     name = model_name(v, "model", request.model) if request.model else ""
-    page = keyset_page(v, "subscriptions", name, request.page_size, request.page_token)
+    page = tokens.keyset_page(v, "subscriptions", name, request.page_size, request.page_token)
     v.raise_if_any()
     return name, page
 
@@ -70,10 +72,12 @@ def subscription_id(
     return found
 
 
-def list_invoices(request: pb.ListInvoicesRequest) -> tuple[uuid.UUID | None, Page]:
+def list_invoices(
+    request: pb.ListInvoicesRequest, tokens: PageTokens
+) -> tuple[uuid.UUID | None, Page]:
     v = Violations()
     found = _id(v, "subscription_id", request.subscription_id, required=False)
     scope = str(found) if found else ""
-    page = keyset_page(v, "invoices", scope, request.page_size, request.page_token)
+    page = tokens.keyset_page(v, "invoices", scope, request.page_size, request.page_token)
     v.raise_if_any()
     return found, page
