@@ -83,7 +83,18 @@ bench: $(VENV_STAMP) ## Print the RPC throughput and latency figures (bench/READ
 	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
 	$(PY) bench/rpc.py
 
+# Kubernetes version the manifests are validated against (user namespaces are GA from 1.36).
+K8S_VERSION ?= 1.36.0
+
+manifests: $(VENV_STAMP) ## Render every deploy/kubernetes overlay and validate it (--strict, K8S_VERSION)
+	@for overlay in deploy/kubernetes/overlays/*/; do \
+	  name=$$(basename $$overlay); mkdir -p .build/manifests; \
+	  $(VENV)/bin/kubectl kustomize $$overlay > .build/manifests/$$name.yaml; \
+	  $(VENV)/bin/kubernetes-validate --strict --quiet -k $(K8S_VERSION) .build/manifests/$$name.yaml; \
+	  echo "$$name: .build/manifests/$$name.yaml rendered and valid for Kubernetes $(K8S_VERSION) (KEDA kinds: tests/test_deploy.py)"; \
+	done
+
 clean: ## Remove the virtualenv, build leftovers and the local data directory
 	rm -rf $(VENV) .build .foretell .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help system-deps venv run test lint fmt protodeps gen gen-check breaking bench clean
+.PHONY: help system-deps venv run test lint fmt protodeps gen gen-check breaking bench manifests clean

@@ -7,7 +7,7 @@ idempotent: it reads the state it is about to change and does nothing when alrea
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, Literal
 
 from arq import Worker, cron, func
 from arq.connections import RedisSettings
@@ -26,6 +26,13 @@ log = get_logger("foretell.worker")
 
 # Ledger checkpoints: every ten minutes, each chain that grew gets its head signed.
 CHECKPOINT_MINUTES = set(range(0, 60, 10))
+
+# What one worker process does. "all": jobs and periodic jobs (one machine). On a cluster the
+# two are apart: "jobs" workers run builds and runs (they need the sandbox and scale out);
+# one "cron" worker enqueues the scheduled runs, bills and signs checkpoints, on a queue of
+# its own so that neither kind ever takes a job it has no function for.
+WorkerRole = Literal["all", "jobs", "cron"]
+CRON_QUEUE_SUFFIX = ":cron"
 
 
 async def checkpoint_ledgers(ctx: dict[str, Any]) -> int:
@@ -64,10 +71,12 @@ def create_worker(
     burst: bool = False,
     clock: Clock = utc_now,
     scheduler: bool | None = None,
+    role: WorkerRole = "all",
 ) -> Worker:
     """A worker for every job, with the process's resources in ctx["resources"] (their clock
     is `clock`, for tests). The scheduler cron runs when `scheduler` is true; by default when
-    FORETELL_SCHEDULER is on and the worker is not a burst (test) worker."""
+    FORETELL_SCHEDULER is on and the worker is not a burst (test) worker. `role` (WorkerRole)
+    splits jobs from periodic jobs."""
     assert settings.redis_url
     if scheduler is None:
         scheduler = settings.scheduler == "on" and not burst
@@ -94,22 +103,26 @@ def create_worker(
         stack = AsyncExitStack()
         ctx["stack"] = stack
         ctx["resources"] = await stack.enter_async_context(open_resources(settings, clock))
-        _sweep_cgroups(settings)
-        log.info("worker started", jobs=["build_version", "run_version"], scheduler=scheduler)
+        if role != "cron":
+            _sweep_cgroups(settings)
+        log.info("worker started", role=role, scheduler=scheduler and role != "jobs")
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         await ctx["stack"].aclose()
 
+    jobs = [
+        func(build_version, timeout=build_job_timeout_s(settings), max_tries=3),
+        func(run_version, timeout=run_job_timeout_s(settings), max_tries=3),
+    ]
+    periodic = [*(cron_jobs if scheduler else []), billing, ledger_cron]
     return Worker(
-        functions=[
-            func(build_version, timeout=build_job_timeout_s(settings), max_tries=3),
-            func(run_version, timeout=run_job_timeout_s(settings), max_tries=3),
-        ],
-        cron_jobs=[*(cron_jobs if scheduler else []), billing, ledger_cron] if not burst else None,
+        functions=jobs if role != "cron" else [],
+        cron_jobs=periodic if role != "jobs" and not burst else None,
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         on_startup=startup,
         on_shutdown=shutdown,
-        queue_name=settings.queue_name,
+        # The jobs the cron worker enqueues (runs) still go to settings.queue_name.
+        queue_name=settings.queue_name + (CRON_QUEUE_SUFFIX if role == "cron" else ""),
         burst=burst,
         handle_signals=not burst,
         # A minute, not arq's default hour, so `arq --check` style probes notice a dead worker.

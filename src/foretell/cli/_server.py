@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, cast
 
 import click
 
 if TYPE_CHECKING:
     from foretell.settings import Settings
+    from foretell.worker import WorkerRole
 
 SERVICE_CHOICES = ("all", "account", "registry", "subscription", "datafeed", "forecast")
 
@@ -83,7 +84,15 @@ def serve(service: str) -> None:
 
 
 @click.command()
-def worker() -> None:
+@click.option(
+    "--role",
+    type=click.Choice(["all", "jobs", "cron"]),
+    default="all",
+    show_default=True,
+    help="jobs: builds and runs only (scale these out); cron: the scheduler, billing and "
+    "ledger checkpoints only (run exactly one); all: both.",
+)
+def worker(role: str) -> None:
     """Run background jobs (version builds, scheduled runs) until SIGTERM.
 
     Needs FORETELL_DATABASE_URL and FORETELL_REDIS_URL; `foretell up` starts one for you.
@@ -106,7 +115,7 @@ def worker() -> None:
         _fail("FORETELL_DATABASE_URL and FORETELL_REDIS_URL must be set")
 
     async def run() -> None:
-        running = create_worker(settings)
+        running = create_worker(settings, role=cast("WorkerRole", role))
         try:
             await running.async_run()
         except asyncio.CancelledError:
@@ -123,6 +132,61 @@ def worker() -> None:
         asyncio.run(run())
     except SettingsError as error:
         _fail(str(error), 1)
+
+
+@click.command("gateway-config")
+@click.option(
+    "--service-host",
+    required=True,
+    help="DNS name of each service, with {service} for its short name (account, registry, ...).",
+)
+@click.option("--grpc-port", type=int, default=50051, show_default=True)
+@click.option("--listen", default=None, help="HOST:PORT of Envoy's listener [FORETELL_HTTP_ADDR].")
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False), default="-", help="File to write, or -."
+)
+@click.option(
+    "--validate/--no-validate",
+    default=True,
+    show_default=True,
+    help="Check the config with `envoy --mode validate` (needs --output).",
+)
+def gateway_config(
+    service_host: str, grpc_port: int, listen: str | None, output: str, validate: bool
+) -> None:
+    """Print the Envoy config (the one `foretell up` renders) for services found by DNS, one
+    name each: the Kubernetes topology (deploy/kubernetes), where each name is a headless
+    Service and Envoy balances each request over its pods.
+
+    \b
+    Example:
+      foretell gateway-config --service-host 'foretell-{service}.foretell.svc.cluster.local' \\
+        --listen 0.0.0.0:8080 -o /etc/envoy/envoy.yaml
+    """
+    from pathlib import Path
+
+    from foretell.gateway import dns_upstreams, render_envoy_config, validate_envoy_config
+    from foretell.settings import SettingsError, parse_address
+
+    settings = _settings()
+    try:
+        http_addr = parse_address("--listen", listen) if listen else None
+        text = render_envoy_config(
+            settings, dns_upstreams(service_host, grpc_port), http_addr=http_addr
+        )
+    except (SettingsError, ValueError, OSError) as error:
+        _fail(str(error))
+    if output == "-":
+        click.echo(text, nl=False)
+        return
+    path = Path(output)
+    path.write_text(text)
+    if validate:
+        try:
+            validate_envoy_config(path)
+        except ValueError as error:
+            _fail(str(error), 1)
+    click.echo(f"wrote {path}", err=True)
 
 
 @click.group()
