@@ -259,7 +259,7 @@ def test_scheduler_is_single_and_migrations_are_a_job(docs: tuple[Doc, ...]) -> 
     assert scheduler["spec"]["replicas"] == 1
     assert scheduler["spec"]["strategy"] == {"type": "Recreate"}
     [container] = scheduler["spec"]["template"]["spec"]["containers"]
-    assert container["args"] == ["worker", "--role", "cron"]
+    assert container["args"] == ["worker", "--role", "cron", "--metrics"]
     assert not any(
         h["spec"]["scaleTargetRef"]["name"] == "foretell-scheduler"
         for h in of_kind(docs, "HorizontalPodAutoscaler")
@@ -454,6 +454,7 @@ def test_worker_roles_split_jobs_from_periodic_jobs() -> None:
         "cron:schedule_runs",
         "cron:bill_subscriptions",
         "cron:checkpoint_ledgers",
+        "cron:observe_business",
     }
     assert set(cron.functions) == {c.name for c in cron.cron_jobs}
     assert both.queue_name == "q"

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, select, text
 
+from foretell import metrics
 from foretell.db.models import Model, Run, Version
 from foretell.ledger import chain
 from foretell.logs import get_logger
@@ -135,6 +136,7 @@ async def _record_missed(
         # Each missed slot is a ledger entry, in slot order, appended in this transaction.
         await chain.append(session, model_id, [i for i in ids if i in inserted], now)
     log.warning("missed slots recorded", version_id=str(version_id), count=len(missed), total=total)
+    metrics.SLOTS.labels("missed").inc(len(missed))
     return len(missed)
 
 

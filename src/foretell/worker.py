@@ -11,7 +11,9 @@ from typing import Any, Literal
 
 from arq import Worker, cron, func
 from arq.connections import RedisSettings
+from sqlalchemy import text
 
+from foretell import metrics
 from foretell.billing.gateway import gateway_for
 from foretell.billing.settle import run_billing
 from foretell.ledger import chain
@@ -40,7 +42,27 @@ async def checkpoint_ledgers(ctx: dict[str, Any]) -> int:
     written = await chain.checkpoint(res.db, res.settings.ledger_keys_dir, res.clock)
     if written:
         log.info("ledger checkpoints signed", count=written)
+    metrics.LEDGER_CHECKPOINTS.inc(written)
+    metrics.LEDGER_CHECKPOINT_TIME.set_to_current_time()
     return written
+
+
+_BUSINESS_QUERIES = (
+    text("SELECT state, count(*) FROM subscriptions GROUP BY state"),
+    text("SELECT count(*) FROM subscriptions WHERE trial_end IS NOT NULL"),
+    text("SELECT currency, sum(amount_minor) FROM payments GROUP BY currency"),
+)
+
+
+async def observe_business(ctx: dict[str, Any]) -> None:
+    """Refreshes the business figures this process exports (foretell.metrics.set_business)."""
+    res = ctx["resources"]
+    states, trials, revenue = _BUSINESS_QUERIES
+    async with res.db.session() as session:
+        by_state = {str(s): int(n) for s, n in (await session.execute(states)).all()}
+        trials_started = int(await session.scalar(trials) or 0)
+        paid = {str(c): int(n) for c, n in (await session.execute(revenue)).all()}
+    metrics.set_business(by_state, trials_started, paid)
 
 
 async def bill_subscriptions(ctx: dict[str, Any]) -> int:
@@ -114,7 +136,9 @@ def create_worker(
         func(build_version, timeout=build_job_timeout_s(settings), max_tries=3),
         func(run_version, timeout=run_job_timeout_s(settings), max_tries=3),
     ]
-    periodic = [*(cron_jobs if scheduler else []), billing, ledger_cron]
+    # Every minute at second 45: the business figures the dashboards show.
+    business = cron(observe_business, second=45, run_at_startup=True, timeout=cron_timeout)
+    periodic = [*(cron_jobs if scheduler else []), billing, ledger_cron, business]
     return Worker(
         functions=jobs if role != "cron" else [],
         cron_jobs=periodic if role != "jobs" and not burst else None,

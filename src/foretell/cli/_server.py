@@ -92,7 +92,14 @@ def serve(service: str) -> None:
     help="jobs: builds and runs only (scale these out); cron: the scheduler, billing and "
     "ledger checkpoints only (run exactly one); all: both.",
 )
-def worker(role: str) -> None:
+@click.option(
+    "--metrics/--no-metrics",
+    default=False,
+    show_default=True,
+    help="Serve Prometheus metrics on FORETELL_METRICS_ADDR (runs, builds; with --role cron "
+    "or all also the queues' depth and the business figures).",
+)
+def worker(role: str, metrics: bool) -> None:
     """Run background jobs (version builds, scheduled runs) until SIGTERM.
 
     Needs FORETELL_DATABASE_URL and FORETELL_REDIS_URL; `foretell up` starts one for you.
@@ -113,6 +120,19 @@ def worker(role: str) -> None:
     settings = _settings()
     if not settings.database_url or not settings.redis_url:
         _fail("FORETELL_DATABASE_URL and FORETELL_REDIS_URL must be set")
+
+    if metrics:
+        from foretell.metrics import register_queues, serve_metrics
+        from foretell.worker import CRON_QUEUE_SUFFIX
+
+        try:
+            serve_metrics(settings.metrics_addr)
+        except OSError as error:
+            _fail(str(error), 1)
+        if role != "jobs":
+            register_queues(
+                settings.redis_url, [settings.queue_name, settings.queue_name + CRON_QUEUE_SUFFIX]
+            )
 
     async def run() -> None:
         running = create_worker(settings, role=cast("WorkerRole", role))

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from sqlalchemy import select, text
 
+from foretell import metrics
 from foretell.db import Database
 from foretell.db.models import Model, Run, Version
 from foretell.db.notify import RunRecorded, announce_run
@@ -230,4 +231,6 @@ async def execute_run(
         found = await _existing(db, version.id, as_of, kind)
         assert found is not None
         return await _record(found)
+    metrics.RUNS.labels(kind, outcome).inc()
+    metrics.RUN_SECONDS.labels(kind).observe(result.duration_s)
     return RunRecord(run_id, outcome, detail, log, result.duration_s, tuple(forecasts), True)

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc import aio
 
+from foretell import metrics
 from foretell.auth.policy import INFRASTRUCTURE_PREFIXES, POLICY
 from foretell.auth.principal import Principal, set_principal
 from foretell.auth.tokens import TokenVerifier
 from foretell.errors import ForetellError, PermissionDenied, Unauthenticated
 from foretell.logs import get_logger
-from foretell.runtime import metrics
 from foretell.runtime._status import error_status, internal_status
 
 log = get_logger("foretell.rpc")
@@ -88,32 +88,32 @@ class ServiceInterceptor(aio.ServerInterceptor):
             return handler
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary),
+                self._unary(method, handler.unary_unary, "unary"),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(method, handler.stream_unary),
+                self._unary(method, handler.stream_unary, "client_stream"),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(method, handler.unary_stream),
+                self._stream(method, handler.unary_stream, "server_stream"),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         assert handler.stream_stream is not None
         return grpc.stream_stream_rpc_method_handler(
-            self._stream(method, handler.stream_stream),
+            self._stream(method, handler.stream_stream, "bidi_stream"),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
-    def _unary(self, method: str, behavior: Callable[..., Awaitable[Any]]) -> Any:
+    def _unary(self, method: str, behavior: Callable[..., Awaitable[Any]], kind: str) -> Any:
         async def wrapped(request: Any, context: Context) -> Any:
-            outcome = _Outcome(method)
+            outcome = _Outcome(method, kind)
             try:
                 set_principal(await self._auth.authenticate(method, context.invocation_metadata()))
                 return await behavior(request, context)
@@ -124,9 +124,9 @@ class ServiceInterceptor(aio.ServerInterceptor):
 
         return wrapped
 
-    def _stream(self, method: str, behavior: Callable[..., Any]) -> Any:
+    def _stream(self, method: str, behavior: Callable[..., Any], kind: str) -> Any:
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
-            outcome = _Outcome(method)
+            outcome = _Outcome(method, kind)
             try:
                 set_principal(await self._auth.authenticate(method, context.invocation_metadata()))
                 async for response in behavior(request, context):
@@ -140,13 +140,15 @@ class ServiceInterceptor(aio.ServerInterceptor):
 
 
 class _Outcome:
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, kind: str) -> None:
         self.method = method
+        self.kind = kind
         self.code = "OK"
         self.started = time.perf_counter()
+        metrics.started(method, kind)
 
     def record(self) -> None:
-        metrics.observe(self.method, self.code, time.perf_counter() - self.started)
+        metrics.observe(self.method, self.code, time.perf_counter() - self.started, self.kind)
 
     async def fail(self, error: BaseException, context: Context) -> None:
         """Aborts the RPC for `error`; always raises."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
 from sqlalchemy import select
 
+from foretell import metrics
 from foretell.build import BuildFailed, BuildLog, NativeBuilder
 from foretell.db import Version
 from foretell.logs import get_logger
@@ -50,10 +52,15 @@ async def build_version(ctx: dict[str, Any], version_id: str) -> str:
     lock = f"foretell:build-lock:{version_id}"
     if not await res.redis.set(lock, b"1", nx=True, ex=build_job_timeout_s(res.settings)):
         return "busy"
+    started = time.monotonic()
     try:
-        return await _build(res, vid)
+        state = await _build(res, vid)
     finally:
         await res.redis.delete(lock)
+    if state in ("ready", "failed"):
+        metrics.BUILDS.labels(state).inc()
+        metrics.BUILD_SECONDS.labels(state).observe(time.monotonic() - started)
+    return state
 
 
 async def _build(res: Resources, vid: uuid.UUID) -> str:
