@@ -18,12 +18,26 @@ help: ## Show this help
 # Debian packages the platform needs beyond pip: the jail's Python runtime (the sandbox binds
 # Debian's world-readable /usr/bin/python3.11 and its stdlib into each run).
 SYSTEM_PACKAGES := python3.11-minimal libpython3.11-stdlib
+# promtool (alert rules and their unit tests): Debian's prometheus package, unpacked under
+# .build/ without installing it, so no Prometheus server is set up or started.
+PROMTOOL := .build/prometheus/usr/bin/promtool
 
 system-deps: ## Install the Debian packages the sandbox needs (as root; no-op when present)
 	@if ! [ -x /usr/bin/python3.11 ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES); \
 	  else echo "install $(SYSTEM_PACKAGES) (apt-get, as root) for the sandbox" >&2; exit 1; fi; \
 	fi
+
+$(PROMTOOL):
+	@mkdir -p .build/prometheus-deb
+	@if ! ls .build/prometheus-deb/prometheus_*.deb >/dev/null 2>&1; then \
+	  (cd .build/prometheus-deb && apt-get download prometheus 2>/dev/null) || \
+	  { apt-get update -qq && cd .build/prometheus-deb && apt-get download prometheus; }; \
+	fi
+	dpkg -x .build/prometheus-deb/prometheus_*.deb .build/prometheus
+	@touch $@
+
+promtool: $(PROMTOOL) ## Unpack promtool from Debian's prometheus package into .build/
 
 $(VENV_STAMP): pyproject.toml
 	@$(MAKE) system-deps
@@ -37,7 +51,7 @@ venv: $(VENV_STAMP) ## Create .venv and install the project with its development
 run: $(VENV_STAMP) ## Run the whole platform (embedded PostgreSQL and Redis unless URLs are given)
 	$(VENV)/bin/foretell up
 
-test: $(VENV_STAMP) ## Run the whole test suite against real PostgreSQL, Redis and Envoy
+test: $(VENV_STAMP) $(PROMTOOL) ## Run the whole test suite against real PostgreSQL, Redis and Envoy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV_STAMP) protodeps ## ruff, mypy --strict, buf lint and buf format
@@ -97,4 +111,4 @@ manifests: $(VENV_STAMP) ## Render every deploy/kubernetes overlay and validate 
 clean: ## Remove the virtualenv, build leftovers and the local data directory
 	rm -rf $(VENV) .build .foretell .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help system-deps venv run test lint fmt protodeps gen gen-check breaking bench manifests clean
+.PHONY: help system-deps venv run test lint fmt protodeps gen gen-check breaking bench manifests promtool clean

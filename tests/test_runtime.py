@@ -88,7 +88,7 @@ async def test_metrics_count_rpcs_by_method_and_code(
     port = metrics.serve_metrics(Address("127.0.0.1", 0))
     # go-grpc-prometheus's names and labels.
     labels = (
-        'grpc_code="UNAUTHENTICATED",grpc_method="GetMe",'
+        'grpc_code="Unauthenticated",grpc_method="GetMe",'
         'grpc_service="foretell.account.v1.AccountService",grpc_type="unary"'
     )
 
@@ -108,6 +108,15 @@ async def test_metrics_count_rpcs_by_method_and_code(
         text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
     assert "grpc_server_handling_seconds_bucket{" in text
     assert 'grpc_server_started_total{grpc_method="GetMe"' in text
+
+
+@pytest.mark.parametrize(
+    ("name", "go"),
+    [("OK", "OK"), ("INVALID_ARGUMENT", "InvalidArgument"), ("CANCELLED", "Canceled"),
+     ("DEADLINE_EXCEEDED", "DeadlineExceeded"), ("UNAUTHENTICATED", "Unauthenticated")],
+)  # fmt: skip
+def test_grpc_codes_are_labelled_as_go_spells_them(name: str, go: str) -> None:
+    assert metrics.go_code(name) == go
 
 
 @pytest.mark.parametrize(

@@ -90,10 +90,21 @@ BILLING_EVENTS = Counter(
 )
 
 
+# grpc_code as Go's codes.Code.String() spells it (go-grpc-prometheus): "OK", "InvalidArgument",
+# "Canceled" (one l), ... so queries written for Go services work here unchanged.
+_GO_CODE = {"OK": "OK", "CANCELLED": "Canceled"}
+
+
+def go_code(name: str) -> str:
+    """`StatusCode.name` ("INVALID_ARGUMENT") as Go spells the code ("InvalidArgument")."""
+    return _GO_CODE.get(name) or "".join(part.capitalize() for part in name.split("_"))
+
+
 def observe(full_method: str, code: str, seconds: float, rpc_type: str = "unary") -> None:
+    """One finished RPC; `code` is a grpc.StatusCode name (e.g. "NOT_FOUND")."""
     service, method = split_method(full_method)
-    RPC_HANDLED.labels(rpc_type, service, method, code).inc()
-    RPC_SECONDS.labels(rpc_type, service, method, code).observe(seconds)
+    RPC_HANDLED.labels(rpc_type, service, method, go_code(code)).inc()
+    RPC_SECONDS.labels(rpc_type, service, method, go_code(code)).observe(seconds)
 
 
 def started(full_method: str, rpc_type: str) -> None:
