@@ -108,7 +108,25 @@ manifests: $(VENV_STAMP) ## Render every deploy/kubernetes overlay and validate 
 	  echo "$$name: .build/manifests/$$name.yaml rendered and valid for Kubernetes $(K8S_VERSION) (KEDA kinds: tests/test_deploy.py)"; \
 	done
 
+IMAGE ?= localhost/foretell:0.1.0
+IMAGE_PACKAGES := podman mmdebstrap uidmap
+
+image-tools:
+	@command -v podman >/dev/null && command -v mmdebstrap >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq $(IMAGE_PACKAGES); }
+
+image: image-tools ## Build the OCI image (Debian base from mmdebstrap, then podman build) as IMAGE
+	sh deploy/image/build-base.sh .build/image
+	podman build -f deploy/Containerfile --network=host \
+	  --build-arg REVISION=$$(git rev-parse HEAD) -t $(IMAGE) .
+
+image-test: $(VENV_STAMP) ## Start IMAGE with podman: gRPC health SERVING and a REST answer through Envoy
+	$(PY) -m tests.image_smoke $(IMAGE)
+
+image-lock: $(VENV_STAMP) ## Pin the image's Python packages to this virtualenv's (deploy/image/constraints.txt)
+	$(PY) deploy/image/lock.py deploy/image/constraints.txt
+
 clean: ## Remove the virtualenv, build leftovers and the local data directory
 	rm -rf $(VENV) .build .foretell .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help system-deps venv run test lint fmt protodeps gen gen-check breaking bench manifests promtool clean
+.PHONY: help system-deps venv run test lint fmt protodeps gen gen-check breaking bench manifests promtool image-tools image image-test image-lock clean
