@@ -109,18 +109,24 @@ manifests: $(VENV_STAMP) ## Render every deploy/kubernetes overlay and validate 
 	done
 
 IMAGE ?= localhost/foretell:0.1.0
-IMAGE_PACKAGES := podman mmdebstrap uidmap
+IMAGE_PACKAGES := podman mmdebstrap uidmap runc
+# Where the machine's cgroups are a v1/v2 hybrid, crun refuses to start containers: runc works.
+# Without CAP_SYS_RESOURCE (as in these sandboxes), podman's default rlimits (above the hard
+# limit) cannot be set: ask for ones below it.
+PODMAN ?= podman --runtime runc
+PODMAN_ULIMITS ?= --ulimit nofile=4096:4096 --ulimit nproc=4096:4096
+export PODMAN PODMAN_ULIMITS
 
 image-tools:
-	@command -v podman >/dev/null && command -v mmdebstrap >/dev/null || \
+	@command -v podman >/dev/null && command -v mmdebstrap >/dev/null && command -v runc >/dev/null || \
 	  { apt-get update -qq && apt-get install -y -qq $(IMAGE_PACKAGES); }
 
 image: image-tools ## Build the OCI image (Debian base from mmdebstrap, then podman build) as IMAGE
 	sh deploy/image/build-base.sh .build/image
-	podman build -f deploy/Containerfile --network=host \
+	$(PODMAN) build -f deploy/Containerfile --network=host $(PODMAN_ULIMITS) \
 	  --build-arg REVISION=$$(git rev-parse HEAD) -t $(IMAGE) .
 
-image-test: $(VENV_STAMP) ## Start IMAGE with podman: gRPC health SERVING and a REST answer through Envoy
+image-test: $(VENV_STAMP) image-tools ## Start IMAGE with podman: gRPC health SERVING and a REST answer through Envoy
 	$(PY) -m tests.image_smoke $(IMAGE)
 
 image-lock: $(VENV_STAMP) ## Pin the image's Python packages to this virtualenv's (deploy/image/constraints.txt)

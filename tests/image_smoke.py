@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -37,8 +38,15 @@ SERVICES = (
 )
 
 
+# `make image-test` passes the machine's podman command and rlimits (see the Makefile).
+PODMAN = shlex.split(os.environ.get("PODMAN", "podman"))
+ULIMITS = shlex.split(os.environ.get("PODMAN_ULIMITS", ""))
+
+
 def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["podman", *args], capture_output=True, text=True, check=False)
+    if args[0] == "run":
+        args = ("run", *ULIMITS, *args[1:])
+    result = subprocess.run([*PODMAN, *args], capture_output=True, text=True, check=False)
     if check and result.returncode != 0:
         raise SystemExit(f"podman {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
     return result

@@ -29,7 +29,7 @@ for flavour in base build; do
             "deb http://deb.debian.org/debian-security bookworm-security main"
         mv "$tar.tmp" "$tar"
     fi
-    podman import --change 'CMD ["/bin/sh"]' \
+    ${PODMAN:-podman} import --change 'CMD ["/bin/sh"]' \
         --message "Debian bookworm ($flavour) from mmdebstrap" \
         "$tar" "localhost/foretell-$flavour:bookworm"
 done
