@@ -121,7 +121,12 @@ image-tools:
 	@command -v podman >/dev/null && command -v mmdebstrap >/dev/null && command -v runc >/dev/null || \
 	  { apt-get update -qq && apt-get install -y -qq $(IMAGE_PACKAGES); }
 
-image: image-tools ## Build the OCI image (Debian base from mmdebstrap, then podman build) as IMAGE
+wheels: $(VENV_STAMP) ## Wheels of foretell[server] at the pinned versions, for the image (.build/wheels)
+	rm -rf .build/wheels
+	$(PY) -m pip wheel --quiet --wheel-dir .build/wheels \
+	  --constraint deploy/image/constraints.txt ".[server]" async-timeout
+
+image: image-tools wheels ## Build the OCI image (Debian base from mmdebstrap, then podman build) as IMAGE
 	sh deploy/image/build-base.sh .build/image
 	$(PODMAN) build -f deploy/Containerfile --network=host $(PODMAN_ULIMITS) \
 	  --build-arg REVISION=$$(git rev-parse HEAD) -t $(IMAGE) .
@@ -135,4 +140,4 @@ image-lock: $(VENV_STAMP) ## Pin the image's Python packages to this virtualenv'
 clean: ## Remove the virtualenv, build leftovers and the local data directory
 	rm -rf $(VENV) .build .foretell .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help system-deps venv run test lint fmt protodeps gen gen-check breaking bench manifests promtool image-tools image image-test image-lock clean
+.PHONY: help system-deps venv run test lint fmt protodeps gen gen-check breaking bench manifests promtool image-tools wheels image image-test image-lock clean
