@@ -175,14 +175,13 @@ class Provider(HttpUser):
             "/v1/models",
             headers=self.headers,
             name="POST /v1/models",
+            # The body is the Model itself (`body: "model"`).
             json={
-                "model": {
-                    "name": self.name,
-                    "title": "Load test model",
-                    "symbols": ["EURUSD"],
-                    "resolution": "RESOLUTION_1H",
-                    "horizon": 1,
-                }
+                "name": self.name,
+                "title": "Load test model",
+                "symbols": ["EURUSD"],
+                "resolution": "RESOLUTION_1H",
+                "horizon": 1,
             },
         )
         host = os.environ.get("BENCH_GRPC_TARGET") or urlsplit(str(self.host)).netloc

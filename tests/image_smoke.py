@@ -15,12 +15,15 @@ import asyncio
 import json
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -158,10 +161,13 @@ async def main() -> None:
     database_url = server.rsplit("/", 1)[0] + f"/{name}"
     ports = free_ports(4)
     container = f"foretell-smoke-{uuid.uuid4().hex[:8]}"
-    # As Kubernetes runs it: read-only root, writable data directory and /tmp only.
+    # As Kubernetes runs it: read-only root, writable data directory (an emptyDir there, a
+    # directory of the image's user here: podman's tmpfs would be root's) and /tmp only.
+    data_dir = Path(tempfile.mkdtemp(prefix="ft-image-"))
+    os.chown(data_dir, 10001, 10001)
     common = [
         "--network=host", "--read-only", "--tmpfs", "/tmp",  # noqa: S108 - in the container
-        "--tmpfs", "/var/lib/foretell:rw,mode=1777", *container_env(database_url, ports),
+        "-v", f"{data_dir}:/var/lib/foretell", *container_env(database_url, ports),
     ]  # fmt: skip
     try:
         podman("run", "--rm", *common, IMAGE, "db", "upgrade")
@@ -178,6 +184,7 @@ async def main() -> None:
             podman("rm", "-f", container, check=False)
     finally:
         await drop_database(server, name)
+        shutil.rmtree(data_dir, ignore_errors=True)
     print("image-test: passed")
 
 
