@@ -81,6 +81,38 @@ def check_image() -> None:
     print(f"image: user 10001, OCI labels, no compiler or pip ({IMAGE})")
 
 
+# A jail as the worker's sandbox makes them (user, PID, mount, IPC, UTS and network namespaces,
+# the jail's user mapped to an unprivileged one, a fresh /proc, read-only binds), without cgroups:
+# this machine's are v1, which the worker pods do not use.
+JAIL = (
+    "nsjail -Mo --quiet --user 99999:65534:1 --group 99999:65534:1 --hostname jail"
+    " --disable_clone_newcgroup -R /usr -R /lib -R /lib64 -R /opt/foretell -T /tmp --iface_no_lo"
+    " -- /usr/bin/python3.11 -c 'import os; print(\"jailed\", os.getuid(), os.getpid())'"
+)
+WORKER = ["--user", "0", "--cap-drop", "ALL", "--security-opt", "apparmor=unconfined"]
+SECCOMP = ["--security-opt", "seccomp=deploy/kubernetes/seccomp/foretell-nsjail.json"]
+UNMASKED = ["--security-opt", "unmask=ALL"]
+ID_MAPS = ["--cap-add", "SETUID", "--cap-add", "SETGID"]
+
+
+def jail_runs(*privileges: str) -> bool:
+    result = podman(
+        "run", "--rm", *WORKER, *privileges, "--entrypoint", "/bin/sh", IMAGE, "-c", JAIL,
+        check=False,
+    )  # fmt: skip
+    return result.returncode == 0 and "jailed 99999 1" in result.stdout
+
+
+def check_worker_privileges() -> None:
+    """nsjail runs with the worker pod's privileges (as podman expresses them; the cgroup
+    remount, which needs SYS_ADMIN, is left out) and fails without each of them."""
+    assert jail_runs(*ID_MAPS, *SECCOMP, *UNMASKED), "nsjail fails with the worker's privileges"
+    assert not jail_runs(*SECCOMP, *UNMASKED), "SETUID/SETGID (the jail's id maps) not needed?"
+    assert not jail_runs(*ID_MAPS, *SECCOMP), "an unmasked /proc not needed?"
+    print("worker privileges: nsjail runs with SETUID+SETGID, the seccomp profile and an")
+    print("  unmasked /proc, and fails without the capabilities or with /proc masked")
+
+
 async def create_database() -> tuple[str, str]:
     server = os.environ.get(
         "FORETELL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -157,6 +189,7 @@ def container_env(database_url: str, ports: Sequence[int]) -> list[str]:
 
 async def main() -> None:
     check_image()
+    check_worker_privileges()
     server, name = await create_database()
     database_url = server.rsplit("/", 1)[0] + f"/{name}"
     ports = free_ports(4)
