@@ -284,6 +284,47 @@ def test_stores_per_overlay() -> None:
     assert store["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
+def _secret_references(docs: tuple[Doc, ...]) -> set[str]:
+    names: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key in ("secretKeyRef", "secretRef"):
+                if key in value:
+                    names.add(value[key]["name"])
+            if "secret" in value and isinstance(value["secret"], dict):
+                names.add(value["secret"]["secretName"])
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    for _workload, pod in workloads(docs):
+        walk(pod)
+    for auth in of_kind(docs, "TriggerAuthentication"):
+        names.update(ref["name"] for ref in auth["spec"]["secretTargetRef"])
+    return names
+
+
+# What the operator creates (deploy/README.md, "From an empty cluster").
+OPERATOR_SECRETS = {
+    "foretell-database",
+    "foretell-redis",
+    "foretell-jwt-keys",
+    "foretell-ledger-keys",
+}
+# Keys are never generated from the repository, not even for development.
+KEY_SECRETS = {"foretell-jwt-keys", "foretell-ledger-keys"}
+
+
+def test_every_referenced_secret_is_rendered_or_documented() -> None:
+    dev, production = render("dev"), render("production")
+    assert _secret_references(production) == OPERATOR_SECRETS
+    rendered = {s["metadata"]["name"] for s in of_kind(dev, "Secret")}
+    assert _secret_references(dev) - rendered == KEY_SECRETS
+
+
 # ---------------------------------------------------------------------------------------------
 # NetworkPolicy: evaluated the way the API server's semantics have it (the subset used here).
 
