@@ -17,6 +17,7 @@ rate (FORETELL_AUTH_RATE_LIMIT_PER_MIN). BENCH_GRPC_TARGET is Envoy's host:port 
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,12 @@ from foretell.registry.v1 import registry_service_pb2 as registry_pb  # noqa: E4
 from foretell.registry.v1 import registry_service_pb2_grpc as registry_grpc  # noqa: E402
 
 MODEL = os.environ.get("BENCH_MODEL", "demo-eurusd-momentum")
+# Subscribers' accounts, made before the load starts (each with a trial and an API key) and
+# shared by the simulated users, as traders with several screens open: signing up costs two
+# argon2 hashes (about a CPU-second each on a busy 2-core machine), which the Newcomer class
+# measures on its own instead of making every simulated user pay it at start.
+ACCOUNTS = int(os.environ.get("BENCH_ACCOUNTS", "20"))
+_api_keys: list[str] = []
 PASSWORD = "load test password 1234"
 STREAM_HOLD_S = 20.0
 BUILD_WAIT_S = 300.0
@@ -48,8 +55,8 @@ _template: Path | None = None
 
 
 @events.test_start.add_listener  # type: ignore[untyped-decorator]
-def _scaffold(environment: Environment, **_: Any) -> None:
-    """One model folder (`foretell init`), copied by every provider."""
+def _prepare(environment: Environment, **_: Any) -> None:
+    """One model folder (`foretell init`), copied by every provider; the subscribers' accounts."""
     global _template
     root = Path(tempfile.mkdtemp(prefix="ft-locust-"))
     foretell = Path(sys.executable).parent / "foretell"
@@ -57,20 +64,46 @@ def _scaffold(environment: Environment, **_: Any) -> None:
         [str(foretell), "init", "bench-model"], cwd=root, check=True, capture_output=True
     )
     _template = root / "bench-model"
+    host = str(environment.host)
+    for _number in range(ACCOUNTS):
+        bearer = {"authorization": f"Bearer {_account(host, 'ROLE_SUBSCRIBER')}"}
+        requests.post(f"{host}/v1/subscriptions", headers=bearer, json={"model": MODEL}, timeout=60)
+        reply = requests.post(
+            f"{host}/v1/users/me/apiKeys", headers=bearer, json={"name": "load"}, timeout=60
+        )
+        reply.raise_for_status()
+        _api_keys.append(reply.json()["secret"])
 
 
-def _sign_up(user: HttpUser, role: str) -> dict[str, str]:
+def _account(host: str, role: str) -> str:
+    """A new account's access token (outside the measured requests)."""
+    email = f"load-{uuid.uuid4().hex[:12]}@bench.example"
+    body = {"email": email, "password": PASSWORD, "role": role, "displayName": "load"}
+    requests.post(f"{host}/v1/users", json=body, timeout=120).raise_for_status()
+    login = {"email": email, "password": PASSWORD}
+    reply = requests.post(f"{host}/v1/auth:login", json=login, timeout=120)
+    reply.raise_for_status()
+    return str(reply.json()["tokens"]["accessToken"])
+
+
+def _sign_up(user: HttpUser, role: str) -> dict[str, str] | None:
+    """Signs up and in through the measured client; None when either failed (counted)."""
     email = f"load-{uuid.uuid4().hex[:12]}@bench.example"
     user.client.post(
         "/v1/users",
         json={"email": email, "password": PASSWORD, "role": role, "displayName": "load"},
         name="POST /v1/users",
+        timeout=120,
     )
     response = user.client.post(
-        "/v1/auth:login", json={"email": email, "password": PASSWORD}, name="POST /v1/auth:login"
+        "/v1/auth:login",
+        json={"email": email, "password": PASSWORD},
+        name="POST /v1/auth:login",
+        timeout=120,
     )
-    token = response.json()["tokens"]["accessToken"]
-    return {"authorization": f"Bearer {token}"}
+    if not response.ok:
+        return None
+    return {"authorization": f"Bearer {response.json()['tokens']['accessToken']}"}
 
 
 class Subscriber(HttpUser):
@@ -80,14 +113,9 @@ class Subscriber(HttpUser):
     wait_time = between(1, 3)
 
     def on_start(self) -> None:
-        self.headers = _sign_up(self, "ROLE_SUBSCRIBER")
-        # A trial (the demo plan has 14 days): runs, the full record and the live stream.
-        self.client.post(
-            "/v1/subscriptions",
-            headers=self.headers,
-            json={"model": MODEL},
-            name="POST /v1/subscriptions",
-        )
+        # An API key of an account on a trial (the demo plan has 14 days): the full record
+        # and the live stream.
+        self.headers = {"authorization": f"Bearer {random.choice(_api_keys)}"}  # noqa: S311
         self._get("/v1/subscriptions", "GET /v1/subscriptions")
 
     def _get(self, path: str, name: str) -> None:
@@ -159,15 +187,35 @@ class Subscriber(HttpUser):
         )
 
 
+class Newcomer(HttpUser):
+    """Signs up (argon2), signs in (argon2 again), starts a trial, looks at the model, leaves."""
+
+    weight = 1
+    wait_time = between(30, 90)
+
+    @task
+    def sign_up(self) -> None:
+        headers = _sign_up(self, "ROLE_SUBSCRIBER")
+        if headers is None:
+            return
+        self.client.post(
+            "/v1/subscriptions",
+            headers=headers,
+            json={"model": MODEL},
+            name="POST /v1/subscriptions",
+        )
+        self.client.get(f"/v1/models/{MODEL}", headers=headers, name="GET /v1/models/{name}")
+
+
 class Provider(HttpUser):
     """Writes: create a model, push a version (gRPC, as `foretell push`), wait for its build,
     dry-run it."""
 
     weight = 1
-    wait_time = between(5, 15)
+    wait_time = between(20, 60)
 
     def on_start(self) -> None:
-        self.headers = _sign_up(self, "ROLE_PROVIDER")
+        self.headers = {"authorization": f"Bearer {_account(str(self.host), 'ROLE_PROVIDER')}"}
         self.metadata = (("authorization", self.headers["authorization"]),)
         self.name = f"load-{uuid.uuid4().hex[:10]}"
         self.pushes = 0
