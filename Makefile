@@ -54,10 +54,11 @@ run: $(VENV_STAMP) ## Run the whole platform (embedded PostgreSQL and Redis unle
 test: $(VENV_STAMP) $(PROMTOOL) ## Run the whole test suite against real PostgreSQL, Redis and Envoy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(VENV_STAMP) protodeps ## ruff, mypy --strict, buf lint and buf format
+lint: $(VENV_STAMP) protodeps ## ruff, mypy --strict, the import layers, buf lint and buf format
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf format --diff --exit-code protos
 
@@ -92,6 +93,9 @@ breaking: $(VENV_STAMP) protodeps ## buf breaking (FILE rules) against BREAKING_
 	  $(VENV)/bin/buf breaking $$tmp/current.binpb --against $$tmp/against.binpb --exclude-imports; \
 	  echo "buf breaking: no breaking change against $(BREAKING_REF)"; \
 	else echo "buf breaking: $(BREAKING_REF) has no protos, nothing to compare"; fi
+
+docs: $(VENV_STAMP) ## Regenerate docs/configuration.md from the settings code
+	$(PY) -m foretell._settings_doc docs/configuration.md
 
 bench: $(VENV_STAMP) ## Print the RPC throughput and latency figures (bench/README.md)
 	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
@@ -140,4 +144,4 @@ image-lock: $(VENV_STAMP) ## Pin the image's Python packages to this virtualenv'
 clean: ## Remove the virtualenv, build leftovers and the local data directory
 	rm -rf $(VENV) .build .foretell .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help system-deps venv run test lint fmt protodeps gen gen-check breaking bench manifests promtool image-tools wheels image image-test image-lock clean
+.PHONY: help system-deps venv run test lint fmt protodeps gen gen-check breaking docs bench manifests promtool image-tools wheels image image-test image-lock clean

@@ -39,10 +39,10 @@ import grpc
 from grpc import aio
 
 from foretell.datafeed.v1 import datafeed_service_pb2 as feed_pb
-from foretell.runs import MemoryBars, RunScope, RunServer, sdk_dir
-from foretell.sandbox import Outcome, SandboxLimits, prepare_run_dir, run_in_sandbox
-from foretell.services.datafeed._servicer import PACKED_PAGE_BARS, bars_pb
-from foretell.services.datafeed._store import BarColumns
+from foretell.marketdata.messages import PACKED_PAGE_BARS, bars_pb
+from foretell.marketdata.queries import BarColumns
+from foretell.runs import MemoryBars, RunScope, RunServer
+from foretell.sandbox import Outcome, SandboxLimits, prepare_run_dir, run_in_sandbox, sdk_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEELHOUSE = ROOT / ".build" / "wheelhouse"

@@ -7,7 +7,7 @@ of the `backtesting` package; one public model whose live version has a run at e
 slot from the first to the last bar (weekends included, as the scheduler runs them: about
 7,100 runs and forecasts, about 10 months), each forecast with a direction, a predicted return
 and a probability drawn from a seeded generator. The service runs in this process on a port
-the kernel picks (`foretell.runtime.server.start_server`, account and forecast services); a
+the kernel picks (`foretell.composition.start_services`, account and forecast services); a
 subscriber signs in.
 
 Measured:
@@ -41,11 +41,11 @@ from sqlalchemy import text
 
 from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.account.v1 import account_service_pb2_grpc as account_grpc
+from foretell.composition import start_services
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
 from foretell.performance import compute_report
 from foretell.runtime.resources import Resources, open_resources
-from foretell.runtime.server import start_server
 from foretell.services.forecast._performance import performance_pb
 from foretell.settings import Address, Settings
 
@@ -137,7 +137,7 @@ async def main_async(args: argparse.Namespace) -> None:
             )
             async with open_resources(settings) as res:
                 name, model_id, version_id, last_slot, count = await seed(res)
-                server = await start_server(res, ["account", "forecast"], Address("127.0.0.1", 0))
+                server = await start_services(res, ["account", "forecast"], Address("127.0.0.1", 0))
                 try:
                     await measure(res, server.port, name, model_id, version_id, last_slot,
                                   count, args.calls)  # fmt: skip

@@ -36,8 +36,8 @@ from sqlalchemy.engine import make_url
 
 from foretell.account.v1 import account_service_pb2 as pb
 from foretell.account.v1 import account_service_pb2_grpc as pb_grpc
+from foretell.composition import SERVICES
 from foretell.db.migrate import upgrade
-from foretell.services import SERVICES
 from foretell.settings import Address, Settings
 
 # The benchmark reuses the test suite's Envoy runner (ports picked by the kernel).

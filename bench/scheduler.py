@@ -32,8 +32,9 @@ from _stores import database, redis
 from sqlalchemy import func, select
 
 from foretell.db.models import Model, Run, User, Version
-from foretell.runs import execute_run, run_limits, sdk_dir
+from foretell.runs import execute_run, run_limits
 from foretell.runtime.resources import Resources, open_resources
+from foretell.sandbox import sdk_dir
 from foretell.scheduler import schedule_runs
 from foretell.settings import Settings
 from foretell.worker import create_worker

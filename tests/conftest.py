@@ -26,9 +26,9 @@ from sqlalchemy.engine import make_url
 
 from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.account.v1 import account_service_pb2_grpc as account_grpc
+from foretell.composition import SERVICES, start_services
 from foretell.db.migrate import upgrade
-from foretell.runtime import Resources, RunningServer, open_resources, start_server
-from foretell.services import SERVICES
+from foretell.runtime import Resources, RunningServer, open_resources
 from foretell.settings import Address, Settings
 from tests import _envoy
 
@@ -149,7 +149,7 @@ async def resources(settings: Settings, session_clock: MovableClock) -> AsyncIte
 
 @pytest.fixture(scope="session")
 async def grpc_server(resources: Resources) -> AsyncIterator[RunningServer]:
-    running = await start_server(resources, list(SERVICES), Address("127.0.0.1", 0))
+    running = await start_services(resources, list(SERVICES), Address("127.0.0.1", 0))
     yield running
     await running.stop(0.5)
 

@@ -20,9 +20,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from foretell.account.v1 import account_service_pb2 as pb
 from foretell.account.v1 import account_service_pb2_grpc as pb_grpc
+from foretell.composition import SERVICES
 from foretell.runtime import RunningServer
-from foretell.services import SERVICES
-from foretell.services.account import _store
+from foretell.services.account import _queries
 from foretell.settings import Address, Settings
 from tests import _envoy
 from tests._envoy import Envoy
@@ -322,7 +322,7 @@ async def test_an_unexpected_error_is_a_bare_500_over_rest(
     async def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("asyncpg: relation users at /srv/foretell/_store.py line 12")
 
-    monkeypatch.setattr(_store, "get_user", explode)
+    monkeypatch.setattr(_queries, "get_user", explode)
     response = await http.get("/v1/users/me", headers=auth)
     assert response.status_code == 500
     assert response.json()["message"].startswith("internal error; reference ")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from foretell.account.v1 import account_service_pb2 as account_pb
-from foretell.cli._client import Exit
+from foretell.cli._exit import Exit
 from foretell.registry.v1 import registry_service_pb2_grpc as reg_grpc
 from foretell.runtime import Resources
 from tests._envoy import Envoy

@@ -27,13 +27,13 @@ from grpc import aio
 from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.account.v1 import account_service_pb2_grpc as account_grpc
 from foretell.auth.policy import Role
-from foretell.cli._client import Exit
+from foretell.cli._exit import Exit
 from foretell.common.v1 import common_pb2
 from foretell.datafeed.v1 import datafeed_service_pb2 as pb
 from foretell.datafeed.v1 import datafeed_service_pb2_grpc as pb_grpc
 from foretell.demo import load_demo_bars
 from foretell.runtime import Resources
-from foretell.services.account._store import create_user
+from foretell.services.account._queries import create_user
 from foretell.settings import Settings
 from tests._envoy import Envoy
 from tests._errors import field_violations

@@ -18,8 +18,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import select
 
 from foretell.bundle import Manifest
-from foretell.cli import _scaffold
-from foretell.cli._client import Exit
+from foretell.bundle import scaffold as _scaffold
+from foretell.cli._exit import Exit
 from foretell.common.v1 import common_pb2
 from foretell.db.models import Forecast, Run
 from foretell.forecast.v1 import forecast_service_pb2 as fc_pb

@@ -20,7 +20,7 @@ from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.auth.policy import Role
 from foretell.auth.principal import Principal
 from foretell.billing.entitlement import Reach, forecast_access
-from foretell.billing.gateway import gateway_for
+from foretell.billing.payments import processor_for
 from foretell.billing.settle import locked_subscription, run_billing
 from foretell.db.models import Model
 from foretell.errors import PermissionDenied
@@ -216,7 +216,7 @@ async def test_an_open_stream_stops_when_the_subscription_lapses(
         # subscription, and its notice wakes the stream, which re-checks and stops.
         clock.advance(15 * DAY)
         settings = resources.settings
-        assert await run_billing(resources.db, settings, clock(), gateway_for(settings)) >= 1
+        assert await run_billing(resources.db, settings, clock(), processor_for(settings)) >= 1
         with pytest.raises(grpc.RpcError) as caught:
             await asyncio.wait_for(stream.read(), 10)
         assert status_code(caught.value) == grpc.StatusCode.PERMISSION_DENIED

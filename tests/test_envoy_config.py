@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from foretell.composition import SERVICES
 from foretell.gateway import render_envoy_config, validate_envoy_config
-from foretell.services import SERVICES
 from foretell.settings import Address, Settings
 
 ONE_PROCESS = dict.fromkeys(SERVICES, Address("127.0.0.1", 50051))

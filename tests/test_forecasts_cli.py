@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from foretell.account.v1 import account_service_pb2 as account_pb
-from foretell.cli._client import Exit
+from foretell.cli._exit import Exit
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
 from foretell.registry.v1 import registry_service_pb2_grpc as reg_grpc

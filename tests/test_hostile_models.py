@@ -20,12 +20,12 @@ from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.account.v1 import account_service_pb2_grpc as account_grpc
 from foretell.common.v1 import common_pb2
 from foretell.db.models import Forecast, Model, Run, Version
+from foretell.marketdata import BarColumns, ingest_bars
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
-from foretell.runs import RunRecord, execute_run, sdk_dir
+from foretell.runs import RunRecord, execute_run
 from foretell.runtime import Resources
-from foretell.sandbox import SandboxLimits
-from foretell.services.datafeed import BarColumns, ingest_bars
+from foretell.sandbox import SandboxLimits, sdk_dir
 from foretell.settings import Settings
 from tests._registry import model_name, push, run_builds, write_model
 from tests.conftest import PASSWORD, MovableClock, unique_email

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Awaitable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,76 @@ async def test_a_recorded_history_verifies_with_its_signed_checkpoint(
     assert result.ok, result.problem
     assert result.forecasts_checked == 4
     assert result.head_hash == ledger.entries[-1].entry_hash.hex()
+
+
+# A payload from before entries were built by column name: its bytes must never change, or
+# every chain recorded so far stops verifying.
+_PINNED_RUN = uuid.UUID("7d2c7b0e-51f4-4a3e-9c1e-2b8f0e4d6a10")
+_PINNED_PAYLOAD = (
+    b'{"as_of":"2024-03-04T09:00:00.000000Z","detail_sha256":"56c19408359ab45ef6d34d8912afe4b9'
+    b'68317d4e23b5a3ca0140658aef8ee3d7","duration_s":"3ff4000000000000","forecasts":[{"as_of":'
+    b'"2024-03-04T09:00:00.000000Z","direction":"flat","kind":"point","predicted_return":null,'
+    b'"probability":"3fe0000000000000","recorded_at":"2024-03-04T09:00:09.000000Z","symbol":"AA'
+    b'PL","target_time":"2024-03-04T10:00:00.000000Z"},{"as_of":"2024-03-04T09:00:00.000000Z","'
+    b'direction":"up","kind":"point","predicted_return":"3f60624dd2f1a9fc","probability":null,'
+    b'"recorded_at":"2024-03-04T09:00:09.000000Z","symbol":"EURUSD","target_time":"2024-03-04T'
+    b'10:00:00.000000Z"},{"as_of":"2024-03-04T09:00:00.000000Z","direction":"down","kind":"poin'
+    b't","predicted_return":"bf50624dd2f1a9fc","probability":"3fe6666666666666","recorded_at":'
+    b'"2024-03-04T09:00:09.000000Z","symbol":"EURUSD","target_time":"2024-03-04T11:00:00.00000'
+    b'0Z"}],"kind":"live","log_sha256":"8e722e34af271ba626bdbdf618ebf1386eaad27b073b6421d329bf'
+    b'5ffca22637","model":"eurusd-momentum","outcome":"ok","recorded_at":"2024-03-04T09:00:01.2'
+    b'50000Z","run_id":"7d2c7b0e-51f4-4a3e-9c1e-2b8f0e4d6a10","v":1,"version":3,"version_diges'
+    b't":"sha256:abababababababababababababababababababababababababababababababab"}'
+)
+
+
+def test_the_payload_encoding_is_pinned() -> None:
+    # Distinct values in every field, a recording time in another zone with microseconds, and
+    # forecasts out of order, so a field taken from the wrong column changes the bytes.
+    recorded = datetime(2024, 3, 4, 11, 0, 1, 250000, tzinfo=timezone(timedelta(hours=2)))
+    run = chain.RunRow(
+        run_id=_PINNED_RUN, model="eurusd-momentum", version=3,
+        version_digest="sha256:" + "ab" * 32, kind="live", as_of=BASE, recorded_at=recorded,
+        outcome="ok", duration_s=1.25, detail="détail ✓", log="log line\n",
+    )  # fmt: skip
+    later = BASE + timedelta(seconds=9)
+    forecasts = [
+        chain.ForecastRow(_PINNED_RUN, "EURUSD", BASE, BASE + 2 * HOUR, "point", "down", -0.001,
+                          0.7, later),
+        chain.ForecastRow(_PINNED_RUN, "EURUSD", BASE, BASE + HOUR, "point", "up", 0.002, None,
+                          later),
+        chain.ForecastRow(_PINNED_RUN, "AAPL", BASE, BASE + HOUR, "point", "flat", None, 0.5,
+                          later),
+    ]  # fmt: skip
+    assert chain.payload(run, forecasts) == _PINNED_PAYLOAD
+
+
+async def test_payloads_take_each_field_from_its_column(
+    registry: reg_grpc.RegistryServiceAsyncStub, sign_up: SignUp, resources: Resources
+) -> None:
+    made = await make_model(registry, sign_up, resources, symbols=(unique_symbol("EURUSD"),))
+    recorded = BASE + timedelta(minutes=7, microseconds=5)
+    run_id = await record_run(
+        resources, made, BASE, [F("up", 0.002, 0.6), F("down", -0.001, None, horizon=2)],
+        outcome="model_error", detail="Traceback: boom", log="the log", recorded_at=recorded,
+    )  # fmt: skip
+    async with resources.db.session.begin() as session:
+        built = await chain.payloads(session, [run_id])
+        digest = await session.scalar(
+            text("SELECT digest FROM versions WHERE id = :id"), {"id": made.versions[1]}
+        )
+    run = chain.RunRow(
+        run_id=run_id, model=made.name, version=1, version_digest=digest, kind="live",
+        as_of=BASE, recorded_at=recorded, outcome="model_error", duration_s=0.25,
+        detail="Traceback: boom", log="the log",
+    )  # fmt: skip
+    forecasts = [
+        chain.ForecastRow(run_id, made.symbol, BASE, BASE + HOUR, "live", "up", 0.002, 0.6,
+                          recorded),
+        chain.ForecastRow(run_id, made.symbol, BASE, BASE + 2 * HOUR, "live", "down", -0.001,
+                          None, recorded),
+    ]  # fmt: skip
+    assert built == {run_id: chain.payload(run, forecasts)}
 
 
 TAMPERING: dict[str, tuple[str, str]] = {

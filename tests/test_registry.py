@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,9 +11,11 @@ import asyncpg
 import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from foretell.account.v1 import account_service_pb2 as account_pb
+from foretell.build import BuildState
 from foretell.common.v1 import common_pb2
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
@@ -480,3 +483,18 @@ async def test_page_tokens_walk_the_catalog(registry: Stub, sign_up: SignUp) -> 
     assert seen == names
     bad = registry.ListModels(pb.ListModelsRequest(page_token="%%%"), metadata=me.metadata)
     assert await _code(bad) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_build_states_are_the_ones_the_schema_allows(resources: Resources) -> None:
+    """BuildState is the one list of build states: the database's CHECK constraint and the
+    API's BuildState enum hold the same set."""
+    async with resources.db.engine.connect() as conn:
+        check = await conn.scalar(
+            text(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+                " WHERE conname = 'versions_build_state_check'"
+            )
+        )
+    assert set(re.findall(r"'([a-z_]+)'", str(check))) == {state.value for state in BuildState}
+    api = set(pb.BuildState.keys()) - {"BUILD_STATE_UNSPECIFIED"}
+    assert api == {f"BUILD_STATE_{state.name}" for state in BuildState}

@@ -13,17 +13,17 @@ import pytest
 from sqlalchemy import select
 
 from foretell.bundle import Manifest
-from foretell.cli import _scaffold
+from foretell.bundle import scaffold as _scaffold
 from foretell.common.v1 import common_pb2
 from foretell.db.models import Forecast, Model, Run, Version
 from foretell.errors import InvalidArgument
 from foretell.forecast.v1 import forecast_service_pb2 as fc_pb
+from foretell.marketdata import BarColumns, ingest_bars
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
-from foretell.runs import RunRecord, RunScope, check_forecasts, execute_run, sdk_dir
+from foretell.runs import RunRecord, RunScope, check_forecasts, execute_run
 from foretell.runtime import Resources
-from foretell.sandbox import SandboxLimits
-from foretell.services.datafeed import BarColumns, ingest_bars
+from foretell.sandbox import SandboxLimits, sdk_dir
 from foretell.settings import Settings
 from tests._registry import model_name, push, run_builds, write_model
 from tests.conftest import MovableClock, SignUp

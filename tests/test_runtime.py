@@ -17,8 +17,8 @@ from foretell import metrics
 from foretell.account.v1 import account_service_pb2 as pb
 from foretell.account.v1 import account_service_pb2_grpc as pb_grpc
 from foretell.auth.policy import POLICY, Policy, Role
-from foretell.services import SERVICES
-from foretell.services.account import _store
+from foretell.composition import SERVICES
+from foretell.services.account import _queries
 from foretell.settings import Address, Settings, SettingsError, load_settings
 from tests.conftest import FORETELL, SignUp, foretell_env
 
@@ -73,7 +73,7 @@ async def test_an_unexpected_error_becomes_internal_without_its_text(
     async def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("relation users: password column leaked at /srv/secret.py")
 
-    monkeypatch.setattr(_store, "get_user", explode)
+    monkeypatch.setattr(_queries, "get_user", explode)
     with pytest.raises(grpc.RpcError) as caught:
         await account.GetMe(pb.GetMeRequest(), metadata=me.metadata)
     assert caught.value.code() == grpc.StatusCode.INTERNAL

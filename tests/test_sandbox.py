@@ -169,11 +169,13 @@ def test_nsjail_is_the_real_binary_not_a_launcher() -> None:
 
 def test_the_public_api_is_pinned() -> None:
     assert set(foretell.sandbox.__all__) == {
-        "JAIL_SOCKET", "CgroupHost", "CgroupVersion", "JailUser", "Outcome", "OutputJudge",
+        "JAIL_SDK", "JAIL_SOCKET", "CgroupHost", "CgroupVersion", "JailUser", "Outcome",
+        "OutputJudge",
         "PolicyTemplateError", "PythonRuntime", "RunCgroups", "RunPaths", "SandboxError",
         "SandboxLimits", "SandboxResult", "SandboxUnavailable", "create_run_cgroups",
         "detect_cgroups", "nsjail_binary", "prepare_run_dir", "render_policy", "render_template",
-        "run_in_sandbox", "sweep_stale_run_cgroups", "system_python", "template_parameters",
+        "run_in_sandbox", "sdk_dir", "sweep_stale_run_cgroups", "system_python",
+        "template_parameters",
     }  # fmt: skip
 
 

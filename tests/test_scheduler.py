@@ -20,12 +20,12 @@ from foretell.common.v1 import common_pb2
 from foretell.db.models import Forecast, Model, Run, Version
 from foretell.forecast.v1 import forecast_service_pb2 as fc_pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as fc_grpc
+from foretell.marketdata import BarColumns, ingest_bars
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from foretell.runs import MAX_MISSED, due_slots, latest_closed_boundary, missed_total
 from foretell.runtime import Resources
 from foretell.scheduler import MISSED_DETAIL, run_job_id, run_version, schedule_runs
-from foretell.services.datafeed import BarColumns, ingest_bars
 from foretell.settings import Settings, SettingsError, load_settings
 from foretell.worker import create_worker
 from tests._registry import model_name, push, run_builds, write_model

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
+from foretell.marketdata import BarColumns
+from foretell.marketdata.messages import PACKED_PAGE_BARS
 from foretell.runs import MemoryBars, RunScope, RunServer
 from foretell.sdk import Bars, Context, DataError
-from foretell.services.datafeed import BarColumns
-from foretell.services.datafeed._servicer import PACKED_PAGE_BARS
 
 SYMBOL = "EURUSD"
 START = datetime(2000, 1, 3, tzinfo=UTC)

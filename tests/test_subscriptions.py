@@ -23,14 +23,14 @@ from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.account.v1 import account_service_pb2_grpc as account_grpc
 from foretell.auth.policy import Role
 from foretell.billing._months import add_months
-from foretell.billing.gateway import LedgerGateway, gateway_for
 from foretell.billing.machine import TRANSITIONS, Event, State, next_state
+from foretell.billing.payments import ManualProcessor, processor_for
 from foretell.billing.settle import record_payment, run_billing
 from foretell.db.models import Invoice, Subscription, SubscriptionEvent
 from foretell.errors import FailedPrecondition
 from foretell.registry.v1 import registry_service_pb2_grpc as reg_grpc
 from foretell.runtime import Resources
-from foretell.services.account._store import create_user
+from foretell.services.account._queries import create_user
 from foretell.subscription.v1 import subscription_service_pb2 as pb
 from foretell.subscription.v1 import subscription_service_pb2_grpc as pb_grpc
 from tests._billing import set_plan, sold_model
@@ -136,7 +136,7 @@ class World:
 
     async def bill(self) -> int:
         res = self.resources
-        return await run_billing(res.db, res.settings, self.clock(), gateway_for(res.settings))
+        return await run_billing(res.db, res.settings, self.clock(), processor_for(res.settings))
 
     async def state(self) -> str:
         """The stored state, as the billing run left it (no settling on the way)."""
@@ -167,11 +167,11 @@ class World:
             await record_payment(
                 session,
                 uuid.UUID(open_invoice.id),
-                gateway="ledger",
+                processor="manual",
                 reference="test",
                 now=self.clock(),
                 settings=res.settings,
-                charger=LedgerGateway(),
+                charger=ManualProcessor(),
             )
 
     async def history(self) -> list[tuple[str, str | None, str]]:
@@ -625,17 +625,17 @@ async def test_auto_pay_makes_a_subscription_active_at_once(
 ) -> None:
     from foretell.auth.policy import Role
     from foretell.auth.principal import Principal
-    from foretell.services.subscription import _store
+    from foretell.services.subscription import _queries
 
     model = await sold_model(channel, sign_up, resources, trial_days=0)
     reader = await sign_up(account_pb.ROLE_SUBSCRIBER)
     settings = dataclasses.replace(resources.settings, billing_auto_pay="on")
-    billing = _store.Billing(settings, gateway_for(settings), resources.clock())
+    billing = _queries.Billing(settings, processor_for(settings), resources.clock())
     principal = Principal(uuid.UUID(reader.user.id), Role.SUBSCRIBER, "jwt")
-    sub, invoice = await _store.subscribe(resources.db, principal, model.name, billing)
+    sub, invoice = await _queries.subscribe(resources.db, principal, model.name, billing)
     assert sub.state == "active"
     assert invoice is not None and invoice.state == "paid"
-    assert invoice.payment is not None and invoice.payment.gateway == "ledger"
+    assert invoice.payment is not None and invoice.payment.processor == "manual"
 
 
 # --- paging -----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from foretell.db._engine import async_url
+from foretell.db import async_url
 
 DATABASE_NAME = "foretell"
 

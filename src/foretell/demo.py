@@ -24,14 +24,21 @@ from sqlalchemy.dialects.postgresql import insert
 
 from foretell.auth.policy import Role
 from foretell.auth.principal import Principal
+from foretell.build import BuildState, MemoryLog, build
+from foretell.build.states import TAKEABLE
 from foretell.bundle import Manifest, pack_dir
+from foretell.bundle import scaffold as _scaffold
+from foretell.clock import utc_now
 from foretell.currencies import format_minor
 from foretell.db import Database, Model, User, Version, connect
 from foretell.db.models import Bar, Plan
 from foretell.errors import AlreadyExists
-from foretell.runtime.resources import utc_now
-from foretell.services.datafeed import BarColumns, IngestResult, ingest_bars
+from foretell.marketdata import BarColumns, IngestResult, ingest_bars
+from foretell.runs import due_slots, missed_total, run_on_platform
+from foretell.services.account import create_user
+from foretell.services.registry import Upload, add_version, create_model, publish
 from foretell.settings import Settings
+from foretell.store import ArtifactStore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,8 +172,6 @@ async def _provider(db: Database, now: datetime, summary: DemoSummary) -> Princi
     async with db.session() as session:
         user = await session.scalar(select(User).where(User.email == DEMO_EMAIL))
     if user is None:
-        from foretell.services.account._store import create_user
-
         password = secrets.token_urlsafe(12)
         try:
             user = await create_user(
@@ -187,8 +192,6 @@ async def _provider(db: Database, now: datetime, summary: DemoSummary) -> Princi
 
 
 async def _model(db: Database, principal: Principal, now: datetime, summary: DemoSummary) -> None:
-    from foretell.services.registry._store import create_model
-
     async with db.session() as session:
         exists = await session.scalar(select(Model.id).where(Model.name == DEMO_MODEL))
     if exists is None:
@@ -217,9 +220,6 @@ def _packed(settings: Settings) -> tuple[str, int]:
     """The `foretell init` template for the demo model, packed into the store's scratch space.
     The template is deterministic, so the digest is the same on every call (and the version
     is found again) until the template itself changes."""
-    from foretell.cli import _scaffold
-    from foretell.store import ArtifactStore
-
     store = ArtifactStore(settings.artifacts_dir)
     with tempfile.TemporaryDirectory(prefix="ft-demo-") as folder:
         _scaffold.write(Path(folder), DEMO_MODEL, DEMO_MANIFEST, pushes_by_folder=False)
@@ -234,8 +234,6 @@ def _packed(settings: Settings) -> tuple[str, int]:
 async def _version(
     db: Database, settings: Settings, principal: Principal, now: datetime, summary: DemoSummary
 ) -> Version:
-    from foretell.services.registry._store import Upload, add_version
-
     digest, size = await asyncio.to_thread(_packed, settings)
     version, created, _queued = await add_version(
         db, principal, Upload(DEMO_MODEL, digest, size, DEMO_MANIFEST), now
@@ -245,46 +243,20 @@ async def _version(
 
 
 async def _build(db: Database, settings: Settings, version: Version, clock: Clock) -> Version:
-    """Builds the version here, with the worker's builder and store: no worker needed. The
-    version is taken (queued or building -> building) under a row lock, like the build job."""
-    from foretell.build import BuildFailed, NativeBuilder
-    from foretell.runs import sdk_dir
-    from foretell.store import ArtifactCorrupt, ArtifactStore
-
-    async with db.session.begin() as session:
-        row = await session.get(Version, version.id, with_for_update=True)
-        assert row is not None
-        if row.build_state not in ("queued", "building", "failed"):
-            return row
-        row.build_state = "building"
-    store = ArtifactStore(settings.artifacts_dir)
-    builder = NativeBuilder(
-        store,
-        pip_index_url=settings.pip_index_url,
-        wheelhouse=settings.wheelhouse,
-        timeout_s=settings.build_timeout_s,
-        sdk=sdk_dir(settings.data_dir),
+    """Builds the version here with the build job's own work, no worker needed; a version whose
+    build failed is tried again."""
+    await build(
+        db,
+        ArtifactStore(settings.artifacts_dir),
+        settings,
+        clock,
+        version.id,
+        MemoryLog(),
+        takeable=(*TAKEABLE, BuildState.FAILED),
     )
-    lines: list[str] = []
-
-    async def log(line: str) -> None:
-        lines.append(line)
-
-    image_digest, reason = None, ""
-    try:
-        image_digest = await builder.build(store.read_bundle(version.digest), DEMO_MANIFEST, log)
-    except (BuildFailed, ArtifactCorrupt) as error:
-        reason = str(error)
-    finally:
-        lines.append(f"build {'ready' if image_digest else 'failed: ' + reason}")
-        async with db.session.begin() as session:
-            row = await session.get(Version, version.id, with_for_update=True)
-            assert row is not None
-            row.build_state = "ready" if image_digest else "failed"
-            row.image_digest = image_digest
-            row.failure_reason = reason
-            row.build_log = "\n".join(lines) + "\n"
-            row.build_finished_at = clock()
+    async with db.session() as session:
+        row = await session.get(Version, version.id)
+    assert row is not None
     return row
 
 
@@ -293,8 +265,6 @@ def replay_slots(first_open: datetime, last_close: datetime, count: int | None) 
     first, as the scheduler computes them: `due_slots` with the clock at the last bar's close,
     as if the version had been published when the first bar opened. The slots are every grid
     boundary, as the scheduler runs them, weekends included."""
-    from foretell.runs import due_slots, missed_total
-
     if count == 0:
         return []
     due, _ = due_slots(DEMO_RESOLUTION, None, last_close, first_open, cap=0)
@@ -314,9 +284,6 @@ async def _replay(
     summary: DemoSummary,
     say: Callable[[str], None],
 ) -> None:
-    from foretell.runs import run_on_platform
-    from foretell.store import ArtifactStore
-
     async with db.session() as session:
         model = await session.scalar(select(Model).where(Model.name == DEMO_MODEL))
         first_open, last_close = (
@@ -379,8 +346,6 @@ async def ensure_demo(
     `replay` hourly EURUSD slots (None: all of them; 0: none). Expects the demo bars loaded.
     A second call creates nothing. Building and running need the sandbox, i.e. root: without
     it the provider and model are still created, and `skipped` says why the rest was not."""
-    from foretell.services.registry._store import publish
-
     summary = DemoSummary()
     now = clock()
     principal = await _provider(db, now, summary)
@@ -403,7 +368,7 @@ async def ensure_demo(
         f"{plan.trial_days}-day trial (`foretell subscribe {DEMO_MODEL}`)"
     )
     version = await _version(db, settings, principal, now, summary)
-    if version.build_state != "ready":
+    if version.build_state != BuildState.READY:
         if os.geteuid() != 0:
             summary.skipped = (
                 "not root: the sandbox that builds and runs models needs root (like "
@@ -411,7 +376,7 @@ async def ensure_demo(
             )
             return summary
         version = await _build(db, settings, version, clock)
-        if version.build_state != "ready":
+        if version.build_state != BuildState.READY:
             summary.skipped = f"version {version.number} failed to build: {version.failure_reason}"
             return summary
         summary.built = True

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import and_, func, select, text
 
 from foretell import metrics
+from foretell.build import BuildState
 from foretell.db.models import Model, Run, Version
 from foretell.ledger import chain
 from foretell.logs import get_logger
@@ -74,7 +75,7 @@ async def schedule_runs(ctx: dict[str, Any]) -> dict[str, int]:
         select(Model.id, Model.resolution, Version.id, Model.live_since, last_run.c.last)
         .join(Version, and_(Version.model_id == Model.id, Version.number == Model.live_version))
         .outerjoin(last_run, last_run.c.version_id == Version.id)
-        .where(Model.live_version.is_not(None), Version.build_state == "ready")
+        .where(Model.live_version.is_not(None), Version.build_state == BuildState.READY)
     )
     async with res.db.read.connect() as conn:
         rows = (await conn.execute(query)).all()

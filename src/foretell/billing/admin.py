@@ -1,4 +1,4 @@
-"""Server-side invoice commands for `foretell admin invoices`: the ledger gateway's manual
+"""Server-side invoice commands for `foretell admin invoices`: the manual processor's
 payments, credit notes, and the list an operator works from."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from foretell.billing.gateway import gateway_for
+from foretell.billing.payments import ManualProcessor, processor_for
 from foretell.billing.settle import (
     InvoiceStatus,
     invoice_statuses,
@@ -18,10 +18,10 @@ from foretell.billing.settle import (
     issue_credit_note,
     record_payment,
 )
+from foretell.clock import Clock, utc_now
 from foretell.db import connect
 from foretell.db.models import Invoice, Model, User
 from foretell.errors import ForetellError
-from foretell.runtime.resources import Clock, utc_now
 from foretell.settings import Settings
 
 
@@ -73,7 +73,7 @@ async def list_invoices(settings: Settings, *, open_only: bool, limit: int) -> l
 async def pay_invoice(
     settings: Settings, invoice_id: str, reference: str, clock: Clock = utc_now
 ) -> InvoiceLine:
-    """Records the payment of an open invoice through the ledger gateway. ValueError with a
+    """Records the payment of an open invoice by hand (the manual processor). ValueError with a
     readable message when it cannot be."""
     return await _change(settings, invoice_id, clock(), reference=reference)
 
@@ -102,11 +102,11 @@ async def _change(
                 await record_payment(
                     session,
                     invoice_id,
-                    gateway="ledger",
+                    processor=ManualProcessor.name,
                     reference=reference or "marked paid by an admin",
                     now=now,
                     settings=settings,
-                    charger=gateway_for(settings),
+                    charger=processor_for(settings),
                 )
             else:
                 await issue_credit_note(session, invoice_id, credit[0], credit[1], now)

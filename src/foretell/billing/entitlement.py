@@ -17,8 +17,8 @@ from sqlalchemy import select
 
 from foretell.auth.policy import Role
 from foretell.auth.principal import Principal
-from foretell.billing.gateway import gateway_for
 from foretell.billing.machine import ENTITLED, LIVE, State
+from foretell.billing.payments import processor_for
 from foretell.billing.settle import settle_if_due
 from foretell.db import Database
 from foretell.db.models import Model, Subscription
@@ -55,7 +55,7 @@ async def entitled(
         return False
     # Every forecast read passes here: a plain read unless an event of the subscription is
     # due, and only then a locked, written settlement.
-    sub, _ = await settle_if_due(db, sub, now, settings, gateway_for(settings))
+    sub, _ = await settle_if_due(db, sub, now, settings, processor_for(settings))
     return State(sub.state) in ENTITLED
 
 

@@ -20,8 +20,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from foretell.billing._months import add_months
-from foretell.billing.gateway import Charge, PaymentGateway
 from foretell.billing.machine import LIVE, Event, State, fire
+from foretell.billing.payments import Charge, PaymentProcessor
 from foretell.db import Database
 from foretell.db.models import CreditNote, Invoice, Payment, Plan, Subscription
 from foretell.errors import FailedPrecondition, NotFound
@@ -111,7 +111,7 @@ async def issue_invoice(
     session: AsyncSession,
     sub: Subscription,
     plan: Plan,
-    gateway: PaymentGateway,
+    processor: PaymentProcessor,
     at: datetime,
     terms: Terms,
 ) -> Invoice:
@@ -142,7 +142,7 @@ async def issue_invoice(
     )
     assert invoice is not None
     if invoice.id == values["id"] and invoice.amount_minor > 0:
-        collected = await gateway.charge(
+        collected = await processor.charge(
             Charge(
                 invoice.id,
                 invoice.subscriber_id,
@@ -159,7 +159,7 @@ async def issue_invoice(
                     invoice_id=invoice.id,
                     amount_minor=invoice.amount_minor,
                     currency=invoice.currency,
-                    gateway=gateway.name,
+                    processor=processor.name,
                     reference=collected.reference,
                     paid_at=at,
                 )
@@ -225,7 +225,7 @@ async def settle(
     sub: Subscription,
     now: datetime,
     settings: Settings,
-    gateway: PaymentGateway,
+    processor: PaymentProcessor,
 ) -> int:
     """Fires every timed event of `sub` due by `now`, oldest first; returns how many."""
     terms = Terms.of(settings)
@@ -242,7 +242,7 @@ async def settle(
                 set_period(sub, sub.period_end, 0)
             else:
                 set_period(sub, sub.anchor, sub.period_index + 1)
-            await issue_invoice(session, sub, await _plan(session, sub), gateway, at, terms)
+            await issue_invoice(session, sub, await _plan(session, sub), processor, at, terms)
         await fire(session, sub, event, at)
         fired += 1
         if event in (Event.TRIAL_ENDED, Event.RENEWED):
@@ -251,7 +251,7 @@ async def settle(
 
 
 async def settle_if_due(
-    db: Database, sub: Subscription, now: datetime, settings: Settings, gateway: PaymentGateway
+    db: Database, sub: Subscription, now: datetime, settings: Settings, processor: PaymentProcessor
 ) -> tuple[Subscription, int]:
     """`sub`, read without a lock, settled up to `now`, and the events fired. When nothing is
     due (nearly always) that is a read: no lock, no write. Otherwise the row is locked, read
@@ -265,12 +265,12 @@ async def settle_if_due(
         return sub, 0
     async with db.session.begin() as session:
         locked = await locked_subscription(session, sub.id)
-        fired = await settle(session, locked, now, settings, gateway)
+        fired = await settle(session, locked, now, settings, processor)
     return locked, fired
 
 
 async def run_billing(
-    db: Database, settings: Settings, now: datetime, gateway: PaymentGateway
+    db: Database, settings: Settings, now: datetime, processor: PaymentProcessor
 ) -> int:
     """Settles every live subscription (the daily cron); returns the events fired. Running it
     again at the same time fires nothing: each event moves the state or the period on, and
@@ -285,7 +285,7 @@ async def run_billing(
     for sub in subs:
         # One transaction per subscription with something due: one stuck row never holds up
         # the rest, and the many with nothing due are not locked at all.
-        fired += (await settle_if_due(db, sub, now, settings, gateway))[1]
+        fired += (await settle_if_due(db, sub, now, settings, processor))[1]
     return fired
 
 
@@ -293,13 +293,13 @@ async def record_payment(
     session: AsyncSession,
     invoice_id: uuid.UUID,
     *,
-    gateway: str,
+    processor: str,
     reference: str,
     now: datetime,
     settings: Settings,
-    charger: PaymentGateway,
+    charger: PaymentProcessor,
 ) -> InvoiceStatus:
-    """Records that an open invoice was paid in full (by an admin for the ledger gateway, or a
+    """Records that an open invoice was paid in full (by an admin for the manual processor, or a
     processor's webhook). The subscription is settled up to `now` first: a payment arriving
     after it expired is recorded, and does not bring it back."""
     sub_id = await session.scalar(select(Invoice.subscription_id).where(Invoice.id == invoice_id))
@@ -316,7 +316,7 @@ async def record_payment(
             invoice_id=invoice_id,
             amount_minor=status.amount_due_minor,
             currency=status.invoice.currency,
-            gateway=gateway,
+            processor=processor,
             reference=reference,
             paid_at=now,
         )

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from foretell.bundle import Manifest, extract_bundle
-from foretell.sandbox import Outcome, SandboxError, SandboxLimits, run_in_sandbox
-from foretell.sandbox._policy import JAIL_SDK
+from foretell.sandbox import JAIL_SDK, Outcome, SandboxError, SandboxLimits, run_in_sandbox
 from foretell.store import ArtifactStore
 
 LogWriter = Callable[[str], Awaitable[None]]
@@ -55,7 +54,7 @@ class NativeBuilder:
     wheelhouse: Path | None = None
     timeout_s: float = 600
     python: str = sys.executable
-    # The provider SDK directory the runs bind (foretell.runs.sdk_dir): models import
+    # The provider SDK directory the runs bind (foretell.sandbox.sdk_dir): models import
     # foretell.sdk, so the import check needs it too. None: not bound.
     sdk: Path | None = None
     # The import check runs under the limits of a run.

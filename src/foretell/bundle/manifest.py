@@ -16,6 +16,7 @@ reported at once (field "manifest.<key>").
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import keyword
 import re
@@ -23,21 +24,21 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import date, datetime, time
-from typing import cast
+from typing import Any, cast
 
 from foretell.bundle._limits import format_bytes
 from foretell.bundle._paths import path_problem, printable
 from foretell.errors import Violations
+from foretell.resolutions import RESOLUTIONS
+from foretell.symbols import SYMBOL
 
 MANIFEST_NAME = "foretell.toml"
 # A manifest is a few lines; this bounds the parser's work on a hostile one.
 MAX_MANIFEST_BYTES = 64 * 1024
 
-RESOLUTIONS = ("1h", "4h", "1d")
 MAX_SYMBOLS = 50
 MAX_HORIZON = 1000
 MAX_LOOKBACK = 10000
-_SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,31}")
 # ASCII only: Python NFKC-normalises non-ASCII identifiers, so such a module name may not match
 # the bytes of its file name.
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -83,6 +84,16 @@ class Manifest:
     @property
     def entrypoint_files(self) -> tuple[str, str]:
         return entrypoint_files(self.entrypoint)
+
+    def to_json(self) -> dict[str, Any]:
+        """As the database stores it (versions.manifest, JSONB)."""
+        data = dataclasses.asdict(self)
+        data["symbols"] = list(self.symbols)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        return cls(**{**data, "symbols": tuple(data["symbols"])})
 
     def to_toml(self) -> str:
         symbols = ", ".join(_toml_string(s) for s in self.symbols)
@@ -223,7 +234,7 @@ def _check_symbols(value: object) -> str | None:
     if not_strings := [v for v in value if not isinstance(v, str)]:
         problems.append(f"must be strings, not {_toml_type(not_strings[0])}")
     strings = [v for v in value if isinstance(v, str)]
-    if bad := [s for s in strings if not _SYMBOL.fullmatch(s)]:
+    if bad := [s for s in strings if not SYMBOL.fullmatch(s)]:
         shown = ", ".join(printable(s) for s in bad)
         problems.append(
             f"{shown}: a symbol is 1 to 32 upper-case letters, digits, '.', '_' or '-', "

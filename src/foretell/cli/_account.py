@@ -9,20 +9,15 @@ import click
 import grpc
 
 from foretell.account.v1 import account_service_pb2 as account_pb
-from foretell.cli._client import (
-    CALL_TIMEOUT_S,
-    Client,
+from foretell.cli._client import CALL_TIMEOUT_S, Client, connect
+from foretell.cli._credentials import (
     Credentials,
-    connect,
     delete_credentials,
-    echo_json,
-    enum_label,
-    json_option,
     load_credentials,
-    message_dict,
     save_credentials,
-    url_option,
 )
+from foretell.cli._output import echo_json, enum_label, json_option, message_dict
+from foretell.cli._target import url_option
 
 # What Logout answers for a token that is already spent, revoked or expired: nothing to undo.
 _GONE = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT)

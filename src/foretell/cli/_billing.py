@@ -6,19 +6,17 @@ from decimal import Decimal, InvalidOperation
 
 import click
 
-from foretell.cli._client import (
-    CliError,
-    Exit,
-    connect,
+from foretell.cli._client import connect, pages
+from foretell.cli._exit import CliError, Exit
+from foretell.cli._output import (
     echo_json,
     echo_table,
     enum_label,
     json_option,
     message_dict,
-    pages,
     short_time,
-    url_option,
 )
+from foretell.cli._target import url_option
 from foretell.currencies import MINOR_UNITS, format_minor
 from foretell.subscription.v1 import subscription_service_pb2 as pb
 

@@ -17,25 +17,14 @@ import click
 import grpc
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-from foretell.cli._client import (
-    CALL_TIMEOUT_S,
-    Client,
-    CliError,
-    Exit,
-    Target,
-    connect,
-    echo_json,
-    echo_table,
-    json_option,
-    message_dict,
-    rpc_error,
-    url_option,
-)
-from foretell.common.v1 import common_pb2
+from foretell.cli._client import CALL_TIMEOUT_S, Client, connect, rpc_error, unpack_details
+from foretell.cli._exit import CliError, Exit
+from foretell.cli._output import echo_json, echo_table, json_option, message_dict
+from foretell.cli._target import Target, url_option
 from foretell.datafeed.v1 import datafeed_service_pb2 as pb
 from foretell.datafeed.v1 import datafeed_service_pb2_grpc as pb_grpc
+from foretell.resolutions import BY_ENUM, RESOLUTIONS, TO_ENUM
 
 # The most IngestBars takes per message.
 BATCH_BARS = 10_000
@@ -43,12 +32,6 @@ BATCH_BARS = 10_000
 MAX_SHOWN = 10
 TIME_COLUMNS = ("datetime", "date", "time", "timestamp", "open_time", "opentime")
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
-RESOLUTIONS = {
-    "1h": common_pb2.RESOLUTION_1H,
-    "4h": common_pb2.RESOLUTION_4H,
-    "1d": common_pb2.RESOLUTION_1D,
-}
-_RESOLUTION_LABELS = {value: label for label, value in RESOLUTIONS.items()}
 _FIELD = re.compile(r"batches\[(\d+)\]\.(\w+)\[(\d+)\]")
 # IngestBars' field names, as the file's columns.
 _COLUMN_OF = {
@@ -61,7 +44,7 @@ _COLUMN_OF = {
 }
 
 resolution_option = click.option(
-    "--resolution", type=click.Choice(list(RESOLUTIONS)), default="1h", show_default=True
+    "--resolution", type=click.Choice(RESOLUTIONS), default="1h", show_default=True
 )
 
 
@@ -237,17 +220,11 @@ def _requests(header: pb.IngestBarsHeader, bars: CsvBars) -> Iterator[pb.IngestB
 
 
 def _violations(error: grpc.RpcError) -> list[tuple[str, str]]:
-    try:
-        status = rpc_status.from_call(error)
-    except ValueError:
-        return []
-    found: list[tuple[str, str]] = []
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            found += [(v.field, v.description) for v in bad.field_violations]
-    return found
+    return [
+        (v.field, v.description)
+        for bad in unpack_details(error, error_details_pb2.BadRequest)
+        for v in bad.field_violations
+    ]
 
 
 def _line_of(field: str, bars: CsvBars) -> str:
@@ -285,7 +262,7 @@ def _when(seconds: int | timestamp_pb2.Timestamp, style: str = "%Y-%m-%d %H:%MZ"
 @data.command("import", short_help="Import bars from a CSV file (admins).")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--symbol", required=True, help="The symbol, e.g. EURUSD.")
-@click.option("--resolution", type=click.Choice(list(RESOLUTIONS)), required=True)
+@click.option("--resolution", type=click.Choice(RESOLUTIONS), required=True)
 @click.option(
     "--on-conflict",
     type=click.Choice(["reject", "upsert"]),
@@ -314,7 +291,7 @@ def import_bars(
     bars = read_csv(file)
     header = pb.IngestBarsHeader(
         symbol=symbol.upper(),
-        resolution=RESOLUTIONS[resolution],
+        resolution=TO_ENUM[resolution],
         on_conflict=(
             pb.CONFLICT_POLICY_UPSERT if on_conflict == "upsert" else pb.CONFLICT_POLICY_REJECT
         ),
@@ -368,7 +345,7 @@ def symbols(url: str, as_json: bool) -> None:
     rows = [
         (
             info.symbol,
-            _RESOLUTION_LABELS.get(s.resolution, "?"),
+            BY_ENUM.get(s.resolution, "?"),
             s.bar_count,
             _when(s.first_open_time),
             _when(s.last_open_time),
@@ -435,7 +412,7 @@ def bars(
         raise CliError(f"use one of {' and '.join(chosen)}", Exit.USAGE)
     request = pb.GetBarsRequest(
         symbol=symbol.upper(),
-        resolution=RESOLUTIONS[resolution],
+        resolution=TO_ENUM[resolution],
         start_time=time_option(start, "start"),
         end_time=time_option(end, "end"),
         limit=0 if every else first or last or 20,

@@ -1,4 +1,8 @@
-"""`foretell demo`: an operator command, run on the server against its database."""
+"""`foretell demo`: an operator command, run on the server against its database.
+
+Server-side modules are imported inside the commands that use them, never at the top: the base
+install (the CLI providers and subscribers use) has none of the server's dependencies, and every
+other command must start without loading them."""
 
 from __future__ import annotations
 
@@ -7,12 +11,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from foretell.cli._client import echo_table
+from foretell.cli._output import echo_table
 from foretell.cli._server import _fail, _settings
 
 if TYPE_CHECKING:
     from foretell.demo import DemoSummary
-    from foretell.services.datafeed import IngestResult
+    from foretell.marketdata import IngestResult
     from foretell.settings import Settings
 
 _MISSING_TABLE = "42P01"
@@ -48,6 +52,7 @@ def demo(replay_slots: int, replay_all: bool) -> None:
     Example:
       FORETELL_DATABASE_URL=postgresql://localhost/foretell foretell demo --replay-slots 50
     """
+    # Server code, imported only when the command runs: the client install does not have it.
     from sqlalchemy.exc import DBAPIError
 
     from foretell.demo import DemoDataMissing
@@ -69,6 +74,7 @@ def demo(replay_slots: int, replay_all: bool) -> None:
 
 
 async def _run(settings: Settings, replay: int | None) -> DemoSummary:
+    # Server code, imported only when the command runs: the client install does not have it.
     from foretell.db import connect
     from foretell.demo import ensure_demo, load_demo_bars
 

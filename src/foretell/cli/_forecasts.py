@@ -11,22 +11,18 @@ import click
 import grpc
 from google.protobuf import timestamp_pb2
 
-from foretell.cli._client import (
-    Client,
-    CliError,
-    Exit,
-    Metadata,
-    connect,
+from foretell.cli._client import Client, Metadata, connect, pages
+from foretell.cli._data import time_option
+from foretell.cli._exit import CliError, Exit
+from foretell.cli._output import (
     echo_json,
     echo_table,
     enum_label,
     json_option,
     message_dict,
-    pages,
     short_time,
-    url_option,
 )
-from foretell.cli._data import time_option
+from foretell.cli._target import url_option
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 
 DEFAULT_LAST = 20

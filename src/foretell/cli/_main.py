@@ -6,9 +6,9 @@ import click
 
 from foretell.cli._account import login, logout, whoami
 from foretell.cli._billing import cancel, invoices, plan, resume, subscribe, subscriptions
-from foretell.cli._client import EXIT_CODES_HELP
 from foretell.cli._data import data
 from foretell.cli._demo import demo
+from foretell.cli._exit import EXIT_CODES_HELP
 from foretell.cli._forecasts import forecasts, runs
 from foretell.cli._performance import performance
 from foretell.cli._registry import (

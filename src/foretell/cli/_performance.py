@@ -6,14 +6,9 @@ from typing import Any
 
 import click
 
-from foretell.cli._client import (
-    connect,
-    echo_json,
-    echo_table,
-    json_option,
-    message_dict,
-    url_option,
-)
+from foretell.cli._client import connect
+from foretell.cli._output import echo_json, echo_table, json_option, message_dict
+from foretell.cli._target import url_option
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 
 

@@ -22,25 +22,22 @@ from foretell.bundle import (
     parse_manifest,
     printable,
 )
-from foretell.bundle.manifest import RESOLUTIONS
-from foretell.cli import _scaffold
-from foretell.cli._client import (
-    Client,
-    CliError,
-    Exit,
-    connect,
+from foretell.bundle import scaffold as _scaffold
+from foretell.cli._client import Client, connect, pages
+from foretell.cli._exit import CliError, Exit
+from foretell.cli._output import (
     echo_json,
     echo_table,
     enum_label,
     json_option,
     message_dict,
-    pages,
     short_time,
-    url_option,
 )
+from foretell.cli._target import url_option
 from foretell.common.v1 import common_pb2
 from foretell.errors import ForetellError, InvalidArgument
 from foretell.registry.v1 import registry_service_pb2 as pb
+from foretell.resolutions import RESOLUTIONS, TO_ENUM
 
 CHUNK_BYTES = 1024 * 1024  # the most UploadVersion accepts per message
 # Generous for slow links; a stalled upload still ends.
@@ -50,11 +47,6 @@ UPLOAD_MIN_BYTES_PER_S = 256 * 1024
 # attempts in a row that got nothing back.
 LOG_RECONNECTS = 3
 
-_RESOLUTION_ENUM = {
-    "1h": common_pb2.RESOLUTION_1H,
-    "4h": common_pb2.RESOLUTION_4H,
-    "1d": common_pb2.RESOLUTION_1D,
-}
 _TERMINAL = (pb.BUILD_STATE_READY, pb.BUILD_STATE_FAILED)
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
@@ -230,7 +222,7 @@ def create(
         title=title,
         description=description,
         symbols=[s.upper() for s in symbols],
-        resolution=_RESOLUTION_ENUM[resolution],
+        resolution=TO_ENUM[resolution],
         horizon=horizon,
         tags=list(tags),
         visibility=pb.VISIBILITY_PUBLIC if public else pb.VISIBILITY_PRIVATE,
@@ -274,7 +266,7 @@ def _ensure_model(client: Client, name: str, manifest: Manifest, title: str) -> 
         name=name,
         title=title,
         symbols=manifest.symbols,
-        resolution=_RESOLUTION_ENUM[manifest.resolution],
+        resolution=TO_ENUM[manifest.resolution],
         horizon=manifest.horizon,
         visibility=pb.VISIBILITY_PRIVATE,
     )
@@ -478,9 +470,7 @@ def models(
     request = pb.ListModelsRequest(
         symbol=(symbol or "").upper(),
         tag=tag or "",
-        resolution=_RESOLUTION_ENUM[resolution]
-        if resolution
-        else common_pb2.RESOLUTION_UNSPECIFIED,
+        resolution=TO_ENUM[resolution] if resolution else common_pb2.RESOLUTION_UNSPECIFIED,
         only_mine=mine,
     )
     with connect(url) as client:

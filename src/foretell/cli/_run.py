@@ -1,5 +1,9 @@
 """`foretell run`: one dry run of a model's version on the platform, or of a local folder on
-this machine (`--local`), in the same sandbox, printing the forecasts and the logs."""
+this machine (`--local`), in the same sandbox, printing the forecasts and the logs.
+
+Server-side modules are imported inside the commands that use them, never at the top: the base
+install (the CLI providers and subscribers use) has none of the server's dependencies, and every
+other command must start without loading them."""
 
 from __future__ import annotations
 
@@ -14,27 +18,18 @@ from typing import Any
 import click
 from google.protobuf import timestamp_pb2
 
-from foretell.bundle.manifest import RESOLUTIONS
-from foretell.cli._client import (
-    CliError,
-    Exit,
-    connect,
-    echo_json,
-    echo_table,
-    enum_label,
-    json_option,
-    message_dict,
-    url_option,
-)
-from foretell.cli._data import RESOLUTIONS as RESOLUTION_ENUM
+from foretell.cli._client import connect
 from foretell.cli._data import CsvBars, fetch_bars, read_csv, time_option
+from foretell.cli._exit import CliError, Exit
+from foretell.cli._output import echo_json, echo_table, enum_label, json_option, message_dict
+from foretell.cli._registry import _read_manifest
+from foretell.cli._target import url_option
 from foretell.datafeed.v1 import datafeed_service_pb2 as datafeed_pb
 from foretell.forecast.v1 import forecast_service_pb2 as pb
+from foretell.resolutions import STEP_S, TO_ENUM
 
 # A dry run lasts as long as the model runs in the sandbox: far longer than a plain call.
 DRY_RUN_TIMEOUT_S = 300.0
-_STEP_S = {"1h": 3600, "4h": 4 * 3600, "1d": 86400}
-assert set(_STEP_S) == set(RESOLUTIONS)
 
 
 @dataclass(frozen=True)
@@ -201,7 +196,7 @@ def _platform_bars(
     with connect(url) as client:
         for symbol in symbols:
             request = datafeed_pb.GetBarsRequest(
-                symbol=symbol, resolution=RESOLUTION_ENUM[resolution], limit=lookback, latest=True
+                symbol=symbol, resolution=TO_ENUM[resolution], limit=lookback, latest=True
             )
             if as_of is not None:
                 request.end_time.FromDatetime(as_of)
@@ -223,10 +218,8 @@ def _run_local(
     url: str,
     as_json: bool,
 ) -> _Shown:
-    from foretell.cli._registry import _read_manifest
-
     manifest = _read_manifest(directory)
-    step = _STEP_S[manifest.resolution]
+    step = STEP_S[manifest.resolution]
     if as_of is not None and int(as_of.timestamp()) % step:
         raise CliError(f"--as-of must be on the {manifest.resolution} grid", Exit.USAGE)
     if data_files:
@@ -244,11 +237,12 @@ def _run_local(
         raise CliError(
             "--local runs the sandbox (nsjail), which needs root: run it with sudo", Exit.ERROR
         )
+    # The server parts run the model here; a client-only install says what is missing.
     try:
         from foretell.build import BuildFailed
+        from foretell.marketdata import BarColumns
         from foretell.runs import run_folder
         from foretell.sandbox import SandboxError
-        from foretell.services.datafeed import BarColumns
     except ImportError as error:
         raise CliError(
             f"--local needs the server parts ({error}): pip install 'foretell[server]'",

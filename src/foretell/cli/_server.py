@@ -1,8 +1,13 @@
-"""Operator commands: run the platform, run services, migrate, manage accounts."""
+"""Operator commands: run the platform, run services, migrate, manage accounts.
+
+They run on the server, so each imports the server stack inside the function: `foretell` on a
+provider's machine (the base install) must load without it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from typing import TYPE_CHECKING, NoReturn, cast
 
@@ -21,6 +26,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _settings() -> Settings:
+    # The server stack, loaded when the command runs (see the module docstring).
     from foretell.logs import configure_logging
     from foretell.settings import SettingsError, load_settings
 
@@ -50,6 +56,7 @@ def up(demo: bool) -> None:
       FORETELL_HTTP_ADDR=127.0.0.1:9080 foretell up
       FORETELL_TOPOLOGY=split foretell up --no-demo     # one process per service
     """
+    # The server stack, loaded when the command runs (see the module docstring).
     from foretell.up import AlreadyRunning, StartupError, run_up
 
     try:
@@ -70,9 +77,10 @@ def serve(service: str) -> None:
       FORETELL_DATABASE_URL=postgresql://localhost/foretell \\
       FORETELL_REDIS_URL=redis://localhost:6379/0 foretell serve all
     """
-    from foretell.runtime import run_services as serve_services
+    # The server stack, loaded when the command runs (see the module docstring).
+    from foretell.composition import SERVICES
+    from foretell.composition import run_services as serve_services
     from foretell.runtime.server import PortInUse
-    from foretell.services import SERVICES
     from foretell.settings import SettingsError
 
     settings = _settings()
@@ -109,6 +117,7 @@ def worker(role: str, metrics: bool) -> None:
       FORETELL_DATABASE_URL=postgresql://localhost/foretell \\
       FORETELL_REDIS_URL=redis://localhost:6379/0 foretell worker
     """
+    # The server stack, loaded when the command runs (see the module docstring).
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from foretell.logs import get_logger
@@ -218,6 +227,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 def db_upgrade(revision: str) -> None:
     """Migrate the database at FORETELL_DATABASE_URL to the latest schema."""
+    # The server stack, loaded when the command runs (see the module docstring).
     from foretell.db.migrate import upgrade_sync
 
     settings = _settings()
@@ -249,6 +259,7 @@ def admin_create_user(email: str, display_name: str, role: str, password: str) -
     Example:
       foretell admin create-user --email ops@example.com
     """
+    # The server stack, loaded when the command runs (see the module docstring).
     from foretell.services.account.admin import create_account
 
     settings = _settings()
@@ -263,10 +274,11 @@ def admin_create_user(email: str, display_name: str, role: str, password: str) -
 
 @admin.group("invoices")
 def admin_invoices() -> None:
-    """Invoices of the built-in ledger gateway: list them, record payments, issue credits."""
+    """Invoices of the built-in manual processor: list them, record payments, issue credits."""
 
 
 def _invoice_row(line: object) -> dict[str, object]:
+    # The server stack, loaded when the command runs (see the module docstring).
     from foretell.billing.admin import InvoiceLine
     from foretell.currencies import format_minor
 
@@ -309,8 +321,7 @@ def admin_invoices_list(open_only: bool, limit: int, as_json: bool) -> None:
       foretell admin invoices list --open
       foretell admin invoices list --json
     """
-    import json
-
+    # The server stack, loaded when the command runs (see the module docstring).
     from foretell.billing.admin import list_invoices
 
     lines = asyncio.run(list_invoices(_database_settings(), open_only=open_only, limit=limit))
@@ -333,15 +344,14 @@ def admin_invoices_list(open_only: bool, limit: int, as_json: bool) -> None:
 @click.option("--reference", default="", help="The bank transfer or receipt it was paid by.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def admin_invoices_pay(invoice_id: str, reference: str, as_json: bool) -> None:
-    """Record that an open invoice was paid in full (the ledger gateway). The subscription
+    """Record that an open invoice was paid in full (the manual processor). The subscription
     becomes ACTIVE again if it was waiting for this money.
 
     \b
     Example:
       foretell admin invoices pay 3f0c... --reference "wire 2026-11-30"
     """
-    import json
-
+    # The server stack, loaded when the command runs (see the module docstring).
     from foretell.billing.admin import pay_invoice
 
     try:
@@ -367,8 +377,7 @@ def admin_invoices_credit(invoice_id: str, amount_minor: int, reason: str, as_js
     Example:
       foretell admin invoices credit 3f0c... --amount-minor 4900 --reason "goodwill"
     """
-    import json
-
+    # The server stack, loaded when the command runs (see the module docstring).
     from foretell.billing.admin import credit_invoice
 
     try:

@@ -16,17 +16,11 @@ from typing import Any
 import click
 import grpc
 
-from foretell.cli._client import (
-    Client,
-    Exit,
-    config_dir,
-    connect,
-    echo_json,
-    json_option,
-    pages,
-    parse_target,
-    url_option,
-)
+from foretell.cli._client import Client, connect, pages
+from foretell.cli._credentials import config_dir
+from foretell.cli._exit import Exit
+from foretell.cli._output import echo_json, json_option
+from foretell.cli._target import parse_target, url_option
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.ledger import canonical
 

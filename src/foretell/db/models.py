@@ -306,7 +306,8 @@ class Invoice(Base):
 
 
 class Payment(Base):
-    """Money received for an invoice (at most one per invoice), by which gateway. Immutable."""
+    """Money received for an invoice (at most one per invoice), by which payment processor.
+    Immutable."""
 
     __tablename__ = "payments"
     __table_args__ = (
@@ -320,7 +321,8 @@ class Payment(Base):
     )
     amount_minor: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
-    gateway: Mapped[str] = mapped_column(String(32))
+    # The column kept its first name; in code it is the payment processor's name.
+    processor: Mapped[str] = mapped_column("gateway", String(32))
     reference: Mapped[str] = mapped_column(Text)
     paid_at: Mapped[datetime]
 

@@ -14,7 +14,7 @@ from typing import Any
 import jinja2
 
 from foretell._assets import asset_path
-from foretell.services import SERVICES
+from foretell.composition import SERVICES
 from foretell.settings import Address, Settings
 
 _TEMPLATE = "envoy/envoy.yaml.j2"
@@ -73,7 +73,7 @@ def render_envoy_config(
     admin_addr: Address | None = None,
 ) -> str:
     """The Envoy config (YAML) for `settings`, routing each service (short name, as in
-    `foretell.services.SERVICES`) to its address in `upstreams`. Services that share an address
+    `foretell.composition.SERVICES`) to its address in `upstreams`. Services that share an address
     share a cluster. `http_addr` and `admin_addr` override the settings (port 0 works)."""
     missing = [name for name in SERVICES if name not in upstreams]
     if missing:

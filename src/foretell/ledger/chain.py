@@ -11,18 +11,19 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from foretell.db import Database
 from foretell.ledger import canonical
 from foretell.ledger.keys import signing_key
 
+# Each column is labelled with the name of its field in RunRow or ForecastRow.
 RUNS_BY_ID = text("""
-SELECT r.id, r.model_id, m.name, v.number, v.digest, r.kind, r.as_of, r.created_at, r.outcome,
-       r.duration_s, r.detail, r.log
+SELECT r.id AS run_id, m.name AS model, v.number AS version, v.digest AS version_digest,
+       r.kind, r.as_of, r.created_at AS recorded_at, r.outcome, r.duration_s, r.detail, r.log
 FROM runs r JOIN models m ON m.id = r.model_id JOIN versions v ON v.id = r.version_id
 WHERE r.id = ANY(:ids)
 """)
@@ -49,38 +50,86 @@ UPDATE ledger_heads SET sequence = :sequence, head_hash = :entry_hash WHERE mode
 Executor = AsyncSession | AsyncConnection
 
 
+class RunRow(NamedTuple):
+    """A row of `RUNS_BY_ID`: what a run's entry payload is made of."""
+
+    run_id: uuid.UUID
+    model: str
+    version: int
+    version_digest: str
+    kind: str
+    as_of: datetime
+    recorded_at: datetime
+    outcome: str
+    duration_s: float | None
+    detail: str
+    log: str
+
+
+class ForecastRow(NamedTuple):
+    """A row of `FORECASTS_BY_RUN`."""
+
+    run_id: uuid.UUID
+    symbol: str
+    as_of: datetime
+    target_time: datetime
+    kind: str
+    direction: str
+    predicted_return: float | None
+    probability: float | None
+    recorded_at: datetime
+
+
+def payload(run: RunRow, forecasts: Iterable[ForecastRow]) -> bytes:
+    """The canonical payload of one run with its forecasts (see `canonical` for the format)."""
+    return canonical.encode(
+        {
+            "v": canonical.VERSION,
+            "model": run.model,
+            "run_id": str(run.run_id),
+            "version": run.version,
+            "version_digest": run.version_digest,
+            "kind": run.kind,
+            "as_of": canonical.time(run.as_of),
+            "recorded_at": canonical.time(run.recorded_at),
+            "outcome": run.outcome,
+            "duration_s": canonical.number(run.duration_s),
+            "detail_sha256": canonical.digest(run.detail),
+            "log_sha256": canonical.digest(run.log),
+            "forecasts": canonical.sort_forecasts(
+                [
+                    canonical.forecast(
+                        symbol=f.symbol,
+                        as_of=f.as_of,
+                        target_time=f.target_time,
+                        kind=f.kind,
+                        direction=f.direction,
+                        predicted_return=f.predicted_return,
+                        probability=f.probability,
+                        recorded_at=f.recorded_at,
+                    )
+                    for f in forecasts
+                ]
+            ),
+        }
+    )
+
+
 def build_payloads(
-    runs: Iterable[Sequence[Any]], forecasts: Iterable[Sequence[Any]]
+    runs: Iterable[Row[Any]], forecasts: Iterable[Row[Any]]
 ) -> dict[uuid.UUID, bytes]:
     """The canonical payloads of runs (rows of `RUNS_BY_ID`) with their forecasts (rows of
     `FORECASTS_BY_RUN`)."""
-    by_run: dict[uuid.UUID, list[dict[str, Any]]] = {}
-    for f in forecasts:
-        by_run.setdefault(f[0], []).append(
-            canonical.forecast(
-                symbol=f[1], as_of=f[2], target_time=f[3], kind=f[4], direction=f[5],
-                predicted_return=f[6], probability=f[7], recorded_at=f[8],
-            )
-        )  # fmt: skip
+    # Built by column name: a column the row types do not name, or one missing, fails here
+    # rather than shifting every field after it.
+    by_run: dict[uuid.UUID, list[ForecastRow]] = {}
+    for row in forecasts:
+        forecast = ForecastRow(**row._mapping)
+        by_run.setdefault(forecast.run_id, []).append(forecast)
     out: dict[uuid.UUID, bytes] = {}
-    for r in runs:
-        out[r[0]] = canonical.encode(
-            {
-                "v": canonical.VERSION,
-                "model": r[2],
-                "run_id": str(r[0]),
-                "version": r[3],
-                "version_digest": r[4],
-                "kind": r[5],
-                "as_of": canonical.time(r[6]),
-                "recorded_at": canonical.time(r[7]),
-                "outcome": r[8],
-                "duration_s": canonical.number(r[9]),
-                "detail_sha256": canonical.digest(r[10]),
-                "log_sha256": canonical.digest(r[11]),
-                "forecasts": canonical.sort_forecasts(by_run.get(r[0], [])),
-            }
-        )
+    for row in runs:
+        run = RunRow(**row._mapping)
+        out[run.run_id] = payload(run, by_run.get(run.run_id, []))
     return out
 
 
@@ -104,7 +153,9 @@ async def append(
         return
     built = await payloads(session, run_ids)
     await session.execute(_HEAD, {"model_id": model_id, "genesis": canonical.GENESIS})
-    sequence, head = (await session.execute(_LOCK_HEAD, {"model_id": model_id})).one()
+    locked = (await session.execute(_LOCK_HEAD, {"model_id": model_id})).one()
+    sequence: int = locked.sequence
+    head: bytes = locked.head_hash
     entries = []
     for run_id in run_ids:
         sequence += 1
@@ -121,7 +172,7 @@ async def append(
 
 
 _UNSIGNED = text("""
-SELECT h.model_id, m.name, h.sequence, h.head_hash
+SELECT h.model_id, m.name AS model, h.sequence, h.head_hash
 FROM ledger_heads h JOIN models m ON m.id = h.model_id
 WHERE h.sequence > 0 AND h.sequence > COALESCE(
   (SELECT max(c.sequence) FROM ledger_checkpoints c WHERE c.model_id = h.model_id), 0)
@@ -150,13 +201,15 @@ async def checkpoint(db: Database, keys_dir: Path, clock: Callable[[], datetime]
         await session.execute(
             _INSERT_KEY, {"key_id": key.key_id, "public_key": key.public_bytes, "now": now}
         )
-        for model_id, name, sequence, head in heads:
-            message = canonical.checkpoint_message(name, sequence, head, now, key.key_id)
+        for h in heads:
+            message = canonical.checkpoint_message(
+                h.model, h.sequence, h.head_hash, now, key.key_id
+            )
             result = await session.execute(
                 _INSERT_CHECKPOINT,
                 {
-                    "model_id": model_id, "sequence": sequence, "head_hash": head, "now": now,
-                    "key_id": key.key_id, "signature": key.sign(message),
+                    "model_id": h.model_id, "sequence": h.sequence, "head_hash": h.head_hash,
+                    "now": now, "key_id": key.key_id, "signature": key.sign(message),
                 },
             )  # fmt: skip
             written += getattr(result, "rowcount", 0) or 0

@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from foretell.db import Database
 from foretell.performance._measures import Measures, Scored, measure
-from foretell.runs._schedule import STEP_S
+from foretell.resolutions import STEP_S
 
 YEAR_S = 365 * 86400
 

@@ -1,6 +1,6 @@
-"""Runs of model versions: the run-scoped gRPC server a jailed model talks to, the SDK
-directory bound into every jail, and `execute_run`, which runs one version at one as_of and
-records the run and its forecasts exactly once."""
+"""Runs of model versions: the run-scoped gRPC server a jailed model talks to, and
+`execute_run`, which runs one version at one as_of and records the run and its forecasts
+exactly once."""
 
 from foretell.runs._execute import (
     LOG_CAP,
@@ -15,7 +15,6 @@ from foretell.runs._local import LocalResult, run_folder
 from foretell.runs._platform import run_limits, run_on_platform
 from foretell.runs._schedule import MAX_MISSED, due_slots, latest_closed_boundary, missed_total
 from foretell.runs._scope import MAX_FORECASTS, MAX_MESSAGE_BYTES, RunScope
-from foretell.runs._sdk_dir import sdk_dir
 from foretell.runs._server import BarSource, DatabaseBars, MemoryBars, RunServer
 from foretell.runs._validate import AcceptedForecast, check_forecasts
 
@@ -44,5 +43,4 @@ __all__ = [
     "run_limits",
     "run_local",
     "run_on_platform",
-    "sdk_dir",
 ]

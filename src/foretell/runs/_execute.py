@@ -13,6 +13,8 @@ from typing import Any, Literal
 from sqlalchemy import select, text
 
 from foretell import metrics
+from foretell.build import BuildState
+from foretell.clock import utc_now
 from foretell.db import Database
 from foretell.db.models import Model, Run, Version
 from foretell.db.notify import RunRecorded, announce_run
@@ -20,7 +22,6 @@ from foretell.ledger import chain
 from foretell.runs._scope import RunScope
 from foretell.runs._server import BarSource, DatabaseBars, RunServer
 from foretell.runs._validate import AcceptedForecast
-from foretell.runtime.resources import utc_now
 from foretell.sandbox import Outcome, SandboxLimits, SandboxResult, prepare_run_dir, run_in_sandbox
 from foretell.store import ArtifactCorrupt, ArtifactStore
 
@@ -182,7 +183,7 @@ async def execute_run(
         return await _record(found)
     if version.model_id != model.id:
         raise NotRunnable("the version belongs to another model")
-    if version.build_state != "ready" or not version.image_digest:
+    if version.build_state != BuildState.READY or not version.image_digest:
         raise NotRunnable(f"version {version.number} is not built ({version.build_state})")
     try:
         # Re-verified before every run: an image changed on disk must never run.

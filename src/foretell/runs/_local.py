@@ -14,12 +14,11 @@ from pathlib import Path
 
 from foretell.build import BuildFailed, NativeBuilder
 from foretell.bundle import Manifest, pack_dir
+from foretell.marketdata import BarColumns
 from foretell.runs._execute import LocalRun, run_local
 from foretell.runs._scope import RunScope
-from foretell.runs._sdk_dir import sdk_dir
 from foretell.runs._server import MemoryBars
-from foretell.sandbox import SandboxLimits
-from foretell.services.datafeed import BarColumns
+from foretell.sandbox import SandboxLimits, sdk_dir
 from foretell.store import ArtifactStore
 
 

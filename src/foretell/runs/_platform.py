@@ -9,8 +9,7 @@ from datetime import datetime
 from foretell.db import Database
 from foretell.db.models import Model, Version
 from foretell.runs._execute import RunKind, RunRecord, execute_run
-from foretell.runs._sdk_dir import sdk_dir
-from foretell.sandbox import SandboxLimits
+from foretell.sandbox import SandboxLimits, sdk_dir
 from foretell.settings import Settings
 from foretell.store import ArtifactStore
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-STEP_S = {"1h": 3600, "4h": 4 * 3600, "1d": 86400}
+from foretell.resolutions import STEP_S
+
 # Missed rows recorded by one scheduler cycle for one version; older gaps are noted, not rows.
 MAX_MISSED = 1000
 

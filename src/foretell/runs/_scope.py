@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from foretell.services.datafeed import STEP_S
+from foretell.resolutions import STEP_S
 
 # Forecasts one run may submit, over all its calls: far above any model's symbol count, low
 # enough that a flood cannot exhaust the worker's memory.

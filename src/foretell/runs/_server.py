@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from grpc import aio
 from sqlalchemy import text
 
+from foretell import resolutions
+from foretell.clock import timestamp as _ts
 from foretell.datafeed.v1 import datafeed_service_pb2 as feed_pb
 from foretell.datafeed.v1 import datafeed_service_pb2_grpc as feed_grpc
 from foretell.db import Database
@@ -30,14 +32,13 @@ from foretell.errors import (
 )
 from foretell.forecast.v1 import forecast_service_pb2 as fc_pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as fc_grpc
+from foretell.marketdata import queries
+from foretell.marketdata import validate as feed_validate
+from foretell.marketdata.messages import bars_response, page_size
+from foretell.marketdata.queries import BarColumns, BarQuery, utc
 from foretell.runs._scope import MAX_MESSAGE_BYTES, RunScope
 from foretell.runs._validate import AcceptedForecast, check_forecasts
-from foretell.runtime._status import error_status
-from foretell.services._convert import timestamp as _ts
-from foretell.services.datafeed import _store
-from foretell.services.datafeed import _validate as feed_validate
-from foretell.services.datafeed._servicer import bars_response, page_size
-from foretell.services.datafeed._store import BarColumns, BarQuery, utc
+from foretell.runtime import error_status
 
 if TYPE_CHECKING:
     Context = aio.ServicerContext[Any, Any]
@@ -84,7 +85,7 @@ class BarSource(Protocol):
         ...
 
     def read(self, query: BarQuery, page_size: int) -> AsyncIterator[tuple[BarColumns, bool]]:
-        """As `foretell.services.datafeed._store.read_bars`."""
+        """As `foretell.marketdata.queries.read_bars`."""
         ...
 
 
@@ -103,7 +104,7 @@ class DatabaseBars:
         return [SeriesInfo(row[0], int(row[1]), row[2], row[3]) for row in rows]
 
     def read(self, query: BarQuery, page_size: int) -> AsyncIterator[tuple[BarColumns, bool]]:
-        return _store.read_bars(self._db, query, page_size)
+        return queries.read_bars(self._db, query, page_size)
 
 
 class MemoryBars:
@@ -152,7 +153,7 @@ class RunDataFeed(feed_grpc.DataFeedServiceServicer):
         self, request: feed_pb.ListSymbolsRequest, context: Context
     ) -> feed_pb.ListSymbolsResponse:
         rows = await self._bars.series(self._scope)
-        resolution = feed_validate.RESOLUTION_ENUM[self._scope.resolution]
+        resolution = resolutions.TO_ENUM[self._scope.resolution]
         return feed_pb.ListSymbolsResponse(
             symbols=[
                 feed_pb.SymbolInfo(

@@ -1,15 +1,22 @@
 """What every service process shares: resources, the interceptor, the gRPC server."""
 
-from foretell.runtime.resources import Clock, Resources, open_resources, utc_now
-from foretell.runtime.server import RunningServer, run_services, serve, start_server
+from foretell.runtime._status import error_status
+from foretell.runtime.resources import Resources, open_resources
+from foretell.runtime.server import (
+    RunningServer,
+    ServiceDef,
+    run_services,
+    serve,
+    start_server,
+)
 
 __all__ = [
-    "Clock",
     "Resources",
     "RunningServer",
+    "ServiceDef",
+    "error_status",
     "open_resources",
     "run_services",
     "serve",
     "start_server",
-    "utc_now",
 ]

@@ -14,6 +14,7 @@ import grpc
 from grpc import aio
 
 from foretell import metrics
+from foretell.auth.api_keys import API_KEY_PREFIX
 from foretell.auth.policy import INFRASTRUCTURE_PREFIXES, POLICY
 from foretell.auth.principal import Principal, set_principal
 from foretell.auth.tokens import TokenVerifier
@@ -23,7 +24,6 @@ from foretell.runtime._status import error_status, internal_status
 
 log = get_logger("foretell.rpc")
 
-API_KEY_PREFIX = "ftk_"
 
 ApiKeyResolver = Callable[[str], Awaitable[Principal | None]]
 

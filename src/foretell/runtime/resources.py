@@ -1,22 +1,16 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from arq.connections import ArqRedis
 
 from foretell.auth.keys import SigningKeys, load_or_create_keys
+from foretell.clock import Clock, utc_now
 from foretell.db import Database, connect
 from foretell.settings import Settings, SettingsError
 from foretell.store import ArtifactStore
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

@@ -5,20 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import uvloop
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from foretell.auth.api_keys import resolve_api_key
 from foretell.auth.tokens import TokenVerifier
 from foretell.logs import get_logger
 from foretell.metrics import serve_metrics
 from foretell.runtime._interceptor import Authenticator, ServiceInterceptor
 from foretell.runtime.resources import Resources, open_resources
-from foretell.services import SERVICES
 from foretell.settings import Address, Settings
 
 log = get_logger("foretell.server")
@@ -26,6 +27,18 @@ log = get_logger("foretell.server")
 
 class PortInUse(OSError):
     pass
+
+
+@dataclass(frozen=True)
+class ServiceDef:
+    """One gRPC service: its descriptor and how to add its servicer to a server."""
+
+    descriptor: ServiceDescriptor
+    add: Callable[[aio.Server, Resources], None]
+
+    @property
+    def full_name(self) -> str:
+        return str(self.descriptor.full_name)
 
 
 @dataclass
@@ -42,30 +55,31 @@ class RunningServer:
 
 
 async def start_server(
-    resources: Resources, services: Sequence[str], address: Address
+    resources: Resources,
+    services: Sequence[ServiceDef],
+    address: Address,
+    *,
+    reflected: Sequence[str] = (),
 ) -> RunningServer:
-    """Starts a server with the named services (keys of `foretell.services.SERVICES`)."""
-    from foretell.services.account import resolve_api_key
-
+    """Starts a server with `services`; reflection also lists the `reflected` service names."""
     keys = resources.keys
     settings = resources.settings
     verifier = TokenVerifier(keys, settings.jwt_issuer, settings.jwt_audience)
 
     async def api_key(secret: str):  # type: ignore[no-untyped-def]
-        return await resolve_api_key(resources, secret)
+        return await resolve_api_key(resources.db, resources.clock, secret)
 
     server = aio.server(interceptors=[ServiceInterceptor(Authenticator(verifier, api_key))])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = []
-    for name in services:
-        definition = SERVICES[name]
+    for definition in services:
         definition.add(server, resources)
         names.append(definition.full_name)
     # Reflection lists every Foretell service, not only this process's: behind Envoy the
     # gateway serves them all, and a reflection client sees the whole API from any of them.
     reflection.enable_server_reflection(
-        [*(d.full_name for d in SERVICES.values()), health.SERVICE_NAME, reflection.SERVICE_NAME],
+        [*dict.fromkeys([*names, *reflected]), health.SERVICE_NAME, reflection.SERVICE_NAME],
         server,
     )
     try:
@@ -84,17 +98,21 @@ async def start_server(
     return RunningServer(server, port, health_servicer, tuple(names))
 
 
-def run_services(settings: Settings, services: Sequence[str]) -> None:
+def run_services(
+    settings: Settings, services: Sequence[ServiceDef], *, reflected: Sequence[str] = ()
+) -> None:
     """Runs `serve` on uvloop, which carries grpc.aio's per-RPC overhead ~15% faster than the
     default loop (bench/README.md)."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(settings, services))
+        runner.run(serve(settings, services, reflected=reflected))
 
 
-async def serve(settings: Settings, services: Sequence[str]) -> None:
+async def serve(
+    settings: Settings, services: Sequence[ServiceDef], *, reflected: Sequence[str] = ()
+) -> None:
     """Runs the named services in this process until SIGTERM or SIGINT, then drains."""
     async with open_resources(settings) as resources:
-        running = await start_server(resources, services, settings.grpc_addr)
+        running = await start_server(resources, services, settings.grpc_addr, reflected=reflected)
         metrics_port = serve_metrics(settings.metrics_addr)
         log.info(
             "serving",

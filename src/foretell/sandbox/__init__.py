@@ -40,6 +40,7 @@ from foretell.sandbox._host import PythonRuntime, nsjail_binary, system_python
 from foretell.sandbox._limits import JailUser, SandboxLimits
 from foretell.sandbox._outcome import Outcome, SandboxResult
 from foretell.sandbox._policy import (
+    JAIL_SDK,
     JAIL_SOCKET,
     PolicyTemplateError,
     RunPaths,
@@ -48,8 +49,10 @@ from foretell.sandbox._policy import (
     template_parameters,
 )
 from foretell.sandbox._run import OutputJudge, prepare_run_dir, run_in_sandbox
+from foretell.sandbox._sdk_dir import sdk_dir
 
 __all__ = [
+    "JAIL_SDK",
     "JAIL_SOCKET",
     "CgroupHost",
     "CgroupVersion",
@@ -71,6 +74,7 @@ __all__ = [
     "render_policy",
     "render_template",
     "run_in_sandbox",
+    "sdk_dir",
     "sweep_stale_run_cgroups",
     "system_python",
     "template_parameters",

@@ -14,17 +14,11 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from foretell.common.v1 import common_pb2
 from foretell.datafeed.v1 import datafeed_service_pb2 as feed_pb
 from foretell.datafeed.v1 import datafeed_service_pb2_grpc as feed_grpc
 from foretell.forecast.v1 import forecast_service_pb2 as fc_pb
+from foretell.resolutions import STEP_S, TO_ENUM
 
-STEP_S = {"1h": 3600, "4h": 4 * 3600, "1d": 86400}
-RESOLUTIONS = {
-    "1h": common_pb2.RESOLUTION_1H,
-    "4h": common_pb2.RESOLUTION_4H,
-    "1d": common_pb2.RESOLUTION_1D,
-}
 _DIRECTIONS: dict[object, fc_pb.Direction.ValueType] = {
     1: fc_pb.DIRECTION_UP,
     -1: fc_pb.DIRECTION_DOWN,
@@ -112,7 +106,7 @@ class Context:
         """Each column's raw little-endian pages, as the server sent them (`packed`)."""
         request = feed_pb.GetBarsRequest(
             symbol=symbol,
-            resolution=RESOLUTIONS[self.resolution],
+            resolution=TO_ENUM[self.resolution],
             limit=self.lookback if lookback is None else lookback,
             latest=True,
             packed=True,

@@ -1,6 +1,6 @@
 """AccountService: users, sessions (access and refresh tokens) and API keys."""
 
+from foretell.services.account._queries import create_user
 from foretell.services.account._servicer import AccountServicer, add_to_server
-from foretell.services.account._store import create_user, resolve_api_key
 
-__all__ = ["AccountServicer", "add_to_server", "create_user", "resolve_api_key"]
+__all__ = ["AccountServicer", "add_to_server", "create_user"]

@@ -8,10 +8,10 @@ from foretell.account.v1 import account_service_pb2 as pb
 from foretell.account.v1 import account_service_pb2_grpc as pb_grpc
 from foretell.auth.policy import Role
 from foretell.auth.principal import current_principal
+from foretell.clock import timestamp as _ts
 from foretell.db import ApiKey, User
 from foretell.runtime.resources import Resources
-from foretell.services._convert import timestamp as _ts
-from foretell.services.account import _store, _validate
+from foretell.services.account import _queries, _validate
 
 if TYPE_CHECKING:
     # Generic only in the type stubs.
@@ -45,7 +45,7 @@ def _api_key_pb(key: ApiKey) -> pb.ApiKey:
     )
 
 
-def _tokens_pb(session: _store.Session) -> pb.AuthTokens:
+def _tokens_pb(session: _queries.Session) -> pb.AuthTokens:
     return pb.AuthTokens(
         access_token=session.access_token,
         token_type="Bearer",  # noqa: S106 - a scheme name, not a secret
@@ -63,7 +63,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         self, request: pb.CreateUserRequest, context: Context
     ) -> pb.CreateUserResponse:
         email, name, role = _validate.create_user(request)
-        user = await _store.create_user(
+        user = await _queries.create_user(
             self._res.db,
             email=email,
             password=request.password,
@@ -75,41 +75,41 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
 
     async def Login(self, request: pb.LoginRequest, context: Context) -> pb.LoginResponse:
         _validate.login(request)
-        session = await _store.login(self._res, request.email, request.password)
+        session = await _queries.login(self._res, request.email, request.password)
         return pb.LoginResponse(tokens=_tokens_pb(session), user=user_pb(session.user))
 
     async def Refresh(self, request: pb.RefreshRequest, context: Context) -> pb.RefreshResponse:
         _validate.refresh_token(request.refresh_token)
-        session = await _store.refresh(self._res, request.refresh_token)
+        session = await _queries.refresh(self._res, request.refresh_token)
         return pb.RefreshResponse(tokens=_tokens_pb(session))
 
     async def Logout(self, request: pb.LogoutRequest, context: Context) -> pb.LogoutResponse:
         _validate.refresh_token(request.refresh_token)
-        await _store.logout(self._res, request.refresh_token)
+        await _queries.logout(self._res, request.refresh_token)
         return pb.LogoutResponse()
 
     async def GetMe(self, request: pb.GetMeRequest, context: Context) -> pb.GetMeResponse:
-        user = await _store.get_user(self._res.db, current_principal().user_id)
+        user = await _queries.get_user(self._res.db, current_principal().user_id)
         return pb.GetMeResponse(user=user_pb(user))
 
     async def CreateApiKey(
         self, request: pb.CreateApiKeyRequest, context: Context
     ) -> pb.CreateApiKeyResponse:
         name = _validate.api_key_name(request.name)
-        key, secret = await _store.create_api_key(self._res, current_principal().user_id, name)
+        key, secret = await _queries.create_api_key(self._res, current_principal().user_id, name)
         return pb.CreateApiKeyResponse(api_key=_api_key_pb(key), secret=secret)
 
     async def ListApiKeys(
         self, request: pb.ListApiKeysRequest, context: Context
     ) -> pb.ListApiKeysResponse:
-        keys = await _store.list_api_keys(self._res.db, current_principal().user_id)
+        keys = await _queries.list_api_keys(self._res.db, current_principal().user_id)
         return pb.ListApiKeysResponse(api_keys=[_api_key_pb(k) for k in keys])
 
     async def RevokeApiKey(
         self, request: pb.RevokeApiKeyRequest, context: Context
     ) -> pb.RevokeApiKeyResponse:
         key_id = _validate.api_key_id(request.id)
-        key = await _store.revoke_api_key(self._res, current_principal().user_id, key_id)
+        key = await _queries.revoke_api_key(self._res, current_principal().user_id, key_id)
         return pb.RevokeApiKeyResponse(api_key=_api_key_pb(key))
 
     async def GetJwks(self, request: pb.GetJwksRequest, context: Context) -> pb.GetJwksResponse:

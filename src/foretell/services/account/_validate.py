@@ -9,6 +9,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from foretell.account.v1 import account_service_pb2 as pb
 from foretell.errors import Violations
+from foretell.text import check_text
 
 MAX_EMAIL = 254
 MIN_PASSWORD = 10
@@ -71,17 +72,6 @@ def check_password(v: Violations, field: str, password: str, email: str) -> None
 def _contains_local_part(password: str, email: str) -> bool:
     local = email.split("@")[0].lower()
     return len(local) >= 4 and local in password.lower()
-
-
-def check_text(v: Violations, field: str, text: str, limit: int) -> str:
-    text = text.strip()
-    if not text:
-        v.add(field, "required")
-    elif len(text) > limit:
-        v.add(field, f"at most {limit} characters")
-    elif not _printable(text):
-        v.add(field, "must not contain control characters")
-    return text
 
 
 def create_user(request: pb.CreateUserRequest) -> tuple[str, str, str]:

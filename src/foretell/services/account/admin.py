@@ -6,10 +6,10 @@ import uuid
 
 from foretell.account.v1 import account_service_pb2 as pb
 from foretell.auth.policy import Role
+from foretell.clock import utc_now
 from foretell.db import connect
 from foretell.errors import ForetellError, InvalidArgument
-from foretell.runtime.resources import utc_now
-from foretell.services.account import _store, _validate
+from foretell.services.account import _queries, _validate
 from foretell.settings import Settings
 
 
@@ -28,7 +28,7 @@ async def create_account(
         raise ValueError(error.message) from None
     db = connect(settings.database_url, pool_size=1)
     try:
-        user = await _store.create_user(
+        user = await _queries.create_user(
             db,
             email=email,
             password=password,

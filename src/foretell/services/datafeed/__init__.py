@@ -1,15 +1,6 @@
-"""DataFeedService: market data (OHLCV bars) per symbol and resolution, stored, listed,
-streamed and ingested as packed columns."""
+"""DataFeedService: market data (OHLCV bars) per symbol and resolution, listed, streamed and
+ingested as packed columns; the bars themselves are `foretell.marketdata`'s."""
 
-from foretell.services.datafeed._ingest import ingest_bars
 from foretell.services.datafeed._servicer import DataFeedServicer, add_to_server
-from foretell.services.datafeed._store import STEP_S, BarColumns, IngestResult
 
-__all__ = [
-    "STEP_S",
-    "BarColumns",
-    "DataFeedServicer",
-    "IngestResult",
-    "add_to_server",
-    "ingest_bars",
-]
+__all__ = ["DataFeedServicer", "add_to_server"]

@@ -1,90 +1,25 @@
 from __future__ import annotations
 
 import bisect
-import sys
-from array import array
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from grpc import aio
 
+from foretell import resolutions
+from foretell.clock import timestamp as _ts
 from foretell.datafeed.v1 import datafeed_service_pb2 as pb
 from foretell.datafeed.v1 import datafeed_service_pb2_grpc as pb_grpc
 from foretell.errors import AlreadyExists, FieldViolation, InvalidArgument
+from foretell.marketdata import queries, validate
+from foretell.marketdata.messages import bars_response, ingest_response, page_size
+from foretell.marketdata.queries import BarColumns
 from foretell.runtime.resources import Resources
-from foretell.services._convert import timestamp as _ts
-from foretell.services.datafeed import _store, _validate
-from foretell.services.datafeed._store import BarColumns, IngestResult
 
 if TYPE_CHECKING:
     # Generic only in the type stubs.
     Context = aio.ServicerContext[Any, Any]
-
-# Bars per GetBars message: 48 KB of packed columns, well under gRPC's 4 MiB message limit,
-# and large enough that per-message costs vanish.
-PAGE_BARS = 1000
-# Bars per message when the client asks for `packed` columns: 480 KB, still far under the
-# limit. Raw columns cost nothing per value to encode or decode, so what is left per message
-# (a gRPC frame, a Python object per column) is worth spreading over more bars
-# (bench/datafeed.py).
-PACKED_PAGE_BARS = 10_000
-_BIG_ENDIAN = sys.byteorder == "big"
-
-
-def bars_pb(bars: BarColumns) -> pb.Bars:
-    return pb.Bars(
-        open_times_unix=bars.open_times,
-        opens=bars.opens,
-        highs=bars.highs,
-        lows=bars.lows,
-        closes=bars.closes,
-        volumes=bars.volumes,
-    )
-
-
-def _little_endian(typecode: str, column: Sequence[Any]) -> bytes:
-    values = column if isinstance(column, array) and column.typecode == typecode else None
-    if values is None or _BIG_ENDIAN:
-        values = array(typecode, column)
-    if _BIG_ENDIAN:
-        values.byteswap()
-    return values.tobytes()
-
-
-def packed_bars_pb(bars: BarColumns) -> pb.PackedBars:
-    return pb.PackedBars(
-        open_times_unix=_little_endian("q", bars.open_times),
-        opens=_little_endian("d", bars.opens),
-        highs=_little_endian("d", bars.highs),
-        lows=_little_endian("d", bars.lows),
-        closes=_little_endian("d", bars.closes),
-        volumes=_little_endian("d", bars.volumes),
-    )
-
-
-def page_size(request: pb.GetBarsRequest) -> int:
-    return PACKED_PAGE_BARS if request.packed else PAGE_BARS
-
-
-def bars_response(request: pb.GetBarsRequest, bars: BarColumns, last: bool) -> pb.GetBarsResponse:
-    """One GetBars message, in the encoding the request asked for."""
-    if request.packed:
-        return pb.GetBarsResponse(packed_bars=packed_bars_pb(bars), last=last)
-    return pb.GetBarsResponse(bars=bars_pb(bars), last=last)
-
-
-def ingest_response(result: IngestResult) -> pb.IngestBarsResponse:
-    return pb.IngestBarsResponse(
-        symbol=result.symbol,
-        resolution=_validate.RESOLUTION_ENUM[result.resolution],
-        received=result.received,
-        inserted=result.inserted,
-        updated=result.updated,
-        unchanged=result.unchanged,
-        first_open_time=_ts(result.first_open_time),
-        last_open_time=_ts(result.last_open_time),
-    )
 
 
 class DataFeedServicer(pb_grpc.DataFeedServiceServicer):
@@ -95,11 +30,11 @@ class DataFeedServicer(pb_grpc.DataFeedServiceServicer):
         self, request: pb.ListSymbolsRequest, context: Context
     ) -> pb.ListSymbolsResponse:
         symbols: dict[str, pb.SymbolInfo] = {}
-        for s in await _store.list_series(self._res.db):
+        for s in await queries.list_series(self._res.db):
             info = symbols.setdefault(s.symbol, pb.SymbolInfo(symbol=s.symbol))
             info.series.append(
                 pb.Series(
-                    resolution=_validate.RESOLUTION_ENUM[s.resolution],
+                    resolution=resolutions.TO_ENUM[s.resolution],
                     bar_count=s.bar_count,
                     first_open_time=_ts(s.first_open_time),
                     last_open_time=_ts(s.last_open_time),
@@ -110,8 +45,8 @@ class DataFeedServicer(pb_grpc.DataFeedServiceServicer):
     async def GetBars(
         self, request: pb.GetBarsRequest, context: Context
     ) -> AsyncIterator[pb.GetBarsResponse]:
-        query = _validate.get_bars(request)
-        async for bars, last in _store.read_bars(self._res.db, query, page_size(request)):
+        query = validate.get_bars(request)
+        async for bars, last in queries.read_bars(self._res.db, query, page_size(request)):
             yield bars_response(request, bars, last)
 
     async def IngestBars(
@@ -122,13 +57,13 @@ class DataFeedServicer(pb_grpc.DataFeedServiceServicer):
             raise InvalidArgument(
                 [FieldViolation("header", "the first message must be the header")]
             )
-        header = _validate.ingest_header(first.header)
+        header = validate.ingest_header(first.header)
         received, ends = await _receive(request_iterator, header, self._res.clock())
         try:
-            result = await _store.write_bars(
+            result = await queries.write_bars(
                 self._res.db, header.symbol, header.resolution, received, upsert=header.upsert
             )
-        except _store.BarExists as error:
+        except queries.BarExists as error:
             batch = bisect.bisect_right(ends, error.index)
             index = error.index - (ends[batch - 1] if batch else 0)
             raise AlreadyExists(
@@ -139,7 +74,7 @@ class DataFeedServicer(pb_grpc.DataFeedServiceServicer):
 
 async def _receive(
     request_iterator: AsyncIterator[pb.IngestBarsRequest],
-    header: _validate.Header,
+    header: validate.Header,
     now: datetime,
 ) -> tuple[BarColumns, list[int]]:
     """Every batch, checked as it arrives; and where each batch ends in the whole."""
@@ -153,13 +88,13 @@ async def _receive(
                 [FieldViolation(f"batches[{index}]", "only the first message may be a header")]
             )
         after = received.open_times[-1] if received else None
-        batch = _validate.batch(index, message.bars, header, after=after, now=now_s)
-        if len(received) + len(batch) > _validate.MAX_INGEST:
+        batch = validate.batch(index, message.bars, header, after=after, now=now_s)
+        if len(received) + len(batch) > validate.MAX_INGEST:
             raise InvalidArgument(
                 [
                     FieldViolation(
                         f"batches[{index}]",
-                        f"at most {_validate.MAX_INGEST:,} bars per ingest: split the data",
+                        f"at most {validate.MAX_INGEST:,} bars per ingest: split the data",
                     )
                 ]
             )

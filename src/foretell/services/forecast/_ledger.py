@@ -8,10 +8,10 @@ from datetime import datetime
 
 from sqlalchemy import text
 
+from foretell.clock import timestamp as _ts
 from foretell.db import Database
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.ledger import chain
-from foretell.services._convert import timestamp as _ts
 from foretell.services.forecast._validate import ledger_token
 
 _ENTRIES = text("""
@@ -52,46 +52,44 @@ async def ledger_page(
         await conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         rows = (await conn.execute(_ENTRIES, params)).all()
         head = await conn.scalar(_HEAD, params)
-        run_ids = [r[1] for r in rows[:limit]]
+        run_ids = [entry.run_id for entry in rows[:limit]]
         withheld: set[uuid.UUID] = set()
         if recorded_before is not None:
             # The run's recording time is its forecasts' (one transaction, one clock reading),
             # so this cut agrees with the one ListForecasts applies to the same caller.
             cut = {"ids": run_ids, "recorded_before": recorded_before}
-            withheld = {r[0] for r in await conn.execute(_RECENT, cut)}
+            withheld = {run.id for run in await conn.execute(_RECENT, cut)}
         # Withheld payloads are not even built: their forecasts are not read.
-        built = await chain.payloads(conn, [r for r in run_ids if r not in withheld])
+        built = await chain.payloads(conn, [i for i in run_ids if i not in withheld])
         response = pb.GetLedgerResponse(model=name, head_sequence=head or 0)
-        for sequence, run_id, prev_hash, entry_hash in rows[:limit]:
-            payload = None if run_id in withheld else built.get(run_id)
+        for entry in rows[:limit]:
+            payload = None if entry.run_id in withheld else built.get(entry.run_id)
             response.entries.append(
                 pb.LedgerEntry(
-                    sequence=sequence,
-                    run_id=str(run_id),
-                    prev_hash=prev_hash,
-                    entry_hash=entry_hash,
+                    sequence=entry.sequence,
+                    run_id=str(entry.run_id),
+                    prev_hash=entry.prev_hash,
+                    entry_hash=entry.entry_hash,
                     payload=payload.decode() if payload is not None else "",
-                    withheld=run_id in withheld,
+                    withheld=entry.run_id in withheld,
                 )
             )
         if len(rows) > limit:
-            response.next_page_token = ledger_token(name, rows[limit - 1][0])
+            response.next_page_token = ledger_token(name, rows[limit - 1].sequence)
         if after == 0:
-            for sequence, head_hash, signed_at, key_id, signature in await conn.execute(
-                _CHECKPOINTS, params
-            ):
+            for point in await conn.execute(_CHECKPOINTS, params):
                 response.checkpoints.append(
                     pb.LedgerCheckpoint(
-                        sequence=sequence,
-                        head_hash=head_hash,
-                        sign_time=_ts(signed_at),
-                        key_id=key_id,
-                        signature=signature,
+                        sequence=point.sequence,
+                        head_hash=point.head_hash,
+                        sign_time=_ts(point.signed_at),
+                        key_id=point.key_id,
+                        signature=point.signature,
                     )
                 )
-            for key_id, public_key in await conn.execute(_KEYS, params):
-                response.keys.append(pb.LedgerKey(key_id=key_id, public_key=public_key))
+            for key in await conn.execute(_KEYS, params):
+                response.keys.append(pb.LedgerKey(key_id=key.key_id, public_key=key.public_key))
             response.unledgered_run_ids.extend(
-                str(r[0]) for r in await conn.execute(_UNLEDGERED, params)
+                str(run.id) for run in await conn.execute(_UNLEDGERED, params)
             )
     return response

@@ -11,6 +11,7 @@ from grpc import aio
 
 from foretell.auth.principal import Principal, current_principal
 from foretell.billing.entitlement import forecast_access, require_entitled
+from foretell.clock import timestamp as _ts
 from foretell.db.models import Forecast, Model, Run
 from foretell.errors import FailedPrecondition, ForetellError, NotFound, PermissionDenied
 from foretell.forecast.v1 import forecast_service_pb2 as pb
@@ -18,8 +19,7 @@ from foretell.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
 from foretell.performance import PerformanceCache
 from foretell.runs import NotRunnable, latest_closed_boundary, run_on_platform
 from foretell.runtime.resources import Resources
-from foretell.services._convert import timestamp as _ts
-from foretell.services.forecast import _store, _validate
+from foretell.services.forecast import _queries, _validate
 from foretell.services.forecast._feed import ACCESS_CHANGED, LOST, ForecastFeed
 from foretell.services.forecast._ledger import ledger_page
 from foretell.services.forecast._performance import performance_pb
@@ -99,11 +99,11 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
     ) -> pb.ListForecastsResponse:
         filters = _validate.list_forecasts(request)
         principal = current_principal()
-        view = await _store.readable_model(self._res.db, principal, filters.model)
+        view = await _queries.readable_model(self._res.db, principal, filters.model)
         access = await forecast_access(
             self._res.db, principal, view.model, self._res.clock(), self._res.settings
         )
-        rows = await _store.list_forecasts(self._res.db, view, filters, access.recorded_before)
+        rows = await _queries.list_forecasts(self._res.db, view, filters, access.recorded_before)
         limit = filters.limit
         token = ""
         if len(rows) > limit:
@@ -123,7 +123,7 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
     ) -> AsyncIterator[pb.StreamForecastsResponse]:
         name, symbol, kind = _validate.stream_forecasts(request)
         principal = current_principal()
-        view = await _store.readable_model(self._res.db, principal, name)
+        view = await _queries.readable_model(self._res.db, principal, name)
         await self._entitled(principal, view.model)
         recheck_s = max(self._res.settings.entitlement_recheck_s, 0.1)
         async with self._feed.subscribe(view.model.id) as notices:
@@ -144,7 +144,7 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
                 await self._still_readable(principal, name)
                 if isinstance(notice, str):
                     continue
-                rows = await _store.run_forecasts(self._res.db, notice.run_id, symbol)
+                rows = await _queries.run_forecasts(self._res.db, notice.run_id, symbol)
                 if rows:
                     yield pb.StreamForecastsResponse(
                         forecasts=[forecast_pb(name, f, number) for f, number in rows]
@@ -157,15 +157,15 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
 
     async def _still_readable(self, principal: Principal, name: str) -> None:
         try:
-            view = await _store.readable_model(self._res.db, principal, name)
+            view = await _queries.readable_model(self._res.db, principal, name)
         except NotFound:
             raise PermissionDenied(f"model {name!r} is no longer readable to you") from None
         await self._entitled(principal, view.model)
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
         filters = _validate.list_runs(request)
-        view = await _store.runs_model(self._res.db, current_principal(), filters.model)
-        rows = await _store.list_runs(self._res.db, view, filters)
+        view = await _queries.runs_model(self._res.db, current_principal(), filters.model)
+        rows = await _queries.list_runs(self._res.db, view, filters)
         limit = filters.limit
         token = ""
         if len(rows) > limit:
@@ -178,8 +178,8 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
 
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
         name, run_id = _validate.get_run(request)
-        view = await _store.runs_model(self._res.db, current_principal(), name)
-        run, number, count = await _store.get_run(self._res.db, view, run_id)
+        view = await _queries.runs_model(self._res.db, current_principal(), name)
+        run, number, count = await _queries.get_run(self._res.db, view, run_id)
         return pb.GetRunResponse(run=run_pb(name, run, number, count, log=True))
 
     async def DryRun(self, request: pb.DryRunRequest, context: Context) -> pb.DryRunResponse:
@@ -187,9 +187,9 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         the all-in-one `foretell up`; a split deployment routes this method to a server on a
         worker host."""
         name, number, as_of = _validate.dry_run(request)
-        view = await _store.runs_model(self._res.db, current_principal(), name)
+        view = await _queries.runs_model(self._res.db, current_principal(), name)
         model = view.model
-        version = await _store.dry_run_version(self._res.db, view, number)
+        version = await _queries.dry_run_version(self._res.db, view, number)
         now = self._res.clock()
         if as_of is None:
             as_of = latest_closed_boundary(model.resolution, now)
@@ -208,8 +208,8 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
             )
         except NotRunnable as error:
             raise FailedPrecondition(str(error)) from None
-        run, run_number, count = await _store.get_run(self._res.db, view, record.run_id)
-        rows = await _store.run_forecasts(self._res.db, record.run_id, "")
+        run, run_number, count = await _queries.get_run(self._res.db, view, record.run_id)
+        rows = await _queries.run_forecasts(self._res.db, record.run_id, "")
         return pb.DryRunResponse(
             run=run_pb(name, run, run_number, count, log=True),
             forecasts=[forecast_pb(name, f, n) for f, n in rows],
@@ -220,7 +220,7 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         self, request: pb.GetPerformanceRequest, context: Context
     ) -> pb.GetPerformanceResponse:
         name, kind, cost_bps = _validate.get_performance(request)
-        view = await _store.readable_model(self._res.db, current_principal(), name)
+        view = await _queries.readable_model(self._res.db, current_principal(), name)
         model = view.model
         report = await self._performance.report(
             self._res.db, model.id, model.resolution, list(model.symbols), kind, cost_bps
@@ -232,7 +232,7 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
     ) -> pb.GetLedgerResponse:
         name, limit, after = _validate.get_ledger(request)
         principal = current_principal()
-        view = await _store.readable_model(self._res.db, principal, name)
+        view = await _queries.readable_model(self._res.db, principal, name)
         # The payloads hold the forecasts: served as far as ListForecasts would serve them.
         try:
             access = await forecast_access(

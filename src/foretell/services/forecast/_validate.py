@@ -10,12 +10,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from foretell.errors import FieldViolation, InvalidArgument, Violations
 from foretell.forecast.v1 import forecast_service_pb2 as pb
-from foretell.runs._schedule import STEP_S
-from foretell.services._paging import decode_token, encode_token
-from foretell.services._paging import page_size as checked_page_size
-from foretell.services.registry._validate import SYMBOL, model_name
-
-DEFAULT_PAGE, MAX_PAGE = 100, 1000
+from foretell.paging import decode_token, encode_token, reject_token
+from foretell.paging import page_size as checked_page_size
+from foretell.resolutions import STEP_S
+from foretell.services.registry import model_name
+from foretell.symbols import SYMBOL
 
 KINDS: dict[int, str] = {
     pb.RUN_KIND_UNSPECIFIED: "live",
@@ -84,7 +83,7 @@ def _cursor(v: Violations, token: str) -> Cursor | None:
             return Cursor(when, str(row_id))
     except (TypeError, ValueError):
         pass
-    v.add("page_token", "not a token from a previous page")
+    reject_token(v)
     return None
 
 
@@ -102,9 +101,8 @@ def _common(
     name = model_name(v, "model", model)
     if version < 0:
         v.add("version", "a version number, or 0 for every version")
-    if page_size < 0 or page_size > MAX_PAGE:
-        v.add("page_size", f"0 to {MAX_PAGE} (0 means {DEFAULT_PAGE})")
-    return name, version or None, page_size or DEFAULT_PAGE, _cursor(v, token)
+    limit = checked_page_size(v, page_size)
+    return name, version or None, limit, _cursor(v, token)
 
 
 def list_forecasts(request: pb.ListForecastsRequest) -> Filters:
@@ -113,7 +111,7 @@ def list_forecasts(request: pb.ListForecastsRequest) -> Filters:
         v, request.model, request.version, request.page_size, request.page_token
     )
     if after is not None and not after.id.isdigit():
-        v.add("page_token", "not a token from a previous page")
+        reject_token(v)
     start, end = _range(
         v,
         request.HasField("start_time"),
@@ -134,7 +132,7 @@ def list_runs(request: pb.ListRunsRequest) -> Filters:
         v, request.model, request.version, request.page_size, request.page_token
     )
     if after is not None and not _is_uuid(after.id):
-        v.add("page_token", "not a token from a previous page")
+        reject_token(v)
     start, end = _range(
         v,
         request.HasField("start_time"),

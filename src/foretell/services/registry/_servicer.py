@@ -8,30 +8,31 @@ from typing import TYPE_CHECKING, Any
 
 from grpc import aio
 
+from foretell import paging as _paging
+from foretell import resolutions
 from foretell.auth.policy import Role
 from foretell.auth.principal import current_principal
-from foretell.build import follow_build_log
-from foretell.bundle import Limits, read_bundle
+from foretell.build import BuildState, enqueue_build, follow_build_log
+from foretell.build.states import FINAL, TAKEABLE
+from foretell.bundle import Limits, Manifest, read_bundle
+from foretell.clock import timestamp as _ts
 from foretell.db import Version
 from foretell.errors import FieldViolation, InvalidArgument, NotFound, Violations
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from foretell.runtime.resources import Resources
-from foretell.services import _paging
-from foretell.services._convert import timestamp as _ts
-from foretell.services.registry import _store, _validate
-from foretell.services.registry._store import ModelView, Upload
-from foretell.services.registry.build import enqueue_build
+from foretell.services.registry import _queries, _validate
+from foretell.services.registry._queries import ModelView, Upload
 
 if TYPE_CHECKING:
     # Generic only in the type stubs.
     Context = aio.ServicerContext[Any, Any]
 
 _BUILD_STATES = {
-    "queued": pb.BUILD_STATE_QUEUED,
-    "building": pb.BUILD_STATE_BUILDING,
-    "ready": pb.BUILD_STATE_READY,
-    "failed": pb.BUILD_STATE_FAILED,
+    BuildState.QUEUED: pb.BUILD_STATE_QUEUED,
+    BuildState.BUILDING: pb.BUILD_STATE_BUILDING,
+    BuildState.READY: pb.BUILD_STATE_READY,
+    BuildState.FAILED: pb.BUILD_STATE_FAILED,
 }
 _LOG_BATCH = 200
 
@@ -43,7 +44,7 @@ def model_pb(view: ModelView) -> pb.Model:
         title=model.title,
         description=model.description,
         symbols=model.symbols,
-        resolution=_validate.RESOLUTION_ENUM[model.resolution],
+        resolution=resolutions.TO_ENUM[model.resolution],
         horizon=model.horizon,
         tags=model.tags,
         visibility=_validate.VISIBILITY_ENUM[model.visibility],
@@ -57,7 +58,7 @@ def model_pb(view: ModelView) -> pb.Model:
 
 
 def version_pb(model: ModelView, version: Version) -> pb.Version:
-    m = _store.manifest_from_json(version.manifest)
+    m = Manifest.from_json(version.manifest)
     return pb.Version(
         model=model.model.name,
         number=version.number,
@@ -66,12 +67,12 @@ def version_pb(model: ModelView, version: Version) -> pb.Version:
         manifest=pb.Manifest(
             entrypoint=m.entrypoint,
             symbols=m.symbols,
-            resolution=_validate.RESOLUTION_ENUM[m.resolution],
+            resolution=resolutions.TO_ENUM[m.resolution],
             horizon=m.horizon,
             lookback=m.lookback,
             requirements=m.requirements,
         ),
-        build_state=_BUILD_STATES[version.build_state],
+        build_state=_BUILD_STATES[BuildState(version.build_state)],
         failure_reason=version.failure_reason,
         image_digest=version.image_digest or "",
         live=model.model.live_version == version.number,
@@ -106,14 +107,14 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.CreateModelRequest, context: Context
     ) -> pb.CreateModelResponse:
         fields = _validate.create_model(request.model)
-        view = await _store.create_model(
+        view = await _queries.create_model(
             self._res.db, current_principal(), fields, self._res.clock()
         )
         return pb.CreateModelResponse(model=model_pb(view))
 
     async def GetModel(self, request: pb.GetModelRequest, context: Context) -> pb.GetModelResponse:
         name = _validate.require_name("name", request.name)
-        view = await _store.get_view(self._res.db, name, current_principal())
+        view = await _queries.get_view(self._res.db, name, current_principal())
         return pb.GetModelResponse(model=model_pb(view))
 
     async def ListModels(
@@ -123,14 +124,14 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         limit = _validate.page_size(v, request.page_size)
         after = _paging.decode_token(v, request.page_token)
         if after is not None and not isinstance(after, str):
-            v.add("page_token", "not a token from a previous page")
+            _paging.reject_token(v)
         resolution = None
         if request.resolution:
-            resolution = _validate.RESOLUTIONS.get(request.resolution)
+            resolution = resolutions.BY_ENUM.get(request.resolution)
             if resolution is None:
-                v.add("resolution", "RESOLUTION_1H, RESOLUTION_4H or RESOLUTION_1D")
+                v.add("resolution", resolutions.ENUM_RULE)
         v.raise_if_any()
-        views = await _store.list_models(
+        views = await _queries.list_models(
             self._res.db,
             current_principal(),
             after=after if isinstance(after, str) else None,
@@ -149,7 +150,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.UpdateModelRequest, context: Context
     ) -> pb.UpdateModelResponse:
         name, changes = _validate.update_model(request)
-        view = await _store.update_model(
+        view = await _queries.update_model(
             self._res.db, current_principal(), name, changes, self._res.clock()
         )
         return pb.UpdateModelResponse(model=model_pb(view))
@@ -158,7 +159,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.DeleteModelRequest, context: Context
     ) -> pb.DeleteModelResponse:
         name = _validate.require_name("name", request.name)
-        await _store.delete_model(self._res.db, current_principal(), name)
+        await _queries.delete_model(self._res.db, current_principal(), name)
         return pb.DeleteModelResponse()
 
     async def UploadVersion(
@@ -173,7 +174,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         header = first.header
         _validate.upload_header(header, self._res.settings.max_bundle_bytes)
         # Ownership first: nobody uploads megabytes into someone else's model.
-        await _store.model_for_upload(self._res.db, principal, header.model)
+        await _queries.model_for_upload(self._res.db, principal, header.model)
         store = self._res.store
         scratch = store.scratch()
         try:
@@ -181,17 +182,17 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             limits = Limits(max_bundle_bytes=self._res.settings.max_bundle_bytes)
             contents = await asyncio.to_thread(read_bundle, path, limits)
             upload = Upload(header.model, contents.digest, contents.size, contents.manifest)
-            view = await _store.get_view(self._res.db, header.model, principal)
+            view = await _queries.get_view(self._res.db, header.model, principal)
             _check_manifest(view, upload)
             await asyncio.to_thread(store.put_bundle, path, contents.digest)
-            version, created, queued = await _store.add_version(
+            version, created, queued = await _queries.add_version(
                 self._res.db, principal, upload, self._res.clock()
             )
         finally:
             await asyncio.to_thread(_remove_tree, scratch)
         if queued:
             await enqueue_build(self._res, version.id)
-        view = await _store.get_view(self._res.db, header.model, principal)
+        view = await _queries.get_view(self._res.db, header.model, principal)
         return pb.UploadVersionResponse(version=version_pb(view, version), created=created)
 
     async def _receive(
@@ -228,7 +229,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.GetVersionRequest, context: Context
     ) -> pb.GetVersionResponse:
         name, number = _validate.version_ref(request.model, request.number)
-        view, version = await _store.get_version(self._res.db, current_principal(), name, number)
+        view, version = await _queries.get_version(self._res.db, current_principal(), name, number)
         return pb.GetVersionResponse(version=version_pb(view, version))
 
     async def ListVersions(
@@ -239,9 +240,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         limit = _validate.page_size(v, request.page_size)
         before = _paging.decode_token(v, request.page_token)
         if before is not None and not isinstance(before, int):
-            v.add("page_token", "not a token from a previous page")
+            _paging.reject_token(v)
         v.raise_if_any()
-        view, versions = await _store.list_versions(
+        view, versions = await _queries.list_versions(
             self._res.db,
             current_principal(),
             name,
@@ -259,37 +260,38 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     ) -> AsyncIterator[pb.StreamBuildLogResponse]:
         name, number = _validate.version_ref(request.model, request.number)
         principal = current_principal()
-        view, version = await _store.get_version(self._res.db, principal, name, number)
+        view, version = await _queries.get_version(self._res.db, principal, name, number)
         if view.model.owner_id != principal.user_id and principal.role != Role.ADMIN:
             # Build logs can hold a provider's paths and package names: owner only.
             raise NotFound(f"model {name!r} has no version {number} of yours")
         sent = 0
-        if version.build_state in ("queued", "building"):
+        if version.build_state in TAKEABLE:
             async for batch in follow_build_log(self._res.redis, str(version.id)):
                 if batch is None:
-                    _, version = await _store.get_version(self._res.db, principal, name, number)
-                    if version.build_state in ("ready", "failed"):
+                    _, version = await _queries.get_version(self._res.db, principal, name, number)
+                    if version.build_state in FINAL:
                         break
                     continue
                 sent += len(batch)
                 yield pb.StreamBuildLogResponse(lines=batch, build_state=pb.BUILD_STATE_BUILDING)
-            _, version = await _store.get_version(self._res.db, principal, name, number)
+            _, version = await _queries.get_version(self._res.db, principal, name, number)
         # The stored log is the record: send whatever the live stream did not.
         lines = version.build_log.split("\n")[sent:] if version.build_log else []
         for start in range(0, len(lines), _LOG_BATCH):
             yield pb.StreamBuildLogResponse(
                 lines=lines[start : start + _LOG_BATCH],
-                build_state=_BUILD_STATES[version.build_state],
+                build_state=_BUILD_STATES[BuildState(version.build_state)],
             )
         yield pb.StreamBuildLogResponse(
-            build_state=_BUILD_STATES[version.build_state], failure_reason=version.failure_reason
+            build_state=_BUILD_STATES[BuildState(version.build_state)],
+            failure_reason=version.failure_reason,
         )
 
     async def PublishVersion(
         self, request: pb.PublishVersionRequest, context: Context
     ) -> pb.PublishVersionResponse:
         name, number = _validate.version_ref(request.model, request.number)
-        view, version = await _store.publish(
+        view, version = await _queries.publish(
             self._res.db, current_principal(), name, number, self._res.clock()
         )
         return pb.PublishVersionResponse(model=model_pb(view), version=version_pb(view, version))
@@ -298,7 +300,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.TakeOfflineRequest, context: Context
     ) -> pb.TakeOfflineResponse:
         name = _validate.require_name("name", request.name)
-        view = await _store.take_offline(self._res.db, current_principal(), name, self._res.clock())
+        view = await _queries.take_offline(
+            self._res.db, current_principal(), name, self._res.clock()
+        )
         return pb.TakeOfflineResponse(model=model_pb(view))
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 
-from foretell.common.v1 import common_pb2
+from foretell import paging, resolutions
 from foretell.errors import FieldViolation, InvalidArgument, Violations
 from foretell.registry.v1 import registry_service_pb2 as pb
-from foretell.services.account._validate import check_text
+from foretell.symbols import SYMBOL
+from foretell.text import check_text
 
 NAME = re.compile(r"[a-z][a-z0-9-]{2,39}")
-SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,31}")
 TAG = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_SYMBOLS, MAX_TAGS, MAX_DESCRIPTION, MAX_TITLE = 50, 20, 10_000, 120
@@ -19,12 +19,6 @@ MAX_CHUNK = 1024 * 1024
 DEFAULT_PAGE, MAX_PAGE = 50, 100
 UPDATABLE = frozenset({"title", "description", "tags", "visibility"})
 
-RESOLUTIONS = {
-    common_pb2.RESOLUTION_1H: "1h",
-    common_pb2.RESOLUTION_4H: "4h",
-    common_pb2.RESOLUTION_1D: "1d",
-}
-RESOLUTION_ENUM = {text: value for value, text in RESOLUTIONS.items()}
 VISIBILITIES = {pb.VISIBILITY_PRIVATE: "private", pb.VISIBILITY_PUBLIC: "public"}
 VISIBILITY_ENUM = {text: value for value, text in VISIBILITIES.items()}
 
@@ -78,9 +72,9 @@ def create_model(model: pb.Model) -> dict[str, object]:
             v.add(f"model.symbols[{i}]", "1 to 32 characters: A-Z, 0-9, '.', '_', '-'")
     if len(set(symbols)) != len(symbols):
         v.add("model.symbols", "symbols must be unique")
-    resolution = RESOLUTIONS.get(model.resolution)
+    resolution = resolutions.BY_ENUM.get(model.resolution)
     if resolution is None:
-        v.add("model.resolution", "required: RESOLUTION_1H, RESOLUTION_4H or RESOLUTION_1D")
+        v.add("model.resolution", f"required: {resolutions.ENUM_RULE}")
     if not 1 <= model.horizon <= MAX_HORIZON:
         v.add("model.horizon", f"1 to {MAX_HORIZON} bars ahead")
     visibility = VISIBILITIES.get(model.visibility, "private")
@@ -130,9 +124,7 @@ def update_model(request: pb.UpdateModelRequest) -> tuple[str, dict[str, object]
 
 
 def page_size(v: Violations, size: int) -> int:
-    if size < 0 or size > MAX_PAGE:
-        v.add("page_size", f"0 to {MAX_PAGE} (0 means {DEFAULT_PAGE})")
-    return size or DEFAULT_PAGE
+    return paging.page_size(v, size, DEFAULT_PAGE, MAX_PAGE)
 
 
 def version_ref(model: str, number: int) -> tuple[str, int]:

@@ -6,14 +6,14 @@ from typing import TYPE_CHECKING, Any
 from grpc import aio
 
 from foretell.auth.principal import current_principal
-from foretell.billing.gateway import gateway_for
+from foretell.billing.payments import processor_for
 from foretell.billing.settle import InvoiceStatus
+from foretell.clock import timestamp as _ts
 from foretell.db.models import Plan, Subscription
+from foretell.paging import keyset_token
 from foretell.runtime.resources import Resources
-from foretell.services._convert import timestamp as _ts
-from foretell.services._paging import keyset_token
-from foretell.services.registry._validate import require_name
-from foretell.services.subscription import _store, _validate
+from foretell.services.registry import require_name
+from foretell.services.subscription import _queries, _validate
 from foretell.subscription.v1 import subscription_service_pb2 as pb
 from foretell.subscription.v1 import subscription_service_pb2_grpc as pb_grpc
 
@@ -86,16 +86,16 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
     def __init__(self, resources: Resources) -> None:
         self._res = resources
 
-    def _billing(self) -> _store.Billing:
+    def _billing(self) -> _queries.Billing:
         settings = self._res.settings
-        return _store.Billing(settings, gateway_for(settings), self._res.clock())
+        return _queries.Billing(settings, processor_for(settings), self._res.clock())
 
     @property
     def _grace(self) -> timedelta:
         return timedelta(days=self._res.settings.billing_grace_days)
 
     async def GetPlan(self, request: pb.GetPlanRequest, context: Context) -> pb.GetPlanResponse:
-        name, plan = await _store.get_plan(
+        name, plan = await _queries.get_plan(
             self._res.db, current_principal(), require_name("model", request.model)
         )
         return pb.GetPlanResponse(plan=plan_pb(name, plan))
@@ -104,7 +104,7 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
         self, request: pb.UpdatePlanRequest, context: Context
     ) -> pb.UpdatePlanResponse:
         given = _validate.update_plan(request)
-        name, plan = await _store.update_plan(
+        name, plan = await _queries.update_plan(
             self._res.db, current_principal(), given, self._res.clock()
         )
         return pb.UpdatePlanResponse(plan=plan_pb(name, plan))
@@ -113,7 +113,7 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
         self, request: pb.SubscribeRequest, context: Context
     ) -> pb.SubscribeResponse:
         name = require_name("model", request.model)
-        sub, invoice = await _store.subscribe(
+        sub, invoice = await _queries.subscribe(
             self._res.db, current_principal(), name, self._billing()
         )
         return pb.SubscribeResponse(
@@ -125,7 +125,7 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
         self, request: pb.ListSubscriptionsRequest, context: Context
     ) -> pb.ListSubscriptionsResponse:
         model, page = _validate.list_subscriptions(request)
-        rows, last = await _store.list_subscriptions(
+        rows, last = await _queries.list_subscriptions(
             self._res.db, current_principal(), model, page, self._billing()
         )
         return pb.ListSubscriptionsResponse(
@@ -137,7 +137,7 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
         self, request: pb.CancelSubscriptionRequest, context: Context
     ) -> pb.CancelSubscriptionResponse:
         sub_id = _validate.subscription_id(request)
-        sub, name = await _store.cancel(
+        sub, name = await _queries.cancel(
             self._res.db, current_principal(), sub_id, request.immediately, self._billing()
         )
         return pb.CancelSubscriptionResponse(subscription=subscription_pb(sub, name, self._grace))
@@ -146,14 +146,16 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
         self, request: pb.ResumeSubscriptionRequest, context: Context
     ) -> pb.ResumeSubscriptionResponse:
         sub_id = _validate.subscription_id(request)
-        sub, name = await _store.resume(self._res.db, current_principal(), sub_id, self._billing())
+        sub, name = await _queries.resume(
+            self._res.db, current_principal(), sub_id, self._billing()
+        )
         return pb.ResumeSubscriptionResponse(subscription=subscription_pb(sub, name, self._grace))
 
     async def ListInvoices(
         self, request: pb.ListInvoicesRequest, context: Context
     ) -> pb.ListInvoicesResponse:
         sub_id, page = _validate.list_invoices(request)
-        rows, last = await _store.list_invoices(self._res.db, current_principal(), sub_id, page)
+        rows, last = await _queries.list_invoices(self._res.db, current_principal(), sub_id, page)
         scope = str(sub_id) if sub_id else ""
         return pb.ListInvoicesResponse(
             invoices=[invoice_pb(s, name) for s, name in rows],

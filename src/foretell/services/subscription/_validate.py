@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from foretell.currencies import MINOR_UNITS
 from foretell.errors import Violations
-from foretell.services._paging import Page, keyset_page
-from foretell.services.registry._validate import model_name
+from foretell.paging import Page, keyset_page
+from foretell.services.registry import model_name
 from foretell.subscription.v1 import subscription_service_pb2 as pb
 
 MAX_TRIAL_DAYS = 30

@@ -12,25 +12,16 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from foretell.auth.api_keys import API_KEY_PREFIX, secret_digest
 from foretell.auth.passwords import hash_password, verify_password
 from foretell.auth.policy import Role
-from foretell.auth.principal import Principal
 from foretell.auth.tokens import TokenIssuer
 from foretell.db import ApiKey, Database, RefreshToken, User
 from foretell.errors import AlreadyExists, NotFound, ResourceExhausted, Unauthenticated
-from foretell.runtime._interceptor import API_KEY_PREFIX
 from foretell.runtime.resources import Resources
 
 REFRESH_PREFIX = "ftr_"
-# Writing last_used_at on every read would turn each API call into a write; once a minute is
-# precise enough for "when was this key last used".
-_LAST_USED_PRECISION = timedelta(minutes=1)
 MAX_API_KEYS = 50
-
-
-def _digest(secret: str) -> bytes:
-    # Secrets are 256-bit random strings, so a fast hash is enough (nothing to brute-force).
-    return hashlib.sha256(secret.encode()).digest()
 
 
 @dataclass(frozen=True)
@@ -126,7 +117,7 @@ async def _new_session(res: Resources, user: User, family_id: uuid.UUID) -> Sess
                 id=uuid.uuid4(),
                 user_id=user.id,
                 family_id=family_id,
-                token_hash=_digest(refresh),
+                token_hash=secret_digest(refresh),
                 created_at=now,
                 expires_at=refresh_expires,
             )
@@ -148,7 +139,9 @@ async def refresh(res: Resources, token: str) -> Session:
     async with res.db.session.begin() as session:
         # FOR UPDATE: two concurrent refreshes with one token must not both succeed.
         row = await session.scalar(
-            select(RefreshToken).where(RefreshToken.token_hash == _digest(token)).with_for_update()
+            select(RefreshToken)
+            .where(RefreshToken.token_hash == secret_digest(token))
+            .with_for_update()
         )
         if row is None or row.revoked_at is not None or row.expires_at <= now:
             raise Unauthenticated("refresh token is not valid; sign in again")
@@ -168,7 +161,7 @@ async def refresh(res: Resources, token: str) -> Session:
 async def logout(res: Resources, token: str) -> None:
     async with res.db.session.begin() as session:
         row = await session.scalar(
-            select(RefreshToken).where(RefreshToken.token_hash == _digest(token))
+            select(RefreshToken).where(RefreshToken.token_hash == secret_digest(token))
         )
         if row is None:
             raise Unauthenticated("refresh token is not valid")
@@ -182,7 +175,7 @@ async def create_api_key(res: Resources, user_id: uuid.UUID, name: str) -> tuple
         user_id=user_id,
         name=name,
         prefix=secret[:12],
-        secret_hash=_digest(secret),
+        secret_hash=secret_digest(secret),
         created_at=res.clock(),
     )
     async with res.db.session.begin() as session:
@@ -214,25 +207,3 @@ async def revoke_api_key(res: Resources, user_id: uuid.UUID, key_id: uuid.UUID) 
         if key.revoked_at is None:
             key.revoked_at = res.clock()
     return key
-
-
-async def resolve_api_key(res: Resources, secret: str) -> Principal | None:
-    """The owner of a valid API key, or None."""
-    now = res.clock()
-    async with res.db.session() as session:
-        row = (
-            await session.execute(
-                select(ApiKey, User.role)
-                .join(User, User.id == ApiKey.user_id)
-                .where(ApiKey.secret_hash == _digest(secret), ApiKey.revoked_at.is_(None))
-            )
-        ).first()
-        if row is None:
-            return None
-        key, role = row
-        if key.last_used_at is None or now - key.last_used_at > _LAST_USED_PRECISION:
-            await session.execute(
-                update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now)
-            )
-            await session.commit()
-    return Principal(key.user_id, Role(role), "api_key")

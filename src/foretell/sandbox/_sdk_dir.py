@@ -32,6 +32,8 @@ _PACKAGES = (
     ("google._upb", "google/_upb"),
     ("google.api", "google/api"),
 )
+# Single modules of the foretell namespace the SDK imports.
+_FORETELL_MODULES = ("foretell.resolutions",)
 _MODULES = ("typing_extensions",)
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyi", "*.proto", "py.typed")
 
@@ -49,6 +51,8 @@ def _source(name: str) -> Path:
 def _assemble(target: Path) -> None:
     for name, relative in _PACKAGES:
         shutil.copytree(_source(name), target / relative, ignore=_IGNORE)
+    for name in _FORETELL_MODULES:
+        shutil.copy(_source(name), target / "foretell" / f"{name.rsplit('.', 1)[1]}.py")
     for name in _MODULES:
         origin = _source(name)
         shutil.copy(origin, target / origin.name)

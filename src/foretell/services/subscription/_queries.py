@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from foretell.auth.policy import Role
 from foretell.auth.principal import Principal
-from foretell.billing.gateway import PaymentGateway
 from foretell.billing.machine import LIVE, Event, State, fire
+from foretell.billing.payments import PaymentProcessor
 from foretell.billing.settle import (
     InvoiceStatus,
     Terms,
@@ -33,8 +33,8 @@ from foretell.billing.settle import (
 from foretell.db import Database
 from foretell.db.models import Invoice, Model, Plan, Subscription
 from foretell.errors import FailedPrecondition, NotFound, PermissionDenied
-from foretell.services._paging import Keyset, Page, after_keyset
-from foretell.services.registry._store import get_view, owned_model
+from foretell.paging import Keyset, Page, after_keyset
+from foretell.services.registry import get_view, owned_model
 from foretell.services.subscription._validate import PlanInput
 from foretell.settings import Settings
 
@@ -44,7 +44,7 @@ class Billing:
     """What every billing operation needs besides the database."""
 
     settings: Settings
-    gateway: PaymentGateway
+    processor: PaymentProcessor
     now: datetime
 
 
@@ -107,7 +107,7 @@ async def subscribe(
                 raise FailedPrecondition(f"model {name!r} has no plan yet: it cannot be sold")
             existing = await _live(session, principal.user_id, model.id)
             if existing is not None:
-                await settle(session, existing, now, billing.settings, billing.gateway)
+                await settle(session, existing, now, billing.settings, billing.processor)
                 if State(existing.state) in LIVE:
                     raise FailedPrecondition(
                         f"you already subscribe to model {name!r} (subscription {existing.id})"
@@ -139,7 +139,7 @@ async def subscribe(
                 detail = "trial already used" if plan.trial_days else ""
                 await fire(session, sub, Event.SUBSCRIBE, now, detail)
                 issued = await issue_invoice(
-                    session, sub, plan, billing.gateway, now, Terms.of(billing.settings)
+                    session, sub, plan, billing.processor, now, Terms.of(billing.settings)
                 )
                 await after_invoice(session, sub, now)
                 (invoice,) = await invoice_statuses(session, Invoice.id == issued.id)
@@ -181,7 +181,7 @@ async def list_subscriptions(
     # event due are locked and written. Settling never changes created_at or id: the page
     # stays the page.
     listed = [
-        ((await settle_if_due(db, sub, billing.now, billing.settings, billing.gateway))[0], name)
+        ((await settle_if_due(db, sub, billing.now, billing.settings, billing.processor))[0], name)
         for sub, name in rows
     ]
     last = Keyset(rows[-1][0].created_at, rows[-1][0].id) if more else None
@@ -207,7 +207,7 @@ async def cancel(
     now = billing.now
     async with db.session.begin() as session:
         sub = await _own(session, principal, sub_id)
-        await settle(session, sub, now, billing.settings, billing.gateway)
+        await settle(session, sub, now, billing.settings, billing.processor)
         was = State(sub.state)
         if was not in LIVE:
             raise FailedPrecondition(f"subscription {sub_id} has ended ({was.value})")
@@ -231,7 +231,7 @@ async def resume(
 ) -> tuple[Subscription, str]:
     async with db.session.begin() as session:
         sub = await _own(session, principal, sub_id)
-        await settle(session, sub, billing.now, billing.settings, billing.gateway)
+        await settle(session, sub, billing.now, billing.settings, billing.processor)
         await fire(session, sub, Event.RESUME, billing.now)
         return sub, await _model_name(session, sub)
 

@@ -15,9 +15,9 @@ from sqlalchemy.exc import IntegrityError
 
 from foretell.db import Database
 from foretell.errors import AlreadyExists, NotFound
+from foretell.resolutions import STEP_S
 
 # Seconds in a bar of each resolution; open times are multiples of it (UTC, from the epoch).
-STEP_S = {"1h": 3600, "4h": 4 * 3600, "1d": 86400}
 # Bars per statement when writing: bounds the size of one statement's parameters.
 WRITE_CHUNK = 100_000
 

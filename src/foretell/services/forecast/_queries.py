@@ -12,11 +12,12 @@ from sqlalchemy import Select, func, select, tuple_
 
 from foretell.auth.policy import Role
 from foretell.auth.principal import Principal
+from foretell.build import BuildState
 from foretell.db import Database
 from foretell.db.models import Forecast, Run, Version
 from foretell.errors import FailedPrecondition, NotFound, PermissionDenied
 from foretell.services.forecast._validate import Filters
-from foretell.services.registry._store import ModelView, get_view
+from foretell.services.registry import ModelView, get_view
 
 
 async def readable_model(db: Database, principal: Principal, name: str) -> ModelView:
@@ -120,7 +121,7 @@ async def dry_run_version(db: Database, view: ModelView, number: int | None) -> 
     elif view.model.live_version is not None:
         query = query.where(Version.number == view.model.live_version)
     else:
-        query = query.where(Version.build_state == "ready").order_by(Version.number.desc())
+        query = query.where(Version.build_state == BuildState.READY).order_by(Version.number.desc())
     async with db.session() as session:
         version = await session.scalar(query.limit(1))
     if version is None:

@@ -1,11 +1,11 @@
-"""Payment gateways: how the platform asks for an invoice's money, and where payments are
+"""Payment processors: how the platform asks for an invoice's money, and where payments are
 recorded.
 
-The built-in `LedgerGateway` is manual tracking: an invoice stays open until an admin records
+The built-in `ManualProcessor` is manual tracking: an invoice stays open until an admin records
 the payment (`foretell admin invoices pay ID`); with FORETELL_BILLING_AUTO_PAY=on (development)
 it records every invoice as paid as it is issued. A card processor plugs in by implementing
-`PaymentGateway` (its `charge` starts collection and returns None) and returning it from
-`gateway_for`; its webhook handler, once the processor confirms, calls `record_payment` with
+`PaymentProcessor` (its `charge` starts collection and returns None) and returning it from
+`processor_for`; its webhook handler, once the processor confirms, calls `record_payment` with
 its own name and reference: the same path the admin command takes.
 """
 
@@ -31,30 +31,30 @@ class Charge:
 
 @dataclass(frozen=True)
 class Collected:
-    """The money was taken at once; `reference` is the gateway's id for it."""
+    """The money was taken at once; `reference` is the processor's id for it."""
 
     reference: str
 
 
-class PaymentGateway(Protocol):
+class PaymentProcessor(Protocol):
     @property
     def name(self) -> str:
-        """Recorded on each payment row ("ledger", "stripe", ...): at most 32 characters."""
+        """Recorded on each payment row ("manual", "stripe", ...): at most 32 characters."""
         ...
 
     async def charge(self, charge: Charge) -> Collected | None:
         """Asks for the money of a newly issued invoice, inside the transaction that issues it
         (so: quickly, no waiting on a network). Collected: paid now, recorded at once. None:
-        pending; paid later through `record_payment` (an admin, or the gateway's webhook)."""
+        pending; paid later through `record_payment` (an admin, or the processor's webhook)."""
         ...
 
 
 @dataclass(frozen=True)
-class LedgerGateway:
+class ManualProcessor:
     """Manual tracking; `auto_pay` (development) marks every invoice paid on issue."""
 
     auto_pay: bool = False
-    name: str = "ledger"
+    name: str = "manual"
 
     async def charge(self, charge: Charge) -> Collected | None:
         if self.auto_pay:
@@ -62,6 +62,6 @@ class LedgerGateway:
         return None
 
 
-def gateway_for(settings: Settings) -> PaymentGateway:
-    """The site's gateway. The one place a card processor would be chosen."""
-    return LedgerGateway(auto_pay=settings.billing_auto_pay == "on")
+def processor_for(settings: Settings) -> PaymentProcessor:
+    """The site's payment processor. The one place a card processor would be chosen."""
+    return ManualProcessor(auto_pay=settings.billing_auto_pay == "on")

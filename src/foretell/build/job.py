@@ -1,24 +1,64 @@
-"""The build job: turns an uploaded version into an image, once, whatever arq redelivers."""
+"""The build job: turns an uploaded version into an image, once, whatever arq redelivers.
+
+`build_version` is the arq job (with a lock and a live log in Redis); `build` is the work it
+does, which `foretell demo` also calls directly, with no worker and a log kept in memory."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
-from typing import Any
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from sqlalchemy import select
 
 from foretell import metrics
-from foretell.build import BuildFailed, BuildLog, NativeBuilder
-from foretell.db import Version
+from foretell.build._log import BuildLog
+from foretell.build._native import BuildFailed, NativeBuilder
+from foretell.build.states import TAKEABLE, BuildState
+from foretell.bundle import Manifest
+from foretell.clock import Clock
+from foretell.db import Database, Version
 from foretell.logs import get_logger
 from foretell.runtime.resources import Resources
-from foretell.services.registry._store import manifest_from_json
+from foretell.sandbox import sdk_dir
 from foretell.settings import Settings
-from foretell.store import ArtifactCorrupt
+from foretell.store import ArtifactCorrupt, ArtifactStore
 
 log = get_logger("foretell.build")
+
+
+class LogSink(Protocol):
+    """Where a build writes its log: `BuildLog` (Redis, followed live) or `MemoryLog`."""
+
+    async def start(self) -> None: ...
+
+    async def write(self, line: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def text(self) -> str: ...
+
+
+@dataclass
+class MemoryLog:
+    """A build log kept in memory, for builds that nobody follows live."""
+
+    lines: list[str] = field(default_factory=list)
+
+    async def start(self) -> None:
+        self.lines.clear()
+
+    async def write(self, line: str) -> None:
+        self.lines.append(line.rstrip("\n"))
+
+    async def close(self) -> None:
+        return None
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
 
 
 def build_job_id(version_id: uuid.UUID, attempt: int) -> str:
@@ -54,7 +94,9 @@ async def build_version(ctx: dict[str, Any], version_id: str) -> str:
         return "busy"
     started = time.monotonic()
     try:
-        state = await _build(res, vid)
+        state = await build(
+            res.db, res.store, res.settings, res.clock, vid, BuildLog(res.redis, version_id)
+        )
     finally:
         await res.redis.delete(lock)
     if state in ("ready", "failed"):
@@ -63,30 +105,36 @@ async def build_version(ctx: dict[str, Any], version_id: str) -> str:
     return state
 
 
-async def _build(res: Resources, vid: uuid.UUID) -> str:
-    version_id = str(vid)
-    async with res.db.session.begin() as session:
+async def build(
+    db: Database,
+    store: ArtifactStore,
+    settings: Settings,
+    clock: Clock,
+    vid: uuid.UUID,
+    build_log: LogSink,
+    *,
+    takeable: Collection[BuildState] = TAKEABLE,
+) -> str:
+    """Takes the version (from a `takeable` state to building, under a row lock), builds its
+    image with the native builder and records the outcome and log. Returns the final state,
+    or the state it found when the version was not to be taken."""
+    async with db.session.begin() as session:
         version = await session.scalar(select(Version).where(Version.id == vid).with_for_update())
-        if version is None or version.build_state not in ("queued", "building"):
+        if version is None or version.build_state not in takeable:
             return version.build_state if version else "missing"
-        version.build_state = "building"
-        digest, manifest = version.digest, manifest_from_json(version.manifest)
-    settings = res.settings
-    # Imported here: foretell.runs reads bars through the datafeed service, which imports this.
-    from foretell.runs import sdk_dir
-
+        version.build_state = BuildState.BUILDING
+        digest, manifest = version.digest, Manifest.from_json(version.manifest)
+    await build_log.start()
     builder = NativeBuilder(
-        res.store,
+        store,
         pip_index_url=settings.pip_index_url,
         wheelhouse=settings.wheelhouse,
         timeout_s=settings.build_timeout_s,
         sdk=sdk_dir(settings.data_dir),
     )
-    build_log = BuildLog(res.redis, version_id)
-    await build_log.start()
     image_digest, reason = None, ""
     try:
-        image_digest = await builder.build(res.store.read_bundle(digest), manifest, build_log.write)
+        image_digest = await builder.build(store.read_bundle(digest), manifest, build_log.write)
     except (BuildFailed, ArtifactCorrupt) as error:
         reason = str(error)
     except asyncio.CancelledError:
@@ -94,23 +142,23 @@ async def _build(res: Resources, vid: uuid.UUID) -> str:
         raise
     except Exception:
         error_id = uuid.uuid4().hex[:12]
-        log.exception("build crashed", version_id=version_id, error_id=error_id)
+        log.exception("build crashed", version_id=str(vid), error_id=error_id)
         reason = f"internal error while building; reference {error_id}"
     finally:
         await build_log.write(f"build {'ready' if image_digest else 'failed: ' + reason}")
-        await _finish(res, vid, image_digest, reason, build_log.text())
+        await _finish(db, clock, vid, image_digest, reason, build_log.text())
         await build_log.close()
-    return "ready" if image_digest else "failed"
+    return BuildState.READY if image_digest else BuildState.FAILED
 
 
 async def _finish(
-    res: Resources, vid: uuid.UUID, image_digest: str | None, reason: str, text: str
+    db: Database, clock: Clock, vid: uuid.UUID, image_digest: str | None, reason: str, text: str
 ) -> None:
-    async with res.db.session.begin() as session:
+    async with db.session.begin() as session:
         version = await session.get(Version, vid, with_for_update=True)
         assert version is not None
-        version.build_state = "ready" if image_digest else "failed"
+        version.build_state = BuildState.READY if image_digest else BuildState.FAILED
         version.image_digest = image_digest
         version.failure_reason = reason
         version.build_log = text
-        version.build_finished_at = res.clock()
+        version.build_finished_at = clock()

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from foretell.auth.policy import Role
 from foretell.auth.principal import Principal
+from foretell.build import BuildState
 from foretell.bundle import Manifest
 from foretell.db import Database, Model, User, Version
 from foretell.db.notify import announce_access
@@ -217,9 +218,9 @@ async def add_version(
             select(Version).where(Version.model_id == model.id, Version.digest == upload.digest)
         )
         if existing is not None:
-            if existing.build_state != "failed":
+            if existing.build_state != BuildState.FAILED:
                 return existing, False, False
-            existing.build_state = "queued"
+            existing.build_state = BuildState.QUEUED
             existing.failure_reason = ""
             return existing, False, True
         last = await session.scalar(
@@ -231,9 +232,9 @@ async def add_version(
             number=int(last or 0) + 1,
             digest=upload.digest,
             bundle_size=upload.size,
-            manifest=manifest_json(upload.manifest),
+            manifest=upload.manifest.to_json(),
             created_at=now,
-            build_state="queued",
+            build_state=BuildState.QUEUED,
             failure_reason="",
             image_digest=None,
             build_finished_at=None,
@@ -260,7 +261,7 @@ async def publish(
         )
         if version is None:
             raise NotFound(f"model {name!r} has no version {number}")
-        if version.build_state != "ready":
+        if version.build_state != BuildState.READY:
             raise FailedPrecondition(
                 f"version {number} is {version.build_state}, not ready: only a built version "
                 "can be published"
@@ -284,13 +285,3 @@ async def take_offline(db: Database, principal: Principal, name: str, now: datet
             model.live_since = None
             model.updated_at = now
     return await get_view(db, name, principal)
-
-
-def manifest_json(manifest: Manifest) -> dict[str, Any]:
-    data = dataclasses.asdict(manifest)
-    data["symbols"] = list(manifest.symbols)
-    return data
-
-
-def manifest_from_json(data: dict[str, Any]) -> Manifest:
-    return Manifest(**{**data, "symbols": tuple(data["symbols"])})

@@ -1,4 +1,5 @@
-"""Page tokens every List call shares (AIP-158): opaque to clients, plain JSON inside."""
+"""Page sizes and page tokens every List call shares (AIP-158): tokens are opaque to clients,
+plain JSON inside."""
 
 from __future__ import annotations
 
@@ -29,14 +30,20 @@ def decode_token(v: Violations, token: str) -> object:
     try:
         return json.loads(base64.urlsafe_b64decode(token.encode()))
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        v.add("page_token", _NOT_OURS)
+        reject_token(v)
         return None
 
 
-def page_size(v: Violations, size: int) -> int:
-    if not 0 <= size <= MAX_PAGE:
-        v.add("page_size", f"0 to {MAX_PAGE} (0 means {DEFAULT_PAGE})")
-    return size or DEFAULT_PAGE
+def reject_token(v: Violations) -> None:
+    """Records that the request's page token is not one this call handed out."""
+    v.add("page_token", _NOT_OURS)
+
+
+def page_size(v: Violations, size: int, default: int = DEFAULT_PAGE, most: int = MAX_PAGE) -> int:
+    """The page size a request asks for, 0 meaning `default`; a call may set its own bounds."""
+    if not 0 <= size <= most:
+        v.add("page_size", f"0 to {most} (0 means {default})")
+    return size or default
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ def keyset_page(v: Violations, call: str, scope: str, size: int, token: str) -> 
                 return Page(limit, Keyset(when, row_id))
         except ValueError:
             pass
-    v.add("page_token", _NOT_OURS)
+    reject_token(v)
     return Page(limit, None)
 
 

@@ -11,11 +11,13 @@ from typing import Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from foretell import resolutions
 from foretell.common.v1 import common_pb2
 from foretell.datafeed.v1 import datafeed_service_pb2 as pb
 from foretell.errors import FieldViolation, Violations
-from foretell.services.datafeed._store import STEP_S, BarColumns, BarQuery
-from foretell.services.registry._validate import RESOLUTIONS, SYMBOL
+from foretell.marketdata.queries import BarColumns, BarQuery
+from foretell.resolutions import STEP_S
+from foretell.symbols import SYMBOL, SYMBOL_RULE
 
 MAX_BATCH = 10_000
 MAX_INGEST = 1_000_000
@@ -26,9 +28,6 @@ MAX_TIME = int(datetime(2200, 1, 1, tzinfo=UTC).timestamp())
 _TS_MIN, _TS_MAX = -62135596800, 253402300799
 # Violations listed in one error: status details travel in gRPC trailers, which are small.
 MAX_LISTED = 20
-
-RESOLUTION_ENUM = {text: value for value, text in RESOLUTIONS.items()}
-SYMBOL_RULE = "1 to 32 characters: A-Z, 0-9, '.', '_', '-', starting with a letter or digit"
 
 
 @dataclasses.dataclass
@@ -65,9 +64,9 @@ def symbol(v: Violations, field: str, value: str) -> str:
 
 
 def resolution(v: Violations, field: str, value: common_pb2.Resolution.ValueType) -> str:
-    text = RESOLUTIONS.get(value)
+    text = resolutions.BY_ENUM.get(value)
     if text is None:
-        v.add(field, "required: RESOLUTION_1H, RESOLUTION_4H or RESOLUTION_1D")
+        v.add(field, f"required: {resolutions.ENUM_RULE}")
         return ""
     return text
 

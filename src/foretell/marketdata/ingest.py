@@ -7,8 +7,9 @@ from datetime import datetime
 
 from foretell.db import Database
 from foretell.errors import FieldViolation, InvalidArgument
-from foretell.services.datafeed import _store, _validate
-from foretell.services.datafeed._store import BarColumns, IngestResult
+from foretell.marketdata import queries, validate
+from foretell.marketdata.queries import BarColumns, IngestResult
+from foretell.resolutions import STEP_S
 
 
 async def ingest_bars(
@@ -22,14 +23,14 @@ async def ingest_bars(
 ) -> IngestResult:
     """Checks every bar as IngestBars does (InvalidArgument listing the problems, fields
     `bars.COLUMN[I]`) and stores them in one transaction with the same store function."""
-    v = _validate.Problems()
-    _validate.symbol(v, "symbol", symbol)
-    if resolution not in _store.STEP_S:
-        v.add("resolution", f"one of {', '.join(_store.STEP_S)}")
+    v = validate.Problems()
+    validate.symbol(v, "symbol", symbol)
+    if resolution not in STEP_S:
+        v.add("resolution", f"one of {', '.join(STEP_S)}")
     v.raise_if_any()
     if not bars:
         raise InvalidArgument([FieldViolation("bars", "no bars")])
-    header = _validate.Header(symbol, resolution, upsert)
-    _validate.check_bars(v, "bars.", bars, header, after=None, now=int(now.timestamp()))
+    header = validate.Header(symbol, resolution, upsert)
+    validate.check_bars(v, "bars.", bars, header, after=None, now=int(now.timestamp()))
     v.raise_if_any()
-    return await _store.write_bars(db, symbol, resolution, bars, upsert=upsert)
+    return await queries.write_bars(db, symbol, resolution, bars, upsert=upsert)
