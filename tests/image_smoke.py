@@ -113,6 +113,18 @@ def check_worker_privileges() -> None:
     print("  unmasked /proc, and fails without the capabilities or with /proc masked")
 
 
+def check_gateway_config() -> None:
+    """The Envoy pod's init container: the config for the cluster's DNS names, rendered and
+    checked with `envoy --mode validate` inside the image (its own descriptor set and Envoy)."""
+    result = podman(
+        "run", "--rm", "--read-only", "--tmpfs", "/tmp", IMAGE, "gateway-config",  # noqa: S108
+        "--service-host", "foretell-{service}.foretell.svc.cluster.local",
+        "--listen", "0.0.0.0:8080", "--output", "/tmp/envoy.yaml",  # noqa: S108
+    )  # fmt: skip
+    assert "wrote /tmp/envoy.yaml" in result.stderr, result.stderr
+    print("gateway-config: the cluster's Envoy config renders and validates in the image")
+
+
 async def create_database() -> tuple[str, str]:
     server = os.environ.get(
         "FORETELL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -190,6 +202,7 @@ def container_env(database_url: str, ports: Sequence[int]) -> list[str]:
 async def main() -> None:
     check_image()
     check_worker_privileges()
+    check_gateway_config()
     server, name = await create_database()
     database_url = server.rsplit("/", 1)[0] + f"/{name}"
     ports = free_ports(4)
