@@ -623,11 +623,16 @@ def test_the_worker_runs_the_scheduler_unless_burst_or_off(settings: Settings) -
         "cron:schedule_runs",
         "cron:bill_subscriptions",
         "cron:checkpoint_ledgers",
+        "cron:observe_business",
     ]
     assert cron_names(burst=True) == []
-    # Billing and ledger checkpoints do not depend on the run scheduler.
+    # Billing, ledger checkpoints and the business figures do not depend on the run scheduler.
     off = dataclasses.replace(settings, scheduler="off")
-    assert cron_names(s=off) == ["cron:bill_subscriptions", "cron:checkpoint_ledgers"]
+    assert cron_names(s=off) == [
+        "cron:bill_subscriptions",
+        "cron:checkpoint_ledgers",
+        "cron:observe_business",
+    ]
     worker = create_worker(settings)
     run_job = worker.functions["run_version"]
     assert run_job.timeout_s == settings.run_wall_s + settings.job_grace_s
