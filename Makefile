@@ -18,12 +18,26 @@ help: ## Show this help
 # Debian packages the platform needs beyond pip: the jail's Python runtime (the sandbox binds
 # Debian's world-readable /usr/bin/python3.11 and its stdlib into each run).
 SYSTEM_PACKAGES := python3.11-minimal libpython3.11-stdlib
+# promtool (alert rules and their unit tests): Debian's prometheus package, unpacked under
+# .build/ without installing it, so no Prometheus server is set up or started.
+PROMTOOL := .build/prometheus/usr/bin/promtool
 
 system-deps: ## Install the Debian packages the sandbox needs (as root; no-op when present)
 	@if ! [ -x /usr/bin/python3.11 ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES); \
 	  else echo "install $(SYSTEM_PACKAGES) (apt-get, as root) for the sandbox" >&2; exit 1; fi; \
 	fi
+
+$(PROMTOOL):
+	@mkdir -p .build/prometheus-deb
+	@if ! ls .build/prometheus-deb/prometheus_*.deb >/dev/null 2>&1; then \
+	  (cd .build/prometheus-deb && apt-get download prometheus 2>/dev/null) || \
+	  { apt-get update -qq && cd .build/prometheus-deb && apt-get download prometheus; }; \
+	fi
+	dpkg -x .build/prometheus-deb/prometheus_*.deb .build/prometheus
+	@touch $@
+
+promtool: $(PROMTOOL) ## Unpack promtool from Debian's prometheus package into .build/
 
 $(VENV_STAMP): pyproject.toml
 	@$(MAKE) system-deps
@@ -37,7 +51,7 @@ venv: $(VENV_STAMP) ## Create .venv and install the project with its development
 run: $(VENV_STAMP) ## Run the whole platform (embedded PostgreSQL and Redis unless URLs are given)
 	$(VENV)/bin/foretell up
 
-test: $(VENV_STAMP) ## Run the whole test suite against real PostgreSQL, Redis and Envoy
+test: $(VENV_STAMP) $(PROMTOOL) ## Run the whole test suite against real PostgreSQL, Redis and Envoy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV_STAMP) protodeps ## ruff, mypy --strict, the import layers, buf lint and buf format
@@ -87,7 +101,47 @@ bench: $(VENV_STAMP) ## Print the RPC throughput and latency figures (bench/READ
 	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
 	$(PY) bench/rpc.py
 
+# Kubernetes version the manifests are validated against (user namespaces are GA from 1.36).
+K8S_VERSION ?= 1.36.0
+
+manifests: $(VENV_STAMP) ## Render every deploy/kubernetes overlay and validate it (--strict, K8S_VERSION)
+	@for overlay in deploy/kubernetes/overlays/*/; do \
+	  name=$$(basename $$overlay); mkdir -p .build/manifests; \
+	  $(VENV)/bin/kubectl kustomize $$overlay > .build/manifests/$$name.yaml; \
+	  $(VENV)/bin/kubernetes-validate --strict --quiet -k $(K8S_VERSION) .build/manifests/$$name.yaml; \
+	  echo "$$name: .build/manifests/$$name.yaml rendered and valid for Kubernetes $(K8S_VERSION) (KEDA kinds: tests/test_deploy.py)"; \
+	done
+
+IMAGE ?= localhost/foretell:0.1.0
+IMAGE_PACKAGES := podman mmdebstrap uidmap runc
+# Where the machine's cgroups are a v1/v2 hybrid, crun refuses to start containers: runc works.
+# Without CAP_SYS_RESOURCE (as in these sandboxes), podman's default rlimits (above the hard
+# limit) cannot be set: ask for ones below it.
+PODMAN ?= podman --runtime runc
+PODMAN_ULIMITS ?= --ulimit nofile=4096:4096 --ulimit nproc=4096:4096
+export PODMAN PODMAN_ULIMITS
+
+image-tools:
+	@command -v podman >/dev/null && command -v mmdebstrap >/dev/null && command -v runc >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq $(IMAGE_PACKAGES); }
+
+wheels: $(VENV_STAMP) ## Wheels of foretell[server] at the pinned versions, for the image (.build/wheels)
+	rm -rf .build/wheels
+	$(PY) -m pip wheel --quiet --wheel-dir .build/wheels \
+	  --constraint deploy/image/constraints.txt ".[server]" async-timeout
+
+image: image-tools wheels ## Build the OCI image (Debian base from mmdebstrap, then podman build) as IMAGE
+	sh deploy/image/build-base.sh .build/image
+	$(PODMAN) build -f deploy/Containerfile --network=host $(PODMAN_ULIMITS) \
+	  --build-arg REVISION=$$(git rev-parse HEAD) -t $(IMAGE) .
+
+image-test: $(VENV_STAMP) image-tools ## Start IMAGE with podman: gRPC health SERVING and a REST answer through Envoy
+	$(PY) -m tests.image_smoke $(IMAGE)
+
+image-lock: $(VENV_STAMP) ## Pin the image's Python packages to this virtualenv's (deploy/image/constraints.txt)
+	$(PY) deploy/image/lock.py deploy/image/constraints.txt
+
 clean: ## Remove the virtualenv, build leftovers and the local data directory
 	rm -rf $(VENV) .build .foretell .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help system-deps venv run test lint fmt protodeps gen gen-check breaking docs bench clean
+.PHONY: help system-deps venv run test lint fmt protodeps gen gen-check breaking docs bench manifests promtool image-tools wheels image image-test image-lock clean

@@ -13,11 +13,11 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from foretell import metrics
 from foretell.account.v1 import account_service_pb2 as pb
 from foretell.account.v1 import account_service_pb2_grpc as pb_grpc
 from foretell.auth.policy import POLICY, Policy, Role
 from foretell.composition import SERVICES
-from foretell.runtime import metrics
 from foretell.services.account import _queries
 from foretell.settings import Address, Settings, SettingsError, load_settings
 from tests.conftest import FORETELL, SignUp, foretell_env
@@ -86,13 +86,17 @@ async def test_metrics_count_rpcs_by_method_and_code(
     account: pb_grpc.AccountServiceAsyncStub,
 ) -> None:
     port = metrics.serve_metrics(Address("127.0.0.1", 0))
-    labels = 'grpc_code="UNAUTHENTICATED",grpc_method="GetMe"'
+    # go-grpc-prometheus's names and labels.
+    labels = (
+        'grpc_code="Unauthenticated",grpc_method="GetMe",'
+        'grpc_service="foretell.account.v1.AccountService",grpc_type="unary"'
+    )
 
     async def count() -> float:
         async with httpx.AsyncClient() as http:
             text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
         for line in text.splitlines():
-            if line.startswith("foretell_grpc_server_handled_total{") and labels in line:
+            if line.startswith("grpc_server_handled_total{") and labels in line:
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
@@ -102,7 +106,17 @@ async def test_metrics_count_rpcs_by_method_and_code(
     assert await count() == before + 1
     async with httpx.AsyncClient() as http:
         text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
-    assert "foretell_grpc_server_handling_seconds_bucket{" in text
+    assert "grpc_server_handling_seconds_bucket{" in text
+    assert 'grpc_server_started_total{grpc_method="GetMe"' in text
+
+
+@pytest.mark.parametrize(
+    ("name", "go"),
+    [("OK", "OK"), ("INVALID_ARGUMENT", "InvalidArgument"), ("CANCELLED", "Canceled"),
+     ("DEADLINE_EXCEEDED", "DeadlineExceeded"), ("UNAUTHENTICATED", "Unauthenticated")],
+)  # fmt: skip
+def test_grpc_codes_are_labelled_as_go_spells_them(name: str, go: str) -> None:
+    assert metrics.go_code(name) == go
 
 
 @pytest.mark.parametrize(

@@ -791,14 +791,17 @@ def test_the_worker_runs_the_scheduler_unless_burst_or_off(settings: Settings) -
         "cron:bill_subscriptions",
         "cron:checkpoint_ledgers",
         "cron:send_notices",
+        "cron:observe_business",
     ]
     assert cron_names(burst=True) == []
-    # Billing, ledger checkpoints and notices do not depend on the run scheduler.
+    # Billing, ledger checkpoints, notices and the business figures do not depend on the run
+    # scheduler.
     off = dataclasses.replace(settings, scheduler="off")
     assert cron_names(s=off) == [
         "cron:bill_subscriptions",
         "cron:checkpoint_ledgers",
         "cron:send_notices",
+        "cron:observe_business",
     ]
     worker = create_worker(settings)
     run_job = worker.functions["run_version"]

@@ -30,7 +30,7 @@ import asyncpg
 from sqlalchemy import and_, func, select, text
 from sqlalchemy.engine import make_url
 
-from foretell import calendars
+from foretell import calendars, metrics
 from foretell.build import BuildState
 from foretell.db.models import Model, Run, Version
 from foretell.db.notify import BARS_CHANNEL
@@ -215,6 +215,8 @@ async def _record_unrun(
         data_missing=len(plan.data_missing),
         total=plan.unrun_total,
     )
+    metrics.SLOTS.labels("missed").inc(len(plan.missed))
+    metrics.SLOTS.labels("data_missing").inc(len(plan.data_missing))
 
 
 async def run_version(ctx: dict[str, Any], version_id: str, as_of: str) -> str:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from arq import Worker, cron, func
 from arq.connections import RedisSettings
+from sqlalchemy import text
 
-from foretell import outbox
+from foretell import metrics, outbox
 from foretell.billing.payments import processor_for
 from foretell.billing.settle import run_billing
 from foretell.build import build_job_timeout_s, build_version
@@ -38,13 +39,40 @@ log = get_logger("foretell.worker")
 # Ledger checkpoints: every ten minutes, each chain that grew gets its head signed.
 CHECKPOINT_MINUTES = set(range(0, 60, 10))
 
+# What one worker process does. "all": jobs and periodic jobs (one machine). On a cluster the
+# two are apart: "jobs" workers run builds and runs (they need the sandbox and scale out);
+# one "cron" worker enqueues the scheduled runs, bills and signs checkpoints, on a queue of
+# its own so that neither kind ever takes a job it has no function for.
+WorkerRole = Literal["all", "jobs", "cron"]
+CRON_QUEUE_SUFFIX = ":cron"
+
 
 async def checkpoint_ledgers(ctx: dict[str, Any]) -> int:
     res = ctx["resources"]
     written = await chain.checkpoint(res.db, res.settings.ledger_keys_dir, res.clock)
     if written:
         log.info("ledger checkpoints signed", count=written)
+    metrics.LEDGER_CHECKPOINTS.inc(written)
+    metrics.LEDGER_CHECKPOINT_TIME.set_to_current_time()
     return written
+
+
+_BUSINESS_QUERIES = (
+    text("SELECT state, count(*) FROM subscriptions GROUP BY state"),
+    text("SELECT count(*) FROM subscriptions WHERE trial_end IS NOT NULL"),
+    text("SELECT currency, sum(amount_minor) FROM payments GROUP BY currency"),
+)
+
+
+async def observe_business(ctx: dict[str, Any]) -> None:
+    """Refreshes the business figures this process exports (foretell.metrics.set_business)."""
+    res = ctx["resources"]
+    states, trials, revenue = _BUSINESS_QUERIES
+    async with res.db.session() as session:
+        by_state = {str(s): int(n) for s, n in (await session.execute(states)).all()}
+        trials_started = int(await session.scalar(trials) or 0)
+        paid = {str(c): int(n) for c, n in (await session.execute(revenue)).all()}
+    metrics.set_business(by_state, trials_started, paid)
 
 
 async def bill_subscriptions(ctx: dict[str, Any]) -> int:
@@ -108,12 +136,14 @@ def create_worker(
     clock: Clock = utc_now,
     scheduler: bool | None = None,
     handle_signals: bool | None = None,
+    role: WorkerRole = "all",
 ) -> Worker:
     """A worker for the jobs of `lane`, with the process's resources in ctx["resources"]
     (their clock is `clock`, for tests). The periodic jobs run on the live lane only; the
     scheduler cron when `scheduler` is true, by default when FORETELL_SCHEDULER is on and the
-    worker is not a burst (test) worker. Several workers in one process handle signals
-    together (`handle_signals=False` for each, see `foretell worker`)."""
+    worker is not a burst (test) worker. `role` (WorkerRole) splits the lane's jobs from the
+    periodic jobs. Several workers in one process handle signals together
+    (`handle_signals=False` for each, see `foretell worker`)."""
     assert settings.redis_url
     if scheduler is None:
         scheduler = settings.scheduler == "on" and not burst
@@ -144,30 +174,37 @@ def create_worker(
         stack = AsyncExitStack()
         ctx["stack"] = stack
         ctx["resources"] = await stack.enter_async_context(open_resources(settings, clock))
-        _sweep_cgroups(settings)
+        if role != "cron":
+            _sweep_cgroups(settings)
+            # The jail's SDK directory is assembled once per process (seconds: it compiles grpc
+            # and protobuf): here, off the event loop, rather than inside the first job.
+            await asyncio.to_thread(sdk_dir, settings.data_dir)
         # Calendars take seconds to build: before the first job, not inside its time limit.
         await warm_calendars(ctx["resources"].db)
-        # The jail's SDK directory is assembled once per process (seconds: it compiles grpc and
-        # protobuf): here, off the event loop, rather than inside the first job.
-        await asyncio.to_thread(sdk_dir, settings.data_dir)
-        if scheduler and lane is Lane.LIVE and not burst:
+        periodic_here = lane is Lane.LIVE and role != "jobs"
+        if scheduler and periodic_here and not burst:
             listener = BarsListener(ctx)
             await listener.start()
             stack.push_async_callback(listener.close)
             ctx["bars_listener"] = listener
-        log.info("worker started", lane=lane.value, scheduler=scheduler and lane is Lane.LIVE)
+        log.info(
+            "worker started", lane=lane.value, role=role, scheduler=scheduler and periodic_here
+        )
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         await ctx["stack"].aclose()
 
-    periodic = [*(cron_jobs if scheduler else []), billing, ledger_cron, notices]
+    # Every minute at second 45: the business figures the dashboards show.
+    business = cron(observe_business, second=45, run_at_startup=True, timeout=cron_timeout)
+    periodic = [*(cron_jobs if scheduler else []), billing, ledger_cron, notices, business]
     return Worker(
-        functions=_functions(settings, lane),
-        cron_jobs=periodic if lane is Lane.LIVE and not burst else None,
+        functions=_functions(settings, lane) if role != "cron" else [],
+        cron_jobs=periodic if lane is Lane.LIVE and role != "jobs" and not burst else None,
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         on_startup=startup,
         on_shutdown=shutdown,
-        queue_name=queue_name(settings, lane),
+        # The runs the cron worker enqueues still go to the live lane's queue.
+        queue_name=queue_name(settings, lane) + (CRON_QUEUE_SUFFIX if role == "cron" else ""),
         max_jobs=concurrency(settings, lane),
         # An idle worker looks for jobs this often (arq's default is 0.5 s): a live run or a
         # waiting dry run should not sit in the queue for half a second.

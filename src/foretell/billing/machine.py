@@ -15,6 +15,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from foretell import metrics
 from foretell.db.models import Subscription, SubscriptionEvent
 from foretell.db.notify import announce_access
 from foretell.errors import FailedPrecondition
@@ -153,5 +154,6 @@ async def fire(
             detail=detail,
         )
     )
+    metrics.BILLING_EVENTS.labels(event.value).inc()
     await announce_access(session, sub.model_id)
     return target

@@ -6,6 +6,7 @@ does, which `foretell demo` also calls directly, with no worker and a log kept i
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import select
 
+from foretell import metrics
 from foretell.build._log import BuildLog
 from foretell.build._native import BuildFailed, NativeBuilder
 from foretell.build.states import TAKEABLE, BuildState
@@ -99,14 +101,19 @@ async def build_version(
     lock = f"foretell:build-lock:{version_id}"
     if not await res.redis.set(lock, b"1", nx=True, ex=build_job_timeout_s(res.settings)):
         return "busy"
+    started = time.monotonic()
     try:
-        return await build(
+        state = await build(
             res.db, res.store, res.settings, res.clock, vid, BuildLog(res.redis, version_id)
         )
     finally:
         await res.redis.delete(lock)
         if hold_key:
             await Hold(hold_key, hold_member).release(res.redis)
+    if state in (BuildState.READY, BuildState.FAILED):
+        metrics.BUILDS.labels(state).inc()
+        metrics.BUILD_SECONDS.labels(state).observe(time.monotonic() - started)
+    return state
 
 
 async def build(

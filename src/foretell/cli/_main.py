@@ -23,7 +23,7 @@ from foretell.cli._registry import (
     visibility,
 )
 from foretell.cli._run import run
-from foretell.cli._server import admin, db, serve, up, worker
+from foretell.cli._server import admin, db, gateway_config, serve, up, worker
 from foretell.cli._verify import verify
 
 
@@ -63,6 +63,7 @@ def cli() -> None:
       foretell serve account           # run one service (needs FORETELL_DATABASE_URL)
       foretell worker                  # background jobs: builds, runs, billing, checkpoints
       foretell db upgrade              # migrate the database
+      foretell gateway-config --service-host 'foretell-{service}.ns.svc.cluster.local'
       foretell admin create-user --email ops@example.com
       foretell admin invoices list --open   # then: foretell admin invoices pay ID
       foretell demo                    # demo bars, provider and model; a simulated replay
@@ -72,6 +73,7 @@ def cli() -> None:
 cli.add_command(up)
 cli.add_command(serve)
 cli.add_command(worker)
+cli.add_command(gateway_config)
 cli.add_command(db)
 cli.add_command(admin)
 cli.add_command(demo)

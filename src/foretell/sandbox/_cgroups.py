@@ -91,6 +91,17 @@ class RunCgroups:
         # Charges fail in batches of pages; the last successful one can stop short of the limit.
         return peak >= limit_bytes - max(2 * 1024 * 1024, limit_bytes // 64)
 
+    def memory_peak(self) -> int | None:
+        """The run's highest memory use in bytes (v2: memory.peak, Linux 5.19+; v1: the
+        high-water mark), or None where the kernel does not keep it."""
+        name = (
+            "memory.peak" if self.host.version is CgroupVersion.V2 else "memory.max_usage_in_bytes"
+        )
+        try:
+            return int(_read(self.dirs()[0] / name))
+        except (OSError, ValueError):
+            return None
+
     async def remove(self, attempts: int = 100) -> None:
         """Kills whatever is still in the run's cgroups and removes them, deepest first."""
         for _ in range(attempts):

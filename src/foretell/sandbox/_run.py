@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from foretell import metrics
 from foretell.sandbox._capture import CappedOutput
 from foretell.sandbox._cgroups import CgroupHost, create_run_cgroups, detect_cgroups
 from foretell.sandbox._errors import JailDidNotRun, SandboxUnavailable
@@ -134,6 +135,8 @@ async def _supervise(run: RunPaths, argv: Sequence[str], limits: SandboxLimits) 
                 process.kill()
         await asyncio.shield(_reap(process, readers))
     duration = time.monotonic() - started
+    if (peak := run.cgroups.memory_peak()) is not None:
+        metrics.SANDBOX_MEMORY_PEAK.observe(peak)
     log = run.log_file.read_text(errors="replace") if run.log_file.exists() else ""
     ending = read_ending(log)
     try:
