@@ -21,6 +21,7 @@ import yaml
 from cloudcoil.models.keda import v1alpha1 as keda
 
 from foretell.gateway import dns_upstreams, render_envoy_config, validate_envoy_config
+from foretell.runtime.lanes import Lane, concurrency, queue_name
 from foretell.settings import Address, Settings
 
 ANY_ADDRESS = "0.0.0.0"  # noqa: S104 - Envoy's listener in a pod
@@ -44,6 +45,9 @@ SERVICE_NAMES = {
 }
 # What nsjail needs in a worker pod and nothing else (deploy/README.md, "Privileges").
 WORKER_CAPABILITIES = {"SYS_ADMIN", "SETUID", "SETGID"}
+# Every lane has a worker Deployment of its own (foretell.runtime.lanes).
+LANES = {lane.value for lane in Lane}
+LANE_LABEL = "foretell.dev/lane"
 # Ports pods may open connections to: DNS, PostgreSQL, Redis, and (Envoy only) gRPC.
 STORE_PORTS = {53, 5432, 6379}
 
@@ -86,6 +90,18 @@ def containers(pod: Doc) -> list[Doc]:
 
 def component(pod: Doc) -> str:
     return str(pod["metadata"]["labels"].get("app.kubernetes.io/component", ""))
+
+
+def worker_lanes(docs: tuple[Doc, ...]) -> dict[str, Doc]:
+    """The worker Deployments by lane, after checking there is exactly one per lane."""
+    lanes: dict[str, Doc] = {}
+    for doc in of_kind(docs, "Deployment"):
+        if component(doc["spec"]["template"]) == "worker":
+            lane = doc["spec"]["template"]["metadata"]["labels"][LANE_LABEL]
+            assert lane not in lanes, f"two Deployments for the {lane} lane"
+            lanes[lane] = doc
+    assert set(lanes) == LANES
+    return lanes
 
 
 @pytest.fixture(params=OVERLAYS)
@@ -234,24 +250,76 @@ def test_only_the_workers_run_as_root_and_only_with_what_nsjail_needs(
         assert spec["nodeSelector"] == {"foretell.dev/pool": "sandbox"}
         assert [t["key"] for t in spec["tolerations"]] == ["foretell.dev/untrusted"]
         assert "foretell-jwt-keys" not in json.dumps(spec), "no token keys on untrusted nodes"
-        assert worker["args"][:3] == ["worker", "--role", "jobs"]
-    assert workers >= 1
+        lane = pod["metadata"]["labels"][LANE_LABEL]
+        assert worker["args"] == ["worker", "--lane", lane, "--role", "jobs", "--metrics"]
+    assert workers == len(LANES)
     for workload, pod in workloads(docs):
         if component(pod) != "worker":
             assert "tolerations" not in pod["spec"], workload["metadata"]["name"]
 
 
 def test_each_worker_lane_scales_on_its_queue(docs: tuple[Doc, ...]) -> None:
+    """One Deployment per lane, each with its own ScaledObject on the queue that lane's
+    worker takes jobs from (the name the worker derives, not a copy of it), its own
+    PodDisruptionBudget and its own metrics Service."""
     scaled = {doc["spec"]["scaleTargetRef"]["name"]: doc for doc in of_kind(docs, "ScaledObject")}
-    lanes = [d for d in of_kind(docs, "Deployment") if component(d["spec"]["template"]) == "worker"]
-    assert lanes
-    for lane in lanes:
-        [container] = lane["spec"]["template"]["spec"]["containers"]
+    lanes = worker_lanes(docs)
+    assert len(scaled) == len(lanes)
+    for lane, deployment in lanes.items():
+        name = deployment["metadata"]["name"]
+        assert name == f"foretell-worker-{lane}"
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "foretell-worker"
+        # The selector names the lane, so no lane's Deployment, PDB or Service takes another's pods.
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector[LANE_LABEL] == lane
+        assert selector.items() <= labels.items()
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
         env = {e["name"]: e.get("value") for e in container["env"]}
-        [trigger] = scaled[lane["metadata"]["name"]]["spec"]["triggers"]
-        assert trigger["type"] == "redis"
-        assert trigger["metadata"]["listName"] == env["FORETELL_QUEUE_NAME"]
         assert env["FORETELL_SCHEDULER"] == "off"
+        settings = Settings(queue_name=env["FORETELL_QUEUE_NAME"])
+        [trigger] = scaled[name]["spec"]["triggers"]
+        assert trigger["type"] == "redis"
+        assert trigger["metadata"]["listName"] == queue_name(settings, Lane(lane)), lane
+        assert trigger["metadata"]["listLength"] == str(concurrency(Settings(), Lane(lane)))
+        assert trigger["authenticationRef"] == {"name": "foretell-redis"}
+        pdb = named(docs, "PodDisruptionBudget", name)
+        assert pdb["spec"]["selector"]["matchLabels"] == selector
+        service = named(docs, "Service", name)
+        assert service["spec"]["clusterIP"] == "None"
+        assert service["spec"]["selector"] == selector
+    # Four queues, one per lane: no two lanes take the same jobs.
+    queues = [s["spec"]["triggers"][0]["metadata"]["listName"] for s in scaled.values()]
+    assert len(set(queues)) == len(LANES)
+
+
+def _without_lane(value: Any, lane: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_lane(v, lane) for k, v in value.items() if k != LANE_LABEL}
+    if isinstance(value, list):
+        return [_without_lane(v, lane) for v in value]
+    return "LANE" if value == lane else value
+
+
+def test_worker_lanes_differ_only_in_their_lane(docs: tuple[Doc, ...]) -> None:
+    """Same pod security, node pool, volumes, privileges and resources in every lane."""
+    lanes = worker_lanes(docs)
+    pods = {lane: _without_lane(d["spec"]["template"], lane) for lane, d in lanes.items()}
+    first, *others = pods.values()
+    assert all(pod == first for pod in others)
+
+
+def test_prometheus_scrapes_every_metrics_service() -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    names = {name.split(".")[0] for sd in job["dns_sd_configs"] for name in sd["names"]}
+    services = {
+        s["metadata"]["name"]
+        for s in of_kind(render("production"), "Service")
+        if any(p["name"] == "metrics" for p in s["spec"]["ports"])
+    }
+    assert services >= {f"foretell-worker-{lane}" for lane in LANES}
+    assert names == services
 
 
 def test_scheduler_is_single_and_migrations_are_a_job(docs: tuple[Doc, ...]) -> None:
@@ -352,6 +420,7 @@ def _policies(docs: tuple[Doc, ...], labels: dict[str, str], kind: str) -> list[
 def test_network_policies_deny_by_default_and_cover_every_pod(docs: tuple[Doc, ...]) -> None:
     deny = named(docs, "NetworkPolicy", "default-deny")
     assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    covered: set[str] = set()
     for workload, pod in workloads(docs):
         labels = pod["metadata"]["labels"]
         name = workload["metadata"]["name"]
@@ -373,6 +442,10 @@ def test_network_policies_deny_by_default_and_cover_every_pod(docs: tuple[Doc, .
             assert ports <= STORE_PORTS, f"{name}: {ports}"
         if component(pod) == "worker":
             assert ports == STORE_PORTS, "workers reach PostgreSQL, Redis and DNS, no more"
+            accepted = {p["port"] for rule in ingress for p in rule["ports"]}
+            assert accepted == {9464}, f"{name}: metrics scrapes only"
+            covered.add(labels[LANE_LABEL])
+    assert covered == LANES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,25 +551,40 @@ def test_the_gateway_config_command_of_the_envoy_pod(tmp_path: Path) -> None:
 # The roles the worker and scheduler pods run with.
 
 
+# The jobs each lane's worker takes (foretell.worker): one kind of job per lane.
+LANE_FUNCTIONS = {
+    Lane.BUILD: {"build_version"},
+    Lane.LIVE: {"run_version"},
+    Lane.DRY: {"dry_run"},
+    Lane.REPLAY: {"replay_run"},
+}
+
+
 def test_worker_roles_split_jobs_from_periodic_jobs() -> None:
+    """What each lane's `--role jobs` pod and the scheduler's `--role cron` pod run."""
     from foretell.worker import create_worker
 
     settings = Settings(redis_url="redis://127.0.0.1:6379/0", queue_name="q")
-    jobs = create_worker(settings, role="jobs")
-    cron = create_worker(settings, role="cron")
-    both = create_worker(settings)
-    assert jobs.queue_name == "q"
-    assert set(jobs.functions) == {"build_version", "run_version"}
-    assert not jobs.cron_jobs
+    assert set(LANE_FUNCTIONS) == set(Lane)
+    for lane, functions in LANE_FUNCTIONS.items():
+        jobs = create_worker(settings, lane=lane, role="jobs")
+        assert jobs.queue_name == queue_name(settings, lane)
+        assert set(jobs.functions) == functions, lane
+        assert not jobs.cron_jobs, lane
+        assert jobs.max_jobs == concurrency(settings, lane)
     # The cron worker's own jobs never land where job workers would take them, and it takes
     # no build or run.
+    cron = create_worker(settings, role="cron")
     assert cron.queue_name == "q:cron"
     assert {c.name for c in cron.cron_jobs} == {
-        "cron:schedule_runs",
+        "cron:scheduler_cycle",
         "cron:bill_subscriptions",
         "cron:checkpoint_ledgers",
+        "cron:send_notices",
         "cron:observe_business",
     }
     assert set(cron.functions) == {c.name for c in cron.cron_jobs}
+    # Only the live lane carries the periodic jobs (`foretell up` runs role "all").
+    both = create_worker(settings)
     assert both.queue_name == "q"
-    assert set(both.functions) == {"build_version", "run_version", *cron.functions}
+    assert set(both.functions) == {"run_version", *cron.functions}

@@ -140,7 +140,7 @@ def worker(lanes: tuple[str, ...], role: str, metrics: bool) -> None:
     from foretell.logs import get_logger
     from foretell.runtime.lanes import Lane, queue_name
     from foretell.settings import SettingsError
-    from foretell.worker import CRON_QUEUE_SUFFIX, WorkerRole, create_worker
+    from foretell.worker import CRON_QUEUE_SUFFIX, create_worker
 
     log = get_logger("foretell.worker")
 
@@ -167,9 +167,7 @@ def worker(lanes: tuple[str, ...], role: str, metrics: bool) -> None:
         # arq's own signal handling stops one worker; several in one process stop together.
         alone = len(chosen) == 1
         running = [
-            create_worker(
-                settings, lane=lane, role=cast("WorkerRole", role), handle_signals=alone
-            )
+            create_worker(settings, lane=lane, role=cast("WorkerRole", role), handle_signals=alone)
             for lane in chosen
         ]
         together = asyncio.gather(*(w.async_run() for w in running))
