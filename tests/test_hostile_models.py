@@ -344,12 +344,18 @@ async def _bars(resources: Resources, symbol: str) -> None:
 
 async def _push_all(
     registry: pb_grpc.RegistryServiceAsyncStub,
+    settings: Settings,
     fleet: Fleet,
     root: Path,
     sources: dict[str, str],
 ) -> dict[str, str]:
+    """Pushes every source as a model of its own and builds them all."""
     names = {}
-    for key, body in sources.items():
+    for i, key in enumerate(sources):
+        body = sources[key]
+        if i and i % settings.provider_builds == 0:
+            # One provider may have only so many builds queued (the build lane's cap).
+            await run_builds(settings)
         created = await registry.CreateModel(
             pb.CreateModelRequest(
                 model=pb.Model(
@@ -366,6 +372,7 @@ async def _push_all(
         folder = write_model(root / key, source=source, symbols=fleet.symbols)
         await push(registry, fleet.headers, created.model.name, folder)
         names[key] = created.model.name
+    await run_builds(settings)
     return names
 
 
@@ -388,8 +395,8 @@ async def fleet(
     resources: Resources,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Fleet:
-    """Every case's model pushed by one provider and built in one burst; then the model that
-    reads the victim's image, built in a second."""
+    """Every case's model pushed by one provider and built, as many at a time as the build
+    lane's cap allows; then the model that reads the victim's image."""
     account = account_grpc.AccountServiceStub(channel)
     registry = pb_grpc.RegistryServiceStub(channel)
     email = unique_email("hostile")
@@ -410,14 +417,12 @@ async def fleet(
     root = tmp_path_factory.mktemp("hostile")
     sources = {case.name: case.body for case in CASES}
     sources["victim"] = WELL_BEHAVED
-    names = await _push_all(registry, fleet, root, sources)
-    await run_builds(settings)
+    names = await _push_all(registry, settings, fleet, root, sources)
     fleet.models.update(await _load(resources, names))
     victim = resources.store.image_path(fleet.models["victim"][1].image_digest or "")
     paths = [victim / "app" / "model.py", victim, victim.parent, settings.data_dir]
     reader = OTHER_IMAGE.format(paths=", ".join(repr(str(p)) for p in paths))
-    names = await _push_all(registry, fleet, root, {"other_image": reader})
-    await run_builds(settings)
+    names = await _push_all(registry, settings, fleet, root, {"other_image": reader})
     fleet.models.update(await _load(resources, names))
     return fleet
 
