@@ -78,6 +78,11 @@ class _RunOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunOutcome
     model by the data deadline. The model was not run, and never is later;
     the slot never counts against the model.
     """
+    RUN_OUTCOME_PLATFORM_ERROR: _RunOutcome.ValueType  # 9
+    """The platform could not run the model (its sandbox failed to start, even
+    when tried again): the platform's fault, recorded with the reason and
+    never counted in the model's measures.
+    """
 
 class RunOutcome(_RunOutcome, metaclass=_RunOutcomeEnumTypeWrapper):
     """RunOutcome is how a run ended. Runs are recorded once they have ended."""
@@ -104,6 +109,11 @@ RUN_OUTCOME_DATA_MISSING: RunOutcome.ValueType  # 8
 """The bars closing at the slot had not arrived for every symbol of the
 model by the data deadline. The model was not run, and never is later;
 the slot never counts against the model.
+"""
+RUN_OUTCOME_PLATFORM_ERROR: RunOutcome.ValueType  # 9
+"""The platform could not run the model (its sandbox failed to start, even
+when tried again): the platform's fault, recorded with the reason and
+never counted in the model's measures.
 """
 Global___RunOutcome: _TypeAlias = RunOutcome  # noqa: Y015
 

@@ -856,16 +856,23 @@ class TakeOfflineRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    RETIRE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The model's name."""
+    retire: _builtins.bool
+    """Offline for good: every subscription to the model ends now (its open
+    invoices are credited, and its subscriber sees why). Without it the model
+    may come back, and subscriptions go on.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        retire: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "retire", b"retire"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -147,6 +147,7 @@ class Subscription(_message.Message):
     CANCEL_AT_PERIOD_END_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     GRACE_END_TIME_FIELD_NUMBER: _builtins.int
+    END_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The subscription's id (a UUID)."""
     model: _builtins.str
@@ -157,6 +158,10 @@ class Subscription(_message.Message):
     """Its state."""
     cancel_at_period_end: _builtins.bool
     """Whether it ends at the end of the current period."""
+    end_reason: _builtins.str
+    """Why it ended (CANCELED or EXPIRED), in words for the subscriber: e.g. the
+    provider made the model private or retired it.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
@@ -195,10 +200,11 @@ class Subscription(_message.Message):
         cancel_at_period_end: _builtins.bool = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         grace_end_time: _timestamp_pb2.Timestamp | None = ...,
+        end_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "current_period_end_time", b"current_period_end_time", "current_period_start_time", b"current_period_start_time", "end_time", b"end_time", "grace_end_time", b"grace_end_time", "trial_end_time", b"trial_end_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_at_period_end", b"cancel_at_period_end", "create_time", b"create_time", "current_period_end_time", b"current_period_end_time", "current_period_start_time", b"current_period_start_time", "end_time", b"end_time", "grace_end_time", b"grace_end_time", "id", b"id", "model", b"model", "state", b"state", "subscriber_id", b"subscriber_id", "trial_end_time", b"trial_end_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_at_period_end", b"cancel_at_period_end", "create_time", b"create_time", "current_period_end_time", b"current_period_end_time", "current_period_start_time", b"current_period_start_time", "end_reason", b"end_reason", "end_time", b"end_time", "grace_end_time", b"grace_end_time", "id", b"id", "model", b"model", "state", b"state", "subscriber_id", b"subscriber_id", "trial_end_time", b"trial_end_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
