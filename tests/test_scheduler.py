@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 from arq.jobs import Job, JobStatus
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from foretell import calendars
 from foretell.common.v1 import common_pb2
@@ -251,6 +251,18 @@ def registry(channel: aio.Channel) -> pb_grpc.RegistryServiceAsyncStub:
 @pytest.fixture(scope="module")
 def forecasts_api(channel: aio.Channel) -> fc_grpc.ForecastServiceAsyncStub:
     return fc_grpc.ForecastServiceStub(channel)
+
+
+@pytest.fixture(autouse=True)
+async def _no_other_model_live(resources: Resources) -> None:
+    """A scheduler cycle sees every live version in the database, and these tests count what
+    one cycle does: models that other test files left live would be counted too."""
+    async with resources.db.session.begin() as session:
+        await session.execute(
+            update(Model)
+            .where(Model.live_version.is_not(None))
+            .values(live_version=None, live_since=None)
+        )
 
 
 def set_time(clock: MovableClock, when: datetime) -> None:
