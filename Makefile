@@ -11,6 +11,10 @@ VENV_STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto' | sort)
 GEN_OUT ?= gen
 PROTODEPS := .build/protodeps
+WEB := web
+# Stamp npm ci writes: the web app's dependencies match the committed lockfile.
+WEB_DEPS := $(WEB)/node_modules/.package-lock.json
+WEB_API_OUT ?= $(WEB)/src/api
 
 help: ## Show this help
 	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -58,13 +62,24 @@ protodeps: $(VENV_STAMP) ## Copy google/api and google/rpc protos out of the ins
 	@site=$$($(PY) -c 'import google.api, os; print(os.path.dirname(list(google.api.__path__)[0]))'); \
 	  for d in api rpc; do mkdir -p $(PROTODEPS)/google/$$d; cp $$site/$$d/*.proto $(PROTODEPS)/google/$$d/; done
 
-gen: $(VENV_STAMP) ## Regenerate gen/ (Python stubs and the Envoy descriptor set) from protos/
-	$(PY) -m foretell._gen $(GEN_OUT)
+$(WEB_DEPS): $(WEB)/package.json $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
-gen-check: $(VENV_STAMP) ## Fail when gen/ is stale
+web-deps: $(WEB_DEPS) ## Install the web app's npm dependencies from the lockfile
+
+gen: $(VENV_STAMP) $(WEB_DEPS) ## Regenerate gen/ (stubs, descriptor set, OpenAPI) and the web app's API types
+	$(PY) -m foretell._gen $(GEN_OUT)
+	@mkdir -p $(WEB_API_OUT)
+	$(WEB)/node_modules/.bin/openapi-typescript $(GEN_OUT)/openapi/foretell.openapi.json \
+	  -o $(WEB_API_OUT)/schema.d.ts 2>/dev/null
+
+gen-check: $(VENV_STAMP) ## Fail when gen/ or the web app's API types are stale
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
-	  $(MAKE) gen GEN_OUT=$$tmp/gen >/dev/null; \
-	  diff -r -x __pycache__ $$tmp/gen gen || { echo "gen/ is stale: run 'make gen' and commit"; exit 1; }
+	  $(MAKE) gen GEN_OUT=$$tmp/gen WEB_API_OUT=$$tmp/api >/dev/null; \
+	  diff -r -x __pycache__ $$tmp/gen gen || { echo "gen/ is stale: run 'make gen' and commit"; exit 1; }; \
+	  diff $$tmp/api/schema.d.ts $(WEB_API_OUT)/schema.d.ts \
+	    || { echo "$(WEB_API_OUT)/schema.d.ts is stale: run 'make gen' and commit"; exit 1; }
 
 # The contract a change is checked against: the previous commit of main by default.
 BREAKING_REF ?= HEAD~1
@@ -90,4 +105,4 @@ bench: $(VENV_STAMP) ## Print the RPC throughput and latency figures (bench/READ
 clean: ## Remove the virtualenv, build leftovers and the local data directory
 	rm -rf $(VENV) .build .foretell .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help system-deps venv run test lint fmt protodeps gen gen-check breaking docs bench clean
+.PHONY: help system-deps venv web-deps run test lint fmt protodeps gen gen-check breaking docs bench clean
