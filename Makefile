@@ -38,19 +38,21 @@ $(VENV_STAMP): pyproject.toml
 
 venv: $(VENV_STAMP) ## Create .venv and install the project with its development tools
 
-run: $(VENV_STAMP) ## Run the whole platform (embedded PostgreSQL and Redis unless URLs are given)
+run: $(VENV_STAMP) web ## Run the whole platform (embedded PostgreSQL and Redis unless URLs are given)
 	$(VENV)/bin/foretell up
 
-test: $(VENV_STAMP) ## Run the whole test suite against real PostgreSQL, Redis and Envoy
+test: $(VENV_STAMP) web ## Run the whole test suite: pytest (real PostgreSQL, Redis, Envoy, Chromium) and vitest
+	cd $(WEB) && node_modules/.bin/vitest run
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(VENV_STAMP) protodeps ## ruff, mypy --strict, the import layers, buf lint and buf format
+lint: $(VENV_STAMP) protodeps $(WEB_DEPS) ## ruff, mypy --strict, the import layers, buf lint and format, vue-tsc
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf format --diff --exit-code protos
+	cd $(WEB) && node_modules/.bin/vue-tsc --build
 
 fmt: $(VENV_STAMP) ## Format Python and protos in place
 	$(VENV)/bin/ruff format .
@@ -67,6 +69,14 @@ $(WEB_DEPS): $(WEB)/package.json $(WEB)/package-lock.json
 	@touch $@
 
 web-deps: $(WEB_DEPS) ## Install the web app's npm dependencies from the lockfile
+
+WEB_SOURCES := $(shell find $(WEB)/src $(WEB)/public -type f 2>/dev/null) $(WEB)/index.html \
+  $(WEB)/vite.config.ts $(WEB)/package-lock.json
+
+$(WEB)/dist/index.html: $(WEB_DEPS) $(WEB_SOURCES)
+	cd $(WEB) && node_modules/.bin/vite build --logLevel warn
+
+web: $(WEB)/dist/index.html ## Build the web app into web/dist (Envoy serves it)
 
 gen: $(VENV_STAMP) $(WEB_DEPS) ## Regenerate gen/ (stubs, descriptor set, OpenAPI) and the web app's API types
 	$(PY) -m foretell._gen $(GEN_OUT)
@@ -105,4 +115,4 @@ bench: $(VENV_STAMP) ## Print the RPC throughput and latency figures (bench/READ
 clean: ## Remove the virtualenv, build leftovers and the local data directory
 	rm -rf $(VENV) .build .foretell .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help system-deps venv web-deps run test lint fmt protodeps gen gen-check breaking docs bench clean
+.PHONY: help system-deps venv web-deps web run test lint fmt protodeps gen gen-check breaking docs bench clean

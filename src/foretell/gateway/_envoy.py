@@ -15,10 +15,13 @@ import jinja2
 
 from foretell._assets import asset_path
 from foretell.composition import SERVICES
+from foretell.gateway._site import APP_CSP, MAX_BODY_BYTES, site_routes
 from foretell.settings import Address, Settings
 
 _TEMPLATE = "envoy/envoy.yaml.j2"
 _DESCRIPTOR_SET = "gen/descriptors/foretell.binpb"
+_OPENAPI = "gen/openapi/foretell.openapi.json"
+_WEB_ROOT = "web/dist"
 # Rate limited by Envoy (Settings.auth_rate_limit_per_min): the calls that check a password or
 # create state without being signed in.
 _RATE_LIMITED_METHODS = ("CreateUser", "Login", "Refresh")
@@ -71,10 +74,13 @@ def render_envoy_config(
     descriptor_set: Path | None = None,
     http_addr: Address | None = None,
     admin_addr: Address | None = None,
+    web_root: Path | None = None,
 ) -> str:
     """The Envoy config (YAML) for `settings`, routing each service (short name, as in
     `foretell.composition.SERVICES`) to its address in `upstreams`. Services that share an address
-    share a cluster. `http_addr` and `admin_addr` override the settings (port 0 works)."""
+    share a cluster. `http_addr` and `admin_addr` override the settings (port 0 works).
+    Everything else on the listener is the built web app in `web_root` (default: `web/dist`,
+    when built), the OpenAPI document and the API reference (`foretell.gateway._site`)."""
     missing = [name for name in SERVICES if name not in upstreams]
     if missing:
         raise ValueError(f"no upstream address for service(s): {', '.join(missing)}")
@@ -89,6 +95,7 @@ def render_envoy_config(
         raise FileNotFoundError(f"descriptor set {descriptors} does not exist")
 
     clusters, cluster_of = _clusters(upstreams)
+    static_routes, index_html = site_routes(web_root or _default_web_root(), asset_path(_OPENAPI))
     account = SERVICES["account"].full_name
     template_path = asset_path(_TEMPLATE)
     # Renders YAML, not HTML: autoescape would corrupt it. Strings go through `tojson`.
@@ -121,11 +128,22 @@ def render_envoy_config(
             for name, definition in SERVICES.items()
         ],
         clusters=clusters,
+        static_routes=static_routes,
+        index_html=index_html,
+        app_csp=APP_CSP,
+        max_direct_response_bytes=MAX_BODY_BYTES,
     )
     for marker in ("{{", "{%"):
         if marker in text:
             raise ValueError(f"{template_path}: {marker!r} is left in the rendered config")
     return text
+
+
+def _default_web_root() -> Path | None:
+    try:
+        return asset_path(_WEB_ROOT)
+    except FileNotFoundError:
+        return None
 
 
 def envoy_binary() -> str:
