@@ -68,3 +68,19 @@ async def test_api_is_still_the_api(envoy: Envoy) -> None:
     assert unknown.status_code == 404
     # Only GET and HEAD fall back to the app.
     assert post.status_code == 404
+
+
+def test_csp_allows_exactly_the_chart_libraries_inline_style() -> None:
+    """The hash in the CSP is that of the <style> lightweight-charts injects for its logo."""
+    import base64
+    import hashlib
+
+    from foretell.gateway._site import APP_CSP
+
+    bundle = asset_path("web") / (
+        "node_modules/lightweight-charts/dist/lightweight-charts.production.mjs"
+    )
+    found = re.search(r'\.innerText="(a#tv-attr-logo[^"]*)"', bundle.read_text())
+    assert found is not None
+    digest = base64.b64encode(hashlib.sha256(found.group(1).encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in APP_CSP

@@ -35,10 +35,15 @@ _CONTENT_TYPES = {
 # Vite puts content-hashed names under assets/: a new build, a new name.
 _IMMUTABLE = "public, max-age=31536000, immutable"
 _REVALIDATE = "no-cache"
+# lightweight-charts adds one fixed inline <style> for the TradingView attribution logo (which
+# its licence asks us to keep): allowed by its hash, nothing else inline. A test recomputes it
+# from the installed library.
+CHART_LOGO_STYLE = "'sha256-3pRED1tOXas1FXFoPb9TGCjmYe9XQsmO9OV23khV2nY='"
 # The app loads nothing from elsewhere: scripts and styles are its own files (no inline ones),
 # API calls go to the same origin, charts draw on canvases.
 APP_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    f"default-src 'self'; script-src 'self'; style-src 'self' {CHART_LOGO_STYLE}; "
+    "img-src 'self' data: blob:; "
     "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
