@@ -325,7 +325,7 @@ class _Builder:
             # A path segment cannot be empty (the transcoder would not match the route).
             schema["minLength"] = 1
         parameter: dict[str, Any] = {
-            "name": variable,
+            "name": _parameter_name(variable),
             "in": "path",
             "required": True,
             "schema": schema,
@@ -404,8 +404,13 @@ class _Builder:
                 "description": "An error: the gRPC status mapped to its HTTP code (400 "
                 "INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 "
                 "PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 "
-                "RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body.",
-                "content": {"application/json": {"schema": self._message_ref(_STATUS)}},
+                "RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A "
+                "request the gateway cannot map to the RPC (an unknown query parameter or "
+                "JSON field, a value of the wrong type) gets a 400 with a plain-text reason.",
+                "content": {
+                    "application/json": {"schema": self._message_ref(_STATUS)},
+                    "text/plain": {"schema": {"type": "string"}},
+                },
             },
         }
         operation["security"] = _security(POLICY.get(f"/{package}.{service.name}/{method.name}"))
@@ -426,7 +431,16 @@ def _path_variables(template: str) -> list[str]:
     return variables
 
 
+def _parameter_name(variable: str) -> str:
+    """A path variable's parameter name: `model.name` becomes `modelName` (tools fill paths
+    with str.format-like templating, where a dot means an attribute)."""
+    head, *rest = variable.split(".")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
 def _openapi_path(template: str) -> str:
+    for variable in _path_variables(template):
+        template = template.replace(f"{{{variable}}}", f"{{{_parameter_name(variable)}}}")
     return template
 
 

@@ -119,7 +119,7 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/models/{model.name}": {
+    "/v1/models/{modelName}": {
         parameters: {
             query?: never;
             header?: never;
@@ -1735,13 +1735,14 @@ export interface operations {
                     "application/json": components["schemas"]["account.v1.GetJwksResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -1768,13 +1769,14 @@ export interface operations {
                     "application/json": components["schemas"]["account.v1.LoginResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -1801,13 +1803,14 @@ export interface operations {
                     "application/json": components["schemas"]["account.v1.LogoutResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -1834,13 +1837,14 @@ export interface operations {
                     "application/json": components["schemas"]["account.v1.RefreshResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -1870,13 +1874,14 @@ export interface operations {
                     "application/json": components["schemas"]["subscription.v1.ListInvoicesResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -1912,13 +1917,14 @@ export interface operations {
                     "application/json": components["schemas"]["registry.v1.ListModelsResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -1945,13 +1951,14 @@ export interface operations {
                     "application/json": components["schemas"]["registry.v1.CreateModelResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -1965,7 +1972,7 @@ export interface operations {
             header?: never;
             path: {
                 /** @description Global, permanent identifier: `[a-z][a-z0-9-]{2,39}`. */
-                "model.name": string;
+                modelName: string;
             };
             cookie?: never;
         };
@@ -1984,13 +1991,14 @@ export interface operations {
                     "application/json": components["schemas"]["registry.v1.UpdateModelResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2031,13 +2039,14 @@ export interface operations {
                     "application/json": components["schemas"]["forecast.v1.ListForecastsResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2068,13 +2077,14 @@ export interface operations {
                     "application/json": components["schemas"]["forecast.v1.StreamForecastsResponse"][];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2105,13 +2115,14 @@ export interface operations {
                     "application/json": components["schemas"]["forecast.v1.GetLedgerResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2142,13 +2153,14 @@ export interface operations {
                     "application/json": components["schemas"]["forecast.v1.GetPerformanceResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2174,13 +2186,14 @@ export interface operations {
                     "application/json": components["schemas"]["subscription.v1.GetPlanResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2210,13 +2223,14 @@ export interface operations {
                     "application/json": components["schemas"]["subscription.v1.UpdatePlanResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2255,13 +2269,14 @@ export interface operations {
                     "application/json": components["schemas"]["forecast.v1.ListRunsResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2289,13 +2304,14 @@ export interface operations {
                     "application/json": components["schemas"]["forecast.v1.GetRunResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2326,13 +2342,14 @@ export interface operations {
                     "application/json": components["schemas"]["registry.v1.ListVersionsResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2360,13 +2377,14 @@ export interface operations {
                     "application/json": components["schemas"]["registry.v1.GetVersionResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2398,13 +2416,14 @@ export interface operations {
                     "application/json": components["schemas"]["registry.v1.PublishVersionResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2445,13 +2464,14 @@ export interface operations {
                     "application/json": components["schemas"]["forecast.v1.DryRunResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2477,13 +2497,14 @@ export interface operations {
                     "application/json": components["schemas"]["registry.v1.GetModelResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2509,13 +2530,14 @@ export interface operations {
                     "application/json": components["schemas"]["registry.v1.DeleteModelResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2545,13 +2567,14 @@ export interface operations {
                     "application/json": components["schemas"]["registry.v1.TakeOfflineResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2581,13 +2604,14 @@ export interface operations {
                     "application/json": components["schemas"]["subscription.v1.ListSubscriptionsResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2614,13 +2638,14 @@ export interface operations {
                     "application/json": components["schemas"]["subscription.v1.SubscribeResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2653,13 +2678,14 @@ export interface operations {
                     "application/json": components["schemas"]["subscription.v1.CancelSubscriptionResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2689,13 +2715,14 @@ export interface operations {
                     "application/json": components["schemas"]["subscription.v1.ResumeSubscriptionResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2718,13 +2745,14 @@ export interface operations {
                     "application/json": components["schemas"]["datafeed.v1.ListSymbolsResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2763,13 +2791,14 @@ export interface operations {
                     "application/json": components["schemas"]["datafeed.v1.GetBarsResponse"][];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2796,13 +2825,14 @@ export interface operations {
                     "application/json": components["schemas"]["account.v1.CreateUserResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2825,13 +2855,14 @@ export interface operations {
                     "application/json": components["schemas"]["account.v1.GetMeResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2854,13 +2885,14 @@ export interface operations {
                     "application/json": components["schemas"]["account.v1.ListApiKeysResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2887,13 +2919,14 @@ export interface operations {
                     "application/json": components["schemas"]["account.v1.CreateApiKeyResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
@@ -2919,13 +2952,14 @@ export interface operations {
                     "application/json": components["schemas"]["account.v1.RevokeApiKeyResponse"];
                 };
             };
-            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. */
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
             default: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
                 };
             };
         };
