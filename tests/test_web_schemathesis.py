@@ -49,6 +49,8 @@ async def test_every_operation_through_envoy(envoy: Envoy, sign_up: SignUp) -> N
         "--report-dir",
         str(reports),
         "--no-color",
+        # Its cache of crashes goes with the reports, not into the checkout.
+        cwd=reports,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
