@@ -11,7 +11,7 @@ from google.api import annotations_pb2
 from openapi_spec_validator import validate
 
 from foretell._assets import asset_path
-from foretell.services import SERVICES
+from foretell.composition import SERVICES
 
 
 @pytest.fixture(scope="module")

@@ -499,6 +499,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/symbols/{symbol}:setCalendar": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Sets a symbol's trading calendar (admins only): "FX" (24/5), "CRYPTO" (24/7) or an exchange code such as "XNYS"
+         * @description Sets a symbol's trading calendar (admins only): "FX" (24/5), "CRYPTO" (24/7) or an exchange code such as "XNYS". A symbol gets the default of its asset class when its first bars are stored; the calendar decides which bars exist, when live models run and how performance is measured (a change invalidates every performance report). An unknown calendar is INVALID_ARGUMENT.
+         */
+        post: operations["DataFeedService_SetSymbolCalendar"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/users": {
         parameters: {
             query?: never;
@@ -838,12 +858,23 @@ export interface components {
              */
             lastOpenTime?: string;
         };
+        /** @description Response for DataFeedService.SetSymbolCalendar. */
+        "datafeed.v1.SetSymbolCalendarResponse": {
+            /** @description The symbol. */
+            symbol?: string;
+            /** @description Its calendar now. */
+            calendar?: string;
+            /** @description Whether it changed. */
+            changed?: boolean;
+        };
         /** @description SymbolInfo is a symbol and the resolutions it has bars at. */
         "datafeed.v1.SymbolInfo": {
             /** @description The symbol, e.g. "EURUSD": `[A-Z0-9][A-Z0-9._-]{0,31}`. */
             symbol?: string;
             /** @description One entry per resolution with bars, finest first. */
             series?: components["schemas"]["datafeed.v1.Series"][];
+            /** @description The symbol's trading calendar, e.g. "XNYS", "FX" (24/5), "CRYPTO" (24/7). */
+            calendar?: string;
         };
         /** @description Charts are the series a chart needs, all on the same times. */
         "forecast.v1.Charts": {
@@ -856,11 +887,33 @@ export interface components {
             /** @description Cumulative hit rate of the model's directional calls. */
             cumulativeHitRate?: components["schemas"]["forecast.v1.Series"];
         };
+        /** @description Conventions states the choices behind a performance report, so that a reader can recompute every figure (docs/performance.md has the formulas). */
+        "forecast.v1.Conventions": {
+            /** @description The model's trading calendar: one calendar name (e.g. "XNYS", "FX", "CRYPTO"), or several joined by "+" when its symbols trade on different calendars (only the slots all of them share count). */
+            calendar?: string;
+            /**
+             * Format: double
+             * @description The mean number of slots a year on the calendar at the model's resolution (over whole years 2010-2019).
+             */
+            periodsPerYear?: number;
+            /** @description How the return series is formed. */
+            returns?: string;
+            /** @description How costs are charged. */
+            costs?: string;
+            /** @description How Sharpe and Sortino are computed and annualised. */
+            annualisation?: string;
+            /** @description How a forecast's realized return is measured. */
+            realized?: string;
+            /** @description How coverage counts slots. */
+            coverage?: string;
+            /** @description The order of every series. */
+            order?: string;
+        };
         /** @description Coverage is how many of the slots that came due have a run. */
         "forecast.v1.Coverage": {
             /**
              * Format: int64
-             * @description Grid slots from the first to the last recorded run (inclusive).
+             * @description Calendar slots from the first to the last recorded run (inclusive): closed-market hours are not slots.
              */
             dueSlots?: string;
             /**
@@ -875,7 +928,7 @@ export interface components {
             runsOk?: string;
             /**
              * Format: int64
-             * @description Runs that ended in an error or a limit (not ok, not missed).
+             * @description Runs that ended in an error or a limit (not ok, missed or data missing).
              */
             runsFailed?: string;
             /**
@@ -890,9 +943,14 @@ export interface components {
             slotsWithoutRun?: string;
             /**
              * Format: double
-             * @description runs_ok / due_slots (0 when nothing is due).
+             * @description Slots with at least one ok run / counted slots (0 when none), at most 1. Counted slots are the due slots less those recorded as data missing (the market data did not arrive: never counted against the model). Overall, over the distinct slots of every version.
              */
             ratio?: number;
+            /**
+             * Format: int64
+             * @description Slots recorded as data missing (the bars never arrived by the deadline).
+             */
+            runsDataMissing?: string;
         };
         /**
          * @description Direction is which way a forecast says the price moves by the target time.
@@ -1007,7 +1065,7 @@ export interface components {
             kind?: components["schemas"]["forecast.v1.RunKind"];
             /**
              * Format: double
-             * @description The cost per trade used, in basis points.
+             * @description The cost used, in basis points per unit of position traded.
              */
             costBps?: number;
             /** @description Every version together: the model's whole record. */
@@ -1016,9 +1074,11 @@ export interface components {
             versions?: components["schemas"]["forecast.v1.Performance"][];
             /**
              * Format: double
-             * @description Equity curves are annualised with this many periods per year: calendar seconds in 365 days over the model's resolution (8,760 for 1h).
+             * @description Sharpe and Sortino are annualised with this many periods per year: the mean number of slots a year on the model's calendar (e.g. about 6,259 for hourly FX, 252 for daily NYSE). The same as conventions.periods_per_year.
              */
             periodsPerYear?: number;
+            /** @description How every measure of this report is computed, stated with the report. */
+            conventions?: components["schemas"]["forecast.v1.Conventions"];
         };
         /** @description Response for ForecastService.GetRun. */
         "forecast.v1.GetRunResponse": {
@@ -1239,6 +1299,11 @@ export interface components {
             createTime?: string;
             /** @description The run's captured output (stdout then stderr, at most 64 KiB, the earliest output dropped first). Only GetRun fills it. */
             log?: string;
+            /**
+             * Format: double
+             * @description How long the model ran, in seconds, exactly as recorded (IEEE 754 binary64): the value the ledger's `duration_s` encodes. `duration` is the same rounded to nanoseconds.
+             */
+            durationSeconds?: number;
         };
         /**
          * @description RunKind says why a run happened; forecasts carry their run's kind.
@@ -1261,9 +1326,10 @@ export interface components {
          *     - `RUN_OUTCOME_KILLED_BY_POLICY`: The sandbox stopped the model for doing something it may not.
          *     - `RUN_OUTCOME_INVALID_OUTPUT`: The model submitted forecasts the platform refused; none were recorded.
          *     - `RUN_OUTCOME_MISSED`: The slot came due while the platform was not running. The model was not run, and never is late for it: a missed slot has no forecasts.
+         *     - `RUN_OUTCOME_DATA_MISSING`: The bars closing at the slot had not arrived for every symbol of the model by the data deadline. The model was not run, and never is later; the slot never counts against the model.
          * @enum {string}
          */
-        "forecast.v1.RunOutcome": "RUN_OUTCOME_UNSPECIFIED" | "RUN_OUTCOME_OK" | "RUN_OUTCOME_MODEL_ERROR" | "RUN_OUTCOME_TIMEOUT" | "RUN_OUTCOME_OUT_OF_MEMORY" | "RUN_OUTCOME_KILLED_BY_POLICY" | "RUN_OUTCOME_INVALID_OUTPUT" | "RUN_OUTCOME_MISSED";
+        "forecast.v1.RunOutcome": "RUN_OUTCOME_UNSPECIFIED" | "RUN_OUTCOME_OK" | "RUN_OUTCOME_MODEL_ERROR" | "RUN_OUTCOME_TIMEOUT" | "RUN_OUTCOME_OUT_OF_MEMORY" | "RUN_OUTCOME_KILLED_BY_POLICY" | "RUN_OUTCOME_INVALID_OUTPUT" | "RUN_OUTCOME_MISSED" | "RUN_OUTCOME_DATA_MISSING";
         /** @description Series is a time series as packed columns. */
         "forecast.v1.Series": {
             /** @description Times, seconds since the Unix epoch (UTC). */
@@ -2132,7 +2198,7 @@ export interface operations {
             query?: {
                 /** @description Which runs' forecasts to measure: RUN_KIND_UNSPECIFIED means live; or RUN_KIND_SIMULATED. Dry runs have no performance. */
                 kind?: components["schemas"]["forecast.v1.RunKind"];
-                /** @description Cost of one trade of the signal-following equity curve, in basis points of the position (charged once per directional forecast), 0 to 1000. */
+                /** @description Cost of trading in the signal-following equity curve, in basis points per unit of position traded (charged on changes of position: flat to long once, long to short twice), 0 to 1000. */
                 costBps?: number;
             };
             header?: never;
@@ -2789,6 +2855,46 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["datafeed.v1.GetBarsResponse"][];
+                };
+            };
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
+                };
+            };
+        };
+    };
+    DataFeedService_SetSymbolCalendar: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The symbol, with or without bars yet. */
+                symbol: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description The calendar's name, e.g. "XNYS", "FX", "CRYPTO". */
+                    calendar: string;
+                };
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["datafeed.v1.SetSymbolCalendarResponse"];
                 };
             };
             /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
