@@ -38,7 +38,7 @@ WIDTHS = (390, 1440)
 @pytest.fixture(scope="module")
 async def catalog(channel: aio.Channel, resources: Resources) -> list[_web.WebModel]:
     judged = await _web.seed_model(
-        channel, resources, title="Web momentum", runs=150, price_minor=4900, trial_days=14, seed=1
+        channel, resources, title="Web momentum", runs=260, price_minor=4900, trial_days=14, seed=1
     )
     short = await _web.seed_model(
         channel, resources, title="Web newcomer", runs=20, price_minor=1500, trial_days=0, seed=2
