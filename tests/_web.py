@@ -18,6 +18,8 @@ from grpc import aio
 
 from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.account.v1 import account_service_pb2_grpc as account_grpc
+from foretell.calendars import CRYPTO
+from foretell.marketdata import set_calendar
 from foretell.registry.v1 import registry_service_pb2 as reg_pb
 from foretell.registry.v1 import registry_service_pb2_grpc as reg_grpc
 from foretell.runtime import Resources
@@ -101,6 +103,8 @@ async def seed_model(
     for _ in range(runs + 40):
         closes.append(closes[-1] * math.exp(rng.gauss(0.0002, 0.002)))
     await insert_bars(resources, symbol, [(start + i * HOUR, c) for i, c in enumerate(closes)])
+    # Round the clock, weekends too: every synthetic bar is a bar of the symbol's calendar.
+    await set_calendar(resources.db, symbol, CRYPTO, by="tests", now=datetime.now(UTC))
     for i in range(runs):
         as_of = start + (i + 11) * HOUR
         up = rng.random() < 0.55
