@@ -11,6 +11,10 @@ VENV_STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto' | sort)
 GEN_OUT ?= gen
 PROTODEPS := .build/protodeps
+WEB := web
+# Stamp npm ci writes: the web app's dependencies match the committed lockfile.
+WEB_DEPS := $(WEB)/node_modules/.package-lock.json
+WEB_API_OUT ?= $(WEB)/src/api
 
 help: ## Show this help
 	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -48,19 +52,21 @@ $(VENV_STAMP): pyproject.toml
 
 venv: $(VENV_STAMP) ## Create .venv and install the project with its development tools
 
-run: $(VENV_STAMP) ## Run the whole platform (embedded PostgreSQL and Redis unless URLs are given)
+run: $(VENV_STAMP) web ## Run the whole platform (embedded PostgreSQL and Redis unless URLs are given)
 	$(VENV)/bin/foretell up
 
-test: $(VENV_STAMP) $(PROMTOOL) ## Run the whole test suite against real PostgreSQL, Redis and Envoy
+test: $(VENV_STAMP) $(PROMTOOL) web ## Run the whole test suite: pytest (real PostgreSQL, Redis, Envoy, Chromium) and vitest
+	cd $(WEB) && node_modules/.bin/vitest run
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(VENV_STAMP) protodeps ## ruff, mypy --strict, the import layers, buf lint and buf format
+lint: $(VENV_STAMP) protodeps $(WEB_DEPS) ## ruff, mypy --strict, the import layers, buf lint and format, vue-tsc
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf format --diff --exit-code protos
+	cd $(WEB) && node_modules/.bin/vue-tsc --build
 
 fmt: $(VENV_STAMP) ## Format Python and protos in place
 	$(VENV)/bin/ruff format .
@@ -72,13 +78,32 @@ protodeps: $(VENV_STAMP) ## Copy google/api and google/rpc protos out of the ins
 	@site=$$($(PY) -c 'import google.api, os; print(os.path.dirname(list(google.api.__path__)[0]))'); \
 	  for d in api rpc; do mkdir -p $(PROTODEPS)/google/$$d; cp $$site/$$d/*.proto $(PROTODEPS)/google/$$d/; done
 
-gen: $(VENV_STAMP) ## Regenerate gen/ (Python stubs and the Envoy descriptor set) from protos/
-	$(PY) -m foretell._gen $(GEN_OUT)
+$(WEB_DEPS): $(WEB)/package.json $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
-gen-check: $(VENV_STAMP) ## Fail when gen/ is stale
+web-deps: $(WEB_DEPS) ## Install the web app's npm dependencies from the lockfile
+
+WEB_SOURCES := $(shell find $(WEB)/src $(WEB)/public -type f 2>/dev/null) $(WEB)/index.html \
+  $(WEB)/vite.config.ts $(WEB)/package-lock.json
+
+$(WEB)/dist/index.html: $(WEB_DEPS) $(WEB_SOURCES)
+	cd $(WEB) && node_modules/.bin/vite build --logLevel warn
+
+web: $(WEB)/dist/index.html ## Build the web app into web/dist (Envoy serves it)
+
+gen: $(VENV_STAMP) $(WEB_DEPS) ## Regenerate gen/ (stubs, descriptor set, OpenAPI) and the web app's API types
+	$(PY) -m foretell._gen $(GEN_OUT)
+	@mkdir -p $(WEB_API_OUT)
+	$(WEB)/node_modules/.bin/openapi-typescript $(GEN_OUT)/openapi/foretell.openapi.json \
+	  -o $(WEB_API_OUT)/schema.d.ts 2>/dev/null
+
+gen-check: $(VENV_STAMP) ## Fail when gen/ or the web app's API types are stale
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
-	  $(MAKE) gen GEN_OUT=$$tmp/gen >/dev/null; \
-	  diff -r -x __pycache__ $$tmp/gen gen || { echo "gen/ is stale: run 'make gen' and commit"; exit 1; }
+	  $(MAKE) gen GEN_OUT=$$tmp/gen WEB_API_OUT=$$tmp/api >/dev/null; \
+	  diff -r -x __pycache__ $$tmp/gen gen || { echo "gen/ is stale: run 'make gen' and commit"; exit 1; }; \
+	  diff $$tmp/api/schema.d.ts $(WEB_API_OUT)/schema.d.ts \
+	    || { echo "$(WEB_API_OUT)/schema.d.ts is stale: run 'make gen' and commit"; exit 1; }
 
 # The contract a change is checked against: the previous commit of main by default.
 BREAKING_REF ?= HEAD~1
@@ -144,4 +169,4 @@ image-lock: $(VENV_STAMP) ## Pin the image's Python packages to this virtualenv'
 clean: ## Remove the virtualenv, build leftovers and the local data directory
 	rm -rf $(VENV) .build .foretell .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help system-deps venv run test lint fmt protodeps gen gen-check breaking docs bench manifests promtool image-tools wheels image image-test image-lock clean
+.PHONY: help system-deps venv web-deps web run test lint fmt protodeps gen gen-check breaking docs bench manifests promtool image-tools wheels image image-test image-lock clean

@@ -72,7 +72,8 @@ class Up:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            [str(FORETELL), "up"],
+            # The demo models' builds and replays would outlive what these tests measure.
+            [str(FORETELL), "up", "--no-demo-models"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -1,4 +1,5 @@
-"""Regenerates gen/ from protos/: Python stubs, type stubs and the Envoy descriptor set.
+"""Regenerates gen/ from protos/: Python stubs, type stubs, the Envoy descriptor set and the
+OpenAPI document of the REST API (`foretell._openapi`).
 
 Run as `python -m foretell._gen OUT_DIR` (`make gen`). Third-party protos are read from the
 installed googleapis-common-protos and grpcio-tools packages, never copied into the repository.
@@ -7,10 +8,14 @@ installed googleapis-common-protos and grpcio-tools packages, never copied into 
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 import google.api
+from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
+
+from foretell._openapi import build_openapi, render
 
 _ROOT = Path(__file__).resolve().parents[2]
 _PROTOS = _ROOT / "protos"
@@ -63,6 +68,28 @@ def generate(out: Path) -> None:
             *_EXTRA_DESCRIPTORS,
         ]
     )
+    _openapi(out, descriptors / "foretell.binpb", protos)
+
+
+def _openapi(out: Path, descriptor_set: Path, protos: list[str]) -> None:
+    """gen/openapi/foretell.openapi.json from the descriptor set Envoy loads; the comments come
+    from a second set with source info (kept out of Envoy's)."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
+    with tempfile.TemporaryDirectory() as tmp:
+        commented_path = Path(tmp) / "commented.binpb"
+        _protoc(
+            [
+                "--include_imports",
+                "--include_source_info",
+                f"--descriptor_set_out={commented_path}",
+                *protos,
+                *_EXTRA_DESCRIPTORS,
+            ]
+        )
+        commented = descriptor_pb2.FileDescriptorSet.FromString(commented_path.read_bytes())
+    target = out / "openapi"
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "foretell.openapi.json").write_text(render(build_openapi(files, commented)))
 
 
 if __name__ == "__main__":

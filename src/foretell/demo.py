@@ -113,6 +113,9 @@ DEMO_DISPLAY_NAME = "Demo Provider"
 DEMO_MODEL = "demo-eurusd-momentum"
 DEMO_SYMBOL, DEMO_RESOLUTION = "EURUSD", "1h"
 DEFAULT_REPLAY_SLOTS = 200
+# What `foretell up` replays per demo model: enough for a record long enough to judge (the
+# web app wants 100 scored forecasts) even where slots fall on bars that do not exist.
+DEMO_CATALOG_REPLAY_SLOTS = 300
 # Progress is reported every this many replayed slots.
 PROGRESS_EVERY = 50
 DEMO_MANIFEST = Manifest(
@@ -141,6 +144,119 @@ _DEMO_FIELDS: dict[str, Any] = {
 DEMO_PRICE_MINOR = 4900
 DEMO_CURRENCY = "USD"
 DEMO_TRIAL_DAYS = 14
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoModel:
+    """One demo model: what `ensure_demo` creates, builds, publishes and replays."""
+
+    fields: dict[str, Any]
+    manifest: Manifest
+    price_minor: int
+    trial_days: int
+    # model.py; None: the `foretell init` template for the manifest.
+    code: str | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.fields["name"])
+
+    @property
+    def symbol(self) -> str:
+        return self.manifest.symbols[0]
+
+
+MOMENTUM = DemoModel(_DEMO_FIELDS, DEMO_MANIFEST, DEMO_PRICE_MINOR, DEMO_TRIAL_DAYS)
+
+# A model that gives predicted returns beside its probabilities: hourly EUR/USD mean reversion
+# four hours ahead. Standard library only, like the template.
+_REVERSION_CODE = '''\
+"""Demo: EUR/USD mean reversion. After a stretch away from its 24-hour average, the price is
+expected to come back part of the way over the next four hours: the forecast gives the
+direction, the expected return and the probability that the direction is right."""
+
+LOOKBACK = 24
+
+
+def predict(ctx):
+    forecasts = []
+    for symbol in ctx.symbols:
+        close = ctx.bars(symbol, lookback=LOOKBACK).close
+        if len(close) < LOOKBACK:
+            continue
+        mean = sum(close) / len(close)
+        gap = mean / close[-1] - 1.0
+        expected = gap * 0.5
+        forecasts.append(
+            {
+                "symbol": symbol,
+                "target_time": ctx.target_time,
+                "direction": 1 if expected >= 0 else -1,
+                "predicted_return": round(expected, 6),
+                "probability": round(0.5 + min(abs(gap) * 40.0, 0.3), 4),
+            }
+        )
+    return forecasts
+'''
+
+DEMO_MODELS = (
+    MOMENTUM,
+    DemoModel(
+        {
+            "name": "demo-goog-daily",
+            "title": "Demo: Alphabet daily trend",
+            "description": (
+                "A demo model created by `foretell up`: the `foretell init` template on daily "
+                "Alphabet (GOOG) bars, forecasting that the 20-day trend goes on the next "
+                "day. Its record is a replay of 2012-2013 with a simulated clock, labelled "
+                "simulated."
+            ),
+            "symbols": ["GOOG"],
+            "resolution": "1d",
+            "horizon": 1,
+            "tags": ["demo", "equities"],
+            "visibility": "public",
+        },
+        Manifest(
+            entrypoint="model:predict",
+            symbols=("GOOG",),
+            resolution="1d",
+            horizon=1,
+            lookback=20,
+            requirements="requirements.txt",
+        ),
+        price_minor=2900,
+        trial_days=0,
+    ),
+    DemoModel(
+        {
+            "name": "demo-eurusd-reversion",
+            "title": "Demo: EUR/USD 4-hour mean reversion",
+            "description": (
+                "A demo model created by `foretell up`: after a stretch away from its 24-hour "
+                "average, EUR/USD is expected to come back part of the way within four hours. "
+                "Each forecast gives a predicted return and a probability. Its record is a "
+                "replay of the 2017-2018 history with a simulated clock, labelled simulated."
+            ),
+            "symbols": ["EURUSD"],
+            "resolution": "1h",
+            "horizon": 4,
+            "tags": ["demo", "fx"],
+            "visibility": "public",
+        },
+        Manifest(
+            entrypoint="model:predict",
+            symbols=("EURUSD",),
+            resolution="1h",
+            horizon=4,
+            lookback=24,
+            requirements="requirements.txt",
+        ),
+        price_minor=9900,
+        trial_days=7,
+        code=_REVERSION_CODE,
+    ),
+)
 
 
 Clock = Callable[[], datetime]
@@ -192,38 +308,42 @@ async def _provider(db: Database, now: datetime, summary: DemoSummary) -> Princi
     return Principal(user.id, Role(user.role), "demo")
 
 
-async def _model(db: Database, principal: Principal, now: datetime, summary: DemoSummary) -> None:
+async def _model(
+    db: Database, principal: Principal, now: datetime, summary: DemoSummary, spec: DemoModel
+) -> None:
     async with db.session() as session:
-        exists = await session.scalar(select(Model.id).where(Model.name == DEMO_MODEL))
+        exists = await session.scalar(select(Model.id).where(Model.name == spec.name))
     if exists is None:
         try:
-            await create_model(db, principal, dict(_DEMO_FIELDS), now)
+            await create_model(db, principal, dict(spec.fields), now)
             summary.model_created = True
         except AlreadyExists:
             pass
     async with db.session.begin() as session:
-        model_id = await session.scalar(select(Model.id).where(Model.name == DEMO_MODEL))
+        model_id = await session.scalar(select(Model.id).where(Model.name == spec.name))
         # Only when it has none: a plan the operator changed since is theirs.
         await session.execute(
             insert(Plan)
             .values(
                 model_id=model_id,
-                price_minor=DEMO_PRICE_MINOR,
+                price_minor=spec.price_minor,
                 currency=DEMO_CURRENCY,
-                trial_days=DEMO_TRIAL_DAYS,
+                trial_days=spec.trial_days,
                 updated_at=now,
             )
             .on_conflict_do_nothing(index_elements=[Plan.model_id])
         )
 
 
-def _packed(settings: Settings) -> tuple[str, int]:
+def _packed(settings: Settings, spec: DemoModel) -> tuple[str, int]:
     """The `foretell init` template for the demo model, packed into the store's scratch space.
     The template is deterministic, so the digest is the same on every call (and the version
     is found again) until the template itself changes."""
     store = ArtifactStore(settings.artifacts_dir)
     with tempfile.TemporaryDirectory(prefix="ft-demo-") as folder:
-        _scaffold.write(Path(folder), DEMO_MODEL, DEMO_MANIFEST, pushes_by_folder=False)
+        _scaffold.write(Path(folder), spec.name, spec.manifest, pushes_by_folder=False)
+        if spec.code is not None:
+            (Path(folder) / "model.py").write_text(spec.code)
         packed = pack_dir(Path(folder))
     target = store.scratch() / "bundle.tar"
     target.write_bytes(packed.data)
@@ -233,11 +353,16 @@ def _packed(settings: Settings) -> tuple[str, int]:
 
 
 async def _version(
-    db: Database, settings: Settings, principal: Principal, now: datetime, summary: DemoSummary
+    db: Database,
+    settings: Settings,
+    principal: Principal,
+    now: datetime,
+    summary: DemoSummary,
+    spec: DemoModel,
 ) -> Version:
-    digest, size = await asyncio.to_thread(_packed, settings)
+    digest, size = await asyncio.to_thread(_packed, settings, spec)
     version, created, _queued = await add_version(
-        db, principal, Upload(DEMO_MODEL, digest, size, DEMO_MANIFEST), now
+        db, principal, Upload(spec.name, digest, size, spec.manifest), now
     )
     summary.version, summary.version_created = version.number, created
     return version
@@ -262,7 +387,11 @@ async def _build(db: Database, settings: Settings, version: Version, clock: Cloc
 
 
 def replay_slots(
-    calendar: Slots, first_open: datetime, last_close: datetime, count: int | None
+    calendar: Slots,
+    first_open: datetime,
+    last_close: datetime,
+    count: int | None,
+    resolution: str = DEMO_RESOLUTION,
 ) -> list[datetime]:
     """The last `count` (None: all) slots of the calendar from `first_open` to `last_close`,
     oldest first: the closes of the calendar's bars, as the scheduler runs them (no slot while
@@ -270,7 +399,7 @@ def replay_slots(
     if count == 0:
         return []
     slots = calendar.slots(
-        DEMO_RESOLUTION, int(first_open.timestamp()), int(last_close.timestamp())
+        resolution, int(first_open.timestamp()), int(last_close.timestamp())
     ).tolist()
     if count is not None:
         slots = slots[-count:]
@@ -285,26 +414,28 @@ async def _replay(
     summary: DemoSummary,
     say: Callable[[str], None],
     clock: Clock,
+    spec: DemoModel,
 ) -> None:
+    symbol, resolution = spec.symbol, spec.manifest.resolution
     async with db.session() as session:
-        model = await session.scalar(select(Model).where(Model.name == DEMO_MODEL))
+        model = await session.scalar(select(Model).where(Model.name == spec.name))
         first_open, last_close = (
             await session.execute(
                 select(func.min(Bar.open_time), func.max(Bar.close_time)).where(
-                    Bar.symbol == DEMO_SYMBOL, Bar.resolution == DEMO_RESOLUTION
+                    Bar.symbol == symbol, Bar.resolution == resolution
                 )
             )
         ).one()
     assert model is not None
     if first_open is None:
-        say(f"no {DEMO_SYMBOL} {DEMO_RESOLUTION} bars: nothing to replay")
+        say(f"no {symbol} {resolution} bars: nothing to replay")
         return
     calendar = await model_calendar(db, list(model.symbols))
-    slots = replay_slots(calendar, first_open, last_close, count)
+    slots = replay_slots(calendar, first_open, last_close, count, resolution)
     summary.slots = len(slots)
     if slots:
         say(
-            f"replaying {len(slots)} slots of {DEMO_SYMBOL} {DEMO_RESOLUTION}, "
+            f"replaying {len(slots)} slots of {symbol} {resolution}, "
             f"{slots[0]:%Y-%m-%d %H:%MZ} to {slots[-1]:%Y-%m-%d %H:%MZ}, simulated clock"
         )
     store = ArtifactStore(settings.artifacts_dir)
@@ -336,6 +467,7 @@ async def ensure_demo(
     replay: int | None = DEFAULT_REPLAY_SLOTS,
     clock: Clock = utc_now,
     say: Callable[[str], None] = lambda _line: None,
+    spec: DemoModel = MOMENTUM,
 ) -> DemoSummary:
     """Idempotently: the demo provider, its public model, a version built from the
     `foretell init` template and published, and simulated runs of the model at the last
@@ -351,19 +483,19 @@ async def ensure_demo(
         say(f"  (shown only now: note it, then `foretell login --email {DEMO_EMAIL}`)")
     else:
         say(f"demo provider {DEMO_EMAIL} exists (its password was printed when created)")
-    await _model(db, principal, now, summary)
+    await _model(db, principal, now, summary, spec)
     state = "created" if summary.model_created else "exists"
-    say(f"demo model {DEMO_MODEL} (public): {state}")
+    say(f"demo model {spec.name} (public): {state}")
     async with db.session() as session:
         plan = await session.scalar(
-            select(Plan).join(Model, Model.id == Plan.model_id).where(Model.name == DEMO_MODEL)
+            select(Plan).join(Model, Model.id == Plan.model_id).where(Model.name == spec.name)
         )
     assert plan is not None
     say(
         f"  plan: {format_minor(plan.price_minor, plan.currency)} a month, "
-        f"{plan.trial_days}-day trial (`foretell subscribe {DEMO_MODEL}`)"
+        f"{plan.trial_days}-day trial (`foretell subscribe {spec.name}`)"
     )
-    version = await _version(db, settings, principal, now, summary)
+    version = await _version(db, settings, principal, now, summary, spec)
     if version.build_state != BuildState.READY:
         if os.geteuid() != 0:
             summary.skipped = (
@@ -377,9 +509,9 @@ async def ensure_demo(
             return summary
         summary.built = True
     async with db.session() as session:
-        live = await session.scalar(select(Model.live_version).where(Model.name == DEMO_MODEL))
+        live = await session.scalar(select(Model.live_version).where(Model.name == spec.name))
     if live != version.number:
-        await publish(db, principal, DEMO_MODEL, version.number, clock())
+        await publish(db, principal, spec.name, version.number, clock())
         summary.published = True
     done = [
         what
@@ -397,8 +529,22 @@ async def ensure_demo(
             "nothing is replayed"
         )
         return summary
-    await _replay(db, settings, version, replay, summary, say, clock)
+    await _replay(db, settings, version, replay, summary, say, clock, spec)
     return summary
+
+
+async def ensure_demo_catalog(
+    db: Database,
+    settings: Settings,
+    *,
+    replay: int | None = DEFAULT_REPLAY_SLOTS,
+    say: Callable[[str], None] = lambda _line: None,
+) -> list[DemoSummary]:
+    """`ensure_demo` for each of DEMO_MODELS in turn: each is in the catalog as soon as it is
+    created, and its simulated record fills while it replays."""
+    return [
+        await ensure_demo(db, settings, replay=replay, say=say, spec=spec) for spec in DEMO_MODELS
+    ]
 
 
 async def run_demo(database_url: str) -> list[IngestResult]:

@@ -44,12 +44,19 @@ def _settings() -> Settings:
     "--demo/--no-demo",
     default=True,
     show_default=True,
-    help="Load the demo market data (real EURUSD and GOOG bars; idempotent).",
+    help="The demo: market data (real EURUSD and GOOG bars) at start, then three demo models "
+    "with simulated records set up in the background (idempotent).",
 )
-def up(demo: bool) -> None:
+@click.option(
+    "--demo-models/--no-demo-models",
+    default=True,
+    show_default=True,
+    help="With --demo: also set up the demo models (builds and replays; root needed).",
+)
+def up(demo: bool, demo_models: bool) -> None:
     """Run the whole platform: embedded PostgreSQL and Redis (unless FORETELL_DATABASE_URL and
     FORETELL_REDIS_URL are set), migrations, the demo data, the services, the worker and
-    Envoy. Ctrl-C stops it all.
+    Envoy, and the web app on the same address. Ctrl-C stops it all.
 
     \b
     Examples:
@@ -61,7 +68,7 @@ def up(demo: bool) -> None:
     from foretell.up import AlreadyRunning, StartupError, run_up
 
     try:
-        sys.exit(run_up(_settings(), demo=demo))
+        sys.exit(run_up(_settings(), demo=demo, demo_models=demo and demo_models))
     except (AlreadyRunning, StartupError) as error:
         _fail(str(error), 1)
 

@@ -16,10 +16,13 @@ import jinja2
 from foretell._assets import asset_path
 from foretell.composition import SERVICES
 from foretell.gateway._json_fields import unknown_fields_filter
+from foretell.gateway._site import APP_CSP, MAX_BODY_BYTES, site_routes
 from foretell.settings import Address, Settings
 
 _TEMPLATE = "envoy/envoy.yaml.j2"
 _DESCRIPTOR_SET = "gen/descriptors/foretell.binpb"
+_OPENAPI = "gen/openapi/foretell.openapi.json"
+_WEB_ROOT = "web/dist"
 # Rate limited by Envoy (Settings.auth_rate_limit_*): the calls that check a password or
 # create state without being signed in.
 _AUTH_METHODS = ("CreateUser", "Login", "Refresh")
@@ -125,10 +128,13 @@ def render_envoy_config(
     descriptor_set: Path | None = None,
     http_addr: Address | None = None,
     admin_addr: Address | None = None,
+    web_root: Path | None = None,
 ) -> str:
     """The Envoy config (YAML) for `settings`, routing each service (short name, as in
     `foretell.composition.SERVICES`) to its address in `upstreams`. Services that share an address
-    share a cluster. `http_addr` and `admin_addr` override the settings (port 0 works)."""
+    share a cluster. `http_addr` and `admin_addr` override the settings (port 0 works).
+    Everything else on the listener is the built web app in `web_root` (default: `web/dist`,
+    when built), the OpenAPI document and the API reference (`foretell.gateway._site`)."""
     missing = [name for name in SERVICES if name not in upstreams]
     if missing:
         raise ValueError(f"no upstream address for service(s): {', '.join(missing)}")
@@ -145,6 +151,7 @@ def render_envoy_config(
     clusters, cluster_of = _clusters(upstreams)
     limited = _limited_routes(settings, cluster_of)
     limited_paths = {route["path"] for route in limited}
+    static_routes, index_html = site_routes(web_root or _default_web_root(), asset_path(_OPENAPI))
     template_path = asset_path(_TEMPLATE)
     # Renders YAML, not HTML: autoescape would corrupt it. Strings go through `tojson`.
     env = jinja2.Environment(
@@ -184,6 +191,10 @@ def render_envoy_config(
         unknown_fields_lua=unknown_fields_filter(
             method for definition in SERVICES.values() for method in definition.descriptor.methods
         ),
+        static_routes=static_routes,
+        index_html=index_html,
+        app_csp=APP_CSP,
+        max_direct_response_bytes=MAX_BODY_BYTES,
     )
     for marker in ("{{", "{%"):
         if marker in text:
@@ -199,6 +210,13 @@ def dns_upstreams(host_template: str, port: int) -> dict[str, Address]:
     if "{service}" not in host_template:
         raise ValueError(f"the host template {host_template!r} must contain {{service}}")
     return {name: Address(host_template.replace("{service}", name), port) for name in SERVICES}
+
+
+def _default_web_root() -> Path | None:
+    try:
+        return asset_path(_WEB_ROOT)
+    except FileNotFoundError:
+        return None
 
 
 def envoy_binary() -> str:

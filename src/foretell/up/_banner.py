@@ -19,6 +19,8 @@ def banner(
         "",
         f"Foretell is up (ready in {ready_s:.1f} s).",
         "",
+        f"  Web app                {base}/",
+        f"  REST API reference     {base}/docs/api   (OpenAPI: {base}/openapi.json)",
         f"  REST, gRPC, gRPC-Web   {base}   (Envoy)",
         f"  Envoy admin            http://{admin}",
     ]

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,11 +20,11 @@ from foretell.up._checks import check_addresses, data_dir_lock, listeners
 from foretell.up._console import Console
 from foretell.up._errors import StartupError
 from foretell.up._plan import WORKER_LANES, ServiceProcess, plan_services, upstreams
-from foretell.up._stores import safe_url, start_stores
+from foretell.up._stores import start_stores
 from foretell.up._supervise import supervise
 
 
-def run_up(settings: Settings, *, demo: bool = False) -> int:
+def run_up(settings: Settings, *, demo: bool = False, demo_models: bool = False) -> int:
     """Runs the platform until Ctrl-C, SIGTERM or a child's exit (see the package docstring).
 
     Returns 0 after a stop by signal in which every child stopped cleanly, 1 otherwise.
@@ -47,11 +48,16 @@ def run_up(settings: Settings, *, demo: bool = False) -> int:
             envoy_yaml = _envoy_config(settings, plan)
             stores = start_stores(settings, console, stack)
             if demo:
-                _load_demo(stores.database_url, settings.data_dir, console)
+                _load_demo(stores.database_url, console)
         except KeyboardInterrupt:
             console.say("interrupted during start-up")
             return 0
-        return supervise(settings, plan, stores, envoy_yaml, console, started_at)
+        after_ready = (
+            (lambda: _start_demo_catalog(settings, stores.database_url, console))
+            if demo_models
+            else None
+        )
+        return supervise(settings, plan, stores, envoy_yaml, console, started_at, after_ready)
     raise AssertionError("unreachable")  # pragma: no cover - the with block always returns
 
 
@@ -82,9 +88,9 @@ def _envoy_config(settings: Settings, plan: Sequence[ServiceProcess]) -> Path:
     return path
 
 
-def _load_demo(database_url: str, data_dir: Path, console: Console) -> None:
-    """The demo market data: the same idempotent load as `foretell demo` (which also creates
-    the demo provider and model and replays them; up only suggests it, to stay fast)."""
+def _load_demo(database_url: str, console: Console) -> None:
+    """The demo market data, loaded before the services start (the same idempotent load as
+    `foretell demo`); the demo models follow in the background (`_start_demo_catalog`)."""
     # Imported here: it pulls in the services' market-data code, which `--no-demo` never needs.
     from foretell.demo import DemoDataMissing, run_demo
 
@@ -95,10 +101,37 @@ def _load_demo(database_url: str, data_dir: Path, console: Console) -> None:
         return
     loaded = ", ".join(f"{r.symbol} {r.resolution} ({r.received} bars)" for r in results)
     console.say(f"demo market data: {loaded}")
-    # Only the bars at start: the demo model's build and its replay (hundreds of sandboxed
-    # runs) would delay every start by minutes. `foretell demo` does them, once.
+
+
+def _start_demo_catalog(settings: Settings, database_url: str, console: Console) -> None:
+    """The demo models (foretell.demo.DEMO_MODELS), set up in the background once the platform
+    answers: their builds and replays (hundreds of sandboxed runs) take minutes, and the
+    services serve meanwhile; each model is in the catalog as soon as it exists. Idempotent:
+    a later start finds them and replays only what is missing. A failure is reported, never
+    fatal: the platform runs without the demo."""
+
+    def run() -> None:
+        from foretell.db import connect
+        from foretell.demo import DEMO_CATALOG_REPLAY_SLOTS, ensure_demo_catalog
+
+        async def setup() -> None:
+            db = connect(database_url, pool_size=1)
+            try:
+                await ensure_demo_catalog(db, settings, replay=DEMO_CATALOG_REPLAY_SLOTS, say=say)
+            finally:
+                await db.close()
+
+        def say(line: str) -> None:
+            console.say(f"demo: {line}")
+
+        try:
+            asyncio.run(setup())
+            console.say("demo: the demo models are ready")
+        except Exception as error:  # noqa: BLE001 - reported; the platform runs without it
+            console.say(f"demo: not set up ({type(error).__name__}: {error})")
+
     console.say(
-        "for a demo provider and a public model with a simulated track record, run: "
-        f"FORETELL_DATABASE_URL='{safe_url(database_url)}' FORETELL_DATA_DIR='{data_dir}' "
-        "foretell demo"
+        "demo: setting up the demo models in the background; they appear in the catalog as "
+        "they are created"
     )
+    threading.Thread(target=run, name="foretell-up-demo", daemon=True).start()

@@ -144,8 +144,10 @@ def supervise(
     envoy_yaml: Path,
     console: Console,
     started_at: float,
+    after_ready: Callable[[], None] | None = None,
 ) -> int:
-    """Runs the children until one exits or a signal stops them; returns the exit code."""
+    """Runs the children until one exits or a signal stops them; returns the exit code.
+    `after_ready` runs (on the readiness thread) once the banner is printed."""
     stopped = threading.Event()
     deadline = time.monotonic() + READY_TIMEOUT_S
 
@@ -162,6 +164,8 @@ def supervise(
             manager.fail(f"it was not ready after {READY_TIMEOUT_S:.0f} s (see above)")
             return
         console.raw(banner(settings, plan, stores, time.monotonic() - started_at))
+        if after_ready is not None:
+            after_ready()
 
     watcher = threading.Thread(target=watch, name="foretell-up-ready", daemon=True)
     manager = Supervisor(console, watcher.start)

@@ -33,6 +33,7 @@ from foretell.runtime.lanes import build_cap
 from foretell.runtime.resources import Resources
 from foretell.services.registry import _queries, _validate
 from foretell.services.registry._queries import ModelView, Upload
+from foretell.symbols import SYMBOL
 
 log = get_logger("foretell.registry")
 
@@ -142,6 +143,11 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             resolution = resolutions.BY_ENUM.get(request.resolution)
             if resolution is None:
                 v.add("resolution", resolutions.ENUM_RULE)
+        # Filters reach SQL: text PostgreSQL refuses (NUL) must be a 400, not a 500.
+        if request.tag and not _validate.TAG.fullmatch(request.tag):
+            v.add("tag", "a tag: 1 to 32 characters, a-z, 0-9 and '-'")
+        if request.symbol and not SYMBOL.fullmatch(request.symbol):
+            v.add("symbol", "a symbol: 1 to 32 characters, A-Z, 0-9, '.', '_', '-'")
         v.raise_if_any()
         views = await _queries.list_models(
             self._res.db,

@@ -1,0 +1,123 @@
+"""A catalog for the web app's tests: public models with plans and a record long enough to
+judge (or not), on synthetic hourly bars, recorded the way `execute_run` records them; and a
+Chromium driven by Playwright (Debian's package: no browser download here)."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from google.protobuf import field_mask_pb2
+from grpc import aio
+
+from foretell.account.v1 import account_service_pb2 as account_pb
+from foretell.account.v1 import account_service_pb2_grpc as account_grpc
+from foretell.calendars import CRYPTO
+from foretell.marketdata import set_calendar
+from foretell.registry.v1 import registry_service_pb2 as reg_pb
+from foretell.registry.v1 import registry_service_pb2_grpc as reg_grpc
+from foretell.runtime import Resources
+from foretell.subscription.v1 import subscription_service_pb2 as sub_pb
+from foretell.subscription.v1 import subscription_service_pb2_grpc as sub_grpc
+from tests._records import HOUR, F, Made, insert_bars, make_model, record_run, unique_symbol
+from tests.conftest import PASSWORD, SignedIn, unique_email
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("FORETELL_TEST_ARTIFACTS", ROOT / ".build" / "test-artifacts"))
+AXE = ROOT / "web" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def chromium_path() -> str | None:
+    return os.environ.get("FORETELL_CHROMIUM") or shutil.which("chromium")
+
+
+@dataclass(frozen=True)
+class WebModel:
+    made: Made
+    title: str
+    scored: int
+
+
+async def signed_up(
+    account: account_grpc.AccountServiceAsyncStub,
+    role: account_pb.Role.ValueType = account_pb.ROLE_PROVIDER,
+) -> SignedIn:
+    email = unique_email("web")
+    await account.CreateUser(
+        account_pb.CreateUserRequest(
+            email=email, password=PASSWORD, display_name="Web Provider", role=role
+        )
+    )
+    login = await account.Login(account_pb.LoginRequest(email=email, password=PASSWORD))
+    return SignedIn(login.user, login.tokens, email, PASSWORD)
+
+
+async def seed_model(
+    channel: aio.Channel,
+    resources: Resources,
+    *,
+    title: str,
+    runs: int,
+    price_minor: int,
+    trial_days: int,
+    seed: int,
+) -> WebModel:
+    """A public, published model of a new provider: hourly bars of its own symbol from 40 days
+    ago, `runs` live runs (one forecast each, with a probability and a predicted return),
+    most recorded long enough ago to be in the delayed sample; and its plan."""
+    account = account_grpc.AccountServiceStub(channel)
+    registry = reg_grpc.RegistryServiceStub(channel)
+
+    async def owner() -> SignedIn:
+        return await signed_up(account)
+
+    symbol = unique_symbol("FX")
+    made = await make_model(registry, owner, resources, symbols=(symbol,))
+    meta = made.owner.metadata
+    await registry.UpdateModel(
+        reg_pb.UpdateModelRequest(
+            model=reg_pb.Model(name=made.name, title=title, description=f"{title}: a test model."),
+            update_mask=field_mask_pb2.FieldMask(paths=["title", "description"]),
+        ),
+        metadata=meta,
+    )
+    await registry.PublishVersion(
+        reg_pb.PublishVersionRequest(model=made.name, number=1), metadata=meta
+    )
+    await sub_grpc.SubscriptionServiceStub(channel).UpdatePlan(
+        sub_pb.UpdatePlanRequest(
+            model=made.name,
+            plan=sub_pb.Plan(price_minor=price_minor, currency="USD", trial_days=trial_days),
+        ),
+        metadata=meta,
+    )
+    rng = random.Random(seed)  # noqa: S311 (test data, not secrets)
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=40)
+    closes = [1.1]
+    for _ in range(runs + 40):
+        closes.append(closes[-1] * math.exp(rng.gauss(0.0002, 0.002)))
+    await insert_bars(resources, symbol, [(start + i * HOUR, c) for i, c in enumerate(closes)])
+    # Round the clock, weekends too: every synthetic bar is a bar of the symbol's calendar.
+    await set_calendar(resources.db, symbol, CRYPTO, by="tests", now=datetime.now(UTC))
+    for i in range(runs):
+        as_of = start + (i + 11) * HOUR
+        up = rng.random() < 0.55
+        probability = round(0.5 + rng.random() * 0.4, 3)
+        forecast = F("up" if up else "down", (0.002 if up else -0.002), probability)
+        await record_run(resources, made, as_of, [forecast], recorded_at=as_of + HOUR)
+    return WebModel(made, title, runs)
+
+
+async def open_browser() -> AsyncIterator[object]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium_path())
+        yield browser
+        await browser.close()

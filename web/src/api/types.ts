@@ -1,0 +1,22 @@
+// Short names for the generated schema types the app uses.
+import type { components } from './schema'
+
+type S = components['schemas']
+export type Model = S['registry.v1.Model']
+export type Version = S['registry.v1.Version']
+export type Plan = S['subscription.v1.Plan']
+export type Subscription = S['subscription.v1.Subscription']
+export type SubscriptionState = S['subscription.v1.SubscriptionState']
+export type Invoice = S['subscription.v1.Invoice']
+export type Performance = S['forecast.v1.Performance']
+export type PerformanceResponse = S['forecast.v1.GetPerformanceResponse']
+export type Measures = S['forecast.v1.Measures']
+export type Series = S['forecast.v1.Series']
+export type ForecastRecord = S['forecast.v1.ForecastRecord']
+export type RunKind = S['forecast.v1.RunKind']
+export type Resolution = S['common.v1.Resolution']
+export type ApiKey = S['account.v1.ApiKey']
+export type User = S['account.v1.User']
+export type AuthTokens = S['account.v1.AuthTokens']
+export type Status = S['google.rpc.Status']
+export type Bars = S['datafeed.v1.Bars']

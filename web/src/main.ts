@@ -1,0 +1,8 @@
+import { createApp } from 'vue'
+import App from './App.vue'
+import { scheduleRefresh } from './api/client'
+import { router } from './router'
+import './style.css'
+
+createApp(App).use(router).mount('#app')
+scheduleRefresh()
