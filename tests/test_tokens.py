@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from foretell.account.v1 import account_service_pb2 as pb
 from foretell.account.v1 import account_service_pb2_grpc as pb_grpc
+from foretell.auth.api_keys import remember_existing
 from foretell.auth.policy import Role
 from foretell.auth.tokens import TokenIssuer
 from foretell.runtime import Resources
@@ -109,3 +110,26 @@ async def test_forged_tokens_are_refused_over_rest(
             response = await http.get("/v1/users/me", headers={"authorization": f"Bearer {token}"})
             assert response.status_code == 401, name
             assert response.json()["code"] == grpc.StatusCode.UNAUTHENTICATED.value[0], name
+
+
+async def test_an_existing_account_is_asked_about_once_a_window() -> None:
+    asked: list[uuid.UUID] = []
+    exists = {uuid.uuid4(), uuid.uuid4()}
+    now = [100.0]
+
+    async def check(user_id: uuid.UUID) -> bool:
+        asked.append(user_id)
+        return user_id in exists
+
+    remembered = remember_existing(check, for_s=10.0, now=lambda: now[0])
+    alive, gone = sorted(exists)[0], uuid.uuid4()
+    assert await remembered(alive) and await remembered(alive)
+    assert not await remembered(gone) and not await remembered(gone)
+    assert asked == [alive, gone, gone]  # a missing account is asked about every time
+    exists.discard(alive)
+    now[0] += 9.9
+    assert await remembered(alive)  # still within the window
+    now[0] += 0.2
+    assert not await remembered(alive)  # the deletion is seen once the window has passed
+    assert not await remembered(alive)
+    assert asked == [alive, gone, gone, alive, alive]

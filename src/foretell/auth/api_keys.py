@@ -6,7 +6,10 @@ runtime, because every service's interceptor needs it."""
 from __future__ import annotations
 
 import hashlib
+import math
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -55,3 +58,33 @@ async def user_exists(db: Database, user_id: uuid.UUID) -> bool:
     async with db.session() as session:
         found = await session.scalar(select(User.id).where(User.id == user_id))
     return found is not None
+
+
+UserCheck = Callable[[uuid.UUID], Awaitable[bool]]
+# How long a positive "this account exists" is trusted, and how many are remembered.
+USER_SEEN_S = 10.0
+_USER_SEEN_MAX = 10_000
+
+
+def remember_existing(
+    check: UserCheck, for_s: float = USER_SEEN_S, now: Callable[[], float] = time.monotonic
+) -> UserCheck:
+    """`check`, asked at most once per `for_s` seconds for an account it found: every signed-in
+    call asks whether its account still exists, and a busy client should cost one query a
+    window, not one a call. A deleted account is refused at most `for_s` later; an account not
+    found is asked about again every time."""
+    seen: dict[uuid.UUID, float] = {}
+
+    async def remembered(user_id: uuid.UUID) -> bool:
+        at = now()
+        if at - seen.get(user_id, -math.inf) < for_s:
+            return True
+        if not await check(user_id):
+            seen.pop(user_id, None)
+            return False
+        if len(seen) >= _USER_SEEN_MAX:
+            seen.clear()
+        seen[user_id] = at
+        return True
+
+    return remembered

@@ -15,7 +15,7 @@ import grpc
 from grpc import aio
 
 from foretell import metrics
-from foretell.auth.api_keys import API_KEY_PREFIX
+from foretell.auth.api_keys import API_KEY_PREFIX, UserCheck
 from foretell.auth.policy import INFRASTRUCTURE_PREFIXES, POLICY
 from foretell.auth.principal import Principal, set_principal
 from foretell.auth.tokens import TokenVerifier
@@ -28,7 +28,6 @@ log = get_logger("foretell.rpc")
 
 
 ApiKeyResolver = Callable[[str], Awaitable[Principal | None]]
-UserCheck = Callable[[uuid.UUID], Awaitable[bool]]
 
 
 def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:

@@ -14,7 +14,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from foretell.auth.api_keys import resolve_api_key, user_exists
+from foretell.auth.api_keys import remember_existing, resolve_api_key, user_exists
 from foretell.auth.tokens import TokenVerifier
 from foretell.logs import get_logger
 from foretell.metrics import serve_metrics
@@ -79,6 +79,7 @@ async def start_server(
     async def api_key(secret: str):  # type: ignore[no-untyped-def]
         return await resolve_api_key(resources.db, resources.clock, secret)
 
+    @remember_existing
     async def exists(user_id):  # type: ignore[no-untyped-def]
         return await user_exists(resources.db, user_id)
 
