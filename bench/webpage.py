@@ -27,7 +27,9 @@ from typing import Any
 
 from _stores import database, redis
 from google.protobuf import field_mask_pb2
+from playwright.async_api import async_playwright
 
+from foretell.account.v1 import account_service_pb2_grpc as account_grpc
 from foretell.calendars import CRYPTO
 from foretell.composition import SERVICES, start_services
 from foretell.marketdata import set_calendar
@@ -89,8 +91,6 @@ async ([ms, whilePlaying]) => {
 async def seed(channel: Any, resources: Resources, runs: int) -> tuple[str, str, str]:
     """A published model of a new provider, `runs` hourly live runs (one forecast each) on
     synthetic round-the-clock bars; returns (model name, owner email, symbol)."""
-    from foretell.account.v1 import account_service_pb2_grpc as account_grpc
-
     account = account_grpc.AccountServiceStub(channel)
     registry = reg_grpc.RegistryServiceStub(channel)
 
@@ -180,8 +180,6 @@ def _fps(intervals: list[float]) -> tuple[float, float]:
 
 
 async def browse(base_url: str, name: str, email: str, loads: int) -> None:
-    from playwright.async_api import async_playwright
-
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=chromium_path())
         context = await browser.new_context(
