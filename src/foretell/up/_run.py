@@ -111,6 +111,7 @@ def _start_demo_catalog(settings: Settings, database_url: str, console: Console)
     fatal: the platform runs without the demo."""
 
     def run() -> None:
+        # Imported here, as in `_load_demo`: only a start with the demo needs them.
         from foretell.db import connect
         from foretell.demo import DEMO_CATALOG_REPLAY_SLOTS, ensure_demo_catalog
 
