@@ -167,3 +167,33 @@ async def running_envoy(
         yield gateway
     finally:
         await asyncio.to_thread(manager.__exit__, None, None, None)
+
+
+@asynccontextmanager
+async def relay_from(local_host: str, target_port: int) -> AsyncIterator[str]:
+    """A TCP relay to 127.0.0.1:`target_port` whose outgoing connections come from
+    `local_host` (any 127.x address is this machine): Envoy sees another client address.
+    grpcio cannot pick a channel's source address itself. Yields the relay's target."""
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(
+            "127.0.0.1", target_port, local_addr=(local_host, 0)
+        )
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.close()
