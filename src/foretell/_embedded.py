@@ -35,9 +35,27 @@ class EmbeddedPostgres:
     stop: Callable[[], None]
 
 
-def start_postgres(pgdata: Path) -> EmbeddedPostgres:
+def postgres_bin_dir() -> Path:
+    """The directory of pgserver's own PostgreSQL programs (pg_dump, psql), which match the
+    embedded server's version."""
+    with warnings.catch_warnings():
+        # See start_postgres.
+        warnings.simplefilter("ignore", UserWarning)
+        import pgserver
+
+    # Its pg_config is relocatable: it reports where the wheel was installed.
+    pg_config = getattr(pgserver, "pg_config")  # noqa: B009 - made at import, untyped
+    bindir: str = pg_config(["--bindir"])
+    return Path(bindir.strip())
+
+
+def start_postgres(pgdata: Path, *, sole_user: bool = True) -> EmbeddedPostgres:
     """Starts (or adopts an already running) PostgreSQL on `pgdata` and makes sure the `foretell`
-    database exists. It listens on a Unix socket only, so it never takes a TCP port."""
+    database exists. It listens on a Unix socket only, so it never takes a TCP port.
+
+    `sole_user`: the caller holds the data directory's lock (`foretell up`), so other users
+    recorded by pgserver are stale. Otherwise (a backup while the platform runs) the server
+    is shared, and `stop` only stops it when this process was its last user."""
     with warnings.catch_warnings():
         # pgserver looks up a runtime directory when imported (for a lock file and a fallback
         # socket directory), and platformdirs warns when XDG_RUNTIME_DIR is unset, as under
@@ -50,7 +68,8 @@ def start_postgres(pgdata: Path) -> EmbeddedPostgres:
     # pgserver only stops the server when the last process on its handle list lets go. A
     # `foretell up` that was killed leaves its pid on that list and would turn our stop into a
     # no-op; the caller holds the data directory's lock, so every entry there is stale.
-    (pgdata / ".handle_pids.json").unlink(missing_ok=True)
+    if sole_user:
+        (pgdata / ".handle_pids.json").unlink(missing_ok=True)
     server = get_server(pgdata, cleanup_mode="stop")
     try:
         asyncio.run(_create_database(server.get_uri()))

@@ -191,6 +191,15 @@ class Settings:
             shown="`$FORETELL_DATA_DIR/store`",
         ),
     )
+    # None: pgserver's own client tools for the embedded server, PATH's for a URL.
+    pg_bin_dir: Path | None = field(
+        default=None,
+        metadata=_doc(
+            "Where `foretell backup` and `foretell restore` find `pg_dump` and `psql`. Their "
+            "major version must be at least the server's.",
+            shown="pgserver's for the embedded server, else `PATH`",
+        ),
+    )
     # Where builds get wheels: an index URL, or a local wheelhouse (then no index is used).
     pip_index_url: str | None = field(
         default=None,
@@ -446,6 +455,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "smtp_url": _url("smtp://", "smtps://"),
     "smtp_from": _text,
     "store_dir": lambda _name, raw: Path(raw),
+    "pg_bin_dir": lambda _name, raw: Path(raw),
     "pip_index_url": _url("http://", "https://", "file://"),
     "wheelhouse": lambda _name, raw: Path(raw),
     "max_bundle_bytes": _positive_int,

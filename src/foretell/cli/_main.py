@@ -23,7 +23,7 @@ from foretell.cli._registry import (
     visibility,
 )
 from foretell.cli._run import run
-from foretell.cli._server import admin, db, gateway_config, serve, up, worker
+from foretell.cli._server import admin, backup, db, gateway_config, restore, serve, up, worker
 from foretell.cli._verify import verify
 
 
@@ -76,6 +76,8 @@ cli.add_command(worker)
 cli.add_command(gateway_config)
 cli.add_command(db)
 cli.add_command(admin)
+cli.add_command(backup)
+cli.add_command(restore)
 cli.add_command(demo)
 # Provider commands: client side only, against a running Foretell (--url / FORETELL_URL).
 for command in (

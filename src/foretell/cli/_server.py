@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pathlib
 import signal
 import sys
 from typing import TYPE_CHECKING, NoReturn, cast
@@ -430,3 +431,65 @@ def admin_invoices_credit(invoice_id: str, amount_minor: int, reason: str, as_js
             f"invoice {row['id']}: credited {row['credited_minor']}, due {row['amount_due_minor']}"
             f" ({row['state']})"
         )
+
+
+@click.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+def backup(path: pathlib.Path) -> None:
+    """Back up the platform into one archive file: the database (FORETELL_DATABASE_URL, or the
+    embedded one in FORETELL_DATA_DIR), the artifact store objects it refers to and the token
+    and ledger signing keys. Consistent while the platform runs. The file holds the keys:
+    keep it as secret as the data directory.
+
+    \b
+    Example:
+      foretell backup /var/backups/foretell-$(date +%F).tar.gz
+    """
+    # The server stack, loaded when the command runs (see the module docstring).
+    from foretell.backup import BackupError, create_backup
+
+    settings = _settings()
+    try:
+        manifest = asyncio.run(create_backup(settings, path, _say))
+    except BackupError as error:
+        _fail(str(error), 1)
+    click.echo(
+        f"wrote {path}: database at schema {manifest.schema_revision}, "
+        f"{len(manifest.bundles)} bundles, {len(manifest.images)} images, "
+        f"{len(manifest.files)} files"
+    )
+
+
+@click.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace a database and keys that are not empty (the store keeps its objects).",
+)
+def restore(path: pathlib.Path, force: bool) -> None:
+    """Restore a backup into FORETELL_DATABASE_URL (or a new embedded PostgreSQL in
+    FORETELL_DATA_DIR), the artifact store and the data directory's keys. The archive is
+    checked against its manifest before anything is written; a target that is not empty is
+    refused unless --force. Stop the platform first.
+
+    \b
+    Example:
+      FORETELL_DATA_DIR=/srv/foretell foretell restore foretell-2026-12-07.tar.gz
+    """
+    # The server stack, loaded when the command runs (see the module docstring).
+    from foretell.backup import BackupError, restore_backup
+
+    settings = _settings()
+    try:
+        manifest = asyncio.run(restore_backup(settings, path, _say, force=force))
+    except BackupError as error:
+        _fail(str(error), 1)
+    click.echo(
+        f"restored {path} (made {manifest.created_at} by Foretell {manifest.foretell_version}): "
+        f"{len(manifest.bundles)} bundles, {len(manifest.images)} images"
+    )
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
