@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, ScalarSelect, and_, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from foretell.billing import prorate
 from foretell.billing._months import add_months
 from foretell.billing.machine import LIVE, Event, State, fire
 from foretell.billing.payments import Charge, PaymentProcessor
@@ -359,12 +360,60 @@ async def issue_credit_note(
     return credited
 
 
+async def credit_unused_period(
+    session: AsyncSession, sub: Subscription, ended_at: datetime, reason: str
+) -> CreditNote | None:
+    """Credits the unused part of the subscription's current period, pro rata
+    (`foretell.billing.prorate`), on that period's invoice: a refund owed when it was paid, less
+    to pay when it is open. Nothing for a trial (no invoice) or a period already credited in
+    full. Idempotent: an invoice gets at most one such credit (a unique index), so a retry
+    returns None. Runs in the caller's transaction, after the subscription ended."""
+    status = next(
+        iter(
+            await invoice_statuses(
+                session,
+                Invoice.subscription_id == sub.id,
+                Invoice.period_start == sub.period_start,
+            )
+        ),
+        None,
+    )
+    if status is None:
+        return None
+    invoice = status.invoice
+    unused = prorate.unused_minor(
+        invoice.amount_minor, invoice.period_start, invoice.period_end, ended_at
+    )
+    # Never more than what is left of the invoice after earlier credits.
+    amount = min(unused, invoice.amount_minor - status.credited_minor)
+    if amount <= 0:
+        return None
+    line = prorate.describe(invoice.period_start, invoice.period_end, ended_at)
+    note_id = await session.scalar(
+        insert(CreditNote)
+        .values(
+            id=uuid.uuid4(),
+            invoice_id=invoice.id,
+            amount_minor=amount,
+            reason=f"{reason}: {line}",
+            issued_at=ended_at,
+            unused_from=min(max(ended_at, invoice.period_start), invoice.period_end),
+        )
+        .on_conflict_do_nothing(
+            index_elements=["invoice_id"], index_where=CreditNote.unused_from.is_not(None)
+        )
+        .returning(CreditNote.id)
+    )
+    return None if note_id is None else await session.get(CreditNote, note_id)
+
+
 async def end_for_access(
     session: AsyncSession, model_id: uuid.UUID, reason: str, now: datetime
 ) -> int:
     """Billing follows access: ends every live subscription to a model its subscribers may no
-    longer read, with `reason` recorded for them, and credits their open invoices in full.
-    Returns how many subscriptions ended. Runs in the caller's transaction."""
+    longer read, with `reason` recorded for them, credits their open invoices in full and the
+    unused part of a paid current period pro rata. Returns how many subscriptions ended. Runs
+    in the caller's transaction."""
     subs = (
         await session.scalars(
             select(Subscription)
@@ -382,4 +431,5 @@ async def end_for_access(
             await issue_credit_note(
                 session, status.invoice.id, status.amount_due_minor, reason, now
             )
+        await credit_unused_period(session, sub, now, reason)
     return len(subs)

@@ -371,6 +371,13 @@ class CreditNote(Base):
     __table_args__ = (
         CheckConstraint("amount_minor > 0", name="credit_notes_amount_check"),
         Index("credit_notes_invoice_idx", "invoice_id"),
+        # A prorated credit (unused_from set) at most once per invoice (migration 0014).
+        Index(
+            "credit_notes_unused_once_idx",
+            "invoice_id",
+            unique=True,
+            postgresql_where=text("unused_from IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -378,6 +385,8 @@ class CreditNote(Base):
     amount_minor: Mapped[int] = mapped_column(BigInteger)
     reason: Mapped[str] = mapped_column(Text)
     issued_at: Mapped[datetime]
+    # Set on a prorated credit: the period was unused from this moment to its end.
+    unused_from: Mapped[datetime | None]
 
 
 class ModelRevision(Base):

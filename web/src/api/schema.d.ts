@@ -2735,7 +2735,7 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": {
-                    /** @description End it now rather than at the end of the current period (no refund). */
+                    /** @description End it now rather than at the end of the current period: the unused part of the current period is credited pro rata. */
                     immediately?: boolean;
                 };
             };

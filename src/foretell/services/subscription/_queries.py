@@ -21,6 +21,7 @@ from foretell.billing.settle import (
     InvoiceStatus,
     Terms,
     after_invoice,
+    credit_unused_period,
     invoice_statuses,
     is_open,
     issue_credit_note,
@@ -223,6 +224,8 @@ async def cancel(
                     "canceled before the first payment",
                     now,
                 )
+        if immediately:
+            await credit_unused_period(session, sub, now, "canceled by the subscriber")
         return sub, await _model_name(session, sub)
 
 

@@ -517,7 +517,9 @@ class CancelSubscriptionRequest(_message.Message):
     id: _builtins.str
     """The subscription's id."""
     immediately: _builtins.bool
-    """End it now rather than at the end of the current period (no refund)."""
+    """End it now rather than at the end of the current period: the unused part
+    of the current period is credited pro rata.
+    """
     def __init__(
         self,
         *,
