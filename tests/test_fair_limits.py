@@ -5,6 +5,7 @@ share is refused (429 over REST, RESOURCE_EXHAUSTED over gRPC) while others go o
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import grpc
@@ -20,7 +21,8 @@ from foretell.runtime import Resources, RunningServer
 from foretell.settings import Address, Settings
 from tests import _envoy
 from tests._records import make_model
-from tests.conftest import SignUp
+from tests._registry import upload_bytes
+from tests.conftest import SignUp, status_code
 
 PER_CLIENT = 3
 
@@ -114,3 +116,27 @@ async def test_one_grpc_client_spending_its_share_leaves_others_theirs(
         with pytest.raises(grpc.RpcError) as other_dry:
             await other.DryRun(dry, metadata=honest.metadata)
         assert other_dry.value.code() != grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Uploads too (a client stream: refused on its headers, before any bundle byte).
+        flood_registry = reg_grpc.RegistryServiceStub(flood_channel)
+        other_registry = reg_grpc.RegistryServiceStub(other_channel)
+        codes = [
+            await _upload_code(flood_registry, made.name, flooder.metadata)
+            for _ in range(PER_CLIENT + 1)
+        ]
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED not in codes[:PER_CLIENT]
+        assert codes[-1] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        honest_code = await _upload_code(other_registry, made.name, honest.metadata)
+        assert honest_code not in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OK)
+
+
+async def _upload_code(
+    registry: reg_grpc.RegistryServiceAsyncStub, model: str, metadata: tuple[tuple[str, str]]
+) -> grpc.StatusCode:
+    """An upload of a bundle that is not one (refused by the service unless rate limited)."""
+    data = b"not a bundle"
+    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    try:
+        await upload_bytes(registry, metadata, model, data, digest)
+    except grpc.RpcError as error:
+        return status_code(error)
+    return grpc.StatusCode.OK
