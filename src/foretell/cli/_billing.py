@@ -165,7 +165,12 @@ def subscriptions(model: str, url: str, as_json: bool) -> None:
 
 @click.command(short_help="Cancel a subscription (at period end by default).")
 @click.argument("subscription_id")
-@click.option("--now", "immediately", is_flag=True, help="End it now; the unused part of the period is credited pro rata.")
+@click.option(
+    "--now",
+    "immediately",
+    is_flag=True,
+    help="End it now; the unused part of the period is credited pro rata.",
+)
 @url_option
 @json_option
 def cancel(subscription_id: str, immediately: bool, url: str, as_json: bool) -> None:
