@@ -270,15 +270,16 @@ async def slot(res: Resources, image_digest: str, manifest: Manifest, count: int
     worker = create_worker(res.settings, lane=Lane.LIVE, burst=True, clock=clock)
     try:
         await worker.async_run()
+        elapsed = time.perf_counter() - started
+        # Before the worker's shutdown closes them.
+        templates(res)
     finally:
         await worker.close()
-    elapsed = time.perf_counter() - started
     async with res.db.session() as session:
         ok = await session.scalar(
             select(func.count()).where(Run.as_of == due, Run.kind == "live", Run.outcome == "ok")
         )
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    templates(res)
     print(
         f"slot: {count} live versions ({scheduled['enqueued']} enqueued, {ok} ok) recorded in "
         f"{elapsed:.1f} s with {res.settings.live_concurrency} jobs at once "
@@ -380,13 +381,13 @@ async def main_async(args: argparse.Namespace) -> None:
                             await plain_run(res, image, sdk, runs_root, as_of, manifest)
                         )
                         timings["c"].append(await warm.run(res, runs_root, as_of, manifest))
+                    templates(res)
                 finally:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
                     await worker.close()
                     await warm.stop()
                 report(args.runs, timings)
-                templates(res)
                 if args.slot_models:
                     await slot(res, digest, manifest, args.slot_models)
     finally:

@@ -314,7 +314,9 @@ async def execute_run(
         raise NotRunnable(f"version {version.number} is not built ({version.build_state})")
     try:
         # Re-verified before every run: an image changed on disk must never run.
-        image = store.verified_image(version.image_digest)
+        # Off the event loop: walking a large image's tree takes a while, and other runs of
+        # the worker go on meanwhile.
+        image = await asyncio.to_thread(store.verified_image, version.image_digest)
     except (ArtifactCorrupt, OSError) as error:
         raise NotRunnable(str(error)) from None
     calendar = await model_calendar(db, list(model.symbols))

@@ -157,20 +157,15 @@ class Template:
             asyncio.create_task(_drain_fd(err_read, stderr)),
         ]
         started = time.monotonic()
-        killed_from_outside = False
+        killed_from_outside = failed = False
         try:
-            message = await _receive(self.control, FORK_TIMEOUT_S)
-            if "started" not in message:
-                raise TemplateFailed(f"the template refused the run: {message}")
-            try:
-                message = await _receive(self.control, limits.wall_seconds)
-            except TemplateFailed:
-                if self.alive and time.monotonic() - started >= limits.wall_seconds:
-                    killed_from_outside = True
-                else:
-                    raise
+            message, killed_from_outside = await self._await_end(limits, started)
+        except TemplateFailed:
+            failed = True
+            raise
         finally:
-            if killed_from_outside or not self.alive:
+            # Killing the jail ends the run's pipes too (a hung template holds their ends).
+            if killed_from_outside or failed or not self.alive:
                 await self.kill()
             _done, pending = await asyncio.wait(readers, timeout=_DRAIN_TIMEOUT_S)
             for task in pending:
@@ -211,6 +206,21 @@ class Template:
             duration_s=duration,
             log="",
         )
+
+    async def _await_end(
+        self, limits: SandboxLimits, started: float
+    ) -> tuple[dict[str, object], bool]:
+        """The template's report of the child's end, and whether the wall clock ran out first
+        (then the report is only that the child started)."""
+        message = await _receive(self.control, FORK_TIMEOUT_S)
+        if "started" not in message:
+            raise TemplateFailed(f"the template refused the run: {message}")
+        try:
+            return await _receive(self.control, limits.wall_seconds), False
+        except TemplateFailed:
+            if self.alive and time.monotonic() - started >= limits.wall_seconds:
+                return message, True
+            raise
 
     async def kill(self) -> None:
         if self.alive:
