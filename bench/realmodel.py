@@ -4,7 +4,8 @@ logistic regression), built by the platform's builder and run as the platform ru
 Measured in one run, each repeated and interleaved, median and spread printed:
 
 - (a) a scheduled live run end to end through the live lane's worker: `run_version` enqueued,
-  the worker takes it, verifies the image, serves the run-scoped DataFeed, runs the jail,
+  the worker takes it, verifies the image, serves the run-scoped DataFeed, forks the run from
+  the layer's warm template (FORETELL_WARM_STARTS, on by default; `--cold` turns it off),
   records the run and its forecasts; timed from enqueue to the job's result;
 - (a0) the same for the same image without its bytecode (as images were built before pycs:
   the simple alternative, and what existing images still do);
@@ -47,7 +48,7 @@ from foretell.build import MemoryLog, NativeBuilder
 from foretell.bundle import Manifest, pack_dir, parse_manifest
 from foretell.db.models import Model, Run, User, Version
 from foretell.demo import load_demo_bars
-from foretell.runs import DatabaseBars, RunScope, RunServer
+from foretell.runs import DatabaseBars, RunScope, RunServer, warm_templates
 from foretell.runtime.lanes import Lane, queue_name
 from foretell.runtime.resources import Resources, open_resources
 from foretell.sandbox import prepare_run_dir, sdk_dir, system_python
@@ -269,9 +270,11 @@ async def slot(res: Resources, image_digest: str, manifest: Manifest, count: int
     worker = create_worker(res.settings, lane=Lane.LIVE, burst=True, clock=clock)
     try:
         await worker.async_run()
+        elapsed = time.perf_counter() - started
+        # Before the worker's shutdown closes them.
+        templates(res)
     finally:
         await worker.close()
-    elapsed = time.perf_counter() - started
     async with res.db.session() as session:
         ok = await session.scalar(
             select(func.count()).where(Run.as_of == due, Run.kind == "live", Run.outcome == "ok")
@@ -286,9 +289,23 @@ async def slot(res: Resources, image_digest: str, manifest: Manifest, count: int
     )
 
 
+def templates(res: Resources) -> None:
+    pool = warm_templates(res.settings)
+    if pool is None:
+        print("warm starts: off")
+        return
+    held = pool.templates
+    total = sum(t.measure() for t in held) / 2**20
+    each = ", ".join(f"{t.memory_bytes / 2**20:.0f}" for t in held)
+    print(
+        f"warm templates: {len(held)} held (bound {pool.max_templates}), {total:.0f} MiB charged "
+        f"to their cgroups together ({each} MiB)"
+    )
+
+
 LABELS = {
     "a": "(a)  live run through the worker, image with bytecode",
-    "a0": "(a0) the same, image without bytecode (before)",
+    "a0": "(a0) the same, image without bytecode (warm too)",
     "b": "(b)  predict in a cold plain Python, with bytecode",
     "c": "(c)  predict in a warm process (the floor)",
 }
@@ -321,6 +338,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 # Room for a cold image on a loaded machine: a timeout would hide the figure.
                 run_wall_s=120,
                 run_cpu_s=120,
+                warm_starts="off" if args.cold else "on",
             )
             clock = Clock(LAST_CLOSE + timedelta(minutes=5))
             async with open_resources(settings, clock) as res:
@@ -363,6 +381,7 @@ async def main_async(args: argparse.Namespace) -> None:
                             await plain_run(res, image, sdk, runs_root, as_of, manifest)
                         )
                         timings["c"].append(await warm.run(res, runs_root, as_of, manifest))
+                    templates(res)
                 finally:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
@@ -380,6 +399,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--slot-models", type=int, default=20)
     parser.add_argument("--index-url", default="file:///opt/pypi/simple")
+    parser.add_argument("--cold", action="store_true", help="warm starts off: every run cold")
     asyncio.run(main_async(parser.parse_args()))
 
 

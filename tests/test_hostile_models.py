@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import textwrap
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,9 +24,9 @@ from foretell.db.models import Forecast, Model, Run, Version
 from foretell.marketdata import BarColumns, ingest_bars
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
-from foretell.runs import RunRecord, execute_run
+from foretell.runs import RunKind, RunRecord, execute_run
 from foretell.runtime import Resources
-from foretell.sandbox import SandboxLimits, sdk_dir
+from foretell.sandbox import SandboxLimits, TemplatePool, detect_cgroups, sdk_dir
 from foretell.settings import Settings
 from tests._registry import model_name, push, run_builds, write_model
 from tests.conftest import PASSWORD, MovableClock, unique_email
@@ -434,21 +435,29 @@ async def _run(
     key: str,
     clock: MovableClock,
     limits: SandboxLimits = ROOMY,
+    templates: TemplatePool | None = None,
+    as_of: datetime = AS_OF,
 ) -> tuple[RunRecord, list[Run], list[Forecast]]:
+    """The case's run, cold; with `templates`, warm, recorded as a dry run (its own record)."""
     model, version = fleet.models[key]
+    kind: RunKind = "dry" if templates is not None else "live"
     record = await execute_run(
         resources.db,
         resources.store,
         model,
         version,
-        AS_OF,
+        as_of,
         run_root=settings.data_dir / "runs",
         sdk=sdk_dir(settings.data_dir),
         limits=limits,
         clock=clock,
+        kind=kind,
+        templates=templates,
     )
     async with resources.db.session() as session:
-        runs = list(await session.scalars(select(Run).where(Run.model_id == model.id)))
+        runs = list(
+            await session.scalars(select(Run).where(Run.model_id == model.id, Run.kind == kind))
+        )
         forecasts = list(
             await session.scalars(select(Forecast).where(Forecast.model_id == model.id))
         )
@@ -488,6 +497,48 @@ async def test_a_hostile_model_is_contained(
     for secret in planted_secrets:
         assert secret not in seen
     assert record.duration_s < limits.wall_seconds + 2
+
+
+@pytest.fixture(scope="module")
+async def warm_pool(settings: Settings) -> AsyncIterator[TemplatePool]:
+    root = settings.data_dir / "warm-hostile"
+    pool = TemplatePool(root, sdk_dir(settings.data_dir), detect_cgroups(), max_templates=2)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+async def test_a_hostile_model_is_contained_when_started_warm(
+    fleet: Fleet,
+    resources: Resources,
+    settings: Settings,
+    clock: MovableClock,
+    planted_secrets: list[str],
+    warm_pool: TemplatePool,
+    case: Case,
+) -> None:
+    """Every attack again, forked from a template that served the cases before it."""
+    limits = LIMITS if case.outcome == "timeout" else ROOMY
+    record, runs, forecasts = await _run(
+        resources, settings, fleet, case.name, clock, limits, warm_pool
+    )
+    seen = record.detail + "\n" + record.log
+    assert [(r.id, r.outcome) for r in runs] == [(record.run_id, case.outcome)], seen[-3000:]
+    assert forecasts == []
+    assert "ESCAPED" not in seen
+    for evidence in case.evidence:
+        assert evidence in seen, [line for line in seen.splitlines() if "pthread" not in line]
+    for secret in planted_secrets:
+        assert secret not in seen
+    assert record.duration_s < limits.wall_seconds + 2
+    # The well-behaved model still runs, warm, after each attack.
+    as_of = AS_OF - timedelta(hours=1 + CASES.index(case))
+    after, _runs, _forecasts = await _run(
+        resources, settings, fleet, "victim", clock, ROOMY, warm_pool, as_of
+    )
+    assert after.outcome == "ok" and len(after.forecasts) == 2, after.detail + after.log
 
 
 async def test_the_flood_is_capped_keeping_the_end(

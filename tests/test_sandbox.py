@@ -175,6 +175,7 @@ def test_the_public_api_is_pinned() -> None:
         "SandboxUnavailable", "create_run_cgroups", "detect_cgroups", "nsjail_binary",
         "prepare_run_dir", "render_policy", "render_template", "run_in_sandbox", "sdk_dir",
         "sweep_stale_run_cgroups", "system_python", "template_parameters",
+        "PRELOAD_FILE", "Template", "TemplateFailed", "TemplatePool", "read_preload",
     }  # fmt: skip
 
 

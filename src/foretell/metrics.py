@@ -64,6 +64,23 @@ SANDBOX_MEMORY_PEAK = Histogram(
     "Highest memory use of a jail (its cgroup's peak) over its run.",
     buckets=tuple(float(2**n * 1024 * 1024) for n in range(4, 13)),  # 16 MiB .. 4 GiB
 )
+WARM_STARTS = Counter(
+    "foretell_warm_starts",
+    "Runs by how they started: warm (forked from an idle template), started (a new template "
+    "started for the run), cold (no template could serve it, or warm starts are off).",
+    ["result"],
+)
+WARM_EVICTIONS = Counter(
+    "foretell_warm_template_evictions",
+    "Warm templates closed, by reason: lru (room for another layer), memory (over the bound), "
+    "failed (died, hung or timed out).",
+    ["reason"],
+)
+WARM_TEMPLATES = Gauge("foretell_warm_templates", "Warm templates this worker holds.")
+WARM_TEMPLATE_MEMORY = Gauge(
+    "foretell_warm_template_memory_bytes",
+    "Memory charged to this worker's warm templates' cgroups, measured when each was last idle.",
+)
 BUILDS = Counter(
     "foretell_builds", "Version builds finished, by result (ready, failed).", ["result"]
 )

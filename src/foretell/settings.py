@@ -301,6 +301,28 @@ class Settings:
     run_memory_mib: int = field(
         default=512, metadata=_doc("Memory limit of a scheduled run's jail, in MiB.")
     )
+    # Warm starts (foretell.sandbox.TemplatePool): runs fork from a jail that has imported the
+    # SDK and the version's wheels; a cold start stays the fallback.
+    warm_starts: Literal["on", "off"] = field(
+        default="on",
+        metadata=_doc(
+            "Runs start from warm templates (a jail per dependency layer that imported the "
+            "SDK and the wheels, forking a child per run); `off`: every run starts cold."
+        ),
+    )
+    warm_templates: int = field(
+        default=4,
+        metadata=_doc(
+            "Warm templates one worker process keeps at most (least recently used evicted)."
+        ),
+    )
+    warm_memory_mib: int = field(
+        default=2048,
+        metadata=_doc(
+            "Memory one worker process's warm templates may hold together, in MiB (least "
+            "recently used evicted past it)."
+        ),
+    )
     # Billing: an invoice is due this many days after it is issued; unpaid past that, the
     # subscription is PAST_DUE (still readable) for the grace days, then EXPIRED.
     billing_due_days: int = field(
@@ -473,6 +495,9 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "run_wall_s": _positive_int,
     "run_cpu_s": _positive_int,
     "run_memory_mib": _positive_int,
+    "warm_starts": _choice("on", "off"),
+    "warm_templates": _positive_int,
+    "warm_memory_mib": _positive_int,
     "billing_due_days": _positive_int,
     "billing_grace_days": _positive_int,
     "billing_auto_pay": _choice("on", "off"),

@@ -60,18 +60,29 @@ def tree_digest(root: Path) -> str:
 
 def tree_fingerprint(root: Path) -> str:
     """A cheap summary of a tree's metadata (no file is read): changes whenever any entry is
-    written, replaced, renamed, added, removed or has its mode changed."""
+    written, replaced, renamed, added, removed or has its mode changed. Runs before every run
+    on images of thousands of files (numpy, pandas, scipy: ~7,000), so it is one lstat per
+    entry through scandir and byte formatting, no Path objects."""
     outer = hashlib.sha256()
-    for directory, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in [".", *sorted(filenames), *dirnames]:
-            path = Path(directory, name)
-            st = path.lstat()
-            relative = str(path.relative_to(root)).encode("utf-8", "surrogateescape")
-            outer.update(relative + b"\0")
-            fields = (st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            outer.update(" ".join(map(str, fields)).encode() + b"\n")
+    stack = [(os.fsencode(root), b".")]
+    while stack:
+        path, relative = stack.pop()
+        st = os.lstat(path)
+        outer.update(b"%s\0%d %d %d %d %d\n" % (relative, *_fields(st)))
+        with os.scandir(path) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+        for entry in entries:
+            name = relative + b"/" + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((entry.path, name))
+            else:
+                fields = _fields(entry.stat(follow_symlinks=False))
+                outer.update(b"%s\0%d %d %d %d %d\n" % (name, *fields))
     return outer.hexdigest()
+
+
+def _fields(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 # image path -> (its digest, its tree's fingerprint when that digest was last computed).

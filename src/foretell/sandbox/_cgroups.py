@@ -102,6 +102,33 @@ class RunCgroups:
         except (OSError, ValueError):
             return None
 
+    def memory_usage(self) -> int | None:
+        """The memory charged to the run's cgroups now, in bytes."""
+        name = (
+            "memory.current" if self.host.version is CgroupVersion.V2 else "memory.usage_in_bytes"
+        )
+        try:
+            return int(_read(self.dirs()[0] / name))
+        except (OSError, ValueError):
+            return None
+
+    def oom_kills(self) -> int:
+        """v2: OOM kills so far (memory.events counts them hierarchically); v1: 0."""
+        if self.host.version is not CgroupVersion.V2:
+            return 0
+        events = _read(self.dirs()[0] / "memory.events")
+        counts = dict(line.split() for line in events.splitlines() if line.strip())
+        return int(counts.get("oom_kill", "0"))
+
+    def reset_memory_peak(self) -> None:
+        """Starts a new high-water mark (v1; v2 kernels from 6.12), for a cgroup that serves
+        run after run (a warm template's)."""
+        name = (
+            "memory.peak" if self.host.version is CgroupVersion.V2 else "memory.max_usage_in_bytes"
+        )
+        with contextlib.suppress(OSError):
+            (self.dirs()[0] / name).write_text("0")
+
     async def remove(self, attempts: int = 100) -> None:
         """Kills whatever is still in the run's cgroups and removes them, deepest first."""
         for _ in range(attempts):

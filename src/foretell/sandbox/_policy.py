@@ -174,6 +174,7 @@ def policy_values(limits: SandboxLimits, run: RunPaths) -> dict[str, object]:
         "socket_dir": str(run.socket_dir),
         "jail_socket_dir": JAIL_SOCKET_DIR,
         "jail_socket": JAIL_SOCKET,
+        "warm": False,
     }
 
 

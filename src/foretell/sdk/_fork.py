@@ -1,0 +1,200 @@
+"""The warm template: `python -m foretell.sdk._fork FD MODULE...` inside a jail (see
+foretell.sandbox's warm starts). Never imported by a model.
+
+It imports the runner and the given modules of the image's wheels once, never anything of the
+provider's app (/image/app, empty while it imports), then serves one run at a time on the
+control socket the worker passed as fd FD (SOCK_SEQPACKET): each request is a JSON message with
+the runner's argv and two fds, the run's stdout and stderr. For each it forks a child that
+becomes the runner; when the child has ended it kills every other process of the jail (what the
+child left behind), removes SysV IPC and everything under /tmp, and reports the child's status.
+The child never holds the control socket, and the template is PID 1 of the jail's PID namespace
+with no signal handler, so nothing the child does can signal, trace or impersonate it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import gc
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+import traceback
+
+_PR_SET_DUMPABLE = 4
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_SITE = "/image/site-packages/"
+_TMP = "/tmp"  # noqa: S108 - the jail's own tmpfs
+
+
+def _preload(names: list[str]) -> list[str]:
+    """Imports each name that is a module of the image's wheels; returns those that failed.
+    A name resolving anywhere else (the app, the SDK) is not imported: the list comes from the
+    build's import check, which the provider's code could have written into."""
+    failed = []
+    for name in names:
+        if not _NAME.match(name):
+            continue
+        top = name.partition(".")[0]
+        try:
+            spec = importlib.util.find_spec(top)
+            origin = (spec.origin or "") if spec else ""
+            locations = list(spec.submodule_search_locations or []) if spec else []
+            if not (origin.startswith(_SITE) or any(p.startswith(_SITE) for p in locations)):
+                continue
+            importlib.import_module(name)
+        except BaseException:  # noqa: BLE001 - a module that does not import stays cold
+            failed.append(name)
+    return failed
+
+
+def _child(argv: list[str], out: int, err: int, control: socket.socket) -> None:
+    code = 1
+    try:
+        control.close()
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        os.close(out)
+        os.close(err)
+        importlib.invalidate_caches()
+        # numpy's global generator was seeded once in the template: every run gets fresh entropy,
+        # as a cold start would.
+        if (numpy_random := sys.modules.get("numpy.random")) is not None:
+            numpy_random.seed()
+        from foretell.sdk import run
+
+        sys.argv = ["foretell.sdk.run", *argv]
+        try:
+            code = run.main(argv)
+        except SystemExit as stop:
+            if stop.code is None or isinstance(stop.code, int):
+                code = stop.code or 0
+            else:
+                print(stop.code, file=sys.stderr)
+                code = 1
+        except BaseException:  # noqa: BLE001 - reported as the interpreter would
+            traceback.print_exc()
+            code = 1
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code if 0 <= code < 256 else 1)
+
+
+def _kill_the_rest() -> None:
+    """Kills every process of the jail but this one (PID 1) and reaps them."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(-1, signal.SIGKILL)
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+
+
+def _remove_ipc() -> None:
+    """SysV IPC objects outlive their creator in the jail's IPC namespace."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    # IPC_RMID (0) is the command of shmctl(id, cmd, buf) and msgctl, the third argument of
+    # semctl(id, num, cmd): (id, 0, NULL) removes for all three.
+    for kind, remove in (("shm", libc.shmctl), ("sem", libc.semctl), ("msg", libc.msgctl)):
+        try:
+            lines = open(f"/proc/sysvipc/{kind}").read().splitlines()[1:]  # noqa: SIM115
+        except OSError:
+            continue
+        for line in lines:
+            ident = int(line.split()[1])
+            remove(ident, 0, None)
+
+
+def _wipe_tmp() -> None:
+    for name in os.listdir(_TMP):
+        path = os.path.join(_TMP, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            for directory, dirs, _files in os.walk(path):
+                # A run may have taken its own permissions away: the owner gives them back.
+                for sub in dirs:
+                    with contextlib.suppress(OSError):
+                        os.chmod(os.path.join(directory, sub), 0o700)
+            with contextlib.suppress(OSError):
+                os.chmod(path, 0o700)
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def _status(raw: int) -> dict[str, int]:
+    if os.WIFSIGNALED(raw):
+        return {"signal": os.WTERMSIG(raw)}
+    return {"exit": os.WEXITSTATUS(raw)}
+
+
+def serve(control: socket.socket) -> None:
+    while True:
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, 2)
+        except InterruptedError:
+            continue
+        if not message:
+            return
+        request = json.loads(message)
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            control.send(json.dumps({"error": "a run needs two fds"}).encode())
+            continue
+        out, err = fds
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child(list(request["argv"]), out, err, control)
+        os.close(out)
+        os.close(err)
+        control.send(json.dumps({"started": pid}).encode())
+        while True:
+            try:
+                _pid, raw = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+        _kill_the_rest()
+        _remove_ipc()
+        _wipe_tmp()
+        control.send(json.dumps(_status(raw)).encode())
+
+
+def main() -> int:
+    control = socket.socket(fileno=int(sys.argv[1]))
+    # PID 1 of its namespace ignores the signals it has no handler for, even from its own
+    # children: take back the handler Python installs for SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # Not dumpable: a child (same uid) cannot open /proc/1/fd, /proc/1/mem or /proc/1/environ.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        return errno.EPERM
+    import foretell.sdk.run  # noqa: F401 - the runner and through it grpc and protobuf
+
+    failed = _preload(sys.argv[2:])
+    # Objects that exist now are never collected again: a child's collections do not touch
+    # (and so copy) the template's pages.
+    gc.collect()
+    gc.freeze()
+    control.send(json.dumps({"ready": os.getpid(), "failed": failed}).encode())
+    serve(control)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
