@@ -14,6 +14,9 @@ import { refreshDelay, session } from './session'
 export interface StreamOptions {
   signal: AbortSignal
   query?: Record<string, string>
+  /** Called once the response headers are in: the server is listening (a server that sends
+   * its headers once subscribed, as StreamForecasts does, misses nothing from then on). */
+  onOpen?: () => void
 }
 
 /** The messages of a server-streaming REST route (`path` as `/v1/...`), as they arrive. */
@@ -41,6 +44,7 @@ export async function* streamMessages<T>(path: string, opts: StreamOptions): Asy
     throw new ApiError(response.status, body)
   }
   if (!response.body) throw new UnreachableError()
+  opts.onOpen?.()
 
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader()
   const parser = new ArrayParser()
