@@ -14,8 +14,9 @@ export type LiveState = 'connecting' | 'live' | 'reconnecting' | 'stopped'
 export interface LiveOptions {
   model: string
   symbol?: string
-  /** The newest as_of the page already holds: forecasts from it on are fetched on opening. */
-  since?: string
+  /** The newest forecasts the page already holds (those of its newest as_of): the stream
+   * resumes from that as_of, and these are not delivered again. */
+  known?: ForecastRecord[]
   /** Called with each batch of forecasts not seen before, oldest first. */
   onForecasts: (forecasts: ForecastRecord[]) => void
   /** Reconnect delays in ms (the last repeats); tests shorten them. */
@@ -72,7 +73,11 @@ export function useLiveForecasts(options: LiveOptions): {
   const reason = ref('')
   const received = ref(0)
   const seen = new Set<string>()
-  let latest = options.since
+  let latest: string | undefined
+  for (const f of options.known ?? []) {
+    seen.add(forecastKey(f))
+    if (f.asOf && (!latest || Date.parse(f.asOf) > Date.parse(latest))) latest = f.asOf
+  }
   const controller = new AbortController()
   const backoff = options.backoff ?? BACKOFF_MS
 

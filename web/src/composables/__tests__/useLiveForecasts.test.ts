@@ -47,7 +47,7 @@ describe('useLiveForecasts', () => {
     ]
     const listed: string[] = []
     // What ListForecasts holds at each gap fill: nothing new at first; a and b after the drop.
-    const lists = [[], [b, a]]
+    const lists = [[forecast(9)], [b, a, forecast(9)]]
     fetchMock.mockImplementation(async (input) => {
       const url = input instanceof Request ? input.url : String(input)
       if (url.includes(':stream')) return (streams.shift() as () => Response)()
@@ -57,7 +57,7 @@ describe('useLiveForecasts', () => {
     const got: ForecastRecord[] = []
     const scope = effectScope()
     const live = scope.run(() =>
-      useLiveForecasts({ model: 'm', since: forecast(9).asOf, onForecasts: (fs) => got.push(...fs), backoff: [5] }),
+      useLiveForecasts({ model: 'm', known: [forecast(9)], onForecasts: (fs) => got.push(...fs), backoff: [5] }),
     )!
     await vi.waitFor(() => expect(live.state.value).toBe('stopped'), { timeout: 3000 })
     expect(got.map(forecastKey)).toEqual([a, b, c].map(forecastKey))
