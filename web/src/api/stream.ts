@@ -2,10 +2,12 @@
 // one chunked JSON array, `[{…},{…}…]`, each element one message, sent as the message arrives.
 // This reads that array incrementally over fetch and yields the messages one by one.
 //
-// An error before the first message is an HTTP error with a google.rpc.Status body; an error
-// after it cannot change the status line any more, so the transcoder appends the Status as the
-// array's last element (or, over HTTP/1.1, may only cut the body short). Both end in an ApiError
-// or UnreachableError; a body cut short without its closing `]` is never taken for a clean end.
+// An error before the first message is an HTTP error with a google.rpc.Status body (ApiError).
+// After it, the status line is gone: over HTTP/1.1 Envoy's transcoder then just closes the array
+// (the gRPC status is in trailers that fetch cannot read), so a clean end is no proof of
+// success; a caller that must know opens the stream again and gets the error as an HTTP status.
+// A transcoder that appends the Status as a last element is understood too (ApiError), and a
+// body cut short without its closing `]` is a lost connection (UnreachableError).
 import { refreshNow } from './client'
 import { ApiError, UnreachableError } from './errors'
 import type { Status } from './types'

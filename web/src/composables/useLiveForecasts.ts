@@ -103,6 +103,13 @@ export function useLiveForecasts(options: LiveOptions): {
     deliver(await listSince(options.model, options.symbol ?? '', latest))
   }
 
+  function pause(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms)
+      controller.signal.addEventListener('abort', () => { clearTimeout(timer); resolve() }, { once: true })
+    })
+  }
+
   async function run(): Promise<void> {
     let failures = 0
     while (!controller.signal.aborted) {
@@ -127,13 +134,19 @@ export function useLiveForecasts(options: LiveOptions): {
             })
           },
         })
+        let messages = 0
         for await (const message of stream) {
           failures = 0
+          messages++
+          // An empty message is the server's heartbeat: the stream is alive.
           deliver(message.forecasts ?? [])
         }
         await gap
         if (gapError) throw gapError
-        // A clean end (the gateway closed the stream): open it again at once.
+        // A clean end: the server ended the stream (an error after the headers looks the same
+        // over HTTP/1.1). Opened again, it says why if the caller may no longer read; the
+        // pause keeps a stream that keeps ending at once from spinning.
+        if (!messages) await pause(backoff[Math.min(failures++, backoff.length - 1)] ?? 1000)
       } catch (caught) {
         await gap
         if (controller.signal.aborted) return
@@ -146,12 +159,7 @@ export function useLiveForecasts(options: LiveOptions): {
         }
         state.value = 'reconnecting'
         reason.value = 'Connection lost: reconnecting…'
-        const delay = backoff[Math.min(failures, backoff.length - 1)] ?? 1000
-        failures++
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, delay)
-          controller.signal.addEventListener('abort', () => { clearTimeout(timer); resolve() }, { once: true })
-        })
+        await pause(backoff[Math.min(failures++, backoff.length - 1)] ?? 1000)
       } finally {
         controller.signal.removeEventListener('abort', abortAttempt)
       }

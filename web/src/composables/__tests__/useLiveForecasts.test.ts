@@ -68,6 +68,23 @@ describe('useLiveForecasts', () => {
     scope.stop()
   })
 
+  it('takes heartbeats as life, and an array closed early (an error after the headers) as a reason to reopen', async () => {
+    const a = forecast(10)
+    const streams = [
+      // What Envoy sends when the server ends the stream with PERMISSION_DENIED mid-way.
+      () => body(['[{}', `,${message(a)}`, ',{}', ']'], 'close'),
+      () => new Response(JSON.stringify({ code: 7, message: 'no longer readable' }), { status: 403 }),
+    ]
+    fetchMock.mockImplementation(async () => (streams.shift() as () => Response)())
+    const got: ForecastRecord[] = []
+    const scope = effectScope()
+    const live = scope.run(() => useLiveForecasts({ model: 'm', onForecasts: (fs) => got.push(...fs), backoff: [5] }))!
+    await vi.waitFor(() => expect(live.state.value).toBe('stopped'))
+    expect(got.map(forecastKey)).toEqual([forecastKey(a)])
+    expect(live.reason.value).toContain('no longer readable')
+    scope.stop()
+  })
+
   it('stops for good on a 404 and says the model is no longer visible', async () => {
     fetchMock.mockResolvedValue(new Response(JSON.stringify({ code: 5, message: 'not found' }), { status: 404 }))
     const scope = effectScope()
