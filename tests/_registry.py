@@ -128,10 +128,13 @@ async def run_builds(settings: Settings) -> None:
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    settings: Settings, lane: Lane, clock: Clock = utc_now
+    settings: Settings, lane: Lane, clock: Clock = utc_now, *, scheduler: bool = False
 ) -> AsyncIterator[Worker]:
-    """A worker serving `lane` in the background (not a burst) until the block ends."""
-    worker = create_worker(settings, lane=lane, clock=clock, scheduler=False, handle_signals=False)
+    """A worker serving `lane` in the background (not a burst) until the block ends; with
+    `scheduler`, also the scheduler (its cron and the bars listener), as `foretell worker`."""
+    worker = create_worker(
+        settings, lane=lane, clock=clock, scheduler=scheduler, handle_signals=False
+    )
     task = asyncio.create_task(worker.async_run())
     try:
         yield worker

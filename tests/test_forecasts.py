@@ -6,31 +6,31 @@ way `execute_run` announces it, in the recording transaction."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import grpc
 import httpx
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc import aio
 from sqlalchemy import text
 
 from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.account.v1 import account_service_pb2_grpc as account_grpc
+from foretell.composition import start_services
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
 from foretell.registry.v1 import registry_service_pb2_grpc as reg_grpc
 from foretell.runtime import Resources
+from foretell.settings import Address
 from tests._billing import trial
 from tests._envoy import Envoy
 from tests._errors import field_violations
 from tests._records import BASE, HOUR, make_model, record
 from tests.conftest import SignUp, status_code
-
-if TYPE_CHECKING:
-    from grpc import aio
 
 
 @pytest.fixture(scope="module")
@@ -349,6 +349,42 @@ async def test_stream_delivers_forecasts_recorded_after_it_opened(
         assert [f.run_id for f in message.forecasts] == [str(nxt)]
     finally:
         stream.cancel()
+
+
+async def test_an_idle_stream_sends_a_heartbeat_at_each_recheck(
+    channel: aio.Channel,
+    registry: reg_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    resources: Resources,
+) -> None:
+    """Nothing recorded: an empty message at each entitlement re-check, so that a gateway's
+    stream idle timeout never ends a quiet stream (and the client knows it is alive)."""
+    quick = dataclasses.replace(
+        resources, settings=dataclasses.replace(resources.settings, entitlement_recheck_s=0.2)
+    )
+    running = await start_services(quick, ["forecast"], Address("127.0.0.1", 0))
+    m = await make_model(registry, sign_up, resources, public=True)
+    reader = await sign_up(account_pb.ROLE_SUBSCRIBER)
+    await trial(channel, m.owner, reader, m.name)
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{running.port}") as own:
+            stream = pb_grpc.ForecastServiceStub(own).StreamForecasts(
+                pb.StreamForecastsRequest(model=m.name), metadata=reader.metadata
+            )
+            try:
+                for _ in range(2):
+                    beat = await asyncio.wait_for(stream.read(), 5)
+                    assert isinstance(beat, pb.StreamForecastsResponse)
+                    assert list(beat.forecasts) == []
+                live = await record(resources, m, BASE + HOUR)
+                while not (message := await asyncio.wait_for(stream.read(), 5)).forecasts:
+                    pass  # heartbeats meanwhile
+                assert isinstance(message, pb.StreamForecastsResponse)
+                assert {f.run_id for f in message.forecasts} == {str(live)}
+            finally:
+                stream.cancel()
+    finally:
+        await running.stop(0.5)
 
 
 async def test_a_private_models_stream_is_not_found_for_others(

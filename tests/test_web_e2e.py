@@ -92,11 +92,13 @@ async def _axe(page: Any, label: str) -> None:
     assert violations == [], f"{label}: {json.dumps(violations)}"
 
 
-async def check(page: Any, name: str) -> None:
+async def check(page: Any, name: str, *, network_idle: bool = True) -> None:
     """axe-core finds no WCAG 2.1 AA violation at 390 and 1440 px, and in the dark theme;
-    screenshots of each."""
+    screenshots of each. A page with an open stream is never network-idle: the caller waits
+    for what it shows instead (`network_idle=False`)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    await page.wait_for_load_state("networkidle")
+    if network_idle:
+        await page.wait_for_load_state("networkidle")
     for width in WIDTHS:
         await page.set_viewport_size({"width": width, "height": 900})
         await page.wait_for_timeout(150)

@@ -136,10 +136,11 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
             # Headers out once listening: the client knows every later run reaches it.
             await context.send_initial_metadata(())
             while True:
+                idle = False
                 try:
                     notice = await asyncio.wait_for(notices.get(), recheck_s)
                 except TimeoutError:
-                    notice = ACCESS_CHANGED
+                    notice, idle = ACCESS_CHANGED, True
                 if notice is LOST:
                     raise FeedLost("the forecast feed was interrupted: open the stream again")
                 # A run of another kind is none of this stream's business: no check, no query.
@@ -148,6 +149,10 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
                 # Before anything is sent, and whenever access may have changed (a
                 # subscription lapsed, the model went private) or time passed: still allowed?
                 await self._still_readable(principal, name)
+                if idle:
+                    # A heartbeat: a gateway ends a stream idle for minutes (Envoy's stream
+                    # idle timeout), and the client learns the stream is still alive.
+                    yield pb.StreamForecastsResponse()
                 if isinstance(notice, str):
                     continue
                 rows = await _queries.run_forecasts(self._res.db, notice.run_id, symbol)

@@ -144,8 +144,13 @@ class ForecastServiceServicer:
         response headers (initial metadata) once it is listening, and every run
         recorded after that is delivered. The stream runs until the client cancels
         it; it ends with UNAVAILABLE if the server loses its feed (open it again
-        and fill any gap with ListForecasts). Over REST the response is a chunked
-        JSON array, one element per message.
+        and fill any gap with ListForecasts). While nothing is recorded, a message
+        with no forecasts is sent at each entitlement re-check
+        (FORETELL_ENTITLEMENT_RECHECK_S): a heartbeat that keeps proxies from
+        closing an idle stream. Over REST the response is a chunked JSON array, one
+        element per message; an error after the first element only ends the array
+        (HTTP/1.1 has no place for it), so a client reopens the stream, which
+        answers the error as its HTTP status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -72,8 +72,13 @@ class ForecastServiceStub:
     response headers (initial metadata) once it is listening, and every run
     recorded after that is delivered. The stream runs until the client cancels
     it; it ends with UNAVAILABLE if the server loses its feed (open it again
-    and fill any gap with ListForecasts). Over REST the response is a chunked
-    JSON array, one element per message.
+    and fill any gap with ListForecasts). While nothing is recorded, a message
+    with no forecasts is sent at each entitlement re-check
+    (FORETELL_ENTITLEMENT_RECHECK_S): a heartbeat that keeps proxies from
+    closing an idle stream. Over REST the response is a chunked JSON array, one
+    element per message; an error after the first element only ends the array
+    (HTTP/1.1 has no place for it), so a client reopens the stream, which
+    answers the error as its HTTP status.
     """
     ListRuns: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.ListRunsRequest, _forecast_service_pb2.ListRunsResponse]
     """Lists a model's runs, newest as_of first, a page at a time, without their
@@ -162,8 +167,13 @@ class ForecastServiceAsyncStub(ForecastServiceStub):
     response headers (initial metadata) once it is listening, and every run
     recorded after that is delivered. The stream runs until the client cancels
     it; it ends with UNAVAILABLE if the server loses its feed (open it again
-    and fill any gap with ListForecasts). Over REST the response is a chunked
-    JSON array, one element per message.
+    and fill any gap with ListForecasts). While nothing is recorded, a message
+    with no forecasts is sent at each entitlement re-check
+    (FORETELL_ENTITLEMENT_RECHECK_S): a heartbeat that keeps proxies from
+    closing an idle stream. Over REST the response is a chunked JSON array, one
+    element per message; an error after the first element only ends the array
+    (HTTP/1.1 has no place for it), so a client reopens the stream, which
+    answers the error as its HTTP status.
     """
     ListRuns: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.ListRunsRequest, _forecast_service_pb2.ListRunsResponse]  # type: ignore[assignment]
     """Lists a model's runs, newest as_of first, a page at a time, without their
@@ -267,8 +277,13 @@ class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
         response headers (initial metadata) once it is listening, and every run
         recorded after that is delivered. The stream runs until the client cancels
         it; it ends with UNAVAILABLE if the server loses its feed (open it again
-        and fill any gap with ListForecasts). Over REST the response is a chunked
-        JSON array, one element per message.
+        and fill any gap with ListForecasts). While nothing is recorded, a message
+        with no forecasts is sent at each entitlement re-check
+        (FORETELL_ENTITLEMENT_RECHECK_S): a heartbeat that keeps proxies from
+        closing an idle stream. Over REST the response is a chunked JSON array, one
+        element per message; an error after the first element only ends the array
+        (HTTP/1.1 has no place for it), so a client reopens the stream, which
+        answers the error as its HTTP status.
         """
 
     @_abc_1.abstractmethod
