@@ -9,6 +9,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+from foretell.clock import Clock
+from foretell.composition import SERVICES, start_services
+from foretell.runtime import Resources, open_resources
+from foretell.settings import Address, Settings
+from foretell.webhooks import Dispatcher
+
 
 @dataclasses.dataclass(frozen=True)
 class Received:
@@ -63,3 +69,36 @@ async def receiving(script: list[int] | None = None) -> AsyncIterator[Receiver]:
     receiver.port = server.sockets[0].getsockname()[1]
     async with server:
         yield receiver
+
+
+def lenient(settings: Settings) -> Settings:
+    """Settings that let webhooks reach this machine (FORETELL_WEBHOOKS_ALLOW_PRIVATE=on), with
+    retries fast enough for a test."""
+    return dataclasses.replace(
+        settings, webhooks_allow_private="on", webhook_backoff_s=0.05, webhook_max_attempts=3,
+        webhook_timeout_s=2,
+    )  # fmt: skip
+
+
+@asynccontextmanager
+async def lenient_services(
+    settings: Settings, clock: Clock
+) -> AsyncIterator[tuple[Resources, int]]:
+    """Every service on a port of its own (returned), under `lenient(settings)`."""
+    async with open_resources(lenient(settings), clock=clock) as res:
+        running = await start_services(res, list(SERVICES), Address("127.0.0.1", 0))
+        try:
+            yield res, running.port
+        finally:
+            await running.stop(0.5)
+
+
+@asynccontextmanager
+async def dispatching(res: Resources) -> AsyncIterator[Dispatcher]:
+    """The worker's webhook dispatcher, running meanwhile."""
+    running = Dispatcher(res.db, res.settings, res.clock)
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.close()

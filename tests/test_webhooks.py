@@ -21,10 +21,9 @@ from grpc import aio
 from sqlalchemy import update
 
 from foretell.account.v1 import account_service_pb2 as account_pb
-from foretell.composition import SERVICES, start_services
 from foretell.db.models import WebhookDelivery
-from foretell.runtime import Resources, open_resources
-from foretell.settings import Address, Settings
+from foretell.runtime import Resources
+from foretell.settings import Settings
 from foretell.subscription.v1 import subscription_service_pb2 as pb
 from foretell.subscription.v1 import subscription_service_pb2_grpc as pb_grpc
 from foretell.webhooks import (
@@ -42,44 +41,39 @@ from tests._billing import sold_model
 from tests._envoy import Envoy
 from tests._errors import field_violations
 from tests._records import BASE, HOUR, Made, record
-from tests._webhooks import receiving
+from tests._webhooks import dispatching, lenient_services, receiving
 from tests.conftest import MovableClock, SignedIn, SignUp, status_code
 
 DELIVERED = pb.WEBHOOK_DELIVERY_STATE_DELIVERED
 
 
 @pytest.fixture(scope="module")
-def hooks_settings(settings: Settings) -> Settings:
-    return dataclasses.replace(
-        settings, webhooks_allow_private="on", webhook_backoff_s=0.05, webhook_max_attempts=3,
-        webhook_timeout_s=2,
-    )  # fmt: skip
+async def hooks_stack(
+    settings: Settings, session_clock: MovableClock
+) -> AsyncIterator[tuple[Resources, int]]:
+    async with lenient_services(settings, session_clock) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
-async def hooks_resources(
-    hooks_settings: Settings, session_clock: MovableClock
-) -> AsyncIterator[Resources]:
-    async with open_resources(hooks_settings, clock=session_clock) as res:
-        yield res
+def hooks_resources(hooks_stack: tuple[Resources, int]) -> Resources:
+    return hooks_stack[0]
 
 
 @pytest.fixture(scope="module")
-async def hooks(hooks_resources: Resources) -> AsyncIterator[pb_grpc.SubscriptionServiceAsyncStub]:
+async def hooks(
+    hooks_stack: tuple[Resources, int],
+) -> AsyncIterator[pb_grpc.SubscriptionServiceAsyncStub]:
     """SubscriptionService on a server whose settings allow private endpoints."""
-    running = await start_services(hooks_resources, list(SERVICES), Address("127.0.0.1", 0))
-    async with aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+    async with aio.insecure_channel(f"127.0.0.1:{hooks_stack[1]}") as channel:
         yield pb_grpc.SubscriptionServiceStub(channel)
-    await running.stop(0.5)
 
 
 @pytest.fixture
 async def dispatcher(hooks_resources: Resources) -> AsyncIterator[Dispatcher]:
     """The worker's dispatcher, running for the test."""
-    running = Dispatcher(hooks_resources.db, hooks_resources.settings, hooks_resources.clock)
-    await running.start()
-    yield running
-    await running.close()
+    async with dispatching(hooks_resources) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
