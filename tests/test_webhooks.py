@@ -23,6 +23,7 @@ from sqlalchemy import update
 from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.db.models import WebhookDelivery
 from foretell.runtime import Resources
+from foretell.runtime.lanes import Lane
 from foretell.settings import Settings
 from foretell.subscription.v1 import subscription_service_pb2 as pb
 from foretell.subscription.v1 import subscription_service_pb2_grpc as pb_grpc
@@ -37,6 +38,7 @@ from foretell.webhooks import (
     sign,
     verify,
 )
+from foretell.worker import create_worker
 from tests._billing import sold_model
 from tests._envoy import Envoy
 from tests._errors import field_violations
@@ -206,6 +208,35 @@ async def test_a_failing_receiver_is_retried_then_never_sent_the_event_again(
         assert await send_one(db, settings, clock, uuid.UUID(delivery.id)) == "gone"
         await deliver_due(db, settings, clock)
         assert len(receiver.received) == 2
+
+
+async def test_the_worker_delivers(
+    channel: aio.Channel,
+    hooks: pb_grpc.SubscriptionServiceAsyncStub,
+    hooks_resources: Resources,
+    sign_up: SignUp,
+    resources: Resources,
+    session_clock: MovableClock,
+) -> None:
+    """`foretell worker --lane live --role cron` (the periodic worker) runs the dispatcher."""
+    who = await _subscribed(channel, sign_up, resources)
+    settings = dataclasses.replace(hooks_resources.settings, queue_name=f"hooks-{uuid.uuid4()}")
+    worker = create_worker(
+        settings, lane=Lane.LIVE, role="cron", scheduler=False, handle_signals=False,
+        clock=session_clock,
+    )  # fmt: skip
+    running = asyncio.create_task(worker.async_run())
+    try:
+        async with receiving() as receiver:
+            await _endpoint(hooks, who, receiver.url)
+            await record(resources, who.model, BASE, symbols=("EURUSD",))
+            await receiver.wait_for(lambda got: len(got) == 1)
+            (delivery,) = await _until_settled(hooks, who, 1)
+        assert delivery.state == DELIVERED
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await worker.close()
 
 
 async def test_attempts_are_bounded_then_the_delivery_fails(
