@@ -361,6 +361,34 @@ class Settings:
             "(subscription changes wake it at once)."
         ),
     )
+    # Webhooks (foretell.webhooks): subscribers' endpoints, delivered by the live lane's
+    # periodic worker with retries and exponential back-off.
+    webhooks_allow_private: str = field(
+        default="off",
+        metadata=_doc(
+            "on: webhook endpoints may resolve to loopback, private, link-local or reserved "
+            "addresses, and may use plain http (tests, a closed network). off: such endpoints "
+            "are refused at registration and at every delivery, and only https is accepted."
+        ),
+    )
+    webhook_max_attempts: int = field(
+        default=10,
+        metadata=_doc("POSTs of one webhook event before it is marked failed."),
+    )
+    webhook_backoff_s: float = field(
+        default=10.0,
+        metadata=_doc(
+            "The first retry's delay; each next one doubles (with jitter), up to an hour."
+        ),
+    )
+    webhook_timeout_s: float = field(
+        default=10.0,
+        metadata=_doc("How long a webhook endpoint has to answer one POST."),
+    )
+    webhook_concurrency: int = field(
+        default=32,
+        metadata=_doc("Webhook POSTs one worker has in flight at once."),
+    )
     # How long past its own limit (a build's timeout, a run's wall clock) a job may go before
     # arq cancels it, which kills its jail. A worker that died mid-job has its job delivered
     # again once the longest job timeout plus 10 s has passed (arq's in-progress key).
@@ -504,6 +532,11 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "delayed_sample": _choice("on", "off"),
     "sample_delay_days": _positive_int,
     "entitlement_recheck_s": _seconds,
+    "webhooks_allow_private": _choice("on", "off"),
+    "webhook_max_attempts": _positive_int,
+    "webhook_backoff_s": _seconds,
+    "webhook_timeout_s": _seconds,
+    "webhook_concurrency": _positive_int,
     "job_grace_s": _positive_int,
     "cron_timeout_s": _positive_int,
 }

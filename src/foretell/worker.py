@@ -33,6 +33,7 @@ from foretell.runtime.resources import open_resources
 from foretell.sandbox import SandboxUnavailable, detect_cgroups, sdk_dir, sweep_stale_run_cgroups
 from foretell.scheduler import BarsListener, run_version, schedule_runs
 from foretell.settings import Settings
+from foretell.webhooks import Dispatcher
 
 log = get_logger("foretell.worker")
 
@@ -188,6 +189,13 @@ def create_worker(
             await listener.start()
             stack.push_async_callback(listener.close)
             ctx["bars_listener"] = listener
+        if periodic_here and not burst:
+            # Webhooks leave from the one periodic worker, not from the sandbox lanes: a slow
+            # endpoint holds a connection, never a run's slot.
+            res = ctx["resources"]
+            dispatcher = Dispatcher(res.db, settings, res.clock)
+            await dispatcher.start()
+            stack.push_async_callback(dispatcher.close)
         log.info(
             "worker started", lane=lane.value, role=role, scheduler=scheduler and periodic_here
         )

@@ -10,6 +10,7 @@ export const router = createRouter({
     { path: '/models/:name', name: 'model', component: () => import('./views/ModelView.vue'), props: true, meta: { auth: true, title: 'Model' } },
     { path: '/models/:name/playback', name: 'playback', component: () => import('./views/PlaybackView.vue'), props: true, meta: { auth: true, title: 'Playback' } },
     { path: '/subscriptions', name: 'subscriptions', component: () => import('./views/SubscriptionsView.vue'), meta: { auth: true, title: 'My subscriptions' } },
+    { path: '/subscriptions/:id/webhooks', name: 'webhooks', component: () => import('./views/WebhooksView.vue'), props: true, meta: { auth: true, title: 'Webhooks' } },
     { path: '/api-keys', name: 'api-keys', component: () => import('./views/ApiKeysView.vue'), meta: { auth: true, title: 'API keys' } },
     { path: '/sign-in', name: 'sign-in', component: () => import('./views/SignInView.vue'), meta: { title: 'Sign in' } },
     { path: '/sign-up', name: 'sign-up', component: () => import('./views/SignUpView.vue'), meta: { title: 'Sign up' } },

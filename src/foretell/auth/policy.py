@@ -97,6 +97,14 @@ POLICY: dict[str, Policy] = {
     # The caller's own (an admin's: everyone's); API keys may read them, for scripts.
     _SUBSCRIPTION + "ListSubscriptions": SIGNED_IN_READ,
     _SUBSCRIPTION + "ListInvoices": SIGNED_IN_READ,
+    # Webhooks of the caller's own subscriptions (the service checks). Registering an
+    # endpoint hands out a signing secret, so it needs a session like API keys do; the lists
+    # are readable with a key, for scripts.
+    _SUBSCRIPTION + "CreateWebhookEndpoint": SIGNED_IN,
+    _SUBSCRIPTION + "ListWebhookEndpoints": SIGNED_IN_READ,
+    _SUBSCRIPTION + "DeleteWebhookEndpoint": SIGNED_IN,
+    _SUBSCRIPTION + "SendTestWebhook": SIGNED_IN,
+    _SUBSCRIPTION + "ListWebhookDeliveries": SIGNED_IN_READ,
     # Measured by the platform, open to everyone signed in for the models they can see (the
     # service hides others' private models). The ledger's payloads hold the forecasts: GetLedger
     # serves them to those entitled to read them (the service checks), hashes to the rest.

@@ -465,3 +465,75 @@ class LedgerCheckpoint(Base):
     signed_at: Mapped[datetime]
     key_id: Mapped[str] = mapped_column(String(32), ForeignKey("ledger_keys.key_id"))
     signature: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class WebhookEndpoint(Base):
+    """A subscriber's HTTPS endpoint for one subscription, with the HMAC secret that signs what
+    is sent to it (migration 0011)."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("webhook_endpoints_subscription_idx", "subscription_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    subscription_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("subscriptions.id", ondelete=_CASCADE)
+    )
+    url: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(String(200))
+    secret: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: a recorded forecast (queued by a trigger on `forecasts`) or
+    a test event. Unique per (endpoint, forecast)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('pending', 'delivered', 'failed', 'canceled')",
+            name="webhook_deliveries_state_check",
+        ),
+        UniqueConstraint(
+            "endpoint_id", "forecast_id", name="webhook_deliveries_endpoint_forecast_key"
+        ),
+        Index(
+            "webhook_deliveries_due_idx",
+            "next_attempt_at",
+            postgresql_where=text("state = 'pending'"),
+        ),
+        Index("webhook_deliveries_endpoint_idx", "endpoint_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete=_CASCADE)
+    )
+    forecast_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("forecasts.id", ondelete=_CASCADE)
+    )
+    event_type: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(10))
+    attempts: Mapped[int]
+    created_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    last_status: Mapped[int | None]
+    last_error: Mapped[str] = mapped_column(Text, server_default="")
+
+
+class WebhookAttempt(Base):
+    """One POST of a delivery: the status code answered, or why there was none."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("webhook_attempts_delivery_idx", "delivery_id", "number"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete=_CASCADE)
+    )
+    number: Mapped[int]
+    started_at: Mapped[datetime]
+    duration_ms: Mapped[int]
+    status_code: Mapped[int | None]
+    error: Mapped[str] = mapped_column(Text)

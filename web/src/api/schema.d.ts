@@ -462,6 +462,44 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/subscriptions/{subscription_id}/webhook-deliveries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The delivery log of one of the caller's subscriptions (every endpoint, or one), newest first, a page at a time: each delivery's state, attempts and their status codes, and when the next retry is due */
+        get: operations["SubscriptionService_ListWebhookDeliveries"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/subscriptions/{subscription_id}/webhooks": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Lists the endpoints of one of the caller's subscriptions, oldest first (never their secrets) */
+        get: operations["SubscriptionService_ListWebhookEndpoints"];
+        put?: never;
+        /**
+         * Registers an HTTPS endpoint for one of the caller's subscriptions: each live forecast recorded for the model while the subscription is entitled is POSTed to it as JSON, signed (docs/webhooks.md)
+         * @description Registers an HTTPS endpoint for one of the caller's subscriptions: each live forecast recorded for the model while the subscription is entitled is POSTed to it as JSON, signed (docs/webhooks.md). The response holds the signing secret, shown this once. INVALID_ARGUMENT for a URL that is not https, or whose host does not resolve or resolves to a loopback, private, link-local, multicast or reserved address; FAILED_PRECONDITION when the subscription has ended or has its maximum of endpoints.
+         */
+        post: operations["SubscriptionService_CreateWebhookEndpoint"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/symbols": {
         parameters: {
             query?: never;
@@ -592,6 +630,43 @@ export interface paths {
          * @description Revokes one of the signed-in user's API keys. Revoking twice is not an error.
          */
         delete: operations["AccountService_RevokeApiKey"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Deletes one of the caller's endpoints, with its delivery log: nothing more is sent to it */
+        delete: operations["SubscriptionService_DeleteWebhookEndpoint"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/{id}:test": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Queues a test event (type "webhook.test") for one of the caller's endpoints; the worker sends it like any event, and it appears in the delivery log
+         * @description Queues a test event (type "webhook.test") for one of the caller's endpoints; the worker sends it like any event, and it appears in the delivery log. FAILED_PRECONDITION when the subscription is not entitled.
+         */
+        post: operations["SubscriptionService_SendTestWebhook"];
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -1591,6 +1666,15 @@ export interface components {
             /** @description The subscription after the change. */
             subscription?: components["schemas"]["subscription.v1.Subscription"];
         };
+        /** @description Response for SubscriptionService.CreateWebhookEndpoint. */
+        "subscription.v1.CreateWebhookEndpointResponse": {
+            /** @description The endpoint. */
+            endpoint?: components["schemas"]["subscription.v1.WebhookEndpoint"];
+            /** @description The signing secret ("whsec_" and base64): shown only here, keep it. */
+            secret?: string;
+        };
+        /** @description Response for SubscriptionService.DeleteWebhookEndpoint. */
+        "subscription.v1.DeleteWebhookEndpointResponse": Record<string, never>;
         /** @description Response for SubscriptionService.GetPlan. */
         "subscription.v1.GetPlanResponse": {
             /** @description The plan. */
@@ -1675,6 +1759,18 @@ export interface components {
             /** @description Token for the next page; empty on the last page. */
             nextPageToken?: string;
         };
+        /** @description Response for SubscriptionService.ListWebhookDeliveries. */
+        "subscription.v1.ListWebhookDeliveriesResponse": {
+            /** @description One page of deliveries, newest first. */
+            deliveries?: components["schemas"]["subscription.v1.WebhookDelivery"][];
+            /** @description Token for the next page; empty on the last page. */
+            nextPageToken?: string;
+        };
+        /** @description Response for SubscriptionService.ListWebhookEndpoints. */
+        "subscription.v1.ListWebhookEndpointsResponse": {
+            /** @description The subscription's endpoints, oldest first. */
+            endpoints?: components["schemas"]["subscription.v1.WebhookEndpoint"][];
+        };
         /** @description Plan is what a model costs. */
         "subscription.v1.Plan": {
             /** @description The model's name. */
@@ -1701,6 +1797,11 @@ export interface components {
         "subscription.v1.ResumeSubscriptionResponse": {
             /** @description The subscription after the change. */
             subscription?: components["schemas"]["subscription.v1.Subscription"];
+        };
+        /** @description Response for SubscriptionService.SendTestWebhook. */
+        "subscription.v1.SendTestWebhookResponse": {
+            /** @description The queued test delivery. */
+            delivery?: components["schemas"]["subscription.v1.WebhookDelivery"];
         };
         /** @description Request for SubscriptionService.Subscribe. */
         "subscription.v1.SubscribeRequest": {
@@ -1776,6 +1877,93 @@ export interface components {
         "subscription.v1.UpdatePlanResponse": {
             /** @description The plan as stored. */
             plan?: components["schemas"]["subscription.v1.Plan"];
+        };
+        /** @description WebhookAttempt is one POST of a delivery. */
+        "subscription.v1.WebhookAttempt": {
+            /**
+             * Format: int32
+             * @description 1 for the first POST, then 2, 3...
+             */
+            number?: number;
+            /**
+             * Format: date-time
+             * @description When it started.
+             */
+            startTime?: string;
+            /**
+             * Format: int32
+             * @description How long it took, in milliseconds.
+             */
+            durationMs?: number;
+            /**
+             * Format: int32
+             * @description The HTTP status the endpoint answered; 0 when it answered none.
+             */
+            statusCode?: number;
+            /** @description Why it failed (no answer, a refused address, a non-2xx status); empty on success. */
+            error?: string;
+        };
+        /** @description WebhookDelivery is one event for one endpoint. */
+        "subscription.v1.WebhookDelivery": {
+            /** @description The delivery's id (a UUID); the `webhook-id` header is "msg_" and its hex. */
+            id?: string;
+            /** @description The endpoint it goes to. */
+            endpointId?: string;
+            /** @description "forecast.recorded" or "webhook.test". */
+            eventType?: string;
+            /** @description Where it stands. */
+            state?: components["schemas"]["subscription.v1.WebhookDeliveryState"];
+            /**
+             * Format: date-time
+             * @description When it was queued.
+             */
+            createTime?: string;
+            /**
+             * Format: date-time
+             * @description When the next attempt is due (PENDING only).
+             */
+            nextAttemptTime?: string;
+            /**
+             * Format: date-time
+             * @description When the endpoint answered 2xx (DELIVERED only).
+             */
+            deliverTime?: string;
+            /** @description Its attempts, first to last. */
+            attempts?: components["schemas"]["subscription.v1.WebhookAttempt"][];
+            /** @description The forecast's symbol (forecast.recorded only). */
+            symbol?: string;
+            /**
+             * Format: date-time
+             * @description The forecast's as_of (forecast.recorded only).
+             */
+            asOfTime?: string;
+        };
+        /**
+         * @description WebhookDeliveryState is where one event stands for one endpoint.
+         *
+         *     - `WEBHOOK_DELIVERY_STATE_UNSPECIFIED`: Not set.
+         *     - `WEBHOOK_DELIVERY_STATE_PENDING`: Not delivered yet: the next attempt is due at `next_attempt_time`.
+         *     - `WEBHOOK_DELIVERY_STATE_DELIVERED`: The endpoint answered 2xx: never sent again.
+         *     - `WEBHOOK_DELIVERY_STATE_FAILED`: Every attempt failed: no more are made.
+         *     - `WEBHOOK_DELIVERY_STATE_CANCELED`: Not sent: the subscription stopped being entitled before it went out.
+         * @enum {string}
+         */
+        "subscription.v1.WebhookDeliveryState": "WEBHOOK_DELIVERY_STATE_UNSPECIFIED" | "WEBHOOK_DELIVERY_STATE_PENDING" | "WEBHOOK_DELIVERY_STATE_DELIVERED" | "WEBHOOK_DELIVERY_STATE_FAILED" | "WEBHOOK_DELIVERY_STATE_CANCELED";
+        /** @description WebhookEndpoint is where a subscription's events are POSTed. */
+        "subscription.v1.WebhookEndpoint": {
+            /** @description The endpoint's id (a UUID). */
+            id?: string;
+            /** @description The subscription it belongs to. */
+            subscriptionId?: string;
+            /** @description The URL events are POSTed to. */
+            url?: string;
+            /** @description The subscriber's note about it. */
+            description?: string;
+            /**
+             * Format: date-time
+             * @description When it was registered.
+             */
+            createTime?: string;
         };
     };
     responses: never;
@@ -2799,6 +2987,121 @@ export interface operations {
             };
         };
     };
+    SubscriptionService_ListWebhookDeliveries: {
+        parameters: {
+            query?: {
+                /** @description Only this endpoint's deliveries; empty means every endpoint's. */
+                endpointId?: string;
+                /** @description Page size, 1 to 1000; 0 means 100. */
+                pageSize?: number;
+                /** @description `next_page_token` of the previous page, or empty for the first. The other fields must stay the same from page to page. */
+                pageToken?: string;
+            };
+            header?: never;
+            path: {
+                /** @description The subscription's id. */
+                subscription_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["subscription.v1.ListWebhookDeliveriesResponse"];
+                };
+            };
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
+                };
+            };
+        };
+    };
+    SubscriptionService_ListWebhookEndpoints: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The subscription's id. */
+                subscription_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["subscription.v1.ListWebhookEndpointsResponse"];
+                };
+            };
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
+                };
+            };
+        };
+    };
+    SubscriptionService_CreateWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The subscription's id. */
+                subscription_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description An https URL (up to 2048 characters) whose host resolves to public addresses only. */
+                    url: string;
+                    /** @description A note for yourself, up to 200 characters. */
+                    description?: string;
+                };
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["subscription.v1.CreateWebhookEndpointResponse"];
+                };
+            };
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
+                };
+            };
+        };
+    };
     DataFeedService_ListSymbols: {
         parameters: {
             query?: never;
@@ -3062,6 +3365,76 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["account.v1.RevokeApiKeyResponse"];
+                };
+            };
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
+                };
+            };
+        };
+    };
+    SubscriptionService_DeleteWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The endpoint's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["subscription.v1.DeleteWebhookEndpointResponse"];
+                };
+            };
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
+                };
+            };
+        };
+    };
+    SubscriptionService_SendTestWebhook: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The endpoint's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": Record<string, never>;
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["subscription.v1.SendTestWebhookResponse"];
                 };
             };
             /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */

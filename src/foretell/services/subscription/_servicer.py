@@ -9,10 +9,17 @@ from foretell.auth.principal import current_principal
 from foretell.billing.payments import processor_for
 from foretell.billing.settle import InvoiceStatus
 from foretell.clock import timestamp as _ts
-from foretell.db.models import Plan, Subscription
+from foretell.db.models import (
+    Forecast,
+    Plan,
+    Subscription,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from foretell.runtime.resources import Resources
 from foretell.services.registry import require_name
-from foretell.services.subscription import _queries, _validate
+from foretell.services.subscription import _queries, _validate, _webhooks
 from foretell.subscription.v1 import subscription_service_pb2 as pb
 from foretell.subscription.v1 import subscription_service_pb2_grpc as pb_grpc
 
@@ -79,6 +86,50 @@ def invoice_pb(status: InvoiceStatus, model: str) -> pb.Invoice:
         credited_minor=status.credited_minor,
         amount_due_minor=status.amount_due_minor,
         paid_time=_ts(status.payment.paid_at if status.payment else None),
+    )
+
+
+_DELIVERY_STATES = {
+    "pending": pb.WEBHOOK_DELIVERY_STATE_PENDING,
+    "delivered": pb.WEBHOOK_DELIVERY_STATE_DELIVERED,
+    "failed": pb.WEBHOOK_DELIVERY_STATE_FAILED,
+    "canceled": pb.WEBHOOK_DELIVERY_STATE_CANCELED,
+}
+
+
+def endpoint_pb(endpoint: WebhookEndpoint) -> pb.WebhookEndpoint:
+    return pb.WebhookEndpoint(
+        id=str(endpoint.id),
+        subscription_id=str(endpoint.subscription_id),
+        url=endpoint.url,
+        description=endpoint.description,
+        create_time=_ts(endpoint.created_at),
+    )
+
+
+def delivery_pb(
+    delivery: WebhookDelivery, attempts: list[WebhookAttempt], forecast: Forecast | None
+) -> pb.WebhookDelivery:
+    return pb.WebhookDelivery(
+        id=str(delivery.id),
+        endpoint_id=str(delivery.endpoint_id),
+        event_type=delivery.event_type,
+        state=_DELIVERY_STATES[delivery.state],
+        create_time=_ts(delivery.created_at),
+        next_attempt_time=_ts(delivery.next_attempt_at if delivery.state == "pending" else None),
+        deliver_time=_ts(delivery.delivered_at),
+        attempts=[
+            pb.WebhookAttempt(
+                number=a.number,
+                start_time=_ts(a.started_at),
+                duration_ms=a.duration_ms,
+                status_code=a.status_code or 0,
+                error=a.error,
+            )
+            for a in attempts
+        ],
+        symbol=forecast.symbol if forecast else "",
+        as_of_time=_ts(forecast.as_of if forecast else None),
     )
 
 
@@ -162,6 +213,56 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
         return pb.ListInvoicesResponse(
             invoices=[invoice_pb(s, name) for s, name in rows],
             next_page_token=self._res.page_tokens.keyset_token("invoices", scope, last)
+            if last
+            else "",
+        )
+
+    async def CreateWebhookEndpoint(
+        self, request: pb.CreateWebhookEndpointRequest, context: Context
+    ) -> pb.CreateWebhookEndpointResponse:
+        allow = self._res.settings.webhooks_allow_private == "on"
+        given = _validate.create_webhook_endpoint(request, allow)
+        endpoint, secret = await _webhooks.create_endpoint(
+            self._res.db, current_principal(), given, allow, self._res.clock()
+        )
+        return pb.CreateWebhookEndpointResponse(endpoint=endpoint_pb(endpoint), secret=secret)
+
+    async def ListWebhookEndpoints(
+        self, request: pb.ListWebhookEndpointsRequest, context: Context
+    ) -> pb.ListWebhookEndpointsResponse:
+        sub_id = _validate.subscription_of(request)
+        found = await _webhooks.list_endpoints(self._res.db, current_principal(), sub_id)
+        return pb.ListWebhookEndpointsResponse(endpoints=[endpoint_pb(e) for e in found])
+
+    async def DeleteWebhookEndpoint(
+        self, request: pb.DeleteWebhookEndpointRequest, context: Context
+    ) -> pb.DeleteWebhookEndpointResponse:
+        endpoint_id = _validate.endpoint_id(request)
+        await _webhooks.delete_endpoint(self._res.db, current_principal(), endpoint_id)
+        return pb.DeleteWebhookEndpointResponse()
+
+    async def SendTestWebhook(
+        self, request: pb.SendTestWebhookRequest, context: Context
+    ) -> pb.SendTestWebhookResponse:
+        endpoint_id = _validate.endpoint_id(request)
+        delivery = await _webhooks.send_test(
+            self._res.db, current_principal(), endpoint_id, self._res.clock()
+        )
+        return pb.SendTestWebhookResponse(delivery=delivery_pb(delivery, [], None))
+
+    async def ListWebhookDeliveries(
+        self, request: pb.ListWebhookDeliveriesRequest, context: Context
+    ) -> pb.ListWebhookDeliveriesResponse:
+        sub_id, endpoint_id, page = _validate.list_webhook_deliveries(
+            request, self._res.page_tokens
+        )
+        rows, last = await _webhooks.list_deliveries(
+            self._res.db, current_principal(), sub_id, endpoint_id, page
+        )
+        scope = f"{sub_id}:{endpoint_id or ''}"
+        return pb.ListWebhookDeliveriesResponse(
+            deliveries=[delivery_pb(*row) for row in rows],
+            next_page_token=self._res.page_tokens.keyset_token("webhook-deliveries", scope, last)
             if last
             else "",
         )

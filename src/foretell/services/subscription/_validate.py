@@ -10,6 +10,8 @@ from foretell.errors import Violations
 from foretell.paging import Page, PageTokens
 from foretell.services.registry import model_name
 from foretell.subscription.v1 import subscription_service_pb2 as pb
+from foretell.text import check_text
+from foretell.webhooks import EndpointRefused, Target, parse_url
 
 MAX_TRIAL_DAYS = 30
 # Far above any monthly price, far below int64: sums of many invoices cannot overflow.
@@ -81,3 +83,67 @@ def list_invoices(
     page = tokens.keyset_page(v, "invoices", scope, request.page_size, request.page_token)
     v.raise_if_any()
     return found, page
+
+
+@dataclass(frozen=True)
+class EndpointInput:
+    subscription_id: uuid.UUID
+    target: Target
+    description: str
+
+
+DESCRIPTION_CHARS = 200
+
+
+def create_webhook_endpoint(
+    request: pb.CreateWebhookEndpointRequest, allow_private: bool
+) -> EndpointInput:
+    """The syntax of the URL only; where it resolves to is checked after (foretell.webhooks)."""
+    v = Violations()
+    sub_id = _id(v, "subscription_id", request.subscription_id, required=True)
+    target = None
+    if not request.url:
+        v.add("url", "required")
+    else:
+        try:
+            target = parse_url(request.url, allow_private=allow_private)
+        except EndpointRefused as refused:
+            v.add("url", str(refused))
+    description = request.description.strip()
+    if description:
+        check_text(v, "description", description, DESCRIPTION_CHARS)
+    v.raise_if_any()
+    assert sub_id is not None
+    assert target is not None
+    return EndpointInput(sub_id, target, description)
+
+
+def subscription_of(
+    request: pb.ListWebhookEndpointsRequest,
+) -> uuid.UUID:
+    v = Violations()
+    found = _id(v, "subscription_id", request.subscription_id, required=True)
+    v.raise_if_any()
+    assert found is not None
+    return found
+
+
+def endpoint_id(request: pb.DeleteWebhookEndpointRequest | pb.SendTestWebhookRequest) -> uuid.UUID:
+    v = Violations()
+    found = _id(v, "id", request.id, required=True)
+    v.raise_if_any()
+    assert found is not None
+    return found
+
+
+def list_webhook_deliveries(
+    request: pb.ListWebhookDeliveriesRequest, tokens: PageTokens
+) -> tuple[uuid.UUID, uuid.UUID | None, Page]:
+    v = Violations()
+    sub_id = _id(v, "subscription_id", request.subscription_id, required=True)
+    endpoint = _id(v, "endpoint_id", request.endpoint_id, required=False)
+    scope = f"{sub_id}:{endpoint or ''}"
+    page = tokens.keyset_page(v, "webhook-deliveries", scope, request.page_size, request.page_token)
+    v.raise_if_any()
+    assert sub_id is not None
+    return sub_id, endpoint, page

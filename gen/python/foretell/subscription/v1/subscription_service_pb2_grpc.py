@@ -82,6 +82,31 @@ class SubscriptionServiceStub:
                 request_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListInvoicesRequest.SerializeToString,
                 response_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListInvoicesResponse.FromString,
                 _registered_method=True)
+        self.CreateWebhookEndpoint = channel.unary_unary(
+                '/foretell.subscription.v1.SubscriptionService/CreateWebhookEndpoint',
+                request_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.CreateWebhookEndpointRequest.SerializeToString,
+                response_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.CreateWebhookEndpointResponse.FromString,
+                _registered_method=True)
+        self.ListWebhookEndpoints = channel.unary_unary(
+                '/foretell.subscription.v1.SubscriptionService/ListWebhookEndpoints',
+                request_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListWebhookEndpointsRequest.SerializeToString,
+                response_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListWebhookEndpointsResponse.FromString,
+                _registered_method=True)
+        self.DeleteWebhookEndpoint = channel.unary_unary(
+                '/foretell.subscription.v1.SubscriptionService/DeleteWebhookEndpoint',
+                request_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.DeleteWebhookEndpointRequest.SerializeToString,
+                response_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.DeleteWebhookEndpointResponse.FromString,
+                _registered_method=True)
+        self.SendTestWebhook = channel.unary_unary(
+                '/foretell.subscription.v1.SubscriptionService/SendTestWebhook',
+                request_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.SendTestWebhookRequest.SerializeToString,
+                response_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.SendTestWebhookResponse.FromString,
+                _registered_method=True)
+        self.ListWebhookDeliveries = channel.unary_unary(
+                '/foretell.subscription.v1.SubscriptionService/ListWebhookDeliveries',
+                request_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+                response_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListWebhookDeliveriesResponse.FromString,
+                _registered_method=True)
 
 
 class SubscriptionServiceServicer:
@@ -164,6 +189,53 @@ class SubscriptionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateWebhookEndpoint(self, request, context):
+        """Registers an HTTPS endpoint for one of the caller's subscriptions: each
+        live forecast recorded for the model while the subscription is entitled
+        is POSTed to it as JSON, signed (docs/webhooks.md). The response holds the
+        signing secret, shown this once. INVALID_ARGUMENT for a URL that is not
+        https, or whose host does not resolve or resolves to a loopback, private,
+        link-local, multicast or reserved address; FAILED_PRECONDITION when the
+        subscription has ended or has its maximum of endpoints.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhookEndpoints(self, request, context):
+        """Lists the endpoints of one of the caller's subscriptions, oldest first
+        (never their secrets).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWebhookEndpoint(self, request, context):
+        """Deletes one of the caller's endpoints, with its delivery log: nothing more
+        is sent to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendTestWebhook(self, request, context):
+        """Queues a test event (type "webhook.test") for one of the caller's
+        endpoints; the worker sends it like any event, and it appears in the
+        delivery log. FAILED_PRECONDITION when the subscription is not entitled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhookDeliveries(self, request, context):
+        """The delivery log of one of the caller's subscriptions (every endpoint, or
+        one), newest first, a page at a time: each delivery's state, attempts and
+        their status codes, and when the next retry is due.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SubscriptionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +273,31 @@ def add_SubscriptionServiceServicer_to_server(servicer, server):
                     servicer.ListInvoices,
                     request_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListInvoicesRequest.FromString,
                     response_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListInvoicesResponse.SerializeToString,
+            ),
+            'CreateWebhookEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWebhookEndpoint,
+                    request_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.CreateWebhookEndpointRequest.FromString,
+                    response_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.CreateWebhookEndpointResponse.SerializeToString,
+            ),
+            'ListWebhookEndpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookEndpoints,
+                    request_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListWebhookEndpointsRequest.FromString,
+                    response_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListWebhookEndpointsResponse.SerializeToString,
+            ),
+            'DeleteWebhookEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWebhookEndpoint,
+                    request_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.DeleteWebhookEndpointRequest.FromString,
+                    response_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.DeleteWebhookEndpointResponse.SerializeToString,
+            ),
+            'SendTestWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendTestWebhook,
+                    request_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.SendTestWebhookRequest.FromString,
+                    response_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.SendTestWebhookResponse.SerializeToString,
+            ),
+            'ListWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookDeliveries,
+                    request_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListWebhookDeliveriesRequest.FromString,
+                    response_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListWebhookDeliveriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -405,6 +502,141 @@ class SubscriptionService:
             '/foretell.subscription.v1.SubscriptionService/ListInvoices',
             foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListInvoicesRequest.SerializeToString,
             foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListInvoicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWebhookEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.subscription.v1.SubscriptionService/CreateWebhookEndpoint',
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.CreateWebhookEndpointRequest.SerializeToString,
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.CreateWebhookEndpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.subscription.v1.SubscriptionService/ListWebhookEndpoints',
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListWebhookEndpointsRequest.SerializeToString,
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListWebhookEndpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWebhookEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.subscription.v1.SubscriptionService/DeleteWebhookEndpoint',
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.DeleteWebhookEndpointRequest.SerializeToString,
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.DeleteWebhookEndpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendTestWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.subscription.v1.SubscriptionService/SendTestWebhook',
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.SendTestWebhookRequest.SerializeToString,
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.SendTestWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.subscription.v1.SubscriptionService/ListWebhookDeliveries',
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListWebhookDeliveriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

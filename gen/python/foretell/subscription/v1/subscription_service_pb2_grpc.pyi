@@ -82,6 +82,33 @@ class SubscriptionServiceStub:
     """Lists the caller's invoices, newest issued first (an admin: everyone's),
     a page at a time.
     """
+    CreateWebhookEndpoint: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.CreateWebhookEndpointRequest, _subscription_service_pb2.CreateWebhookEndpointResponse]
+    """Registers an HTTPS endpoint for one of the caller's subscriptions: each
+    live forecast recorded for the model while the subscription is entitled
+    is POSTed to it as JSON, signed (docs/webhooks.md). The response holds the
+    signing secret, shown this once. INVALID_ARGUMENT for a URL that is not
+    https, or whose host does not resolve or resolves to a loopback, private,
+    link-local, multicast or reserved address; FAILED_PRECONDITION when the
+    subscription has ended or has its maximum of endpoints.
+    """
+    ListWebhookEndpoints: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.ListWebhookEndpointsRequest, _subscription_service_pb2.ListWebhookEndpointsResponse]
+    """Lists the endpoints of one of the caller's subscriptions, oldest first
+    (never their secrets).
+    """
+    DeleteWebhookEndpoint: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.DeleteWebhookEndpointRequest, _subscription_service_pb2.DeleteWebhookEndpointResponse]
+    """Deletes one of the caller's endpoints, with its delivery log: nothing more
+    is sent to it.
+    """
+    SendTestWebhook: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.SendTestWebhookRequest, _subscription_service_pb2.SendTestWebhookResponse]
+    """Queues a test event (type "webhook.test") for one of the caller's
+    endpoints; the worker sends it like any event, and it appears in the
+    delivery log. FAILED_PRECONDITION when the subscription is not entitled.
+    """
+    ListWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.ListWebhookDeliveriesRequest, _subscription_service_pb2.ListWebhookDeliveriesResponse]
+    """The delivery log of one of the caller's subscriptions (every endpoint, or
+    one), newest first, a page at a time: each delivery's state, attempts and
+    their status codes, and when the next retry is due.
+    """
 
 @_typing.type_check_only
 class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
@@ -136,6 +163,33 @@ class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
     ListInvoices: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.ListInvoicesRequest, _subscription_service_pb2.ListInvoicesResponse]  # type: ignore[assignment]
     """Lists the caller's invoices, newest issued first (an admin: everyone's),
     a page at a time.
+    """
+    CreateWebhookEndpoint: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.CreateWebhookEndpointRequest, _subscription_service_pb2.CreateWebhookEndpointResponse]  # type: ignore[assignment]
+    """Registers an HTTPS endpoint for one of the caller's subscriptions: each
+    live forecast recorded for the model while the subscription is entitled
+    is POSTed to it as JSON, signed (docs/webhooks.md). The response holds the
+    signing secret, shown this once. INVALID_ARGUMENT for a URL that is not
+    https, or whose host does not resolve or resolves to a loopback, private,
+    link-local, multicast or reserved address; FAILED_PRECONDITION when the
+    subscription has ended or has its maximum of endpoints.
+    """
+    ListWebhookEndpoints: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.ListWebhookEndpointsRequest, _subscription_service_pb2.ListWebhookEndpointsResponse]  # type: ignore[assignment]
+    """Lists the endpoints of one of the caller's subscriptions, oldest first
+    (never their secrets).
+    """
+    DeleteWebhookEndpoint: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.DeleteWebhookEndpointRequest, _subscription_service_pb2.DeleteWebhookEndpointResponse]  # type: ignore[assignment]
+    """Deletes one of the caller's endpoints, with its delivery log: nothing more
+    is sent to it.
+    """
+    SendTestWebhook: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.SendTestWebhookRequest, _subscription_service_pb2.SendTestWebhookResponse]  # type: ignore[assignment]
+    """Queues a test event (type "webhook.test") for one of the caller's
+    endpoints; the worker sends it like any event, and it appears in the
+    delivery log. FAILED_PRECONDITION when the subscription is not entitled.
+    """
+    ListWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.ListWebhookDeliveriesRequest, _subscription_service_pb2.ListWebhookDeliveriesResponse]  # type: ignore[assignment]
+    """The delivery log of one of the caller's subscriptions (every endpoint, or
+    one), newest first, a page at a time: each delivery's state, attempts and
+    their status codes, and when the next retry is due.
     """
 
 class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -230,6 +284,63 @@ class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_subscription_service_pb2.ListInvoicesResponse, _abc.Awaitable[_subscription_service_pb2.ListInvoicesResponse]]:
         """Lists the caller's invoices, newest issued first (an admin: everyone's),
         a page at a time.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateWebhookEndpoint(
+        self,
+        request: _subscription_service_pb2.CreateWebhookEndpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_service_pb2.CreateWebhookEndpointResponse, _abc.Awaitable[_subscription_service_pb2.CreateWebhookEndpointResponse]]:
+        """Registers an HTTPS endpoint for one of the caller's subscriptions: each
+        live forecast recorded for the model while the subscription is entitled
+        is POSTed to it as JSON, signed (docs/webhooks.md). The response holds the
+        signing secret, shown this once. INVALID_ARGUMENT for a URL that is not
+        https, or whose host does not resolve or resolves to a loopback, private,
+        link-local, multicast or reserved address; FAILED_PRECONDITION when the
+        subscription has ended or has its maximum of endpoints.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWebhookEndpoints(
+        self,
+        request: _subscription_service_pb2.ListWebhookEndpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_service_pb2.ListWebhookEndpointsResponse, _abc.Awaitable[_subscription_service_pb2.ListWebhookEndpointsResponse]]:
+        """Lists the endpoints of one of the caller's subscriptions, oldest first
+        (never their secrets).
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteWebhookEndpoint(
+        self,
+        request: _subscription_service_pb2.DeleteWebhookEndpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_service_pb2.DeleteWebhookEndpointResponse, _abc.Awaitable[_subscription_service_pb2.DeleteWebhookEndpointResponse]]:
+        """Deletes one of the caller's endpoints, with its delivery log: nothing more
+        is sent to it.
+        """
+
+    @_abc_1.abstractmethod
+    def SendTestWebhook(
+        self,
+        request: _subscription_service_pb2.SendTestWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_service_pb2.SendTestWebhookResponse, _abc.Awaitable[_subscription_service_pb2.SendTestWebhookResponse]]:
+        """Queues a test event (type "webhook.test") for one of the caller's
+        endpoints; the worker sends it like any event, and it appears in the
+        delivery log. FAILED_PRECONDITION when the subscription is not entitled.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWebhookDeliveries(
+        self,
+        request: _subscription_service_pb2.ListWebhookDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_service_pb2.ListWebhookDeliveriesResponse, _abc.Awaitable[_subscription_service_pb2.ListWebhookDeliveriesResponse]]:
+        """The delivery log of one of the caller's subscriptions (every endpoint, or
+        one), newest first, a page at a time: each delivery's state, attempts and
+        their status codes, and when the next retry is due.
         """
 
 def add_SubscriptionServiceServicer_to_server(servicer: SubscriptionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
