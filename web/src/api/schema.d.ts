@@ -1591,6 +1591,23 @@ export interface components {
             /** @description The subscription after the change. */
             subscription?: components["schemas"]["subscription.v1.Subscription"];
         };
+        /** @description CreditNote is a correction of an issued invoice: it reduces what is due, or, on a paid invoice, is owed back. Never changed once issued. */
+        "subscription.v1.CreditNote": {
+            /** @description The credit note's id (a UUID). */
+            id?: string;
+            /**
+             * Format: int64
+             * @description The amount credited, in minor units of the invoice's currency.
+             */
+            amountMinor?: string;
+            /** @description Its line: why, and for a prorated credit which span of the period. */
+            reason?: string;
+            /**
+             * Format: date-time
+             * @description When it was issued.
+             */
+            issueTime?: string;
+        };
         /** @description Response for SubscriptionService.GetPlan. */
         "subscription.v1.GetPlanResponse": {
             /** @description The plan. */
@@ -1650,6 +1667,8 @@ export interface components {
              * @description When it was paid; unset while open.
              */
             paidTime?: string;
+            /** @description Its credit notes, oldest first: corrections, and the unused part of a period that ended early (on a paid invoice, a refund owed). */
+            creditNotes?: components["schemas"]["subscription.v1.CreditNote"][];
         };
         /**
          * @description InvoiceState is whether an invoice still wants money.
