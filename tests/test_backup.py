@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import dataclasses
 import gzip
+import hashlib
 import io
+import json
 import subprocess
 import sys
 import tarfile
@@ -177,9 +179,25 @@ async def test_a_platform_backed_up_and_restored_elsewhere_verifies(
         source = dataclasses.replace(settings, data_dir=root / "source", database_url=source_url)
         platform = await build_platform(source, tmp_path / "model")
 
+        # In the store but named by no row of the snapshot (an upload in progress): left out.
+        stray = root / "stray"
+        stray.write_bytes(b"an upload not yet committed")
+        stray_digest = f"sha256:{hashlib.sha256(stray.read_bytes()).hexdigest()}"
+        ArtifactStore(source.artifacts_dir).put_bundle(stray, stray_digest)
         made = await cli("backup", str(archive), env=platform_env(source))
         assert made.returncode == 0, made.stderr
         assert "1 bundles, 1 images" in made.stdout
+        with tarfile.open(archive) as tar:
+            names = tar.getnames()
+            manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        assert names[0] == "format.json" and names[-1] == "manifest.json"
+        assert manifest["bundles"] == [platform.bundle]
+        assert manifest["images"] == [platform.image]
+        assert manifest["schema_revision"] and manifest["created_at"]
+        assert manifest["server_version"] and manifest["pg_dump_version"]
+        assert "database.sql" in manifest["files"]
+        assert any(name.startswith("ledger-keys/") for name in manifest["files"])
+        assert not any(stray_digest.removeprefix("sha256:") in name for name in names)
         assert archive.stat().st_mode & 0o077 == 0  # it holds the signing keys
         refused = await cli("backup", str(archive), env=platform_env(source))
         assert refused.returncode == 1 and "already exists" in refused.stderr
@@ -258,8 +276,6 @@ def test_bad_paths_and_damaged_archives_are_refused_clearly(
     root = tmp_root / f"bad-{uuid.uuid4().hex[:8]}"
     root.mkdir()
     fresh = dataclasses.replace(settings, data_dir=root / "data", database_url=None)
-    import hashlib
-
     good_sql = b"SELECT"
     manifest = MANIFEST % hashlib.sha256(good_sql).hexdigest().encode()
     cases = {

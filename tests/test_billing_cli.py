@@ -63,3 +63,7 @@ async def test_plan_subscribe_cancel_resume_invoices(
     assert ended["subscription"]["state"] == "SUBSCRIPTION_STATE_CANCELED"
     voided = json.loads(_ok(await _run(reader_dir, url, "invoices", "--json")).stdout)
     assert [i["state"] for i in voided["invoices"]] == ["INVOICE_STATE_VOID"]
+    (credit,) = voided["invoices"][0]["creditNotes"]
+    assert credit["reason"] == "canceled before the first payment"
+    credited = _ok(await _run(reader_dir, url, "invoices"))
+    assert "credited 49.00 USD: canceled before the first payment" in credited.stdout

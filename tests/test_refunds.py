@@ -113,6 +113,13 @@ async def test_cancelling_now_credits_the_unused_part_of_a_paid_period_once(
     (after,) = await _invoices(stub, reader, sub.id)
     assert after.state == pb.INVOICE_STATE_PAID
     assert after.credited_minor == note.amount_minor
+    # The subscriber sees the credit note and its line.
+    (shown,) = after.credit_notes
+    assert (shown.id, shown.amount_minor, shown.reason) == (
+        str(note.id),
+        note.amount_minor,
+        note.reason,
+    )
     # A second credit for the same period is refused by the database, whoever asks.
     async with resources.db.session.begin() as session:
         locked = await locked_subscription(session, uuid.UUID(sub.id))

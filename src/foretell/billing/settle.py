@@ -50,6 +50,8 @@ class InvoiceStatus:
     invoice: Invoice
     credited_minor: int
     payment: Payment | None
+    # Oldest first.
+    credit_notes: tuple[CreditNote, ...] = ()
 
     @property
     def amount_due_minor(self) -> int:
@@ -96,7 +98,18 @@ async def invoice_statuses(
     if limit is not None:
         query = query.limit(limit)
     rows = (await session.execute(query)).all()
-    return [InvoiceStatus(row[0], int(row[1]), row[2]) for row in rows]
+    notes: dict[uuid.UUID, list[CreditNote]] = {}
+    if any(row[1] for row in rows):
+        credited = [row[0].id for row in rows if row[1]]
+        for note in await session.scalars(
+            select(CreditNote)
+            .where(CreditNote.invoice_id.in_(credited))
+            .order_by(CreditNote.issued_at, CreditNote.id)
+        ):
+            notes.setdefault(note.invoice_id, []).append(note)
+    return [
+        InvoiceStatus(row[0], int(row[1]), row[2], tuple(notes.get(row[0].id, ()))) for row in rows
+    ]
 
 
 def is_open() -> ColumnElement[bool]:

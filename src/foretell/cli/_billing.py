@@ -246,3 +246,8 @@ def invoices(subscription_id: str, url: str, as_json: bool) -> None:
             for i in listed
         ],
     )
+    for i in listed:
+        for note in i.credit_notes:
+            click.echo(
+                f"{i.id}: credited {format_minor(note.amount_minor, i.currency)}: {note.reason}"
+            )

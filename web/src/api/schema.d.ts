@@ -1673,6 +1673,23 @@ export interface components {
             /** @description The signing secret ("whsec_" and base64): shown only here, keep it. */
             secret?: string;
         };
+        /** @description CreditNote is a correction of an issued invoice: it reduces what is due, or, on a paid invoice, is owed back. Never changed once issued. */
+        "subscription.v1.CreditNote": {
+            /** @description The credit note's id (a UUID). */
+            id?: string;
+            /**
+             * Format: int64
+             * @description The amount credited, in minor units of the invoice's currency.
+             */
+            amountMinor?: string;
+            /** @description Its line: why, and for a prorated credit which span of the period. */
+            reason?: string;
+            /**
+             * Format: date-time
+             * @description When it was issued.
+             */
+            issueTime?: string;
+        };
         /** @description Response for SubscriptionService.DeleteWebhookEndpoint. */
         "subscription.v1.DeleteWebhookEndpointResponse": Record<string, never>;
         /** @description Response for SubscriptionService.GetPlan. */
@@ -1734,6 +1751,8 @@ export interface components {
              * @description When it was paid; unset while open.
              */
             paidTime?: string;
+            /** @description Its credit notes, oldest first: corrections, and the unused part of a period that ended early (on a paid invoice, a refund owed). */
+            creditNotes?: components["schemas"]["subscription.v1.CreditNote"][];
         };
         /**
          * @description InvoiceState is whether an invoice still wants money.

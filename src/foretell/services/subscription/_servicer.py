@@ -86,6 +86,15 @@ def invoice_pb(status: InvoiceStatus, model: str) -> pb.Invoice:
         credited_minor=status.credited_minor,
         amount_due_minor=status.amount_due_minor,
         paid_time=_ts(status.payment.paid_at if status.payment else None),
+        credit_notes=[
+            pb.CreditNote(
+                id=str(note.id),
+                amount_minor=note.amount_minor,
+                reason=note.reason,
+                issue_time=_ts(note.issued_at),
+            )
+            for note in status.credit_notes
+        ],
     )
 
 

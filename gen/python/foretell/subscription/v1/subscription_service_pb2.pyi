@@ -264,6 +264,7 @@ class Invoice(_message.Message):
     CREDITED_MINOR_FIELD_NUMBER: _builtins.int
     AMOUNT_DUE_MINOR_FIELD_NUMBER: _builtins.int
     PAID_TIME_FIELD_NUMBER: _builtins.int
+    CREDIT_NOTES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The invoice's id (a UUID)."""
     subscription_id: _builtins.str
@@ -302,6 +303,12 @@ class Invoice(_message.Message):
     def paid_time(self) -> _timestamp_pb2.Timestamp:
         """When it was paid; unset while open."""
 
+    @_builtins.property
+    def credit_notes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreditNote]:
+        """Its credit notes, oldest first: corrections, and the unused part of a
+        period that ended early (on a paid invoice, a refund owed).
+        """
+
     def __init__(
         self,
         *,
@@ -319,14 +326,53 @@ class Invoice(_message.Message):
         credited_minor: _builtins.int = ...,
         amount_due_minor: _builtins.int = ...,
         paid_time: _timestamp_pb2.Timestamp | None = ...,
+        credit_notes: _abc.Iterable[Global___CreditNote] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["due_time", b"due_time", "issue_time", b"issue_time", "paid_time", b"paid_time", "period_end_time", b"period_end_time", "period_start_time", b"period_start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_due_minor", b"amount_due_minor", "amount_minor", b"amount_minor", "credited_minor", b"credited_minor", "currency", b"currency", "due_time", b"due_time", "id", b"id", "issue_time", b"issue_time", "model", b"model", "paid_time", b"paid_time", "period_end_time", b"period_end_time", "period_start_time", b"period_start_time", "state", b"state", "subscriber_id", b"subscriber_id", "subscription_id", b"subscription_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_due_minor", b"amount_due_minor", "amount_minor", b"amount_minor", "credit_notes", b"credit_notes", "credited_minor", b"credited_minor", "currency", b"currency", "due_time", b"due_time", "id", b"id", "issue_time", b"issue_time", "model", b"model", "paid_time", b"paid_time", "period_end_time", b"period_end_time", "period_start_time", b"period_start_time", "state", b"state", "subscriber_id", b"subscriber_id", "subscription_id", b"subscription_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Invoice: _TypeAlias = Invoice  # noqa: Y015
+
+@_typing.final
+class CreditNote(_message.Message):
+    """CreditNote is a correction of an issued invoice: it reduces what is due, or,
+    on a paid invoice, is owed back. Never changed once issued.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ISSUE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The credit note's id (a UUID)."""
+    amount_minor: _builtins.int
+    """The amount credited, in minor units of the invoice's currency."""
+    reason: _builtins.str
+    """Its line: why, and for a prorated credit which span of the period."""
+    @_builtins.property
+    def issue_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was issued."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        amount_minor: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        issue_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issue_time", b"issue_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "id", b"id", "issue_time", b"issue_time", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditNote: _TypeAlias = CreditNote  # noqa: Y015
 
 @_typing.final
 class GetPlanRequest(_message.Message):
