@@ -54,9 +54,9 @@ class Receiver:
             writer.close()
             self.changed.set()
 
-    async def wait_for(self, done: Callable[[list[Received]], bool]) -> None:
-        """Until `done(received)` holds, or TimeoutError after ten seconds."""
-        async with asyncio.timeout(10):
+    async def wait_for(self, done: Callable[[list[Received]], bool], within_s: float = 10) -> None:
+        """Until `done(received)` holds, or TimeoutError after `within_s`."""
+        async with asyncio.timeout(within_s):
             while not done(self.received):
                 self.changed.clear()
                 await self.changed.wait()

@@ -230,7 +230,8 @@ async def test_the_worker_delivers(
         async with receiving() as receiver:
             await _endpoint(hooks, who, receiver.url)
             await record(resources, who.model, BASE, symbols=("EURUSD",))
-            await receiver.wait_for(lambda got: len(got) == 1)
+            # The worker builds the trading calendars before it starts: seconds on a busy host.
+            await receiver.wait_for(lambda got: len(got) == 1, within_s=60)
             (delivery,) = await _until_settled(hooks, who, 1)
         assert delivery.state == DELIVERED
     finally:
