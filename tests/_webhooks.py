@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -63,9 +64,12 @@ class Receiver:
 
 
 @asynccontextmanager
-async def receiving(script: list[int] | None = None) -> AsyncIterator[Receiver]:
+async def receiving(
+    script: list[int] | None = None, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[Receiver]:
+    """A receiver on 127.0.0.1, speaking HTTPS with `tls` (a server context) when given."""
     receiver = Receiver(script=list(script or []))
-    server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0, ssl=tls)
     receiver.port = server.sockets[0].getsockname()[1]
     async with server:
         yield receiver
