@@ -249,6 +249,34 @@ async def test_the_worker_delivers(
         await worker.close()
 
 
+async def test_a_delivery_whose_worker_died_is_sent_once_its_lease_has_passed(
+    channel: aio.Channel,
+    hooks: pb_grpc.SubscriptionServiceAsyncStub,
+    hooks_resources: Resources,
+    sign_up: SignUp,
+    resources: Resources,
+    clock: MovableClock,
+) -> None:
+    """At least once: a worker claims a delivery and dies before recording anything; another
+    sends it when the claim's lease (the POST's time limit plus 30 s) has passed, not before."""
+    who = await _subscribed(channel, sign_up, resources)
+    async with receiving() as receiver:
+        await _endpoint(hooks, who, receiver.url)
+        await record(resources, who.model, BASE, symbols=("EURUSD",))
+        (delivery,) = await _log(hooks, who)
+        res = hooks_resources
+        assert uuid.UUID(delivery.id) in await claim(res.db, res.settings, clock(), 1000)
+        async with dispatching(res):
+            # Leased: nobody takes it meanwhile.
+            assert uuid.UUID(delivery.id) not in await claim(res.db, res.settings, clock(), 1000)
+            assert receiver.received == []
+            clock.advance(timedelta(seconds=res.settings.webhook_timeout_s + 31))
+            await receiver.wait_for(lambda got: len(got) == 1)
+            (delivery,) = await _until_settled(hooks, who, 1)
+    assert delivery.state == DELIVERED
+    assert len(delivery.attempts) == 1
+
+
 async def test_attempts_are_bounded_then_the_delivery_fails(
     channel: aio.Channel,
     hooks: pb_grpc.SubscriptionServiceAsyncStub,
