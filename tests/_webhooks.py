@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -54,18 +55,21 @@ class Receiver:
             writer.close()
             self.changed.set()
 
-    async def wait_for(self, done: Callable[[list[Received]], bool]) -> None:
-        """Until `done(received)` holds, or TimeoutError after ten seconds."""
-        async with asyncio.timeout(10):
+    async def wait_for(self, done: Callable[[list[Received]], bool], within_s: float = 10) -> None:
+        """Until `done(received)` holds, or TimeoutError after `within_s`."""
+        async with asyncio.timeout(within_s):
             while not done(self.received):
                 self.changed.clear()
                 await self.changed.wait()
 
 
 @asynccontextmanager
-async def receiving(script: list[int] | None = None) -> AsyncIterator[Receiver]:
+async def receiving(
+    script: list[int] | None = None, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[Receiver]:
+    """A receiver on 127.0.0.1, speaking HTTPS with `tls` (a server context) when given."""
     receiver = Receiver(script=list(script or []))
-    server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0, ssl=tls)
     receiver.port = server.sockets[0].getsockname()[1]
     async with server:
         yield receiver

@@ -438,6 +438,9 @@ def test_network_policies_deny_by_default_and_cover_every_pod(docs: tuple[Doc, .
         assert all("ports" in rule for rule in egress), f"{name}: egress to every port"
         if labels["app.kubernetes.io/name"] == "foretell-envoy":
             assert ports == {53, 50051}
+        elif component(pod) == "scheduler":
+            # Webhooks: HTTPS out, to public addresses only (the webhooks-egress policy).
+            assert ports <= STORE_PORTS | {443}, f"{name}: {ports}"
         else:
             assert ports <= STORE_PORTS, f"{name}: {ports}"
         if component(pod) == "worker":

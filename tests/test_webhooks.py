@@ -9,14 +9,20 @@ import asyncio
 import dataclasses
 import ipaddress
 import json
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from grpc import aio
 from sqlalchemy import update
 
@@ -30,10 +36,13 @@ from foretell.subscription.v1 import subscription_service_pb2_grpc as pb_grpc
 from foretell.webhooks import (
     Dispatcher,
     EndpointRefused,
+    SendFailed,
     SignatureInvalid,
     check_address,
     claim,
     deliver_due,
+    parse_url,
+    post,
     send_one,
     sign,
     verify,
@@ -230,13 +239,42 @@ async def test_the_worker_delivers(
         async with receiving() as receiver:
             await _endpoint(hooks, who, receiver.url)
             await record(resources, who.model, BASE, symbols=("EURUSD",))
-            await receiver.wait_for(lambda got: len(got) == 1)
+            # The worker builds the trading calendars before it starts: seconds on a busy host.
+            await receiver.wait_for(lambda got: len(got) == 1, within_s=60)
             (delivery,) = await _until_settled(hooks, who, 1)
         assert delivery.state == DELIVERED
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
         await worker.close()
+
+
+async def test_a_delivery_whose_worker_died_is_sent_once_its_lease_has_passed(
+    channel: aio.Channel,
+    hooks: pb_grpc.SubscriptionServiceAsyncStub,
+    hooks_resources: Resources,
+    sign_up: SignUp,
+    resources: Resources,
+    clock: MovableClock,
+) -> None:
+    """At least once: a worker claims a delivery and dies before recording anything; another
+    sends it when the claim's lease (the POST's time limit plus 30 s) has passed, not before."""
+    who = await _subscribed(channel, sign_up, resources)
+    async with receiving() as receiver:
+        await _endpoint(hooks, who, receiver.url)
+        await record(resources, who.model, BASE, symbols=("EURUSD",))
+        (delivery,) = await _log(hooks, who)
+        res = hooks_resources
+        assert uuid.UUID(delivery.id) in await claim(res.db, res.settings, clock(), 1000)
+        async with dispatching(res):
+            # Leased: nobody takes it meanwhile.
+            assert uuid.UUID(delivery.id) not in await claim(res.db, res.settings, clock(), 1000)
+            assert receiver.received == []
+            clock.advance(timedelta(seconds=res.settings.webhook_timeout_s + 31))
+            await receiver.wait_for(lambda got: len(got) == 1)
+            (delivery,) = await _until_settled(hooks, who, 1)
+    assert delivery.state == DELIVERED
+    assert len(delivery.attempts) == 1
 
 
 async def test_attempts_are_bounded_then_the_delivery_fails(
@@ -495,3 +533,51 @@ async def test_the_test_receiver_follows_its_script() -> None:
         assert (await client.post(receiver.url, content=b"{}")).status_code == 418
         assert (await client.post(receiver.url, content=b"{}")).status_code == 200
     assert [r.body for r in receiver.received] == [b"{}", b"{}"]
+
+
+def _certificate(host: str) -> tuple[bytes, bytes]:
+    """A self-signed certificate for `host` and its key, PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem_key = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), pem_key
+
+
+async def test_https_is_verified_against_the_host_name_not_the_address(tmp_path: Path) -> None:
+    """The POST connects to the checked address and verifies TLS for the URL's host: a
+    certificate for another name is refused though the address is the same."""
+    cert, key = _certificate("hooks.test")
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "key.pem").write_bytes(key)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    trust = ssl.create_default_context(cadata=cert.decode())
+    loopback = [ipaddress.ip_address("127.0.0.1")]
+    async with receiving(tls=server) as receiver:
+        good = parse_url(f"https://hooks.test:{receiver.port}/in", allow_private=True)
+        assert await post(good, loopback, {}, b"{}", 5, trust) == 200
+        assert receiver.received[0].headers["host"] == f"hooks.test:{receiver.port}"
+        other = parse_url(f"https://other.test:{receiver.port}/in", allow_private=True)
+        with pytest.raises(SendFailed, match="TLS failed"):
+            await post(other, loopback, {}, b"{}", 5, trust)
+        # The system's authorities do not know this certificate either.
+        with pytest.raises(SendFailed, match="TLS failed"):
+            await post(good, loopback, {}, b"{}", 5)
+    assert len(receiver.received) == 1

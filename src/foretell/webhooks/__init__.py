@@ -22,6 +22,7 @@ from foretell.webhooks._deliver import (
     send_one,
 )
 from foretell.webhooks._events import FORECAST_RECORDED, TEST
+from foretell.webhooks._http import SendFailed, post
 from foretell.webhooks._signing import (
     SECRET_PREFIX,
     TOLERANCE_S,
@@ -40,6 +41,7 @@ __all__ = [
     "WEBHOOKS_CHANNEL",
     "Dispatcher",
     "EndpointRefused",
+    "SendFailed",
     "SignatureInvalid",
     "Target",
     "backoff_s",
@@ -48,6 +50,7 @@ __all__ = [
     "deliver_due",
     "new_secret",
     "parse_url",
+    "post",
     "resolve",
     "send_one",
     "sign",

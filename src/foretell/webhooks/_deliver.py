@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy import select, text, update
+from sqlalchemy import DateTime, Integer, insert, literal, select, text, update
 from sqlalchemy.engine import make_url
 
 from foretell.billing.machine import ENTITLED, State
@@ -95,18 +95,21 @@ class _Job:
     forecast: Forecast | None
 
 
-async def _load(db: Database, delivery_id: uuid.UUID) -> _Job | None:
+async def load(db: Database, delivery_ids: list[uuid.UUID]) -> list[_Job]:
+    """Everything needed to send the claimed deliveries, in one query."""
+    if not delivery_ids:
+        return []
     query = (
         select(WebhookDelivery, WebhookEndpoint, Subscription, Model.name, Forecast)
         .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
         .join(Subscription, Subscription.id == WebhookEndpoint.subscription_id)
         .join(Model, Model.id == Subscription.model_id)
         .outerjoin(Forecast, Forecast.id == WebhookDelivery.forecast_id)
-        .where(WebhookDelivery.id == delivery_id)
+        .where(WebhookDelivery.id.in_(delivery_ids))
     )
     async with db.session() as session:
-        row = (await session.execute(query)).first()
-    return None if row is None else _Job(row[0], row[1], row[2], row[3], row[4])
+        rows = (await session.execute(query)).all()
+    return [_Job(row[0], row[1], row[2], row[3], row[4]) for row in rows]
 
 
 async def _entitled(db: Database, settings: Settings, sub: Subscription, now: datetime) -> bool:
@@ -144,21 +147,24 @@ async def _finish(
         values.update(state="failed", next_attempt_at=None)
     else:
         values["next_attempt_at"] = started + timedelta(seconds=backoff_s(settings, number))
-    async with db.session.begin() as session:
-        # A commit lost in a crash only means the event is sent again: at least once allows
-        # it, and not waiting for the WAL flush halves the cost of recording an attempt.
-        await session.execute(_ASYNC_COMMIT)
-        await session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == job.delivery.id, WebhookDelivery.state == "pending")
-            .values(**values)
-        )
-        session.add(
-            WebhookAttempt(
-                delivery_id=job.delivery.id, number=number, started_at=started,
-                duration_ms=duration_ms, status_code=status, error=error[:_ERROR_CHARS],
-            )
-        )  # fmt: skip
+    changed = (
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == job.delivery.id, WebhookDelivery.state == "pending")
+        .values(**values)
+        .returning(WebhookDelivery.id)
+        .cte("changed")
+    )
+    # The answer and the attempt in one statement, one round trip (autocommit): the attempt is
+    # logged only if the delivery was still pending.
+    record = insert(WebhookAttempt).from_select(
+        ["delivery_id", "number", "started_at", "duration_ms", "status_code", "error"],
+        select(
+            changed.c.id, literal(number), literal(started, DateTime(timezone=True)),
+            literal(duration_ms), literal(status, Integer), literal(error[:_ERROR_CHARS]),
+        ),
+    )  # fmt: skip
+    async with db.read.connect() as connection:
+        await connection.execute(record)
     return str(values.get("state", "pending"))
 
 
@@ -173,9 +179,15 @@ async def _cancel(db: Database, delivery_id: uuid.UUID, why: str) -> None:
 
 async def send_one(db: Database, settings: Settings, clock: Clock, delivery_id: uuid.UUID) -> str:
     """POSTs one claimed delivery and records the attempt; returns the delivery's state."""
-    job = await _load(db, delivery_id)
-    if job is None or job.delivery.state != "pending":
+    jobs = await load(db, [delivery_id])
+    return await send(db, settings, clock, jobs[0]) if jobs else "gone"
+
+
+async def send(db: Database, settings: Settings, clock: Clock, job: _Job) -> str:
+    """POSTs a claimed, loaded delivery and records the attempt; returns its state."""
+    if job.delivery.state != "pending":
         return "gone"
+    delivery_id = job.delivery.id
     now = clock()
     if not await _entitled(db, settings, job.subscription, now):
         await _cancel(db, delivery_id, "the subscription is no longer entitled to forecasts")
@@ -209,7 +221,8 @@ async def deliver_due(db: Database, settings: Settings, clock: Clock) -> int:
     many were attempted. What the Dispatcher does continuously, in one call."""
     attempted = 0
     while claimed := await claim(db, settings, clock(), settings.webhook_concurrency):
-        await asyncio.gather(*(send_one(db, settings, clock, d) for d in claimed))
+        jobs = await load(db, claimed)
+        await asyncio.gather(*(send(db, settings, clock, job) for job in jobs))
         attempted += len(claimed)
     return attempted
 
@@ -249,8 +262,9 @@ class Dispatcher:
         free = self._settings.webhook_concurrency - len(self._inflight)
         if free <= 0:
             return
-        for delivery_id in await claim(self._db, self._settings, self._clock(), free):
-            task = asyncio.create_task(send_one(self._db, self._settings, self._clock, delivery_id))
+        claimed = await claim(self._db, self._settings, self._clock(), free)
+        for job in await load(self._db, claimed):
+            task = asyncio.create_task(send(self._db, self._settings, self._clock, job))
             self._inflight.add(task)
             task.add_done_callback(self._done)
 
