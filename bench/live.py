@@ -154,8 +154,8 @@ def report(part: Part) -> tuple[float, float]:
     delays = part.delays()
     p50, p99 = statistics.median(delays), percentile(delays, 0.99)
     print(
-        f"{part.label:<44} {len(delays)} forecasts   p50 {p50:6.2f} s   p99 {p99:6.2f} s"
-        f"   max {max(delays):6.2f} s"
+        f"{part.label:<52} {len(delays)} forecasts   first {min(delays):6.2f} s"
+        f"   p50 {p50:6.2f} s   p99 {p99:6.2f} s   last {max(delays):6.2f} s"
     )
     return p50, p99
 

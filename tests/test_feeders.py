@@ -485,3 +485,35 @@ async def test_admin_feeders_refuse_bad_input_plainly(settings: Settings) -> Non
     nobody = await asyncio.to_thread(_admin_cli, settings, "grant", unique_email("x"), "EURUSD")
     assert nobody.returncode == 2
     assert "no feeder account" in nobody.stderr
+
+
+async def test_foretell_data_correct_records_the_change(
+    tmp_path: Path,
+    envoy: Envoy,
+    feeder: Feeder,
+    datafeed: Stub,  # noqa: F811
+    admin: SignedIn,  # noqa: F811
+) -> None:
+    await ingest(datafeed, feeder.metadata, feeder.symbol, hourly(2))
+    url, config = f"http://{envoy.grpc_target}", tmp_path / "config"
+    _ok(await asyncio.to_thread(
+        _foretell, config, url, "login", "--email", admin.email, "--password-stdin",
+        stdin=f"{admin.password}\n",
+    ))  # fmt: skip
+    args = (
+        "data", "correct", feeder.symbol.lower(), "--resolution", "1h",
+        "--at", "2020-01-06T01:00:00Z", "--open", "1.1", "--high", "1.3", "--low", "1.0",
+        "--close", "1.25", "--volume", "7", "--reason", "vendor re-issued it",
+    )  # fmt: skip
+    done = _ok(await asyncio.to_thread(_foretell, config, url, *args, "--json"))
+    document = json.loads(done.stdout)
+    assert document["newValues"]["close"] == 1.25
+    assert document["reason"] == "vendor re-issued it"
+    assert document["correctedBy"] == admin.user.id
+    stored = joined(await get_bars(datafeed, admin.metadata, symbol=feeder.symbol))
+    assert stored.closes[1] == 1.25
+    # Bad values: the server's field violations, exit 2.
+    bad = _fails(
+        await asyncio.to_thread(_foretell, config, url, *args[:-2], "--reason", " "), Exit.USAGE
+    )
+    assert "reason" in bad.stderr
