@@ -41,6 +41,7 @@ from typing import Any
 
 from _fleet import add_models
 from _stores import database, redis
+from arq.jobs import Job
 from grpc import aio
 
 from foretell.account.v1 import account_service_pb2 as account_pb
@@ -52,7 +53,9 @@ from foretell.datafeed.v1 import datafeed_service_pb2 as feed_pb
 from foretell.datafeed.v1 import datafeed_service_pb2_grpc as feed_grpc
 from foretell.forecast.v1 import forecast_service_pb2 as fc_pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as fc_grpc
+from foretell.runtime.lanes import Lane, queue_name
 from foretell.runtime.resources import open_resources
+from foretell.scheduler import run_job_id
 from foretell.services.account import create_user
 from foretell.services.datafeed import admin as feeders
 from foretell.settings import Address, Settings
@@ -97,9 +100,14 @@ class Part:
     label: str
     symbols: list[str]
     names: dict[str, str]  # model name -> its symbol
+    versions: dict[str, uuid.UUID]  # model name -> its live version
     listening: set[str] = dataclasses.field(default_factory=set)
     arrived: dict[str, float] = dataclasses.field(default_factory=dict)
     ingested: dict[str, float] = dataclasses.field(default_factory=dict)
+    # The same moments on the wall clock, to compare with arq's job times.
+    ingested_at: dict[str, datetime] = dataclasses.field(default_factory=dict)
+    # Per run job: (enqueued, started, finished).
+    jobs: dict[str, tuple[datetime, datetime, datetime]] = dataclasses.field(default_factory=dict)
 
     def delays(self) -> list[float]:
         return [self.arrived[n] - self.ingested[s] for n, s in self.names.items()]
@@ -141,6 +149,7 @@ async def measure(
         ]
         await feed.IngestBars(iter(messages), metadata=feeder)
         part.ingested[symbol] = time.perf_counter()
+        part.ingested_at[symbol] = datetime.now(UTC)
     done, pending = await asyncio.wait(followers, timeout=WAIT_S)
     for task in pending:
         task.cancel()
@@ -150,6 +159,31 @@ async def measure(
         raise SystemExit(f"{part.label}: {len(pending)} forecasts never arrived")
 
 
+async def job_times(part: Part, res: Any, slot: datetime) -> None:
+    """When arq enqueued, started and finished each run (kept results)."""
+    queue = queue_name(res.settings, Lane.LIVE)
+    for name, version_id in part.versions.items():
+        job = Job(run_job_id(version_id, slot), res.redis, _queue_name=queue)
+        info = await job.result_info()
+        if info is None:
+            raise SystemExit(f"{part.label}: no result for {name}'s run")
+        part.jobs[name] = (info.enqueue_time, info.start_time, info.finish_time)
+
+
+def stages(part: Part) -> str:
+    """Medians of where the delay goes: ingest to enqueued, in the queue, the run."""
+    waits, queued, ran = [], [], []
+    for name, (enqueued, started, finished) in part.jobs.items():
+        waits.append((enqueued - part.ingested_at[part.names[name]]).total_seconds())
+        queued.append((started - enqueued).total_seconds())
+        ran.append((finished - started).total_seconds())
+    return (
+        f"    ingest to enqueued: median {statistics.median(waits):6.2f} s, max {max(waits):6.2f}"
+        f";  queued: median {statistics.median(queued):6.2f} s"
+        f";  run: median {statistics.median(ran):5.2f} s"
+    )
+
+
 def report(part: Part) -> tuple[float, float]:
     delays = part.delays()
     p50, p99 = statistics.median(delays), percentile(delays, 0.99)
@@ -157,6 +191,7 @@ def report(part: Part) -> tuple[float, float]:
         f"{part.label:<52} {len(delays)} forecasts   first {min(delays):6.2f} s"
         f"   p50 {p50:6.2f} s   p99 {p99:6.2f} s   last {max(delays):6.2f} s"
     )
+    print(stages(part))
     return p50, p99
 
 
@@ -203,7 +238,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 ):
                     made = await add_models(res, args.models, published, spread_over(symbols))
                     names = {model.name: model.symbols[0] for model, _ in made}
-                    parts.append(Part(label, symbols, names))
+                    versions = {model.name: version.id for model, version in made}
+                    parts.append(Part(label, symbols, names, versions))
                 feeder = await feeders.create(
                     settings, "feed@bench.example", "Bench feed", DATA_DRIVEN + CRON_ONLY
                 )
@@ -220,10 +256,12 @@ async def main_async(args: argparse.Namespace) -> None:
                             f"{worker.max_jobs} jobs at once"
                         )
                         await measure(parts[0], forecasts, feed, reader, feeder_key, slot)
+                        await job_times(parts[0], res, slot)
                         # The wake-up off: the cron's cycle no longer has a listener to revive.
                         listener = worker.ctx.pop("bars_listener")
                         await listener.close()
                         await measure(parts[1], forecasts, feed, reader, feeder_key, slot)
+                        await job_times(parts[1], res, slot)
                 finally:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
