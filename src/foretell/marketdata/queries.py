@@ -139,10 +139,16 @@ SELECT (SELECT n FROM existing), (SELECT count(*) FROM written)
 _FIND_EXISTING = text(_INCOMING + "SELECT n, first FROM existing")  # noqa: S608
 # How far runs have read a symbol: a run reads bars closed at or before its as_of. Runs that
 # never started a model (missed, data missing, a platform error) read nothing.
+# Per model, the newest such run is found walking runs_model_idx (model_id, as_of) backwards:
+# a long record costs one index probe, not a scan.
 _READ_UNTIL = text("""
-SELECT extract(epoch FROM max(r.as_of))::bigint
-FROM runs r JOIN models m ON m.id = r.model_id
-WHERE :symbol = ANY(m.symbols) AND r.outcome NOT IN ('missed', 'data_missing', 'platform_error')
+SELECT extract(epoch FROM max(last.as_of))::bigint
+FROM models m CROSS JOIN LATERAL (
+  SELECT r.as_of FROM runs r
+  WHERE r.model_id = m.id AND r.outcome NOT IN ('missed', 'data_missing', 'platform_error')
+  ORDER BY r.as_of DESC LIMIT 1
+) last
+WHERE :symbol = ANY(m.symbols)
 """)
 # Stored bars a run read that the incoming values would change: the first and how many.
 _CHANGES_READ = text(
