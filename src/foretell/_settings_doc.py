@@ -36,6 +36,13 @@ OTHER_VARIABLES: tuple[tuple[str, str, str], ...] = (
         "verify` has seen. Default: the user's config directory for `foretell`.",
     ),
     (
+        "FORETELL_API_KEY",
+        "the `foretell` CLI",
+        "An API key the client commands send instead of the signed-in session, for scripts "
+        "(e.g. a data feeder's `foretell data push`). Unset: the session `foretell login` "
+        "stored.",
+    ),
+    (
         "FORETELL_SOCKET",
         "the SDK, inside a run's jail",
         "The run's Unix socket, set by the platform in the jail's allow-listed environment; "

@@ -11,9 +11,12 @@ class Role(enum.StrEnum):
     PROVIDER = "provider"
     SUBSCRIBER = "subscriber"
     ADMIN = "admin"
+    # A vendor's script that pushes bars for the symbols an admin granted it, nothing else.
+    FEEDER = "feeder"
 
 
-ANYONE_SIGNED_IN = frozenset(Role)
+# Every role but the data feeder, which is kept to the ingest RPC alone.
+ANYONE_SIGNED_IN = frozenset({Role.PROVIDER, Role.SUBSCRIBER, Role.ADMIN})
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,12 @@ class Policy:
     roles: frozenset[Role] | None
     # Whether an API key is an acceptable credential (read-only methods).
     api_key: bool = False
+    # Roles whose API keys are acceptable even though `api_key` is False: a data feeder's
+    # key, for the one method it exists to call.
+    api_key_roles: frozenset[Role] = frozenset()
+
+    def accepts_api_key(self, role: Role) -> bool:
+        return self.api_key or role in self.api_key_roles
 
 
 PUBLIC = Policy(roles=None)
@@ -32,6 +41,11 @@ PROVIDERS = Policy(roles=frozenset({Role.PROVIDER}))
 SUBSCRIBERS_AND_PROVIDERS = Policy(roles=frozenset({Role.SUBSCRIBER, Role.PROVIDER}))
 PROVIDERS_AND_ADMINS = Policy(roles=frozenset({Role.PROVIDER, Role.ADMIN}))
 ADMINS = Policy(roles=frozenset({Role.ADMIN}))
+# Admins (signed in) and data feeders (signed in or with their API key, as vendor scripts
+# run); the service keeps a feeder to the symbols it was granted.
+FEEDERS_AND_ADMINS = Policy(
+    roles=frozenset({Role.ADMIN, Role.FEEDER}), api_key_roles=frozenset({Role.FEEDER})
+)
 # Nobody, whatever their role: for RPCs that exist only on a run's own Unix socket, where the
 # socket itself is the capability and no interceptor runs.
 NOBODY = Policy(roles=frozenset())
@@ -67,10 +81,11 @@ POLICY: dict[str, Policy] = {
     # Admins may take a model offline (moderation); they never publish for a provider.
     _REGISTRY + "TakeOffline": PROVIDERS_AND_ADMINS,
     # Market data is the platform's: everyone signed in reads it (API keys too, for scripts);
-    # only an admin adds or corrects it.
+    # admins and data feeders (for their granted symbols) add it; only an admin corrects it.
     _DATAFEED + "ListSymbols": SIGNED_IN_READ,
     _DATAFEED + "GetBars": SIGNED_IN_READ,
-    _DATAFEED + "IngestBars": ADMINS,
+    _DATAFEED + "IngestBars": FEEDERS_AND_ADMINS,
+    _DATAFEED + "CorrectBar": ADMINS,
     _DATAFEED + "SetSymbolCalendar": ADMINS,
     # Only a model in its sandbox submits forecasts, over its run's socket
     # (foretell.runs); on the public servers nobody may, so no signed-in user can forge them.

@@ -9,6 +9,7 @@ Client side only: this module and the ones it draws on (`_target`, `_credentials
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -28,6 +29,8 @@ from foretell.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from foretell.subscription.v1 import subscription_service_pb2_grpc as subscription_grpc
 
 CALL_TIMEOUT_S = 30.0
+# An API key to call with instead of the stored session (scripts).
+API_KEY_ENV = "FORETELL_API_KEY"
 # Items asked for per page of a List call.
 PAGE_SIZE = 100
 
@@ -91,7 +94,12 @@ class Client:
         return Credentials.from_tokens(self.target.url, current.email, response.tokens)
 
     def call(self, send: Callable[[Metadata], T]) -> T:
-        """Calls `send` with the bearer token; on UNAUTHENTICATED refreshes once and retries."""
+        """Calls `send` with the bearer token; on UNAUTHENTICATED refreshes once and retries.
+        An API key in FORETELL_API_KEY (a script's, e.g. a data feeder's) is sent instead of
+        the stored session, and never refreshed."""
+        api_key = os.environ.get(API_KEY_ENV, "").strip()
+        if api_key:
+            return send((("authorization", f"Bearer {api_key}"),))
         credentials = self.session()
         try:
             return send(_bearer(credentials))

@@ -8,7 +8,7 @@ import csv
 import dataclasses
 import re
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -99,7 +99,7 @@ class CsvBars:
         )
 
 
-def _header_columns(header: list[str], path: Path) -> list[int]:
+def _header_columns(header: list[str], path: Path | str) -> list[int]:
     """Positions of the time, open, high, low, close and volume columns."""
     names = [name.strip().lower() for name in header]
     missing = [name.title() for name in PRICE_COLUMNS if name not in names]
@@ -144,23 +144,40 @@ def time_option(text: str | None, name: str) -> timestamp_pb2.Timestamp | None:
 
 def read_csv(path: Path) -> CsvBars:
     """Every row of a CSV file with a header, or a CliError listing the rows that fail."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as source:
+            return read_rows(source, path)
+    except OSError as error:
+        raise CliError(f"cannot read {path}: {error}", Exit.USAGE) from None
+
+
+_LABELS = ["time", *(name.title() for name in PRICE_COLUMNS)]
+
+
+def read_rows(source: Iterable[str], path: Path | str, *, headerless: bool = False) -> CsvBars:
+    """Every row of CSV text (`path` names it in messages), or a CliError listing the rows
+    that fail. With `headerless`, a first row that is a bar (a time, then five numbers) is
+    read as one, its columns time, Open, High, Low, Close, Volume."""
     bars = CsvBars.empty()
     problems: list[str] = []
     try:
-        with open(path, newline="", encoding="utf-8-sig") as source:
-            reader = csv.reader(source)
-            header = next(reader, None)
-            if header is None:
-                raise CliError(f"{path} is empty", Exit.USAGE)
+        reader = csv.reader(source)
+        header = next(reader, None)
+        if header is None:
+            raise CliError(f"{path} is empty", Exit.USAGE)
+        plain = list(range(len(_LABELS)))
+        if headerless and not _read_row(CsvBars.empty(), header, plain, _LABELS, 1):
+            positions = plain
+            _read_row(bars, header, positions, _LABELS, reader.line_num)
+        else:
             positions = _header_columns(header, path)
-            labels = ["time", *(name.title() for name in PRICE_COLUMNS)]
-            for row in reader:
-                if not any(cell.strip() for cell in row):
-                    continue
-                problem = _read_row(bars, row, positions, labels, reader.line_num)
-                if problem:
-                    problems.append(f"line {reader.line_num}: {problem}")
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            problem = _read_row(bars, row, positions, _LABELS, reader.line_num)
+            if problem:
+                problems.append(f"line {reader.line_num}: {problem}")
+    except (UnicodeDecodeError, csv.Error) as error:
         raise CliError(f"cannot read {path}: {error}", Exit.USAGE) from None
     if problems:
         shown = problems[:MAX_SHOWN]
@@ -195,7 +212,7 @@ def _read_row(
     return ""
 
 
-def _sorted(bars: CsvBars, path: Path) -> CsvBars:
+def _sorted(bars: CsvBars, path: Path | str) -> CsvBars:
     """Oldest first (files are often newest first); two rows for one time are an error."""
     order = sorted(range(len(bars)), key=bars.times.__getitem__)
     if order != list(range(len(bars))):
@@ -204,7 +221,7 @@ def _sorted(bars: CsvBars, path: Path) -> CsvBars:
         if bars.times[i] == bars.times[i - 1]:
             raise CliError(
                 f"{path}: lines {bars.lines[i - 1]} and {bars.lines[i]} are both for "
-                f"{_when(bars.times[i])}",
+                f"{when(bars.times[i])}",
                 Exit.USAGE,
             )
     return bars
@@ -213,7 +230,7 @@ def _sorted(bars: CsvBars, path: Path) -> CsvBars:
 # --- import -----------------------------------------------------------------------------------
 
 
-def _requests(header: pb.IngestBarsHeader, bars: CsvBars) -> Iterator[pb.IngestBarsRequest]:
+def ingest_requests(header: pb.IngestBarsHeader, bars: CsvBars) -> Iterator[pb.IngestBarsRequest]:
     yield pb.IngestBarsRequest(header=header)
     for start in range(0, len(bars), BATCH_BARS):
         yield pb.IngestBarsRequest(bars=bars.batch(start))
@@ -238,7 +255,7 @@ def _line_of(field: str, bars: CsvBars) -> str:
     return f"line {bars.lines[index]} ({_COLUMN_OF.get(match[2], match[2])})"
 
 
-def _ingest_error(error: grpc.RpcError, target: Target, bars: CsvBars, path: Path) -> CliError:
+def ingest_error(error: grpc.RpcError, target: Target, bars: CsvBars, path: Path | str) -> CliError:
     code = error.code()
     violations = _violations(error)
     if code == grpc.StatusCode.INVALID_ARGUMENT and violations:
@@ -253,7 +270,7 @@ def _ingest_error(error: grpc.RpcError, target: Target, bars: CsvBars, path: Pat
     return rpc_error(error, target)
 
 
-def _when(seconds: int | timestamp_pb2.Timestamp, style: str = "%Y-%m-%d %H:%MZ") -> str:
+def when(seconds: int | timestamp_pb2.Timestamp, style: str = "%Y-%m-%d %H:%MZ") -> str:
     if isinstance(seconds, timestamp_pb2.Timestamp):
         seconds = seconds.seconds
     return datetime.fromtimestamp(seconds, UTC).strftime(style)
@@ -317,17 +334,17 @@ def import_bars(
             # A fresh request stream per attempt: a retry after a token refresh resends it all.
             response = client.call(
                 lambda metadata: stub.IngestBars(
-                    _requests(header, bars), metadata=metadata, timeout=timeout
+                    ingest_requests(header, bars), metadata=metadata, timeout=timeout
                 )
             )
         except grpc.RpcError as error:
-            raise _ingest_error(error, client.target, bars, file) from None
+            raise ingest_error(error, client.target, bars, file) from None
     if as_json:
         echo_json(message_dict(response))
         return
     click.echo(
         f"{response.symbol} {resolution}: {response.received} bars from {file} "
-        f"({_when(response.first_open_time)} to {_when(response.last_open_time)}): "
+        f"({when(response.first_open_time)} to {when(response.last_open_time)}): "
         f"{response.inserted} new, {response.updated} updated, {response.unchanged} unchanged"
     )
 
@@ -362,8 +379,8 @@ def symbols(url: str, as_json: bool) -> None:
             info.calendar,
             BY_ENUM.get(s.resolution, "?"),
             s.bar_count,
-            _when(s.first_open_time),
-            _when(s.last_open_time),
+            when(s.first_open_time),
+            when(s.last_open_time),
         )
         for info in response.symbols
         for s in info.series
@@ -469,7 +486,7 @@ def bars(
                 "symbol": request.symbol,
                 "resolution": resolution,
                 "bars": [
-                    dict(zip(keys, (_when(row[0], "%Y-%m-%dT%H:%M:%SZ"), *row[1:]), strict=True))
+                    dict(zip(keys, (when(row[0], "%Y-%m-%dT%H:%M:%SZ"), *row[1:]), strict=True))
                     for row in rows
                 ],
             }
@@ -480,5 +497,5 @@ def bars(
         return
     echo_table(
         ["OPEN TIME", "OPEN", "HIGH", "LOW", "CLOSE", "VOLUME"],
-        [(_when(row[0]), *(_number(x) for x in row[1:])) for row in rows],
+        [(when(row[0]), *(_number(x) for x in row[1:])) for row in rows],
     )

@@ -44,7 +44,8 @@ Exit codes:
   11  the ledger does not match (`foretell verify`: edited, deleted or inserted history)
 
 \b
-The server URL comes from --url, else FORETELL_URL, else localhost:8080.
+The server URL comes from --url, else FORETELL_URL, else localhost:8080. With
+FORETELL_API_KEY set, commands send that API key instead of the stored session.
 """
 
 

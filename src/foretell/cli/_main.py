@@ -9,6 +9,8 @@ from foretell.cli._billing import cancel, invoices, plan, resume, subscribe, sub
 from foretell.cli._data import data
 from foretell.cli._demo import demo
 from foretell.cli._exit import EXIT_CODES_HELP
+from foretell.cli._feed import correct as correct_bar
+from foretell.cli._feed import push as push_bars
 from foretell.cli._forecasts import forecasts, runs
 from foretell.cli._performance import performance
 from foretell.cli._registry import (
@@ -56,6 +58,7 @@ def cli() -> None:
       foretell data symbols            # what there is: symbols, resolutions, time spans
       foretell data bars EURUSD --last 10
       foretell data import EURUSD.csv --symbol EURUSD --resolution 1h   # admins
+      foretell data push - --symbol EURUSD --resolution 1h < latest.csv  # data feeders
 
     \b
     Operators:
@@ -66,6 +69,7 @@ def cli() -> None:
       foretell gateway-config --service-host 'foretell-{service}.ns.svc.cluster.local'
       foretell admin create-user --email ops@example.com
       foretell admin invoices list --open   # then: foretell admin invoices pay ID
+      foretell admin feeders create --email feed@vendor.example --symbols EURUSD,GOOG
       foretell demo                    # demo bars, provider and model; a simulated replay
     """
 
@@ -78,6 +82,8 @@ cli.add_command(db)
 cli.add_command(admin)
 cli.add_command(backup)
 cli.add_command(restore)
+data.add_command(push_bars)
+data.add_command(correct_bar)
 cli.add_command(demo)
 # Provider commands: client side only, against a running Foretell (--url / FORETELL_URL).
 for command in (

@@ -493,3 +493,80 @@ def restore(path: pathlib.Path, force: bool) -> None:
 
 def _say(message: str) -> None:
     click.echo(message, err=True)
+
+
+@admin.group("feeders")
+def admin_feeders() -> None:
+    """Data feeders: accounts that may only push bars (IngestBars), for the symbols granted."""
+
+
+def _symbols(text: tuple[str, ...]) -> list[str]:
+    return [s for part in text for s in part.split(",") if s.strip()]
+
+
+@admin_feeders.command("create")
+@click.option("--email", required=True)
+@click.option("--display-name", default="Data feed", show_default=True)
+@click.option("--symbols", multiple=True, required=True, help="Symbols, comma-separated.")
+def admin_feeders_create(email: str, display_name: str, symbols: tuple[str, ...]) -> None:
+    """Create a data feeder granted --symbols, and print its API key (shown once): the vendor's
+    script sends it as FORETELL_API_KEY to `foretell data push`.
+
+    \b
+    Example:
+      foretell admin feeders create --email feed@vendor.example --symbols EURUSD,GBPUSD
+    """
+    # The server stack, loaded when the command runs (see the module docstring).
+    from foretell.services.datafeed import admin as feeders
+
+    try:
+        made = asyncio.run(
+            feeders.create(_database_settings(), email, display_name, _symbols(symbols))
+        )
+    except ValueError as error:
+        _fail(str(error))
+    click.echo(f"created data feeder {email} ({made.user_id})")
+    click.echo(f"API key (shown once): {made.api_key}")
+
+
+@admin_feeders.command("grant")
+@click.argument("email")
+@click.argument("symbols", nargs=-1, required=True)
+def admin_feeders_grant(email: str, symbols: tuple[str, ...]) -> None:
+    """Let the data feeder EMAIL push bars for SYMBOLS too."""
+    from foretell.services.datafeed import admin as feeders
+
+    try:
+        granted = asyncio.run(feeders.grant(_database_settings(), email, _symbols(symbols)))
+    except ValueError as error:
+        _fail(str(error))
+    click.echo(f"{email} may push {', '.join(granted)}")
+
+
+@admin_feeders.command("revoke")
+@click.argument("email")
+@click.argument("symbols", nargs=-1, required=True)
+def admin_feeders_revoke(email: str, symbols: tuple[str, ...]) -> None:
+    """Take SYMBOLS from the data feeder EMAIL."""
+    from foretell.services.datafeed import admin as feeders
+
+    try:
+        count = asyncio.run(feeders.revoke(_database_settings(), email, _symbols(symbols)))
+    except ValueError as error:
+        _fail(str(error))
+    click.echo(f"{email}: {count} symbols revoked")
+
+
+@admin_feeders.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def admin_feeders_list(as_json: bool) -> None:
+    """List the data feeders and their symbols."""
+    from foretell.services.datafeed import admin as feeders
+
+    found = asyncio.run(feeders.list_all(_database_settings()))
+    if as_json:
+        rows = [{"id": str(f.user_id), "email": f.email, "symbols": f.symbols} for f in found]
+        click.echo(json.dumps({"feeders": rows}, indent=2))
+        return
+    for f in found:
+        click.echo(f"{f.email}\t{','.join(f.symbols) or '(none)'}")

@@ -34,7 +34,9 @@ class Base(DeclarativeBase):
 class User(Base):
     __tablename__ = "users"
     __table_args__ = (
-        CheckConstraint("role IN ('provider', 'subscriber', 'admin')", name="users_role_check"),
+        CheckConstraint(
+            "role IN ('provider', 'subscriber', 'admin', 'feeder')", name="users_role_check"
+        ),
         # Emails are stored NFKC-normalised (migration 0009), so this catches addresses that
         # differ only in case or in compatibility forms (fullwidth letters).
         Index("users_email_key", text("lower(email)"), unique=True),
@@ -183,6 +185,45 @@ class SymbolCalendar(Base):
     calendar: Mapped[str] = mapped_column(String(16))
     set_at: Mapped[datetime]
     set_by: Mapped[str] = mapped_column(String(64))
+
+
+class FeederGrant(Base):
+    """A symbol a data feeder may push bars for (migration 0012)."""
+
+    __tablename__ = "feeder_grants"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    granted_at: Mapped[datetime]
+    granted_by: Mapped[str] = mapped_column(String(64))
+
+
+class BarCorrection(Base):
+    """An admin's change of a stored bar, with the values before and after (migration 0012).
+    Append-only in the database."""
+
+    __tablename__ = "bar_corrections"
+    __table_args__ = (Index("bar_corrections_bar_idx", "symbol", "resolution", "open_time"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    symbol: Mapped[str] = mapped_column(String(32))
+    resolution: Mapped[str] = mapped_column(String(4))
+    open_time: Mapped[datetime]
+    old_open: Mapped[float] = mapped_column(Double)
+    old_high: Mapped[float] = mapped_column(Double)
+    old_low: Mapped[float] = mapped_column(Double)
+    old_close: Mapped[float] = mapped_column(Double)
+    old_volume: Mapped[float] = mapped_column(Double)
+    new_open: Mapped[float] = mapped_column(Double)
+    new_high: Mapped[float] = mapped_column(Double)
+    new_low: Mapped[float] = mapped_column(Double)
+    new_close: Mapped[float] = mapped_column(Double)
+    new_volume: Mapped[float] = mapped_column(Double)
+    reason: Mapped[str] = mapped_column(Text)
+    corrected_by: Mapped[uuid.UUID]
+    corrected_at: Mapped[datetime]
 
 
 class Run(Base):
@@ -371,7 +412,7 @@ class CreditNote(Base):
     __table_args__ = (
         CheckConstraint("amount_minor > 0", name="credit_notes_amount_check"),
         Index("credit_notes_invoice_idx", "invoice_id"),
-        # A prorated credit (unused_from set) at most once per invoice (migration 0014).
+        # A prorated credit (unused_from set) at most once per invoice (migration 0013).
         Index(
             "credit_notes_unused_once_idx",
             "invoice_id",

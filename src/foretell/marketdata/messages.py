@@ -11,6 +11,7 @@ from typing import Any
 from foretell import resolutions
 from foretell.clock import timestamp as _ts
 from foretell.datafeed.v1 import datafeed_service_pb2 as pb
+from foretell.marketdata.corrections import BarValues, Correction
 from foretell.marketdata.queries import BarColumns, IngestResult
 
 # Bars per GetBars message: 48 KB of packed columns, well under gRPC's 4 MiB message limit,
@@ -76,4 +77,22 @@ def ingest_response(result: IngestResult) -> pb.IngestBarsResponse:
         unchanged=result.unchanged,
         first_open_time=_ts(result.first_open_time),
         last_open_time=_ts(result.last_open_time),
+    )
+
+
+def _values_pb(values: BarValues) -> pb.BarValues:
+    return pb.BarValues(**values.as_dict())
+
+
+def correction_response(done: Correction) -> pb.CorrectBarResponse:
+    return pb.CorrectBarResponse(
+        id=done.id,
+        symbol=done.symbol,
+        resolution=resolutions.TO_ENUM[done.resolution],
+        open_time=_ts(done.open_time),
+        old_values=_values_pb(done.old),
+        new_values=_values_pb(done.new),
+        reason=done.reason,
+        corrected_by=str(done.corrected_by),
+        correct_time=_ts(done.corrected_at),
     )

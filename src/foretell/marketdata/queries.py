@@ -13,10 +13,11 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from foretell import calendars
 from foretell.db import Database, notify
-from foretell.errors import AlreadyExists, FailedPrecondition, NotFound
+from foretell.errors import AlreadyExists, FailedPrecondition, ForetellError, NotFound
 from foretell.resolutions import STEP_S
 
 # Seconds in a bar of each resolution; open times are multiples of it (UTC, from the epoch).
@@ -69,6 +70,15 @@ class IngestResult:
     unchanged: int
     first_open_time: datetime
     last_open_time: datetime
+
+
+class BarRead(ForetellError):
+    """A write that would change a bar a run already read: `index` is the first such bar.
+    The service reports it as a field violation."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class BarExists(AlreadyExists):
@@ -127,6 +137,31 @@ SELECT (SELECT n FROM existing), (SELECT count(*) FROM written)
 """
 )
 _FIND_EXISTING = text(_INCOMING + "SELECT n, first FROM existing")  # noqa: S608
+# How far runs have read a symbol: a run reads bars closed at or before its as_of. Runs that
+# never started a model (missed, data missing, a platform error) read nothing.
+# Per model, the newest such run is found walking runs_model_idx (model_id, as_of) backwards:
+# a long record costs one index probe, not a scan.
+_READ_UNTIL = text("""
+SELECT extract(epoch FROM max(last.as_of))::bigint
+FROM models m CROSS JOIN LATERAL (
+  SELECT r.as_of FROM runs r
+  WHERE r.model_id = m.id AND r.outcome NOT IN ('missed', 'data_missing', 'platform_error')
+  ORDER BY r.as_of DESC LIMIT 1
+) last
+WHERE :symbol = ANY(m.symbols)
+""")
+# Stored bars a run read that the incoming values would change: the first and how many.
+_CHANGES_READ = text(
+    _INCOMING
+    + """
+SELECT extract(epoch FROM min(i.open_time))::bigint, count(*)
+FROM incoming i JOIN bars b ON b.open_time = i.open_time
+WHERE b.symbol = :symbol AND b.resolution = :resolution
+  AND b.open_time BETWEEN to_timestamp(:first) AND to_timestamp(:last)
+  AND b.close_time <= to_timestamp(:read_until)
+  AND (b.open, b.high, b.low, b.close, b.volume) IS DISTINCT FROM (i.o, i.h, i.l, i.c, i.v)
+"""
+)
 _INSERT_NEW = text(_INCOMING + _INSERT)
 
 
@@ -155,12 +190,15 @@ async def write_bars(
     *,
     upsert: bool,
     calendar: str = "",
+    keep_read: bool = False,
 ) -> IngestResult:
     """Stores validated bars (open times strictly increasing) in one transaction. With
     `upsert`, stored bars take the new values; without, any stored bar refuses the whole
     write with BarExists naming the first one. A symbol's first bars give it `calendar` (a
     checked name), or by default the one of its asset class; a `calendar` other than the
-    stored one refuses the write (FailedPrecondition)."""
+    stored one refuses the write (FailedPrecondition). With `keep_read`, a write that would
+    change a bar a recorded run read refuses the whole write (BarRead): such a bar changes
+    only by a correction (`corrections.correct_bar`)."""
     assert len(bars), "no bars to write"
     inserted = updated = 0
     chunks = [bars.slice(i, i + WRITE_CHUNK) for i in range(0, len(bars), WRITE_CHUNK)]
@@ -169,8 +207,13 @@ async def write_bars(
             # Ingests of one series take turns: the counts (and a REJECT's check) assume that
             # nobody else writes the same bars between the check and the write.
             await session.execute(_LOCK, {"key": f"foretell:bars:{symbol}:{resolution}"})
+            read_until = None
+            if upsert and keep_read:
+                read_until = await session.scalar(_READ_UNTIL, {"symbol": symbol})
             for chunk in chunks:
                 params = _params(symbol, resolution, chunk)
+                if read_until is not None:
+                    await _keep_read(session, params, bars, int(read_until))
                 if upsert:
                     row = (await session.execute(_UPSERT, params)).one()
                     existing, written = int(row[0]), int(row[1])
@@ -210,6 +253,22 @@ async def write_bars(
         unchanged=len(bars) - inserted - updated,
         first_open_time=utc(bars.open_times[0]),
         last_open_time=utc(bars.open_times[-1]),
+    )
+
+
+async def _keep_read(
+    session: AsyncSession, params: dict[str, Any], bars: BarColumns, read_until: int
+) -> None:
+    row = (await session.execute(_CHANGES_READ, {**params, "read_until": read_until})).one()
+    if not row[1]:
+        return
+    first, count = int(row[0]), int(row[1])
+    others = f" (and {count - 1} more bars sent)" if count > 1 else ""
+    raise BarRead(
+        f"changes the stored bar at {utc(first):%Y-%m-%dT%H:%M:%SZ}{others}, which runs "
+        f"already read (a run read bars up to {utc(read_until):%Y-%m-%dT%H:%M:%SZ}): nothing "
+        "was written; an admin changes a read bar with CorrectBar, giving the reason",
+        bisect.bisect_left(bars.open_times, first),
     )
 
 
@@ -366,6 +425,13 @@ async def all_calendar_names(db: Database) -> dict[str, str]:
     async with db.read.connect() as conn:
         rows = (await conn.execute(text("SELECT symbol, calendar FROM symbol_calendars"))).all()
     return {row[0]: row[1] for row in rows}
+
+
+async def stored_calendar(db: Database, symbol: str) -> str | None:
+    """The symbol's stored calendar; None before its first bars."""
+    async with db.read.connect() as conn:
+        found = await conn.scalar(_STORED_CALENDAR, {"symbol": symbol})
+    return None if found is None else str(found)
 
 
 async def calendar_names(db: Database, symbols: list[str]) -> dict[str, str]:

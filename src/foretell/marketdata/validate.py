@@ -3,12 +3,14 @@ rules are CHECK constraints of the bars table (migration 0003)."""
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 from array import array
 from datetime import UTC, datetime
 from typing import Literal
 
+import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from foretell import calendars, resolutions
@@ -16,15 +18,18 @@ from foretell.clock import checked_time
 from foretell.common.v1 import common_pb2
 from foretell.datafeed.v1 import datafeed_service_pb2 as pb
 from foretell.errors import Violations
+from foretell.marketdata.corrections import BarValues
 from foretell.marketdata.queries import BarColumns, BarQuery
 from foretell.resolutions import STEP_S
 from foretell.symbols import SYMBOL, SYMBOL_RULE
+from foretell.text import check_text
 
 MAX_BATCH = 10_000
 MAX_INGEST = 1_000_000
 # Market data older or newer than this is a mistake (a date in the wrong unit, most likely).
 MIN_TIME = int(datetime(1900, 1, 1, tzinfo=UTC).timestamp())
 MAX_TIME = int(datetime(2200, 1, 1, tzinfo=UTC).timestamp())
+MAX_REASON = 500
 
 
 def problems() -> Violations:
@@ -228,3 +233,61 @@ def _describe(
         v.add(field.format("lows"), f"low {low} at {at} is above min(open, close) {min(o, c)}")
     if vol < 0:
         v.add(field.format("volumes"), f"volume {vol} at {at} is negative")
+
+
+def off_calendar(
+    bars: BarColumns, ends: list[int], header: Header, slots: calendars.Slots
+) -> Violations:
+    """A violation per bar (fields `batches[B].open_times_unix[I]`) whose close is not a slot
+    of the symbol's calendar: a bar of a closed market. `ends`: where each batch ends."""
+    v = problems()
+    closes = np.asarray(bars.open_times, dtype=np.int64) + header.step
+    off = np.flatnonzero(~np.isin(closes, slots.all_slots(header.resolution)))
+    for i in off.tolist():
+        batch = bisect.bisect_right(ends, i)
+        index = i - (ends[batch - 1] if batch else 0)
+        t = int(bars.open_times[i])
+        v.add(
+            f"batches[{batch}].open_times_unix[{index}]",
+            f"the {header.resolution} bar at {iso(t)} (closing {iso(t + header.step)}) is not "
+            f"a bar of {header.symbol}'s {slots.name} calendar: its market is closed then",
+        )
+    return v
+
+
+@dataclasses.dataclass(frozen=True)
+class CorrectBar:
+    symbol: str
+    resolution: str
+    open_time: int
+    values: BarValues
+    reason: str
+
+
+def correct_bar(request: pb.CorrectBarRequest) -> CorrectBar:
+    v = Violations()
+    name = symbol(v, "symbol", request.symbol)
+    res = resolution(v, "resolution", request.resolution)
+    at = 0
+    if not request.HasField("open_time"):
+        v.add("open_time", "required")
+    elif checked_time(v, "open_time", request.open_time) is not None:
+        at = request.open_time.seconds
+        if not MIN_TIME <= at < MAX_TIME:
+            v.add("open_time", f"{iso(at)} is not between 1900 and 2200")
+        elif request.open_time.nanos or (res and at % STEP_S[res]):
+            v.add("open_time", f"{iso(at)} is not on the {res or 'resolution'}'s grid")
+    reason = check_text(v, "reason", request.reason, MAX_REASON)
+    values = BarValues(request.open, request.high, request.low, request.close, request.volume)
+    o, h, low, c, vol = (values.open, values.high, values.low, values.close, values.volume)
+    if not all(map(math.isfinite, (o, h, low, c, vol))):
+        v.add("request", "open, high, low, close and volume must be finite numbers")
+    else:
+        if h < max(o, c):
+            v.add("high", f"high {h} is below max(open, close) {max(o, c)}")
+        if low > min(o, c):
+            v.add("low", f"low {low} is above min(open, close) {min(o, c)}")
+        if vol < 0:
+            v.add("volume", f"volume {vol} is negative")
+    v.raise_if_any()
+    return CorrectBar(name, res, at, values, reason)

@@ -217,6 +217,12 @@ class RunDataFeed(feed_grpc.DataFeedServiceServicer):
         await _abort(PermissionDenied("a model cannot change market data"), context)
         raise AssertionError("unreachable")
 
+    async def CorrectBar(
+        self, request: feed_pb.CorrectBarRequest, context: Context
+    ) -> feed_pb.CorrectBarResponse:
+        await _abort(PermissionDenied("a model cannot change market data"), context)
+        raise AssertionError("unreachable")
+
 
 class RunForecasts(fc_grpc.ForecastServiceServicer):
     """SubmitForecasts: checks and keeps the run's forecasts in memory. The platform records

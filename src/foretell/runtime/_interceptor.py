@@ -76,7 +76,7 @@ class Authenticator:
             principal = await self.resolve_api_key(token)
             if principal is None:
                 raise Unauthenticated("API key is not valid")
-            if not policy.api_key:
+            if not policy.accepts_api_key(principal.role):
                 raise PermissionDenied("API keys may call read methods only; sign in for this one")
         else:
             claims = self.verifier.verify(token)

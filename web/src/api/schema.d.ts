@@ -537,6 +537,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/symbols/{symbol}/bars:correct": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Corrects one stored bar (admins only), with the reason: the only way to change a bar a run already read
+         * @description Corrects one stored bar (admins only), with the reason: the only way to change a bar a run already read. The old and new values, who and when are recorded; every performance report that used the bar is recomputed. A bar that is not stored is NOT_FOUND; new values that break a bar's rules are INVALID_ARGUMENT.
+         */
+        post: operations["DataFeedService_CorrectBar"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/symbols/{symbol}:setCalendar": {
         parameters: {
             query?: never;
@@ -822,9 +842,10 @@ export interface components {
          *     - `ROLE_PROVIDER`: Publishes models and their forecasts.
          *     - `ROLE_SUBSCRIBER`: Subscribes to models and reads their forecasts.
          *     - `ROLE_ADMIN`: Operates the platform. Never granted through the API.
+         *     - `ROLE_FEEDER`: A data feeder: a vendor's script that pushes bars (DataFeedService.IngestBars) for the symbols an admin granted it, and may call nothing else. Never granted through the API.
          * @enum {string}
          */
-        "account.v1.Role": "ROLE_UNSPECIFIED" | "ROLE_PROVIDER" | "ROLE_SUBSCRIBER" | "ROLE_ADMIN";
+        "account.v1.Role": "ROLE_UNSPECIFIED" | "ROLE_PROVIDER" | "ROLE_SUBSCRIBER" | "ROLE_ADMIN" | "ROLE_FEEDER";
         /** @description User is an account on the platform. */
         "account.v1.User": {
             /** @description Server-assigned identifier (a UUID). */
@@ -851,6 +872,34 @@ export interface components {
          * @enum {string}
          */
         "common.v1.Resolution": "RESOLUTION_UNSPECIFIED" | "RESOLUTION_1H" | "RESOLUTION_4H" | "RESOLUTION_1D";
+        /** @description BarValues are one bar's prices and volume. */
+        "datafeed.v1.BarValues": {
+            /**
+             * Format: double
+             * @description Opening price.
+             */
+            open?: number;
+            /**
+             * Format: double
+             * @description Highest price.
+             */
+            high?: number;
+            /**
+             * Format: double
+             * @description Lowest price.
+             */
+            low?: number;
+            /**
+             * Format: double
+             * @description Closing price.
+             */
+            close?: number;
+            /**
+             * Format: double
+             * @description Traded volume.
+             */
+            volume?: number;
+        };
         /** @description Bars is a run of bars of one symbol and resolution as packed columns: element i of every array belongs to the same bar, and every array has the same length. */
         "datafeed.v1.Bars": {
             /** @description Open times in seconds since the Unix epoch (UTC), strictly increasing. */
@@ -865,6 +914,36 @@ export interface components {
             closes?: number[];
             /** @description Traded volumes, 0 or more. */
             volumes?: number[];
+        };
+        /** @description Response for DataFeedService.CorrectBar: the recorded correction. */
+        "datafeed.v1.CorrectBarResponse": {
+            /**
+             * Format: int64
+             * @description The correction's identifier.
+             */
+            id?: string;
+            /** @description The symbol. */
+            symbol?: string;
+            /** @description The resolution. */
+            resolution?: components["schemas"]["common.v1.Resolution"];
+            /**
+             * Format: date-time
+             * @description The bar's open time.
+             */
+            openTime?: string;
+            /** @description The values before. */
+            oldValues?: components["schemas"]["datafeed.v1.BarValues"];
+            /** @description The values now. */
+            newValues?: components["schemas"]["datafeed.v1.BarValues"];
+            /** @description Why. */
+            reason?: string;
+            /** @description The admin who corrected it (a user id). */
+            correctedBy?: string;
+            /**
+             * Format: date-time
+             * @description When.
+             */
+            correctTime?: string;
         };
         /** @description Response for DataFeedService.GetBars: one batch of bars. */
         "datafeed.v1.GetBarsResponse": {
@@ -3183,6 +3262,78 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["datafeed.v1.GetBarsResponse"][];
+                };
+            };
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
+                };
+            };
+        };
+    };
+    DataFeedService_CorrectBar: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The symbol. */
+                symbol: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description The bar's resolution. */
+                    resolution: components["schemas"]["common.v1.Resolution"];
+                    /**
+                     * Format: date-time
+                     * @description The bar's open time.
+                     */
+                    openTime: string;
+                    /**
+                     * Format: double
+                     * @description The corrected opening price.
+                     */
+                    open?: number;
+                    /**
+                     * Format: double
+                     * @description The corrected highest price.
+                     */
+                    high?: number;
+                    /**
+                     * Format: double
+                     * @description The corrected lowest price.
+                     */
+                    low?: number;
+                    /**
+                     * Format: double
+                     * @description The corrected closing price.
+                     */
+                    close?: number;
+                    /**
+                     * Format: double
+                     * @description The corrected volume, 0 or more.
+                     */
+                    volume?: number;
+                    /** @description Why the bar changes (1 to 500 characters): kept with the correction. */
+                    reason: string;
+                };
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["datafeed.v1.CorrectBarResponse"];
                 };
             };
             /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */

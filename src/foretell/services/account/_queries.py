@@ -79,6 +79,14 @@ async def notify_owner(db: Database, email: str, now: datetime) -> None:
         )
 
 
+async def user_by_email(db: Database, email: str) -> User | None:
+    async with db.session() as session:
+        found: User | None = await session.scalar(
+            select(User).where(func.lower(User.email) == func.lower(email.strip()))
+        )
+    return found
+
+
 async def get_user(db: Database, user_id: uuid.UUID) -> User:
     async with db.read.connect() as conn:
         row = (await conn.execute(_USER_BY_ID, {"id": user_id})).first()
@@ -198,7 +206,9 @@ async def logout(res: Resources, token: str) -> None:
         await _revoke_family(session, row.family_id, res.clock())
 
 
-async def create_api_key(res: Resources, user_id: uuid.UUID, name: str) -> tuple[ApiKey, str]:
+async def create_api_key(
+    db: Database, user_id: uuid.UUID, name: str, now: datetime
+) -> tuple[ApiKey, str]:
     secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
         id=uuid.uuid4(),
@@ -206,9 +216,9 @@ async def create_api_key(res: Resources, user_id: uuid.UUID, name: str) -> tuple
         name=name,
         prefix=secret[:12],
         secret_hash=secret_digest(secret),
-        created_at=res.clock(),
+        created_at=now,
     )
-    async with res.db.session.begin() as session:
+    async with db.session.begin() as session:
         active = await session.scalars(
             select(ApiKey.id).where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
         )

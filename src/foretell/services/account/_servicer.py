@@ -24,6 +24,7 @@ _ROLES = {
     Role.PROVIDER: pb.ROLE_PROVIDER,
     Role.SUBSCRIBER: pb.ROLE_SUBSCRIBER,
     Role.ADMIN: pb.ROLE_ADMIN,
+    Role.FEEDER: pb.ROLE_FEEDER,
 }
 
 
@@ -112,7 +113,9 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         self, request: pb.CreateApiKeyRequest, context: Context
     ) -> pb.CreateApiKeyResponse:
         name = _validate.api_key_name(request.name)
-        key, secret = await _queries.create_api_key(self._res, current_principal().user_id, name)
+        key, secret = await _queries.create_api_key(
+            self._res.db, current_principal().user_id, name, self._res.clock()
+        )
         return pb.CreateApiKeyResponse(api_key=_api_key_pb(key), secret=secret)
 
     async def ListApiKeys(

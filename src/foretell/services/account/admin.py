@@ -1,8 +1,11 @@
-"""Server-side account creation for `foretell admin create-user`, with the API's rules."""
+"""Server-side account creation for `foretell admin create-user` and `foretell admin feeders
+create`, with the API's rules."""
 
 from __future__ import annotations
 
+import secrets
 import uuid
+from dataclasses import dataclass
 
 from foretell.account.v1 import account_service_pb2 as pb
 from foretell.auth.policy import Role
@@ -11,6 +14,13 @@ from foretell.db import connect
 from foretell.errors import ForetellError, InvalidArgument
 from foretell.services.account import _queries, _validate
 from foretell.settings import Settings
+
+
+@dataclass(frozen=True)
+class FeederAccount:
+    user_id: uuid.UUID
+    # The API key's secret, shown once.
+    api_key: str
 
 
 async def create_account(
@@ -40,4 +50,32 @@ async def create_account(
         raise ValueError(error.message) from None
     finally:
         await db.close()
+    return user.id
+
+
+async def create_feeder(settings: Settings, email: str, display_name: str) -> FeederAccount:
+    """A data feeder's account and its API key (shown once, here). The account has a random
+    password nobody is told: a vendor's script signs in with the key alone. Raises ValueError
+    with a readable message when the input breaks a rule."""
+    assert settings.database_url
+    password = secrets.token_urlsafe(32)
+    user_id = await create_account(settings, email, password, display_name, Role.FEEDER.value)
+    db = connect(settings.database_url, pool_size=1)
+    try:
+        _key, secret = await _queries.create_api_key(db, user_id, "data feed", utc_now())
+    finally:
+        await db.close()
+    return FeederAccount(user_id, secret)
+
+
+async def find_user(settings: Settings, email: str, role: Role) -> uuid.UUID:
+    """The id of the account with `email` and `role`; ValueError when there is none."""
+    assert settings.database_url
+    db = connect(settings.database_url, pool_size=1)
+    try:
+        user = await _queries.user_by_email(db, email)
+    finally:
+        await db.close()
+    if user is None or user.role != role.value:
+        raise ValueError(f"no {role.value} account with the email {email}")
     return user.id

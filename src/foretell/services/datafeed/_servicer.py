@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -8,13 +9,19 @@ from typing import TYPE_CHECKING, Any
 from grpc import aio
 
 from foretell import calendars, resolutions
-from foretell.auth.principal import current_principal
+from foretell.auth.policy import Role
+from foretell.auth.principal import Principal, current_principal
 from foretell.clock import timestamp as _ts
 from foretell.datafeed.v1 import datafeed_service_pb2 as pb
 from foretell.datafeed.v1 import datafeed_service_pb2_grpc as pb_grpc
-from foretell.errors import AlreadyExists, FieldViolation, InvalidArgument
-from foretell.marketdata import queries, validate
-from foretell.marketdata.messages import bars_response, ingest_response, page_size
+from foretell.errors import AlreadyExists, FieldViolation, InvalidArgument, PermissionDenied
+from foretell.marketdata import corrections, feeders, queries, validate
+from foretell.marketdata.messages import (
+    bars_response,
+    correction_response,
+    ingest_response,
+    page_size,
+)
 from foretell.marketdata.queries import BarColumns
 from foretell.runtime.resources import Resources
 
@@ -61,7 +68,15 @@ class DataFeedServicer(pb_grpc.DataFeedServiceServicer):
                 [FieldViolation("header", "the first message must be the header")]
             )
         header = validate.ingest_header(first.header)
+        principal = current_principal()
+        calendar: calendars.Slots | None = None
+        if principal.role == Role.FEEDER:
+            calendar = await self._feeder_calendar(principal, header)
         received, ends = await _receive(request_iterator, header, self._res.clock())
+        if calendar is not None:
+            # Admins import vendors' history as it is; a feeder pushes bars as they close,
+            # and a bar of a closed market is a mistake in its script.
+            validate.off_calendar(received, ends, header, calendar).raise_if_any()
         try:
             result = await queries.write_bars(
                 self._res.db,
@@ -70,14 +85,49 @@ class DataFeedServicer(pb_grpc.DataFeedServiceServicer):
                 received,
                 upsert=header.upsert,
                 calendar=header.calendar,
+                keep_read=True,
             )
-        except queries.BarExists as error:
+        except (queries.BarExists, queries.BarRead) as error:
             batch = bisect.bisect_right(ends, error.index)
             index = error.index - (ends[batch - 1] if batch else 0)
-            raise AlreadyExists(
-                error.message, field=f"batches[{batch}].open_times_unix[{index}]"
-            ) from None
+            field = f"batches[{batch}].open_times_unix[{index}]"
+            if isinstance(error, queries.BarRead):
+                raise InvalidArgument([FieldViolation(field, error.message)]) from None
+            raise AlreadyExists(error.message, field=field) from None
         return ingest_response(result)
+
+    async def _feeder_calendar(
+        self, principal: Principal, header: validate.Header
+    ) -> calendars.Slots:
+        """The calendar a feeder's bars must be on, after checking that it may push them.
+        Checked before any bar is read: a feeder learns nothing of a symbol not granted."""
+        if not await feeders.may_push(self._res.db, principal.user_id, header.symbol):
+            raise PermissionDenied(f"this data feeder was not granted {header.symbol}")
+        stored = await queries.stored_calendar(self._res.db, header.symbol)
+        name = stored or calendars.default_for(header.symbol)
+        if header.calendar and header.calendar != name:
+            raise PermissionDenied(
+                f"{header.symbol} trades on the {name} calendar; a data feeder does not choose "
+                "calendars: an admin sets it with SetSymbolCalendar"
+            )
+        # Built once per process (seconds); not on the event loop.
+        return await asyncio.to_thread(calendars.get, name)
+
+    async def CorrectBar(
+        self, request: pb.CorrectBarRequest, context: Context
+    ) -> pb.CorrectBarResponse:
+        asked = validate.correct_bar(request)
+        done = await corrections.correct_bar(
+            self._res.db,
+            asked.symbol,
+            asked.resolution,
+            asked.open_time,
+            asked.values,
+            reason=asked.reason,
+            by=current_principal().user_id,
+            now=self._res.clock(),
+        )
+        return correction_response(done)
 
     async def SetSymbolCalendar(
         self, request: pb.SetSymbolCalendarRequest, context: Context

@@ -34,6 +34,11 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     """Subscribes to models and reads their forecasts."""
     ROLE_ADMIN: _Role.ValueType  # 3
     """Operates the platform. Never granted through the API."""
+    ROLE_FEEDER: _Role.ValueType  # 4
+    """A data feeder: a vendor's script that pushes bars (DataFeedService.IngestBars)
+    for the symbols an admin granted it, and may call nothing else. Never granted
+    through the API.
+    """
 
 class Role(_Role, metaclass=_RoleEnumTypeWrapper):
     """Role decides what a user may do."""
@@ -46,6 +51,11 @@ ROLE_SUBSCRIBER: Role.ValueType  # 2
 """Subscribes to models and reads their forecasts."""
 ROLE_ADMIN: Role.ValueType  # 3
 """Operates the platform. Never granted through the API."""
+ROLE_FEEDER: Role.ValueType  # 4
+"""A data feeder: a vendor's script that pushes bars (DataFeedService.IngestBars)
+for the symbols an admin granted it, and may call nothing else. Never granted
+through the API.
+"""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 @_typing.final

@@ -532,3 +532,159 @@ class IngestBarsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IngestBarsResponse: _TypeAlias = IngestBarsResponse  # noqa: Y015
+
+@_typing.final
+class CorrectBarRequest(_message.Message):
+    """Request for DataFeedService.CorrectBar."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    OPEN_TIME_FIELD_NUMBER: _builtins.int
+    OPEN_FIELD_NUMBER: _builtins.int
+    HIGH_FIELD_NUMBER: _builtins.int
+    LOW_FIELD_NUMBER: _builtins.int
+    CLOSE_FIELD_NUMBER: _builtins.int
+    VOLUME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    symbol: _builtins.str
+    """The symbol."""
+    resolution: _common_pb2.Resolution.ValueType
+    """The bar's resolution."""
+    open: _builtins.float
+    """The corrected opening price."""
+    high: _builtins.float
+    """The corrected highest price."""
+    low: _builtins.float
+    """The corrected lowest price."""
+    close: _builtins.float
+    """The corrected closing price."""
+    volume: _builtins.float
+    """The corrected volume, 0 or more."""
+    reason: _builtins.str
+    """Why the bar changes (1 to 500 characters): kept with the correction."""
+    @_builtins.property
+    def open_time(self) -> _timestamp_pb2.Timestamp:
+        """The bar's open time."""
+
+    def __init__(
+        self,
+        *,
+        symbol: _builtins.str = ...,
+        resolution: _common_pb2.Resolution.ValueType = ...,
+        open_time: _timestamp_pb2.Timestamp | None = ...,
+        open: _builtins.float = ...,
+        high: _builtins.float = ...,
+        low: _builtins.float = ...,
+        close: _builtins.float = ...,
+        volume: _builtins.float = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["open_time", b"open_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "high", b"high", "low", b"low", "open", b"open", "open_time", b"open_time", "reason", b"reason", "resolution", b"resolution", "symbol", b"symbol", "volume", b"volume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CorrectBarRequest: _TypeAlias = CorrectBarRequest  # noqa: Y015
+
+@_typing.final
+class BarValues(_message.Message):
+    """BarValues are one bar's prices and volume."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPEN_FIELD_NUMBER: _builtins.int
+    HIGH_FIELD_NUMBER: _builtins.int
+    LOW_FIELD_NUMBER: _builtins.int
+    CLOSE_FIELD_NUMBER: _builtins.int
+    VOLUME_FIELD_NUMBER: _builtins.int
+    open: _builtins.float
+    """Opening price."""
+    high: _builtins.float
+    """Highest price."""
+    low: _builtins.float
+    """Lowest price."""
+    close: _builtins.float
+    """Closing price."""
+    volume: _builtins.float
+    """Traded volume."""
+    def __init__(
+        self,
+        *,
+        open: _builtins.float = ...,
+        high: _builtins.float = ...,
+        low: _builtins.float = ...,
+        close: _builtins.float = ...,
+        volume: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "high", b"high", "low", b"low", "open", b"open", "volume", b"volume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BarValues: _TypeAlias = BarValues  # noqa: Y015
+
+@_typing.final
+class CorrectBarResponse(_message.Message):
+    """Response for DataFeedService.CorrectBar: the recorded correction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    OPEN_TIME_FIELD_NUMBER: _builtins.int
+    OLD_VALUES_FIELD_NUMBER: _builtins.int
+    NEW_VALUES_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CORRECTED_BY_FIELD_NUMBER: _builtins.int
+    CORRECT_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The correction's identifier."""
+    symbol: _builtins.str
+    """The symbol."""
+    resolution: _common_pb2.Resolution.ValueType
+    """The resolution."""
+    reason: _builtins.str
+    """Why."""
+    corrected_by: _builtins.str
+    """The admin who corrected it (a user id)."""
+    @_builtins.property
+    def open_time(self) -> _timestamp_pb2.Timestamp:
+        """The bar's open time."""
+
+    @_builtins.property
+    def old_values(self) -> Global___BarValues:
+        """The values before."""
+
+    @_builtins.property
+    def new_values(self) -> Global___BarValues:
+        """The values now."""
+
+    @_builtins.property
+    def correct_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        symbol: _builtins.str = ...,
+        resolution: _common_pb2.Resolution.ValueType = ...,
+        open_time: _timestamp_pb2.Timestamp | None = ...,
+        old_values: Global___BarValues | None = ...,
+        new_values: Global___BarValues | None = ...,
+        reason: _builtins.str = ...,
+        corrected_by: _builtins.str = ...,
+        correct_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["correct_time", b"correct_time", "new_values", b"new_values", "old_values", b"old_values", "open_time", b"open_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correct_time", b"correct_time", "corrected_by", b"corrected_by", "id", b"id", "new_values", b"new_values", "old_values", b"old_values", "open_time", b"open_time", "reason", b"reason", "resolution", b"resolution", "symbol", b"symbol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CorrectBarResponse: _TypeAlias = CorrectBarResponse  # noqa: Y015

@@ -56,6 +56,11 @@ class DataFeedServiceStub:
                 request_serializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.IngestBarsRequest.SerializeToString,
                 response_deserializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.IngestBarsResponse.FromString,
                 _registered_method=True)
+        self.CorrectBar = channel.unary_unary(
+                '/foretell.datafeed.v1.DataFeedService/CorrectBar',
+                request_serializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.CorrectBarRequest.SerializeToString,
+                response_deserializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.CorrectBarResponse.FromString,
+                _registered_method=True)
         self.SetSymbolCalendar = channel.unary_unary(
                 '/foretell.datafeed.v1.DataFeedService/SetSymbolCalendar',
                 request_serializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.SetSymbolCalendarRequest.SerializeToString,
@@ -100,7 +105,8 @@ class DataFeedServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def IngestBars(self, request_iterator, context):
-        """Adds bars to one symbol and resolution (admins only). The first message is
+        """Adds bars to one symbol and resolution (admins, and data feeders for the
+        symbols they are granted). The first message is
         the header; the bars follow in batches of at most 10,000, open times
         strictly increasing across the whole stream, at most 1,000,000 bars in all.
         Every bar is checked: finite numbers, high >= max(open, close),
@@ -111,6 +117,23 @@ class DataFeedServiceServicer:
         overwritten or refused, as the header's `on_conflict` says; a refusal
         (ALREADY_EXISTS) names the first such bar. Nothing is written unless
         everything is: the ingest is one transaction.
+
+        Bars a run already read never change here: a stored bar that closes at or
+        before the latest `as_of` of any recorded run of a model on the symbol is
+        refused (INVALID_ARGUMENT, field `batches[B].open_times_unix[I]`) unless the
+        values sent are the stored ones; an admin changes it with CorrectBar. A data
+        feeder's bars must also be bars of the symbol's trading calendar.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CorrectBar(self, request, context):
+        """Corrects one stored bar (admins only), with the reason: the only way to
+        change a bar a run already read. The old and new values, who and when are
+        recorded; every performance report that used the bar is recomputed. A bar
+        that is not stored is NOT_FOUND; new values that break a bar's rules are
+        INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,6 +168,11 @@ def add_DataFeedServiceServicer_to_server(servicer, server):
                     servicer.IngestBars,
                     request_deserializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.IngestBarsRequest.FromString,
                     response_serializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.IngestBarsResponse.SerializeToString,
+            ),
+            'CorrectBar': grpc.unary_unary_rpc_method_handler(
+                    servicer.CorrectBar,
+                    request_deserializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.CorrectBarRequest.FromString,
+                    response_serializer=foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.CorrectBarResponse.SerializeToString,
             ),
             'SetSymbolCalendar': grpc.unary_unary_rpc_method_handler(
                     servicer.SetSymbolCalendar,
@@ -240,6 +268,33 @@ class DataFeedService:
             '/foretell.datafeed.v1.DataFeedService/IngestBars',
             foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.IngestBarsRequest.SerializeToString,
             foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.IngestBarsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CorrectBar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.datafeed.v1.DataFeedService/CorrectBar',
+            foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.CorrectBarRequest.SerializeToString,
+            foretell_dot_datafeed_dot_v1_dot_datafeed__service__pb2.CorrectBarResponse.FromString,
             options,
             channel_credentials,
             insecure,

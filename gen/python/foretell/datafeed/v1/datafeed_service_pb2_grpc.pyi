@@ -59,7 +59,8 @@ class DataFeedServiceStub:
     `"last": true` is incomplete.
     """
     IngestBars: _grpc.StreamUnaryMultiCallable[_datafeed_service_pb2.IngestBarsRequest, _datafeed_service_pb2.IngestBarsResponse]
-    """Adds bars to one symbol and resolution (admins only). The first message is
+    """Adds bars to one symbol and resolution (admins, and data feeders for the
+    symbols they are granted). The first message is
     the header; the bars follow in batches of at most 10,000, open times
     strictly increasing across the whole stream, at most 1,000,000 bars in all.
     Every bar is checked: finite numbers, high >= max(open, close),
@@ -70,6 +71,19 @@ class DataFeedServiceStub:
     overwritten or refused, as the header's `on_conflict` says; a refusal
     (ALREADY_EXISTS) names the first such bar. Nothing is written unless
     everything is: the ingest is one transaction.
+
+    Bars a run already read never change here: a stored bar that closes at or
+    before the latest `as_of` of any recorded run of a model on the symbol is
+    refused (INVALID_ARGUMENT, field `batches[B].open_times_unix[I]`) unless the
+    values sent are the stored ones; an admin changes it with CorrectBar. A data
+    feeder's bars must also be bars of the symbol's trading calendar.
+    """
+    CorrectBar: _grpc.UnaryUnaryMultiCallable[_datafeed_service_pb2.CorrectBarRequest, _datafeed_service_pb2.CorrectBarResponse]
+    """Corrects one stored bar (admins only), with the reason: the only way to
+    change a bar a run already read. The old and new values, who and when are
+    recorded; every performance report that used the bar is recomputed. A bar
+    that is not stored is NOT_FOUND; new values that break a bar's rules are
+    INVALID_ARGUMENT.
     """
     SetSymbolCalendar: _grpc.UnaryUnaryMultiCallable[_datafeed_service_pb2.SetSymbolCalendarRequest, _datafeed_service_pb2.SetSymbolCalendarResponse]
     """Sets a symbol's trading calendar (admins only): "FX" (24/5), "CRYPTO" (24/7)
@@ -111,7 +125,8 @@ class DataFeedServiceAsyncStub(DataFeedServiceStub):
     `"last": true` is incomplete.
     """
     IngestBars: _aio.StreamUnaryMultiCallable[_datafeed_service_pb2.IngestBarsRequest, _datafeed_service_pb2.IngestBarsResponse]  # type: ignore[assignment]
-    """Adds bars to one symbol and resolution (admins only). The first message is
+    """Adds bars to one symbol and resolution (admins, and data feeders for the
+    symbols they are granted). The first message is
     the header; the bars follow in batches of at most 10,000, open times
     strictly increasing across the whole stream, at most 1,000,000 bars in all.
     Every bar is checked: finite numbers, high >= max(open, close),
@@ -122,6 +137,19 @@ class DataFeedServiceAsyncStub(DataFeedServiceStub):
     overwritten or refused, as the header's `on_conflict` says; a refusal
     (ALREADY_EXISTS) names the first such bar. Nothing is written unless
     everything is: the ingest is one transaction.
+
+    Bars a run already read never change here: a stored bar that closes at or
+    before the latest `as_of` of any recorded run of a model on the symbol is
+    refused (INVALID_ARGUMENT, field `batches[B].open_times_unix[I]`) unless the
+    values sent are the stored ones; an admin changes it with CorrectBar. A data
+    feeder's bars must also be bars of the symbol's trading calendar.
+    """
+    CorrectBar: _aio.UnaryUnaryMultiCallable[_datafeed_service_pb2.CorrectBarRequest, _datafeed_service_pb2.CorrectBarResponse]  # type: ignore[assignment]
+    """Corrects one stored bar (admins only), with the reason: the only way to
+    change a bar a run already read. The old and new values, who and when are
+    recorded; every performance report that used the bar is recomputed. A bar
+    that is not stored is NOT_FOUND; new values that break a bar's rules are
+    INVALID_ARGUMENT.
     """
     SetSymbolCalendar: _aio.UnaryUnaryMultiCallable[_datafeed_service_pb2.SetSymbolCalendarRequest, _datafeed_service_pb2.SetSymbolCalendarResponse]  # type: ignore[assignment]
     """Sets a symbol's trading calendar (admins only): "FX" (24/5), "CRYPTO" (24/7)
@@ -178,7 +206,8 @@ class DataFeedServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_datafeed_service_pb2.IngestBarsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_datafeed_service_pb2.IngestBarsResponse, _abc.Awaitable[_datafeed_service_pb2.IngestBarsResponse]]:
-        """Adds bars to one symbol and resolution (admins only). The first message is
+        """Adds bars to one symbol and resolution (admins, and data feeders for the
+        symbols they are granted). The first message is
         the header; the bars follow in batches of at most 10,000, open times
         strictly increasing across the whole stream, at most 1,000,000 bars in all.
         Every bar is checked: finite numbers, high >= max(open, close),
@@ -189,6 +218,25 @@ class DataFeedServiceServicer(metaclass=_abc_1.ABCMeta):
         overwritten or refused, as the header's `on_conflict` says; a refusal
         (ALREADY_EXISTS) names the first such bar. Nothing is written unless
         everything is: the ingest is one transaction.
+
+        Bars a run already read never change here: a stored bar that closes at or
+        before the latest `as_of` of any recorded run of a model on the symbol is
+        refused (INVALID_ARGUMENT, field `batches[B].open_times_unix[I]`) unless the
+        values sent are the stored ones; an admin changes it with CorrectBar. A data
+        feeder's bars must also be bars of the symbol's trading calendar.
+        """
+
+    @_abc_1.abstractmethod
+    def CorrectBar(
+        self,
+        request: _datafeed_service_pb2.CorrectBarRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_datafeed_service_pb2.CorrectBarResponse, _abc.Awaitable[_datafeed_service_pb2.CorrectBarResponse]]:
+        """Corrects one stored bar (admins only), with the reason: the only way to
+        change a bar a run already read. The old and new values, who and when are
+        recorded; every performance report that used the bar is recomputed. A bar
+        that is not stored is NOT_FOUND; new values that break a bar's rules are
+        INVALID_ARGUMENT.
         """
 
     @_abc_1.abstractmethod

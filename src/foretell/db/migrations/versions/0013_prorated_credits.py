@@ -4,15 +4,15 @@ of that period. Such a credit note records the moment from which the period went
 (`unused_from`); at most one per invoice (a partial unique index), so crediting twice is
 impossible whatever retries happen.
 
-Revision ID: 0014
-Revises: 0010
+Revision ID: 0013
+Revises: 0012
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014"
-down_revision = "0010"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
