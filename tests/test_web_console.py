@@ -13,13 +13,18 @@ from typing import Any
 
 import pytest
 from grpc import aio
+from sqlalchemy import select
 
 from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.account.v1 import account_service_pb2_grpc as account_grpc
+from foretell.db import Model, Version
 from foretell.runtime import Resources
 from foretell.settings import Settings
+from foretell.subscription.v1 import subscription_service_pb2 as sub_pb
+from foretell.subscription.v1 import subscription_service_pb2_grpc as sub_grpc
 from tests import _web
 from tests._envoy import Envoy
+from tests._records import HOUR, Made, record_run
 from tests._registry import model_name, run_builds
 from tests._web import check
 from tests.conftest import PASSWORD, SignedIn
@@ -85,7 +90,8 @@ async def test_a_provider_runs_a_model_from_the_console(
     await add_bars(resources, symbol, rising=True)
     await _sign_in(page, provider)
 
-    await page.get_by_role("link", name="Console").click()
+    nav = page.get_by_role("navigation", name="Main")
+    await nav.get_by_role("link", name="Console", exact=True).click()
     await page.get_by_role("heading", name="My models").wait_for()
     await page.get_by_role("heading", name="No models yet").wait_for()
     await check(page, "console-empty")
@@ -185,12 +191,39 @@ async def test_a_provider_runs_a_model_from_the_console(
     await page.get_by_text("No dry runs with this outcome.").wait_for()
     await check(page, "console-model")
 
-    # Back on My models: live version, visibility, subscribers, revenue.
+    # Edit the details: public now, with tags.
+    await page.get_by_label("Tags (comma-separated)").fill("fx, momentum")
+    await page.get_by_label("Visibility", exact=True).select_option("VISIBILITY_PUBLIC")
+    await page.get_by_role("button", name="Save details").click()
+    await page.locator("#details").get_by_role("status").filter(has_text="Saved").wait_for()
+    await page.get_by_role("link", name="public page").wait_for()
+
+    # A subscriber starts the trial; two live runs are recorded (one failed).
+    reader = await _web.signed_up(
+        account_grpc.AccountServiceStub(channel), role=account_pb.ROLE_SUBSCRIBER
+    )
+    await sub_grpc.SubscriptionServiceStub(channel).Subscribe(
+        sub_pb.SubscribeRequest(model=name), metadata=reader.metadata
+    )
+    async with resources.db.session() as session:
+        model_id, version_id = (
+            await session.execute(
+                select(Model.id, Version.id)
+                .join(Version, Version.model_id == Model.id)
+                .where(Model.name == name)
+            )
+        ).one()
+    made = Made(provider, name, model_id, {1: version_id}, (symbol,))
+    await record_run(resources, made, AS_OF - HOUR, outcome="ok")
+    await record_run(resources, made, AS_OF, outcome="model_error")
+
+    # Back on My models: live version, visibility, subscribers, the last runs at a glance.
     await page.get_by_role("link", name="My models").click()
     row = page.locator(f"tr[data-model='{name}']")
     await row.wait_for()
     text = await row.inner_text()
-    assert "v1" in text and "private" in text and "0 active" in text
+    assert "v1" in text and "public" in text and "1 trialing" in text and "1 failed" in text
+    assert await row.get_by_role("list", name="Last 2 live runs, newest first").count() == 1
     await check(page, "console")
 
 
@@ -199,7 +232,9 @@ async def test_a_subscriber_sees_no_console(page: Any, channel: aio.Channel) -> 
         account_grpc.AccountServiceStub(channel), role=account_pb.ROLE_SUBSCRIBER
     )
     await _sign_in(page, reader)
-    assert await page.get_by_role("link", name="Console").count() == 0
+    nav = page.get_by_role("navigation", name="Main")
+    await nav.get_by_role("link", name="Catalog", exact=True).wait_for()
+    assert await nav.get_by_role("link", name="Console", exact=True).count() == 0
     await page.goto("/console")
     await page.get_by_role("heading", name="You may not see this").wait_for()
     await page.goto(f"/console/models/{model_name()}")
