@@ -17,14 +17,17 @@ from sqlalchemy import select
 
 from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.account.v1 import account_service_pb2_grpc as account_grpc
+from foretell.common.v1 import common_pb2
 from foretell.db import Model, Version
+from foretell.registry.v1 import registry_service_pb2 as reg_pb
+from foretell.registry.v1 import registry_service_pb2_grpc as reg_grpc
 from foretell.runtime import Resources
 from foretell.settings import Settings
 from foretell.subscription.v1 import subscription_service_pb2 as sub_pb
 from foretell.subscription.v1 import subscription_service_pb2_grpc as sub_grpc
 from tests import _web
 from tests._envoy import Envoy
-from tests._records import HOUR, Made, record_run
+from tests._records import HOUR, Made, make_model, record_run
 from tests._registry import model_name, run_builds
 from tests._web import check
 from tests.conftest import PASSWORD, SignedIn
@@ -240,3 +243,63 @@ async def test_a_subscriber_sees_no_console(page: Any, channel: aio.Channel) -> 
     await page.goto(f"/console/models/{model_name()}")
     await page.get_by_role("heading", name="You may not see this").wait_for()
     await check(page, "console-forbidden")
+
+
+async def test_take_offline_and_delete_say_what_happens(
+    page: Any, channel: aio.Channel, resources: Resources
+) -> None:
+    account = account_grpc.AccountServiceStub(channel)
+    registry = reg_grpc.RegistryServiceStub(channel)
+
+    async def sign_up() -> SignedIn:
+        return await _web.signed_up(account)
+
+    published = await make_model(registry, sign_up, resources, public=False)
+    await registry.PublishVersion(
+        reg_pb.PublishVersionRequest(model=published.name, number=1),
+        metadata=published.owner.metadata,
+    )
+    fresh = model_name()
+    await registry.CreateModel(
+        reg_pb.CreateModelRequest(
+            model=reg_pb.Model(
+                name=fresh, title="Never published", symbols=["EURUSD"],
+                resolution=common_pb2.RESOLUTION_1H, horizon=1,
+            )
+        ),
+        metadata=published.owner.metadata,
+    )  # fmt: skip
+    await _sign_in(page, published.owner)
+
+    await page.goto(f"/console/models/{published.name}")
+    await page.get_by_text("version 1 live").wait_for()
+    await page.get_by_role("button", name="Take offline…").click()
+    dialog = page.get_by_role("dialog", name="Take the model offline?")
+    await dialog.get_by_text("Subscriptions go on and are billed as usual").wait_for()
+    await dialog.get_by_label("Retire it for good").check()
+    await dialog.get_by_text("Every subscription to the model ends now").wait_for()
+    await check(page, "console-offline-confirm")
+    await dialog.get_by_label("Retire it for good").uncheck()
+    await dialog.get_by_role("button", name="Take offline").click()
+    await page.get_by_text("private · offline").wait_for()
+
+    # A track record is never deleted: the server says so, and the page shows it.
+    await page.get_by_role("button", name="Delete model…").click()
+    await page.get_by_role("dialog").get_by_role("button", name="Delete for good").click()
+    await (
+        page.locator("#details")
+        .get_by_role("alert")
+        .filter(has_text="has published versions")
+        .wait_for()
+    )
+
+    await page.goto(f"/console/models/{fresh}")
+    await page.get_by_role("button", name="Delete model…").click()
+    await (
+        page.get_by_role("dialog", name=f"Delete {fresh}?")
+        .get_by_role("button", name="Delete for good")
+        .click()
+    )
+    await page.wait_for_url(re.compile(r"/console$"))
+    await page.locator(f"tr[data-model='{published.name}']").wait_for()
+    assert await page.locator(f"tr[data-model='{fresh}']").count() == 0
