@@ -1,8 +1,9 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
-import { ApiError } from '../errors'
+import { ApiError, UnreachableError } from '../errors'
 import { setTokens } from '../session'
 import { ArrayParser, streamMessages } from '../stream'
 
+/** A response whose body arrives in the given pieces. */
 function chunked(pieces: string[], status = 200): Response {
   const encoder = new TextEncoder()
   const body = new ReadableStream<Uint8Array>({
@@ -14,21 +15,26 @@ function chunked(pieces: string[], status = 200): Response {
   return new Response(body, { status, headers: { 'content-type': 'application/json' } })
 }
 
-async function collect<T>(gen: AsyncGenerator<T>): Promise<T[]> {
+async function collect<T>(stream: AsyncGenerator<T>): Promise<T[]> {
   const out: T[] = []
-  for await (const item of gen) out.push(item)
+  for await (const message of stream) out.push(message)
   return out
 }
 
 describe('ArrayParser', () => {
-  it('yields each element once complete, whatever the chunking', () => {
-    const text = '[{"lines":["a ] , { \\" b"],"n":{"x":[1,2]}}\n,{"lines":[]}\n]'
-    for (let size = 1; size <= text.length; size++) {
+  it('splits elements cut anywhere, strings with brackets and escapes included', () => {
+    const text = '[{"a":"x]}\\"{","b":[1,{"c":2}]}\n,{"d":"\\\\"},{}]'
+    for (let cut = 0; cut <= text.length; cut++) {
       const parser = new ArrayParser()
-      const out: string[] = []
-      for (let i = 0; i < text.length; i += size) out.push(...parser.push(text.slice(i, i + size)))
-      expect(out.map((t) => JSON.parse(t) as unknown)).toEqual([{ lines: ['a ] , { " b'], n: { x: [1, 2] } }, { lines: [] }])
+      const out = [...parser.push(text.slice(0, cut)), ...parser.push(text.slice(cut))]
+      expect(out).toEqual([{ a: 'x]}"{', b: [1, { c: 2 }] }, { d: '\\' }, {}])
+      expect(parser.closed).toBe(true)
     }
+  })
+
+  it('refuses what is not an array of messages', () => {
+    expect(() => new ArrayParser().push('{"code":3}')).toThrow(UnreachableError)
+    expect(() => new ArrayParser().push('[1]')).toThrow(UnreachableError)
   })
 })
 
@@ -38,39 +44,48 @@ describe('streamMessages', () => {
     vi.stubGlobal('fetch', fetchMock)
     fetchMock.mockReset()
     localStorage.clear()
-    setTokens({ accessToken: 'tok', refreshToken: 'r', accessTokenExpireTime: new Date(Date.now() + 3_600_000).toISOString() })
+    setTokens(undefined)
   })
   afterEach(() => vi.unstubAllGlobals())
 
-  it('sends the bearer token and the query, and yields the messages', async () => {
-    fetchMock.mockResolvedValue(chunked(['[{"a":1}', ',{"a":2}]']))
-    const got = await collect(streamMessages<{ a: number }>('/v1/x:stream', { signal: new AbortController().signal, query: { symbol: 'EURUSD' } }))
-    expect(got).toEqual([{ a: 1 }, { a: 2 }])
-    const [url, init] = fetchMock.mock.calls[0] as [URL, RequestInit]
-    expect(url.pathname).toBe('/v1/x:stream')
-    expect(url.searchParams.get('symbol')).toBe('EURUSD')
-    expect((init.headers as Record<string, string>).authorization).toBe('Bearer tok')
+  it('yields each message as it arrives and sends the bearer token and the query', async () => {
+    setTokens({ accessToken: 'tok', refreshToken: 'r', accessTokenExpireTime: new Date(Date.now() + 600_000).toISOString() })
+    fetchMock.mockResolvedValue(chunked(['[{"forecasts":[{"id":"1"}]}', '\n,{"forec', 'asts":[{"id":"2"}]}]']))
+    const signal = new AbortController().signal
+    const out = await collect(streamMessages<{ forecasts: { id: string }[] }>('/v1/models/m/forecasts:stream', { signal, query: { symbol: 'EURUSD' } }))
+    expect(out.map((m) => m.forecasts[0]?.id)).toEqual(['1', '2'])
+    const [url, init] = fetchMock.mock.calls[0] ?? []
+    expect(String(url)).toContain('/v1/models/m/forecasts:stream?symbol=EURUSD')
+    expect((init?.headers as Record<string, string>).authorization).toBe('Bearer tok')
   })
 
-  it('throws ApiError for an HTTP error with its field violations', async () => {
-    fetchMock.mockResolvedValue(
-      chunked([JSON.stringify({ code: 3, message: 'bad', details: [{ '@type': 'type.googleapis.com/google.rpc.BadRequest', fieldViolations: [{ field: 'number', description: 'a version number' }] }] })], 400),
-    )
+  it('throws ApiError for an HTTP error with its Status', async () => {
+    fetchMock.mockResolvedValue(chunked(['{"code":7,"message":"subscribe first"}'], 403))
     const error = await collect(streamMessages('/v1/x', { signal: new AbortController().signal })).catch((e: unknown) => e)
     expect(error).toBeInstanceOf(ApiError)
-    expect((error as ApiError).status).toBe(400)
-    expect((error as ApiError).fields).toEqual({ number: 'a version number' })
+    expect((error as ApiError).status).toBe(403)
+    expect((error as ApiError).message).toBe('subscribe first')
   })
 
-  it('throws ApiError for a google.rpc.Status element after messages', async () => {
-    fetchMock.mockResolvedValue(chunked(['[{"a":1},{"code":14,"message":"feed lost"}]']))
+  it('throws ApiError for a Status element after messages, having yielded those first', async () => {
+    fetchMock.mockResolvedValue(chunked(['[{"forecasts":[]}', ',{"code":7,"message":"no longer readable"}]']))
     const seen: unknown[] = []
     const error = await (async () => {
-      for await (const m of streamMessages('/v1/x', { signal: new AbortController().signal })) seen.push(m)
+      for await (const message of streamMessages('/v1/x', { signal: new AbortController().signal })) seen.push(message)
     })().catch((e: unknown) => e)
-    expect(seen).toEqual([{ a: 1 }])
+    expect(seen).toEqual([{ forecasts: [] }])
     expect(error).toBeInstanceOf(ApiError)
-    expect((error as ApiError).status).toBe(503)
-    expect((error as ApiError).message).toBe('feed lost')
+    expect((error as ApiError).code).toBe(7)
+    expect((error as ApiError).status).toBe(403)
+  })
+
+  it('takes a body cut short for a lost connection, not a clean end', async () => {
+    fetchMock.mockResolvedValue(chunked(['[{"forecasts":[]}']))
+    await expect(collect(streamMessages('/v1/x', { signal: new AbortController().signal }))).rejects.toBeInstanceOf(UnreachableError)
+  })
+
+  it('turns a network failure into UnreachableError', async () => {
+    fetchMock.mockRejectedValue(new TypeError('Failed to fetch'))
+    await expect(collect(streamMessages('/v1/x', { signal: new AbortController().signal }))).rejects.toBeInstanceOf(UnreachableError)
   })
 })
