@@ -4,6 +4,7 @@ Chromium driven by Playwright (Debian's package: no browser download here)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import field_mask_pb2
 from grpc import aio
@@ -31,6 +33,8 @@ from tests.conftest import PASSWORD, SignedIn, unique_email
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("FORETELL_TEST_ARTIFACTS", ROOT / ".build" / "test-artifacts"))
 AXE = ROOT / "web" / "node_modules" / "axe-core" / "axe.min.js"
+SHOTS = ARTIFACTS / "web"
+WIDTHS = (390, 1440)
 
 
 def chromium_path() -> str | None:
@@ -121,3 +125,62 @@ async def open_browser() -> AsyncIterator[object]:
         browser = await playwright.chromium.launch(executable_path=chromium_path())
         yield browser
         await browser.close()
+
+
+async def open_page(browser: Any, base_url: str) -> AsyncIterator[Any]:
+    """A page on `base_url` with axe-core loaded; fails the test on a page error or a CSP
+    refusal, and photographs the last page."""
+    context = await browser.new_context(base_url=base_url, viewport={"width": 1440, "height": 900})
+    # Injected through the DevTools protocol, so the page's CSP (no inline scripts) holds.
+    await context.add_init_script(path=str(AXE))
+    await context.grant_permissions(["clipboard-read", "clipboard-write"])
+    opened = await context.new_page()
+    problems: list[str] = []
+
+    def on_console(message: Any) -> None:
+        # The API reference renderer (Scalar) tries its own servers (fonts, its agent) even when
+        # told not to; the CSP refusing them is the point: nothing leaves the site.
+        text = message.text
+        refused = message.type == "error" and "Content Security Policy" in text
+        if refused and ".scalar.com" not in text:
+            problems.append(text)
+
+    opened.on("console", on_console)
+    opened.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    yield opened
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await opened.screenshot(path=str(SHOTS / "last-page.png"))
+    await context.close()
+    assert problems == [], problems
+
+
+async def _axe(page: Any, label: str) -> None:
+    result = await page.evaluate(
+        "() => axe.run(document, {runOnly: {type: 'tag', values: "
+        "['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})"
+    )
+    violations = [
+        {"id": v["id"], "nodes": [n["target"] for n in v["nodes"]][:5]}
+        for v in result["violations"]
+    ]
+    assert violations == [], f"{label}: {json.dumps(violations)}"
+
+
+async def check(page: Any, name: str, *, network_idle: bool = True) -> None:
+    """axe-core finds no WCAG 2.1 AA violation at 390 and 1440 px, and in the dark theme;
+    screenshots of each. A page with an open stream is never network-idle: the caller waits
+    for what it shows instead (`network_idle=False`)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    if network_idle:
+        await page.wait_for_load_state("networkidle")
+    for width in WIDTHS:
+        await page.set_viewport_size({"width": width, "height": 900})
+        await page.wait_for_timeout(150)
+        await _axe(page, f"{name} at {width}px")
+        await page.screenshot(path=str(SHOTS / f"{name}-{width}.png"), full_page=True)
+    await page.set_viewport_size({"width": 1440, "height": 900})
+    await page.emulate_media(color_scheme="dark")
+    await page.wait_for_timeout(150)
+    await _axe(page, f"{name} in the dark theme")
+    await page.screenshot(path=str(SHOTS / f"{name}-1440-dark.png"), full_page=True)
+    await page.emulate_media(color_scheme="light")

@@ -29,7 +29,7 @@ from foretell.settings import Address
 from tests._billing import trial
 from tests._envoy import Envoy
 from tests._errors import field_violations
-from tests._records import BASE, HOUR, make_model, record
+from tests._records import BASE, HOUR, make_model, record, record_run
 from tests.conftest import SignUp, status_code
 
 
@@ -130,6 +130,41 @@ async def test_kinds_never_mix(
         pb.ListRunsRequest(model=m.name, kind=pb.RUN_KIND_DRY), metadata=md
     )
     assert [r.id for r in dry_runs.runs] == [str(dry)]
+
+
+async def test_runs_filter_by_outcome(
+    forecasts: pb_grpc.ForecastServiceAsyncStub,
+    registry: reg_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    resources: Resources,
+    http: httpx.AsyncClient,
+) -> None:
+    m = await make_model(registry, sign_up, resources, public=True)
+    ok = await record_run(resources, m, BASE, outcome="ok")
+    failed = await record_run(resources, m, BASE + HOUR, outcome="model_error")
+    await record_run(resources, m, BASE + 2 * HOUR, kind="dry", outcome="model_error")
+    md = m.owner.metadata
+
+    async def ids(outcome: pb.RunOutcome.ValueType) -> list[str]:
+        reply = await forecasts.ListRuns(
+            pb.ListRunsRequest(model=m.name, outcome=outcome), metadata=md
+        )
+        return [r.id for r in reply.runs]
+
+    assert await ids(pb.RUN_OUTCOME_UNSPECIFIED) == [str(failed), str(ok)]
+    assert await ids(pb.RUN_OUTCOME_MODEL_ERROR) == [str(failed)]
+    assert await ids(pb.RUN_OUTCOME_OK) == [str(ok)]
+    assert await ids(pb.RUN_OUTCOME_TIMEOUT) == []
+    with pytest.raises(grpc.RpcError) as bad:
+        await ids(pb.RunOutcome.ValueType(99))
+    assert status_code(bad.value) == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(field_violations(bad.value)) == {"outcome"}
+
+    auth = {"authorization": f"Bearer {m.owner.tokens.access_token}"}
+    rest = await http.get(
+        f"/v1/models/{m.name}/runs", params={"outcome": "RUN_OUTCOME_MODEL_ERROR"}, headers=auth
+    )
+    assert [r["id"] for r in rest.json()["runs"]] == [str(failed)]
 
 
 async def test_access_rules(

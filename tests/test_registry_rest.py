@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ import pytest
 
 from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
+from foretell.services.registry import _servicer as registry_servicer
 from foretell.settings import Settings
 from tests._envoy import Envoy
 from tests._registry import model_name, push, run_builds, write_model
@@ -97,3 +99,48 @@ async def test_rest_errors(http: httpx.AsyncClient, sign_up: SignUp) -> None:
     sub_auth = {"authorization": f"Bearer {subscriber.tokens.access_token}"}
     denied = await http.post("/v1/models", json=_model(model_name()), headers=sub_auth)
     assert denied.status_code == 403
+
+
+async def test_build_log_streams_live_over_rest(
+    http: httpx.AsyncClient,
+    sign_up: SignUp,
+    channel: aio.Channel,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """StreamBuildLog over REST is one chunked JSON array, read here as it arrives: the queued
+    build's heartbeat comes first (the stream is open before the build starts), then its
+    lines, then the final state; the route has no timeout that would cut a long build."""
+    monkeypatch.setattr(registry_servicer, "HEARTBEAT_S", 0.0)
+    me = await sign_up()
+    auth = {"authorization": f"Bearer {me.tokens.access_token}"}
+    name = model_name()
+    assert (await http.post("/v1/models", json=_model(name), headers=auth)).status_code == 200
+    registry = pb_grpc.RegistryServiceStub(channel)
+    await push(registry, me.metadata, name, write_model(tmp_path / "m"))
+
+    path = f"/v1/models/{name}/versions/1/buildLog:stream"
+    async with http.stream("GET", path, headers=auth, timeout=60) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/json")
+        received = ""
+        chunks = response.aiter_text()
+        while '"BUILD_STATE_QUEUED"' not in received:
+            received += await anext(chunks)
+        assert received.lstrip().startswith("[")
+        assert "lines" not in received  # a heartbeat: the state, no lines yet
+        await run_builds(settings)
+        async for chunk in chunks:
+            received += chunk
+    messages = json.loads(received)
+    lines = [line for m in messages for line in m.get("lines", [])]
+    assert any("imported model:predict" in line for line in lines)
+    assert messages[-1]["buildState"] == "BUILD_STATE_READY"
+
+    other = await sign_up()
+    hidden = await http.get(path, headers={"authorization": f"Bearer {other.tokens.access_token}"})
+    assert hidden.status_code == 404
+    bad = await http.get(f"/v1/models/{name}/versions/0/buildLog:stream", headers=auth)
+    assert bad.status_code == 400
+    assert "number" in bad.text

@@ -5,7 +5,6 @@ Every page is checked with axe-core (WCAG 2.1 AA) and photographed at 390 and 14
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -19,6 +18,7 @@ from foretell.runtime import Resources
 from tests import _web
 from tests._envoy import Envoy
 from tests._records import HOUR, F, record_run
+from tests._web import SHOTS, check
 from tests.conftest import PASSWORD, unique_email
 
 pytestmark = [
@@ -30,9 +30,6 @@ pytestmark = [
     ),
     pytest.mark.timeout(240),
 ]
-
-SHOTS = _web.ARTIFACTS / "web"
-WIDTHS = (390, 1440)
 
 
 @pytest.fixture(scope="module")
@@ -54,62 +51,8 @@ async def browser() -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def page(browser: Any, envoy: Envoy) -> AsyncIterator[Any]:
-    context = await browser.new_context(
-        base_url=envoy.base_url, viewport={"width": 1440, "height": 900}
-    )
-    # Injected through the DevTools protocol, so the page's CSP (no inline scripts) holds.
-    await context.add_init_script(path=str(_web.AXE))
-    await context.grant_permissions(["clipboard-read", "clipboard-write"])
-    opened = await context.new_page()
-    problems: list[str] = []
-
-    def on_console(message: Any) -> None:
-        # The API reference renderer (Scalar) tries its own servers (fonts, its agent) even when
-        # told not to; the CSP refusing them is the point: nothing leaves the site.
-        text = message.text
-        refused = message.type == "error" and "Content Security Policy" in text
-        if refused and ".scalar.com" not in text:
-            problems.append(text)
-
-    opened.on("console", on_console)
-    opened.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    yield opened
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    await opened.screenshot(path=str(SHOTS / "last-page.png"))
-    await context.close()
-    assert problems == [], problems
-
-
-async def _axe(page: Any, label: str) -> None:
-    result = await page.evaluate(
-        "() => axe.run(document, {runOnly: {type: 'tag', values: "
-        "['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})"
-    )
-    violations = [
-        {"id": v["id"], "nodes": [n["target"] for n in v["nodes"]][:5]}
-        for v in result["violations"]
-    ]
-    assert violations == [], f"{label}: {json.dumps(violations)}"
-
-
-async def check(page: Any, name: str, *, network_idle: bool = True) -> None:
-    """axe-core finds no WCAG 2.1 AA violation at 390 and 1440 px, and in the dark theme;
-    screenshots of each. A page with an open stream is never network-idle: the caller waits
-    for what it shows instead (`network_idle=False`)."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    if network_idle:
-        await page.wait_for_load_state("networkidle")
-    for width in WIDTHS:
-        await page.set_viewport_size({"width": width, "height": 900})
-        await page.wait_for_timeout(150)
-        await _axe(page, f"{name} at {width}px")
-        await page.screenshot(path=str(SHOTS / f"{name}-{width}.png"), full_page=True)
-    await page.set_viewport_size({"width": 1440, "height": 900})
-    await page.emulate_media(color_scheme="dark")
-    await page.wait_for_timeout(150)
-    await _axe(page, f"{name} in the dark theme")
-    await page.screenshot(path=str(SHOTS / f"{name}-1440-dark.png"), full_page=True)
-    await page.emulate_media(color_scheme="light")
+    async for opened in _web.open_page(browser, envoy.base_url):
+        yield opened
 
 
 async def sign_up_in_browser(page: Any, next_path: str = "/") -> str:

@@ -51,7 +51,7 @@ export function utc(value: string | number | undefined | null): string {
   return `${date.toISOString().replace('T', ' ').slice(0, 16)} UTC`
 }
 
-const RESOLUTIONS: Record<string, string> = {
+export const RESOLUTIONS: Record<string, string> = {
   RESOLUTION_1H: '1 hour',
   RESOLUTION_4H: '4 hours',
   RESOLUTION_1D: '1 day',
@@ -83,4 +83,13 @@ export function planOffer(priceMinor: string | undefined, currency: string | und
   const monthly = free ? 'free' : `${price} a month`
   if (trialDays) return `${trialDays}-day free trial, then ${monthly}; cancel any time`
   return free ? 'Free; cancel any time' : `${price} a month, billed from today; cancel any time`
+}
+
+/** Digits after the point in the currency's minor units (2 for USD, 0 for JPY). */
+export function minorDigits(currency: string): number {
+  try {
+    return new Intl.NumberFormat('en', { style: 'currency', currency }).resolvedOptions().maximumFractionDigits ?? 2
+  } catch {
+    return 2 // not a currency code: the server says so
+  }
 }

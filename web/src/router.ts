@@ -1,7 +1,7 @@
 // Named routes; pages load lazily so the first route ships only what it draws.
 import { createRouter, createWebHistory, type RouteLocationRaw } from 'vue-router'
 import { handleUnauthenticated } from './api/client'
-import { signedIn } from './api/session'
+import { isProvider, signedIn } from './api/session'
 
 export const router = createRouter({
   history: createWebHistory(),
@@ -12,6 +12,10 @@ export const router = createRouter({
     { path: '/subscriptions', name: 'subscriptions', component: () => import('./views/SubscriptionsView.vue'), meta: { auth: true, title: 'My subscriptions' } },
     { path: '/subscriptions/:id/webhooks', name: 'webhooks', component: () => import('./views/WebhooksView.vue'), props: true, meta: { auth: true, title: 'Webhooks' } },
     { path: '/api-keys', name: 'api-keys', component: () => import('./views/ApiKeysView.vue'), meta: { auth: true, title: 'API keys' } },
+    // The provider console: providers only (the guard below answers others with the 403 page).
+    { path: '/console', name: 'console', component: () => import('./views/ConsoleView.vue'), meta: { auth: true, provider: true, title: 'Console' } },
+    { path: '/console/new', name: 'console-new', component: () => import('./views/ConsoleCreateView.vue'), meta: { auth: true, provider: true, title: 'Create a model' } },
+    { path: '/console/models/:name', name: 'console-model', component: () => import('./views/ConsoleModelView.vue'), props: true, meta: { auth: true, provider: true, title: 'Console' } },
     { path: '/sign-in', name: 'sign-in', component: () => import('./views/SignInView.vue'), meta: { title: 'Sign in' } },
     { path: '/sign-up', name: 'sign-up', component: () => import('./views/SignUpView.vue'), meta: { title: 'Sign up' } },
     { path: '/forbidden', name: 'forbidden', component: () => import('./views/ErrorView.vue'), props: { code: 403 }, meta: { title: 'Not allowed' } },
@@ -26,6 +30,7 @@ export function signInRoute(back: string): RouteLocationRaw {
 
 router.beforeEach((to) => {
   if (to.meta.auth && !signedIn()) return signInRoute(to.fullPath)
+  if (to.meta.provider && !isProvider()) return { name: 'forbidden', replace: true }
   return true
 })
 

@@ -80,6 +80,8 @@ POLICY: dict[str, Policy] = {
     _REGISTRY + "PublishVersion": PROVIDERS,
     # Admins may take a model offline (moderation); they never publish for a provider.
     _REGISTRY + "TakeOffline": PROVIDERS_AND_ADMINS,
+    # The caller's own models, with their business (subscribers, money): providers only.
+    _REGISTRY + "ListModelSummaries": PROVIDERS,
     # Market data is the platform's: everyone signed in reads it (API keys too, for scripts);
     # admins and data feeders (for their granted symbols) add it; only an admin corrects it.
     _DATAFEED + "ListSymbols": SIGNED_IN_READ,

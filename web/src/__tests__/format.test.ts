@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { enumWord, horizon, money, percent, planOffer, utc } from '../format'
+import { enumWord, horizon, minorDigits, money, percent, planOffer, utc } from '../format'
 import { drawdown, reliability, wilson } from '../measures'
 
 describe('format', () => {
@@ -7,6 +7,11 @@ describe('format', () => {
     expect(money('4900', 'USD')).toMatch(/49\.00/)
     expect(money(500, 'JPY')).toMatch(/500/)
     expect(money(500, 'JPY')).not.toMatch(/5\.00/)
+  })
+  it('knows how many digits a currency\'s minor units have', () => {
+    expect(minorDigits('USD')).toBe(2)
+    expect(minorDigits('JPY')).toBe(0)
+    expect(minorDigits('not a code')).toBe(2)
   })
   it('says exactly what the plan does', () => {
     expect(planOffer('4900', 'USD', 14)).toMatch(/^14-day free trial, then .*49\.00 a month; cancel any time$/)

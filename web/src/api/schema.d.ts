@@ -98,6 +98,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/modelSummaries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Summarises the caller's own models for running them as a business: each with its subscriptions counted by state, the money received this calendar month (UTC) from paid invoices, and its last live runs' outcomes
+         * @description Summarises the caller's own models for running them as a business: each with its subscriptions counted by state, the money received this calendar month (UTC) from paid invoices, and its last live runs' outcomes. Ordered by name, a page at a time. Only providers may; only their own models.
+         */
+        get: operations["RegistryService_ListModelSummaries"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/models": {
         parameters: {
             query?: never;
@@ -309,6 +329,26 @@ export interface paths {
         };
         /** Returns one version of a model the caller may see */
         get: operations["RegistryService_GetVersion"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/models/{model}/versions/{number}/buildLog:stream": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Streams a version's build log: what has been written so far, then new lines as the build writes them, and a last message with the final state
+         * @description Streams a version's build log: what has been written so far, then new lines as the build writes them, and a last message with the final state. Only the owner (or an admin) may read build logs. While a build waits or runs silently, a message without lines repeats the state every few seconds, so that proxies between the client and the server never see an idle stream. Over REST the response is a chunked JSON array, one element per message.
+         */
+        get: operations["RegistryService_StreamBuildLog"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1591,6 +1631,18 @@ export interface components {
             /** @description The version. */
             version?: components["schemas"]["registry.v1.Version"];
         };
+        /** @description Response for RegistryService.ListModelSummaries. */
+        "registry.v1.ListModelSummariesResponse": {
+            /** @description One page of the caller's models, by name. */
+            summaries?: components["schemas"]["registry.v1.ModelSummary"][];
+            /** @description Token for the next page; empty on the last page. */
+            nextPageToken?: string;
+            /**
+             * Format: date-time
+             * @description The start of the calendar month (UTC) that `revenue` covers.
+             */
+            monthStartTime?: string;
+        };
         /** @description Response for RegistryService.ListModels. */
         "registry.v1.ListModelsResponse": {
             /** @description One page of models. */
@@ -1672,12 +1724,92 @@ export interface components {
              */
             readonly updateTime?: string;
         };
+        /** @description ModelSummary is one model as its owner runs it. */
+        "registry.v1.ModelSummary": {
+            /** @description The model. */
+            model?: components["schemas"]["registry.v1.Model"];
+            /** @description Its subscriptions, counted by state. */
+            subscribers?: components["schemas"]["registry.v1.SubscriberCounts"];
+            /** @description Money received this month for the model's invoices (payments made since `month_start_time`), one amount per currency; empty when none. */
+            revenue?: components["schemas"]["registry.v1.Money"][];
+            /** @description The model's last live runs (at most 10), newest as_of first. */
+            recentRuns?: components["schemas"]["registry.v1.RecentRun"][];
+        };
+        /** @description Money is an amount in one currency. */
+        "registry.v1.Money": {
+            /**
+             * Format: int64
+             * @description Minor units of `currency` (4900 is 49.00 USD).
+             */
+            amountMinor?: string;
+            /** @description ISO 4217 code. */
+            currency?: string;
+        };
         /** @description Response for RegistryService.PublishVersion. */
         "registry.v1.PublishVersionResponse": {
             /** @description The model, with its new live version. */
             model?: components["schemas"]["registry.v1.Model"];
             /** @description The published version. */
             version?: components["schemas"]["registry.v1.Version"];
+        };
+        /** @description RecentRun is one run's outcome, at a glance. */
+        "registry.v1.RecentRun": {
+            /** @description The run's id (a UUID). */
+            id?: string;
+            /**
+             * Format: int32
+             * @description The number of the version that ran.
+             */
+            version?: number;
+            /**
+             * Format: date-time
+             * @description The moment the run saw the market up to.
+             */
+            asOf?: string;
+            /** @description How the run ended. */
+            outcome?: components["schemas"]["forecast.v1.RunOutcome"];
+        };
+        /** @description Response for RegistryService.StreamBuildLog. */
+        "registry.v1.StreamBuildLogResponse": {
+            /** @description Log lines, oldest first, without line ends. */
+            lines?: string[];
+            /** @description The build state; the last message carries READY or FAILED. */
+            buildState?: components["schemas"]["registry.v1.BuildState"];
+            /** @description Why the build failed, in the last message of a failed build. */
+            failureReason?: string;
+        };
+        /** @description SubscriberCounts counts a model's subscriptions by state. */
+        "registry.v1.SubscriberCounts": {
+            /**
+             * Format: int32
+             * @description In their free trial.
+             */
+            trialing?: number;
+            /**
+             * Format: int32
+             * @description Waiting for their first invoice to be paid.
+             */
+            incomplete?: number;
+            /**
+             * Format: int32
+             * @description Paid up.
+             */
+            active?: number;
+            /**
+             * Format: int32
+             * @description An invoice unpaid past its due time.
+             */
+            pastDue?: number;
+            /**
+             * Format: int32
+             * @description Ended by a cancellation.
+             */
+            canceled?: number;
+            /**
+             * Format: int32
+             * @description Ended unpaid.
+             */
+            expired?: number;
         };
         /** @description Response for RegistryService.TakeOffline. */
         "registry.v1.TakeOfflineResponse": {
@@ -2241,6 +2373,41 @@ export interface operations {
             };
         };
     };
+    RegistryService_ListModelSummaries: {
+        parameters: {
+            query?: {
+                /** @description Page size, 1 to 100; 0 means 50. */
+                pageSize?: number;
+                /** @description `next_page_token` of the previous page, or empty for the first. */
+                pageToken?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["registry.v1.ListModelSummariesResponse"];
+                };
+            };
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
+                };
+            };
+        };
+    };
     RegistryService_ListModels: {
         parameters: {
             query?: {
@@ -2605,6 +2772,8 @@ export interface operations {
                 pageSize?: number;
                 /** @description `next_page_token` of the previous page, or empty for the first. The other fields must stay the same from page to page. */
                 pageToken?: string;
+                /** @description Only runs that ended this way; RUN_OUTCOME_UNSPECIFIED means every outcome. */
+                outcome?: components["schemas"]["forecast.v1.RunOutcome"];
             };
             header?: never;
             path: {
@@ -2730,6 +2899,41 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["registry.v1.GetVersionResponse"];
+                };
+            };
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
+                };
+            };
+        };
+    };
+    RegistryService_StreamBuildLog: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The model's name. */
+                model: string;
+                /** @description The version's number. */
+                number: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["registry.v1.StreamBuildLogResponse"][];
                 };
             };
             /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */

@@ -57,3 +57,8 @@ export function signedIn(): boolean {
 export function refreshDelay(now = Date.now()): number {
   return Math.max(0, session.accessExpires - REFRESH_MARGIN_MS - now)
 }
+
+/** Whether the signed-in user publishes models (the console is theirs only). */
+export function isProvider(): boolean {
+  return session.user?.role === 'ROLE_PROVIDER'
+}

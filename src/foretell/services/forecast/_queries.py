@@ -93,6 +93,8 @@ async def list_runs(db: Database, view: ModelView, filters: Filters) -> list[tup
     )
     if filters.version is not None:
         query = query.where(Version.number == filters.version)
+    if filters.outcome:
+        query = query.where(Run.outcome == filters.outcome)
     if filters.start is not None:
         query = query.where(Run.as_of >= filters.start)
     if filters.end is not None:

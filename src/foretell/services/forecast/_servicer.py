@@ -19,6 +19,7 @@ from foretell.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
 from foretell.marketdata import model_calendar
 from foretell.performance import PerformanceCache
 from foretell.runs import latest_slot, request_dry_run
+from foretell.runs.outcomes import OUTCOME_ENUM
 from foretell.runtime.resources import Resources
 from foretell.services.forecast import _queries, _validate
 from foretell.services.forecast._feed import ACCESS_CHANGED, LOST, ForecastFeed
@@ -30,17 +31,6 @@ if TYPE_CHECKING:
     Context = aio.ServicerContext[Any, Any]
 
 _DIRECTIONS = {"up": pb.DIRECTION_UP, "down": pb.DIRECTION_DOWN, "flat": pb.DIRECTION_FLAT}
-_OUTCOMES = {
-    "ok": pb.RUN_OUTCOME_OK,
-    "model_error": pb.RUN_OUTCOME_MODEL_ERROR,
-    "timeout": pb.RUN_OUTCOME_TIMEOUT,
-    "out_of_memory": pb.RUN_OUTCOME_OUT_OF_MEMORY,
-    "killed_by_policy": pb.RUN_OUTCOME_KILLED_BY_POLICY,
-    "invalid_output": pb.RUN_OUTCOME_INVALID_OUTPUT,
-    "missed": pb.RUN_OUTCOME_MISSED,
-    "data_missing": pb.RUN_OUTCOME_DATA_MISSING,
-    "platform_error": pb.RUN_OUTCOME_PLATFORM_ERROR,
-}
 
 
 class FeedLost(ForetellError):
@@ -73,7 +63,7 @@ def run_pb(model: str, run: Run, version: int, count: int, *, log: bool) -> pb.R
         version=version,
         as_of=_ts(run.as_of),
         kind=_validate.KIND_ENUM[run.kind],
-        outcome=_OUTCOMES[run.outcome],
+        outcome=OUTCOME_ENUM[run.outcome],
         detail=run.detail,
         duration=duration,
         duration_seconds=run.duration_s,

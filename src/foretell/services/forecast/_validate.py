@@ -14,6 +14,7 @@ from foretell.errors import FieldViolation, InvalidArgument, Violations
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.paging import PageTokens, reject_token
 from foretell.paging import page_size as checked_page_size
+from foretell.runs.outcomes import OUTCOMES
 from foretell.services.registry import model_name
 from foretell.symbols import SYMBOL
 
@@ -44,6 +45,8 @@ class Filters:
     kind: str
     limit: int
     after: Cursor | None
+    # Runs only: keep those that ended this way ("" for every outcome).
+    outcome: str = ""
 
 
 def _kind(v: Violations, value: int) -> str:
@@ -138,7 +141,13 @@ def list_runs(request: pb.ListRunsRequest, tokens: PageTokens) -> Filters:
         request.HasField("end_time"),
         request.end_time,
     )
-    filters = Filters(name, version, "", start, end, _kind(v, request.kind), limit, after)
+    outcome = ""
+    if request.outcome:
+        outcome = OUTCOMES.get(request.outcome, "")
+        if not outcome:
+            v.add("outcome", "one of the RunOutcome values, or unset for every outcome")
+    kind = _kind(v, request.kind)
+    filters = Filters(name, version, "", start, end, kind, limit, after, outcome)
     v.raise_if_any()
     return filters
 

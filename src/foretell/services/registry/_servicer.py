@@ -29,9 +29,10 @@ from foretell.errors import (
 from foretell.logs import get_logger
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
+from foretell.runs.outcomes import OUTCOME_ENUM
 from foretell.runtime.lanes import build_cap
 from foretell.runtime.resources import Resources
-from foretell.services.registry import _queries, _validate
+from foretell.services.registry import _queries, _summaries, _validate
 from foretell.services.registry._queries import ModelView, Upload
 from foretell.symbols import SYMBOL
 
@@ -48,6 +49,10 @@ _BUILD_STATES = {
     BuildState.FAILED: pb.BUILD_STATE_FAILED,
 }
 _LOG_BATCH = 200
+# A build can wait in its lane or run a silent step (a long pip install) for minutes; a message
+# this often keeps the stream from looking idle to Envoy (stream_idle_timeout, 5 min) or any
+# proxy in between, whose idle limit would otherwise cut a long build's log.
+HEARTBEAT_S = 15.0
 
 
 def model_pb(view: ModelView) -> pb.Model:
@@ -309,13 +314,21 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             raise NotFound(f"model {name!r} has no version {number} of yours")
         sent = 0
         if version.build_state in TAKEABLE:
+            loop = asyncio.get_running_loop()
+            quiet_since = loop.time()
             async for batch in follow_build_log(self._res.redis, str(version.id)):
                 if batch is None:
                     _, version = await _queries.get_version(self._res.db, principal, name, number)
                     if version.build_state in FINAL:
                         break
+                    if loop.time() - quiet_since >= HEARTBEAT_S:
+                        quiet_since = loop.time()
+                        yield pb.StreamBuildLogResponse(
+                            build_state=_BUILD_STATES[BuildState(version.build_state)]
+                        )
                     continue
                 sent += len(batch)
+                quiet_since = loop.time()
                 yield pb.StreamBuildLogResponse(lines=batch, build_state=pb.BUILD_STATE_BUILDING)
             _, version = await _queries.get_version(self._res.db, principal, name, number)
         # The stored log is the record: send whatever the live stream did not.
@@ -347,6 +360,60 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             self._res.db, current_principal(), name, self._res.clock(), retire=request.retire
         )
         return pb.TakeOfflineResponse(model=model_pb(view))
+
+    async def ListModelSummaries(
+        self, request: pb.ListModelSummariesRequest, context: Context
+    ) -> pb.ListModelSummariesResponse:
+        v = Violations()
+        limit = _validate.page_size(v, request.page_size)
+        after = self._res.page_tokens.open(v, "ListModelSummaries", request.page_token)
+        if after is not None and not isinstance(after, str):
+            _paging.reject_token(v)
+        v.raise_if_any()
+        since = _summaries.month_start(self._res.clock())
+        found = await _summaries.summaries(
+            self._res.db,
+            current_principal(),
+            after=after if isinstance(after, str) else None,
+            limit=limit + 1,
+            since=since,
+        )
+        token = ""
+        if len(found) > limit:
+            token = self._res.page_tokens.seal(
+                "ListModelSummaries", found[limit - 1].view.model.name
+            )
+        return pb.ListModelSummariesResponse(
+            summaries=[_summary_pb(summary) for summary in found[:limit]],
+            next_page_token=token,
+            month_start_time=_ts(since),
+        )
+
+
+def _summary_pb(summary: _summaries.Summary) -> pb.ModelSummary:
+    counts = summary.subscribers
+    return pb.ModelSummary(
+        model=model_pb(summary.view),
+        subscribers=pb.SubscriberCounts(
+            trialing=counts.get("trialing", 0),
+            incomplete=counts.get("incomplete", 0),
+            active=counts.get("active", 0),
+            past_due=counts.get("past_due", 0),
+            canceled=counts.get("canceled", 0),
+            expired=counts.get("expired", 0),
+        ),
+        revenue=[
+            pb.Money(amount_minor=amount, currency=currency)
+            for currency, amount in sorted(summary.revenue.items())
+        ],
+        recent_runs=[
+            pb.RecentRun(
+                id=str(run.id), version=run.version, as_of=_ts(run.as_of),
+                outcome=OUTCOME_ENUM[run.outcome],
+            )
+            for run in summary.recent_runs
+        ],
+    )  # fmt: skip
 
 
 # The store's scratch space for uploads in progress, and how long one may go without a write

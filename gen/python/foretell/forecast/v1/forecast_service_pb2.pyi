@@ -464,6 +464,7 @@ class ListRunsRequest(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model's name."""
     version: _builtins.int
@@ -476,6 +477,8 @@ class ListRunsRequest(_message.Message):
     """`next_page_token` of the previous page, or empty for the first. The
     other fields must stay the same from page to page.
     """
+    outcome: Global___RunOutcome.ValueType
+    """Only runs that ended this way; RUN_OUTCOME_UNSPECIFIED means every outcome."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Only runs with as_of at or after this time."""
@@ -494,10 +497,11 @@ class ListRunsRequest(_message.Message):
         kind: Global___RunKind.ValueType = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        outcome: Global___RunOutcome.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "kind", b"kind", "model", b"model", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "kind", b"kind", "model", b"model", "outcome", b"outcome", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from foretell.common.v1 import common_pb2 as _common_pb2
+from foretell.forecast.v1 import forecast_service_pb2 as _forecast_service_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
@@ -901,3 +902,211 @@ class TakeOfflineResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TakeOfflineResponse: _TypeAlias = TakeOfflineResponse  # noqa: Y015
+
+@_typing.final
+class ListModelSummariesRequest(_message.Message):
+    """Request for RegistryService.ListModelSummaries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Page size, 1 to 100; 0 means 50."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page, or empty for the first."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelSummariesRequest: _TypeAlias = ListModelSummariesRequest  # noqa: Y015
+
+@_typing.final
+class ListModelSummariesResponse(_message.Message):
+    """Response for RegistryService.ListModelSummaries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUMMARIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MONTH_START_TIME_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def summaries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelSummary]:
+        """One page of the caller's models, by name."""
+
+    @_builtins.property
+    def month_start_time(self) -> _timestamp_pb2.Timestamp:
+        """The start of the calendar month (UTC) that `revenue` covers."""
+
+    def __init__(
+        self,
+        *,
+        summaries: _abc.Iterable[Global___ModelSummary] | None = ...,
+        next_page_token: _builtins.str = ...,
+        month_start_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["month_start_time", b"month_start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["month_start_time", b"month_start_time", "next_page_token", b"next_page_token", "summaries", b"summaries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelSummariesResponse: _TypeAlias = ListModelSummariesResponse  # noqa: Y015
+
+@_typing.final
+class ModelSummary(_message.Message):
+    """ModelSummary is one model as its owner runs it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    SUBSCRIBERS_FIELD_NUMBER: _builtins.int
+    REVENUE_FIELD_NUMBER: _builtins.int
+    RECENT_RUNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___Model:
+        """The model."""
+
+    @_builtins.property
+    def subscribers(self) -> Global___SubscriberCounts:
+        """Its subscriptions, counted by state."""
+
+    @_builtins.property
+    def revenue(self) -> _containers.RepeatedCompositeFieldContainer[Global___Money]:
+        """Money received this month for the model's invoices (payments made since
+        `month_start_time`), one amount per currency; empty when none.
+        """
+
+    @_builtins.property
+    def recent_runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecentRun]:
+        """The model's last live runs (at most 10), newest as_of first."""
+
+    def __init__(
+        self,
+        *,
+        model: Global___Model | None = ...,
+        subscribers: Global___SubscriberCounts | None = ...,
+        revenue: _abc.Iterable[Global___Money] | None = ...,
+        recent_runs: _abc.Iterable[Global___RecentRun] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "subscribers", b"subscribers"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "recent_runs", b"recent_runs", "revenue", b"revenue", "subscribers", b"subscribers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelSummary: _TypeAlias = ModelSummary  # noqa: Y015
+
+@_typing.final
+class SubscriberCounts(_message.Message):
+    """SubscriberCounts counts a model's subscriptions by state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIALING_FIELD_NUMBER: _builtins.int
+    INCOMPLETE_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    PAST_DUE_FIELD_NUMBER: _builtins.int
+    CANCELED_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
+    trialing: _builtins.int
+    """In their free trial."""
+    incomplete: _builtins.int
+    """Waiting for their first invoice to be paid."""
+    active: _builtins.int
+    """Paid up."""
+    past_due: _builtins.int
+    """An invoice unpaid past its due time."""
+    canceled: _builtins.int
+    """Ended by a cancellation."""
+    expired: _builtins.int
+    """Ended unpaid."""
+    def __init__(
+        self,
+        *,
+        trialing: _builtins.int = ...,
+        incomplete: _builtins.int = ...,
+        active: _builtins.int = ...,
+        past_due: _builtins.int = ...,
+        canceled: _builtins.int = ...,
+        expired: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "canceled", b"canceled", "expired", b"expired", "incomplete", b"incomplete", "past_due", b"past_due", "trialing", b"trialing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscriberCounts: _TypeAlias = SubscriberCounts  # noqa: Y015
+
+@_typing.final
+class Money(_message.Message):
+    """Money is an amount in one currency."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    amount_minor: _builtins.int
+    """Minor units of `currency` (4900 is 49.00 USD)."""
+    currency: _builtins.str
+    """ISO 4217 code."""
+    def __init__(
+        self,
+        *,
+        amount_minor: _builtins.int = ...,
+        currency: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "currency", b"currency"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Money: _TypeAlias = Money  # noqa: Y015
+
+@_typing.final
+class RecentRun(_message.Message):
+    """RecentRun is one run's outcome, at a glance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The run's id (a UUID)."""
+    version: _builtins.int
+    """The number of the version that ran."""
+    outcome: _forecast_service_pb2.RunOutcome.ValueType
+    """How the run ended."""
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The moment the run saw the market up to."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+        outcome: _forecast_service_pb2.RunOutcome.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "id", b"id", "outcome", b"outcome", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecentRun: _TypeAlias = RecentRun  # noqa: Y015

@@ -95,6 +95,11 @@ class RegistryServiceStub:
                 request_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.TakeOfflineRequest.SerializeToString,
                 response_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.TakeOfflineResponse.FromString,
                 _registered_method=True)
+        self.ListModelSummaries = channel.unary_unary(
+                '/foretell.registry.v1.RegistryService/ListModelSummaries',
+                request_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.ListModelSummariesRequest.SerializeToString,
+                response_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.ListModelSummariesResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -172,7 +177,10 @@ class RegistryServiceServicer:
     def StreamBuildLog(self, request, context):
         """Streams a version's build log: what has been written so far, then new
         lines as the build writes them, and a last message with the final state.
-        Only the owner (or an admin) may read build logs.
+        Only the owner (or an admin) may read build logs. While a build waits or
+        runs silently, a message without lines repeats the state every few seconds,
+        so that proxies between the client and the server never see an idle stream.
+        Over REST the response is a chunked JSON array, one element per message.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -189,6 +197,16 @@ class RegistryServiceServicer:
     def TakeOffline(self, request, context):
         """Takes the model offline: no live version, no more runs. Every record stays,
         and a version can be published again later.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModelSummaries(self, request, context):
+        """Summarises the caller's own models for running them as a business: each
+        with its subscriptions counted by state, the money received this calendar
+        month (UTC) from paid invoices, and its last live runs' outcomes. Ordered
+        by name, a page at a time. Only providers may; only their own models.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -251,6 +269,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.TakeOffline,
                     request_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.TakeOfflineRequest.FromString,
                     response_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.TakeOfflineResponse.SerializeToString,
+            ),
+            'ListModelSummaries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModelSummaries,
+                    request_deserializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.ListModelSummariesRequest.FromString,
+                    response_serializer=foretell_dot_registry_dot_v1_dot_registry__service__pb2.ListModelSummariesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -556,6 +579,33 @@ class RegistryService:
             '/foretell.registry.v1.RegistryService/TakeOffline',
             foretell_dot_registry_dot_v1_dot_registry__service__pb2.TakeOfflineRequest.SerializeToString,
             foretell_dot_registry_dot_v1_dot_registry__service__pb2.TakeOfflineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModelSummaries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.registry.v1.RegistryService/ListModelSummaries',
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.ListModelSummariesRequest.SerializeToString,
+            foretell_dot_registry_dot_v1_dot_registry__service__pb2.ListModelSummariesResponse.FromString,
             options,
             channel_credentials,
             insecure,

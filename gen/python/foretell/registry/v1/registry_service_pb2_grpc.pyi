@@ -70,7 +70,10 @@ class RegistryServiceStub:
     StreamBuildLog: _grpc.UnaryStreamMultiCallable[_registry_service_pb2.StreamBuildLogRequest, _registry_service_pb2.StreamBuildLogResponse]
     """Streams a version's build log: what has been written so far, then new
     lines as the build writes them, and a last message with the final state.
-    Only the owner (or an admin) may read build logs.
+    Only the owner (or an admin) may read build logs. While a build waits or
+    runs silently, a message without lines repeats the state every few seconds,
+    so that proxies between the client and the server never see an idle stream.
+    Over REST the response is a chunked JSON array, one element per message.
     """
     PublishVersion: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.PublishVersionRequest, _registry_service_pb2.PublishVersionResponse]
     """Makes a READY version the model's live version. The previous live version
@@ -79,6 +82,12 @@ class RegistryServiceStub:
     TakeOffline: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.TakeOfflineRequest, _registry_service_pb2.TakeOfflineResponse]
     """Takes the model offline: no live version, no more runs. Every record stays,
     and a version can be published again later.
+    """
+    ListModelSummaries: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListModelSummariesRequest, _registry_service_pb2.ListModelSummariesResponse]
+    """Summarises the caller's own models for running them as a business: each
+    with its subscriptions counted by state, the money received this calendar
+    month (UTC) from paid invoices, and its last live runs' outcomes. Ordered
+    by name, a page at a time. Only providers may; only their own models.
     """
 
 @_typing.type_check_only
@@ -123,7 +132,10 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     StreamBuildLog: _aio.UnaryStreamMultiCallable[_registry_service_pb2.StreamBuildLogRequest, _registry_service_pb2.StreamBuildLogResponse]  # type: ignore[assignment]
     """Streams a version's build log: what has been written so far, then new
     lines as the build writes them, and a last message with the final state.
-    Only the owner (or an admin) may read build logs.
+    Only the owner (or an admin) may read build logs. While a build waits or
+    runs silently, a message without lines repeats the state every few seconds,
+    so that proxies between the client and the server never see an idle stream.
+    Over REST the response is a chunked JSON array, one element per message.
     """
     PublishVersion: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.PublishVersionRequest, _registry_service_pb2.PublishVersionResponse]  # type: ignore[assignment]
     """Makes a READY version the model's live version. The previous live version
@@ -132,6 +144,12 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     TakeOffline: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.TakeOfflineRequest, _registry_service_pb2.TakeOfflineResponse]  # type: ignore[assignment]
     """Takes the model offline: no live version, no more runs. Every record stays,
     and a version can be published again later.
+    """
+    ListModelSummaries: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListModelSummariesRequest, _registry_service_pb2.ListModelSummariesResponse]  # type: ignore[assignment]
+    """Summarises the caller's own models for running them as a business: each
+    with its subscriptions counted by state, the money received this calendar
+    month (UTC) from paid invoices, and its last live runs' outcomes. Ordered
+    by name, a page at a time. Only providers may; only their own models.
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -227,7 +245,10 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_registry_service_pb2.StreamBuildLogResponse], _abc.AsyncIterator[_registry_service_pb2.StreamBuildLogResponse]]:
         """Streams a version's build log: what has been written so far, then new
         lines as the build writes them, and a last message with the final state.
-        Only the owner (or an admin) may read build logs.
+        Only the owner (or an admin) may read build logs. While a build waits or
+        runs silently, a message without lines repeats the state every few seconds,
+        so that proxies between the client and the server never see an idle stream.
+        Over REST the response is a chunked JSON array, one element per message.
         """
 
     @_abc_1.abstractmethod
@@ -248,6 +269,18 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_service_pb2.TakeOfflineResponse, _abc.Awaitable[_registry_service_pb2.TakeOfflineResponse]]:
         """Takes the model offline: no live version, no more runs. Every record stays,
         and a version can be published again later.
+        """
+
+    @_abc_1.abstractmethod
+    def ListModelSummaries(
+        self,
+        request: _registry_service_pb2.ListModelSummariesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.ListModelSummariesResponse, _abc.Awaitable[_registry_service_pb2.ListModelSummariesResponse]]:
+        """Summarises the caller's own models for running them as a business: each
+        with its subscriptions counted by state, the money received this calendar
+        month (UTC) from paid invoices, and its last live runs' outcomes. Ordered
+        by name, a page at a time. Only providers may; only their own models.
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
