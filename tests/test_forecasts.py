@@ -412,9 +412,11 @@ async def test_an_idle_stream_sends_a_heartbeat_at_each_recheck(
                     assert isinstance(beat, pb.StreamForecastsResponse)
                     assert list(beat.forecasts) == []
                 live = await record(resources, m, BASE + HOUR)
-                while not (message := await asyncio.wait_for(stream.read(), 5)).forecasts:
-                    pass  # heartbeats meanwhile
-                assert isinstance(message, pb.StreamForecastsResponse)
+                while True:
+                    message = await asyncio.wait_for(stream.read(), 5)
+                    assert isinstance(message, pb.StreamForecastsResponse)
+                    if message.forecasts:
+                        break  # heartbeats until then
                 assert {f.run_id for f in message.forecasts} == {str(live)}
             finally:
                 stream.cancel()

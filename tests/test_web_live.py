@@ -163,6 +163,11 @@ async def test_a_subscriber_sees_a_forecast_arrive_live_and_the_stream_stop_on_c
     await page.locator('[data-testid="live-forecasts"][data-state="live"]').wait_for()
     assert await page.get_by_test_id("live-forecast").count() == 0
     await page.get_by_test_id("ledger-badge").get_by_text("Nothing recorded yet").wait_for()
+    # The playback, in a second tab: nothing to play yet, and following too.
+    playback = await page.context.new_page()
+    await playback.goto(f"/models/{m.name}/playback")
+    await playback.locator('[data-testid="live-forecasts"][data-state="live"]').wait_for()
+    await playback.get_by_text("No forecasts to play back here.").wait_for()
 
     # The bar closing the slot lands through the platform: the scheduler starts the run, the
     # worker runs the model in its jail and records it; the page shows it without a reload.
@@ -177,6 +182,10 @@ async def test_a_subscriber_sees_a_forecast_arrive_live_and_the_stream_stop_on_c
     assert m.symbol in await arrived.first.inner_text()
     assert "up" in await arrived.first.inner_text()
     await check(page, "live-forecast-arrived", network_idle=False)
+    # The playback extends: the new forecast is drawn and counted at the cursor (the end).
+    await playback.locator('.controls[data-ready="true"]').wait_for()
+    assert await playback.get_by_test_id("made").inner_text() == "1"
+    await check(playback, "live-playback-extended", network_idle=False)
 
     # Cancelled at once: the open stream ends and the page says why.
     await sub_grpc.SubscriptionServiceStub(channel).CancelSubscription(
@@ -188,6 +197,9 @@ async def test_a_subscriber_sees_a_forecast_arrive_live_and_the_stream_stop_on_c
     )
     status = await live.get_by_test_id("live-status").inner_text()
     assert "stopped" in status.lower(), status
+    stopped = playback.locator('[data-testid="live-forecasts"][data-state="stopped"]')
+    await stopped.wait_for(timeout=20_000)
+    await playback.close()
     await check(page, "live-forecast-stopped")
 
 

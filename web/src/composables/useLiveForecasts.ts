@@ -44,13 +44,13 @@ export function stopReason(error: unknown): string | null {
   return null
 }
 
-async function listSince(model: string, symbol: string, since: string): Promise<ForecastRecord[]> {
+async function listSince(model: string, symbol: string, since: string | undefined): Promise<ForecastRecord[]> {
   const out: ForecastRecord[] = []
   let pageToken = ''
   do {
     const page = await call(
       api.GET('/v1/models/{model}/forecasts', {
-        params: { path: { model }, query: { symbol, startTime: since, pageSize: 1000, pageToken } },
+        params: { path: { model }, query: { symbol, pageSize: 1000, pageToken, ...(since ? { startTime: since } : {}) } },
       }),
     )
     out.push(...(page.forecasts ?? []))
@@ -97,9 +97,8 @@ export function useLiveForecasts(options: LiveOptions): {
   }
 
   async function fillGap(): Promise<void> {
-    // Nothing to resume from: the page loaded no forecast, so whatever comes is new. Otherwise
-    // from the newest as_of held, inclusive (a run of that slot may have recorded more).
-    if (!latest) return
+    // From the newest as_of held, inclusive (a run of that slot may have recorded more); with
+    // none held (the page's record was empty), every forecast listed is new.
     deliver(await listSince(options.model, options.symbol ?? '', latest))
   }
 

@@ -20,13 +20,33 @@ export function encode(value: Canonical): string {
     return String(value)
   }
   if (typeof value === 'string') return quote(value)
-  if (Array.isArray(value)) return `[${value.map(encode).join(',')}]`
-  // Keys sorted by UTF-16 code units, as Python sorts str (the keys are ASCII anyway).
-  const keys = Object.keys(value).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
-  return `{${keys.map((key) => `${quote(key)}:${encode(value[key] as Canonical)}`).join(',')}}`
+  if (Array.isArray(value)) {
+    let out = '['
+    for (let i = 0; i < value.length; i++) out += (i ? ',' : '') + encode(value[i] as Canonical)
+    return `${out}]`
+  }
+  // Keys sorted by UTF-16 code units (the default sort), as Python sorts str. A parsed payload
+  // has them in order already: checked in one pass, sorted only when not.
+  const keys = Object.keys(value)
+  for (let i = 1; i < keys.length; i++) {
+    if ((keys[i - 1] as string) > (keys[i] as string)) {
+      keys.sort()
+      break
+    }
+  }
+  let out = '{'
+  for (let i = 0; i < keys.length; i++) {
+    const key = keys[i] as string
+    out += `${i ? ',' : ''}${quote(key)}:${encode(value[key] as Canonical)}`
+  }
+  return `${out}}`
 }
 
+// Printable ASCII but `"` and `\`: what nearly every string is, copied as it stands.
+const PLAIN = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/
+
 function quote(text: string): string {
+  if (PLAIN.test(text)) return `"${text}"`
   let out = '"'
   for (let i = 0; i < text.length; i++) {
     const c = text[i] as string
@@ -49,17 +69,21 @@ export function time(timestamp: string | undefined): string {
   return `${match[1]}.${(match[2] ?? '').padEnd(6, '0').slice(0, 6)}Z`
 }
 
+const FLOAT_BYTES = new Uint8Array(8)
+const FLOAT = new DataView(FLOAT_BYTES.buffer)
+
 /** A float as the 16 lowercase hex digits of its IEEE 754 binary64 value, big-endian. */
 export function number(value: number | null | undefined): string | null {
   if (value === null || value === undefined) return null
-  const view = new DataView(new ArrayBuffer(8))
-  view.setFloat64(0, value)
-  return hex(new Uint8Array(view.buffer))
+  FLOAT.setFloat64(0, value)
+  return hex(FLOAT_BYTES)
 }
+
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'))
 
 export function hex(bytes: Uint8Array): string {
   let out = ''
-  for (const byte of bytes) out += byte.toString(16).padStart(2, '0')
+  for (const byte of bytes) out += HEX[byte] as string
   return out
 }
 
@@ -71,7 +95,8 @@ export function fromHex(text: string): Uint8Array {
 
 /** A `bytes` field as JSON carries it (base64, standard or URL-safe). */
 export function fromBase64(text: string | undefined): Uint8Array {
-  const binary = atob((text ?? '').replace(/-/g, '+').replace(/_/g, '/'))
+  const raw = text ?? ''
+  const binary = atob(/[-_]/.test(raw) ? raw.replace(/-/g, '+').replace(/_/g, '/') : raw)
   const out = new Uint8Array(binary.length)
   for (let i = 0; i < binary.length; i++) out[i] = binary.charCodeAt(i)
   return out

@@ -67,46 +67,65 @@ class Mismatch extends Error {
 }
 
 async function checkEntries(model: string, entries: LedgerEntryJson[]): Promise<{ hashes: Map<number, string>; byRun: Map<string, Canonical> }> {
-  // Every hash at once (WebCrypto works in parallel); the chain is then walked in order.
-  const computed = await Promise.all(
-    entries.map((entry) =>
-      entry.withheld || !entry.payload ? Promise.resolve(null) : entryHash(fromBase64(entry.prevHash), entry.payload),
-    ),
+  // Every digest is started first (WebCrypto hashes off this thread) and the payloads are
+  // checked meanwhile; the chain is then walked in order, so the first failing entry is named
+  // whichever check it fails.
+  const digests = entries.map((entry) =>
+    entry.withheld || !entry.payload ? null : entryHash(fromBase64(entry.prevHash), entry.payload),
   )
   const hashes = new Map<number, string>()
   const byRun = new Map<string, Canonical>()
+  const asOf: string[] = []
+  const storedHex: string[] = []
+  let failed: Mismatch | null = null
   let previous = GENESIS_HEX
-  for (let i = 0; i < entries.length; i++) {
+  for (let i = 0; i < entries.length && !failed; i++) {
     const entry = entries[i] as LedgerEntryJson
     const expected = i + 1
     const sequence = Number(entry.sequence ?? 0)
     const where = `entry ${sequence} (run ${entry.runId ?? '?'})`
-    if (sequence !== expected) throw new Mismatch(`entry ${expected} is missing: the chain jumps to ${sequence}`, expected)
-    if (hex(fromBase64(entry.prevHash)) !== previous) throw new Mismatch(`${where}: its previous hash is not entry ${expected - 1}'s hash`, sequence)
     const stored = hex(fromBase64(entry.entryHash))
-    if (entry.withheld) {
-      previous = stored
-      hashes.set(sequence, stored)
-      continue
-    }
-    if (!entry.payload) throw new Mismatch(`${where}: its run no longer exists (deleted)`, sequence)
-    let document: { [key: string]: Canonical }
+    storedHex[i] = stored
     try {
-      document = JSON.parse(entry.payload) as { [key: string]: Canonical }
-    } catch {
-      throw new Mismatch(`${where}: its payload is not JSON`, sequence)
+      if (sequence !== expected) throw new Mismatch(`entry ${expected} is missing: the chain jumps to ${sequence}`, expected)
+      if (hex(fromBase64(entry.prevHash)) !== previous) throw new Mismatch(`${where}: its previous hash is not entry ${expected - 1}'s hash`, sequence)
+      if (!entry.withheld) {
+        if (!entry.payload) throw new Mismatch(`${where}: its run no longer exists (deleted)`, sequence)
+        let document: { [key: string]: Canonical }
+        try {
+          document = JSON.parse(entry.payload) as { [key: string]: Canonical }
+        } catch {
+          throw new Mismatch(`${where}: its payload is not JSON`, sequence)
+        }
+        if (encode(document) !== entry.payload || document.run_id !== entry.runId) {
+          throw new Mismatch(`${where}: its payload is not in canonical form for this run`, sequence)
+        }
+        if (document.model !== model) throw new Mismatch(`${where}: its run belongs to model ${String(document.model)}`, sequence)
+        byRun.set(entry.runId ?? '', document.forecasts ?? [])
+        asOf[i] = String(document.as_of)
+      }
+    } catch (e) {
+      if (!(e instanceof Mismatch)) throw e
+      failed = e
+      break
     }
-    if (encode(document) !== entry.payload || document.run_id !== entry.runId) {
-      throw new Mismatch(`${where}: its payload is not in canonical form for this run`, sequence)
-    }
-    if (document.model !== model) throw new Mismatch(`${where}: its run belongs to model ${String(document.model)}`, sequence)
-    if (hex(computed[i] as Uint8Array) !== stored) {
-      throw new Mismatch(`${where}, as_of ${String(document.as_of)}: the run or its forecasts differ from what was recorded (hash mismatch)`, sequence)
-    }
-    byRun.set(entry.runId ?? '', document.forecasts ?? [])
     previous = stored
     hashes.set(sequence, stored)
   }
+  const computed = await Promise.all(digests)
+  for (let i = 0; i < entries.length; i++) {
+    const entry = entries[i] as LedgerEntryJson
+    const sequence = Number(entry.sequence ?? 0)
+    if (failed && failed.sequence <= sequence) break
+    const mine = computed[i]
+    if (mine && hex(mine) !== storedHex[i]) {
+      throw new Mismatch(
+        `entry ${sequence} (run ${entry.runId ?? '?'}), as_of ${asOf[i] ?? '?'}: the run or its forecasts differ from what was recorded (hash mismatch)`,
+        sequence,
+      )
+    }
+  }
+  if (failed) throw failed
   return { hashes, byRun }
 }
 

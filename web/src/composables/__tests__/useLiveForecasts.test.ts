@@ -75,12 +75,21 @@ describe('useLiveForecasts', () => {
       () => body(['[{}', `,${message(a)}`, ',{}', ']'], 'close'),
       () => new Response(JSON.stringify({ code: 7, message: 'no longer readable' }), { status: 403 }),
     ]
-    fetchMock.mockImplementation(async () => (streams.shift() as () => Response)())
+    const listed: string[] = []
+    fetchMock.mockImplementation(async (input) => {
+      const url = input instanceof Request ? input.url : String(input)
+      if (url.includes(':stream')) return (streams.shift() as () => Response)()
+      listed.push(new URL(url).searchParams.get('startTime') ?? '(all)')
+      // The record was empty when the page loaded; by the reopening, a is in the list.
+      return new Response(JSON.stringify({ forecasts: listed.length > 1 ? [a] : [] }), { status: 200, headers: { 'content-type': 'application/json' } })
+    })
     const got: ForecastRecord[] = []
     const scope = effectScope()
     const live = scope.run(() => useLiveForecasts({ model: 'm', onForecasts: (fs) => got.push(...fs), backoff: [5] }))!
     await vi.waitFor(() => expect(live.state.value).toBe('stopped'))
     expect(got.map(forecastKey)).toEqual([forecastKey(a)])
+    // Nothing held at first: the whole (empty) list; the reopening never got its headers.
+    expect(listed).toEqual(['(all)'])
     expect(live.reason.value).toContain('no longer readable')
     scope.stop()
   })
