@@ -1650,6 +1650,8 @@ export interface components {
              * @description When it was paid; unset while open.
              */
             paidTime?: string;
+            /** @description The model's title, for display beside its name. */
+            modelTitle?: string;
         };
         /**
          * @description InvoiceState is whether an invoice still wants money.
@@ -1758,6 +1760,8 @@ export interface components {
             graceEndTime?: string;
             /** @description Why it ended (CANCELED or EXPIRED), in words for the subscriber: e.g. the provider made the model private or retired it. */
             endReason?: string;
+            /** @description The model's title, for display beside its name. */
+            modelTitle?: string;
         };
         /**
          * @description SubscriptionState is where a subscription is in its life.

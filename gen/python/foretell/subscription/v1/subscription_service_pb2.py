@@ -27,7 +27,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n3foretell/subscription/v1/subscription_service.proto\x12\x18\x66oretell.subscription.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x01\n\x04Plan\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x0bprice_minor\x18\x02 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x12\n\ntrial_days\x18\x04 \x01(\x05\x12\x35\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xf1\x03\n\x0cSubscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rsubscriber_id\x18\x03 \x01(\t\x12:\n\x05state\x18\x04 \x01(\x0e\x32+.foretell.subscription.v1.SubscriptionState\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0etrial_end_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\x19\x63urrent_period_start_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12;\n\x17\x63urrent_period_end_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63\x61ncel_at_period_end\x18\t \x01(\x08\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0egrace_end_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nend_reason\x18\x0c \x01(\t\"\xde\x03\n\x07Invoice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rsubscriber_id\x18\x04 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x05 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\x35\n\x11period_start_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nissue_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64ue_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x05state\x18\x0b \x01(\x0e\x32&.foretell.subscription.v1.InvoiceState\x12\x16\n\x0e\x63redited_minor\x18\x0c \x01(\x03\x12\x18\n\x10\x61mount_due_minor\x18\r \x01(\x03\x12-\n\tpaid_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"%\n\x0eGetPlanRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"?\n\x0fGetPlanResponse\x12,\n\x04plan\x18\x01 \x01(\x0b\x32\x1e.foretell.subscription.v1.Plan\"\\\n\x11UpdatePlanRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x32\n\x04plan\x18\x02 \x01(\x0b\x32\x1e.foretell.subscription.v1.PlanB\x04\xe2\x41\x01\x02\"B\n\x12UpdatePlanResponse\x12,\n\x04plan\x18\x01 \x01(\x0b\x32\x1e.foretell.subscription.v1.Plan\"\'\n\x10SubscribeRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x85\x01\n\x11SubscribeResponse\x12<\n\x0csubscription\x18\x01 \x01(\x0b\x32&.foretell.subscription.v1.Subscription\x12\x32\n\x07invoice\x18\x02 \x01(\x0b\x32!.foretell.subscription.v1.Invoice\"P\n\x18ListSubscriptionsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"s\n\x19ListSubscriptionsResponse\x12=\n\rsubscriptions\x18\x01 \x03(\x0b\x32&.foretell.subscription.v1.Subscription\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"B\n\x19\x43\x61ncelSubscriptionRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0bimmediately\x18\x02 \x01(\x08\"Z\n\x1a\x43\x61ncelSubscriptionResponse\x12<\n\x0csubscription\x18\x01 \x01(\x0b\x32&.foretell.subscription.v1.Subscription\"-\n\x19ResumeSubscriptionRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"Z\n\x1aResumeSubscriptionResponse\x12<\n\x0csubscription\x18\x01 \x01(\x0b\x32&.foretell.subscription.v1.Subscription\"U\n\x13ListInvoicesRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x14ListInvoicesResponse\x12\x33\n\x08invoices\x18\x01 \x03(\x0b\x32!.foretell.subscription.v1.Invoice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xfc\x01\n\x11SubscriptionState\x12\"\n\x1eSUBSCRIPTION_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSUBSCRIPTION_STATE_TRIALING\x10\x01\x12!\n\x1dSUBSCRIPTION_STATE_INCOMPLETE\x10\x02\x12\x1d\n\x19SUBSCRIPTION_STATE_ACTIVE\x10\x03\x12\x1f\n\x1bSUBSCRIPTION_STATE_PAST_DUE\x10\x04\x12\x1f\n\x1bSUBSCRIPTION_STATE_CANCELED\x10\x05\x12\x1e\n\x1aSUBSCRIPTION_STATE_EXPIRED\x10\x06*u\n\x0cInvoiceState\x12\x1d\n\x19INVOICE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12INVOICE_STATE_OPEN\x10\x01\x12\x16\n\x12INVOICE_STATE_PAID\x10\x02\x12\x16\n\x12INVOICE_STATE_VOID\x10\x03\x32\xa4\x08\n\x13SubscriptionService\x12\x7f\n\x07GetPlan\x12(.foretell.subscription.v1.GetPlanRequest\x1a).foretell.subscription.v1.GetPlanResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/models/{model}/plan\x12\x8e\x01\n\nUpdatePlan\x12+.foretell.subscription.v1.UpdatePlanRequest\x1a,.foretell.subscription.v1.UpdatePlanResponse\"%\x82\xd3\xe4\x93\x02\x1f\x1a\x17/v1/models/{model}/plan:\x04plan\x12\x82\x01\n\tSubscribe\x12*.foretell.subscription.v1.SubscribeRequest\x1a+.foretell.subscription.v1.SubscribeResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/subscriptions:\x01*\x12\x97\x01\n\x11ListSubscriptions\x12\x32.foretell.subscription.v1.ListSubscriptionsRequest\x1a\x33.foretell.subscription.v1.ListSubscriptionsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/subscriptions\x12\xa9\x01\n\x12\x43\x61ncelSubscription\x12\x33.foretell.subscription.v1.CancelSubscriptionRequest\x1a\x34.foretell.subscription.v1.CancelSubscriptionResponse\"(\x82\xd3\xe4\x93\x02\"\"\x1d/v1/subscriptions/{id}:cancel:\x01*\x12\xa9\x01\n\x12ResumeSubscription\x12\x33.foretell.subscription.v1.ResumeSubscriptionRequest\x1a\x34.foretell.subscription.v1.ResumeSubscriptionResponse\"(\x82\xd3\xe4\x93\x02\"\"\x1d/v1/subscriptions/{id}:resume:\x01*\x12\x83\x01\n\x0cListInvoices\x12-.foretell.subscription.v1.ListInvoicesRequest\x1a..foretell.subscription.v1.ListInvoicesResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/invoicesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n3foretell/subscription/v1/subscription_service.proto\x12\x18\x66oretell.subscription.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x01\n\x04Plan\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x0bprice_minor\x18\x02 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x12\n\ntrial_days\x18\x04 \x01(\x05\x12\x35\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x86\x04\n\x0cSubscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rsubscriber_id\x18\x03 \x01(\t\x12:\n\x05state\x18\x04 \x01(\x0e\x32+.foretell.subscription.v1.SubscriptionState\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0etrial_end_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\x19\x63urrent_period_start_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12;\n\x17\x63urrent_period_end_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63\x61ncel_at_period_end\x18\t \x01(\x08\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0egrace_end_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nend_reason\x18\x0c \x01(\t\x12\x13\n\x0bmodel_title\x18\r \x01(\t\"\xf3\x03\n\x07Invoice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rsubscriber_id\x18\x04 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x05 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\x35\n\x11period_start_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nissue_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64ue_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x05state\x18\x0b \x01(\x0e\x32&.foretell.subscription.v1.InvoiceState\x12\x16\n\x0e\x63redited_minor\x18\x0c \x01(\x03\x12\x18\n\x10\x61mount_due_minor\x18\r \x01(\x03\x12-\n\tpaid_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmodel_title\x18\x0f \x01(\t\"%\n\x0eGetPlanRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"?\n\x0fGetPlanResponse\x12,\n\x04plan\x18\x01 \x01(\x0b\x32\x1e.foretell.subscription.v1.Plan\"\\\n\x11UpdatePlanRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x32\n\x04plan\x18\x02 \x01(\x0b\x32\x1e.foretell.subscription.v1.PlanB\x04\xe2\x41\x01\x02\"B\n\x12UpdatePlanResponse\x12,\n\x04plan\x18\x01 \x01(\x0b\x32\x1e.foretell.subscription.v1.Plan\"\'\n\x10SubscribeRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x85\x01\n\x11SubscribeResponse\x12<\n\x0csubscription\x18\x01 \x01(\x0b\x32&.foretell.subscription.v1.Subscription\x12\x32\n\x07invoice\x18\x02 \x01(\x0b\x32!.foretell.subscription.v1.Invoice\"P\n\x18ListSubscriptionsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"s\n\x19ListSubscriptionsResponse\x12=\n\rsubscriptions\x18\x01 \x03(\x0b\x32&.foretell.subscription.v1.Subscription\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"B\n\x19\x43\x61ncelSubscriptionRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0bimmediately\x18\x02 \x01(\x08\"Z\n\x1a\x43\x61ncelSubscriptionResponse\x12<\n\x0csubscription\x18\x01 \x01(\x0b\x32&.foretell.subscription.v1.Subscription\"-\n\x19ResumeSubscriptionRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"Z\n\x1aResumeSubscriptionResponse\x12<\n\x0csubscription\x18\x01 \x01(\x0b\x32&.foretell.subscription.v1.Subscription\"U\n\x13ListInvoicesRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x14ListInvoicesResponse\x12\x33\n\x08invoices\x18\x01 \x03(\x0b\x32!.foretell.subscription.v1.Invoice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xfc\x01\n\x11SubscriptionState\x12\"\n\x1eSUBSCRIPTION_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSUBSCRIPTION_STATE_TRIALING\x10\x01\x12!\n\x1dSUBSCRIPTION_STATE_INCOMPLETE\x10\x02\x12\x1d\n\x19SUBSCRIPTION_STATE_ACTIVE\x10\x03\x12\x1f\n\x1bSUBSCRIPTION_STATE_PAST_DUE\x10\x04\x12\x1f\n\x1bSUBSCRIPTION_STATE_CANCELED\x10\x05\x12\x1e\n\x1aSUBSCRIPTION_STATE_EXPIRED\x10\x06*u\n\x0cInvoiceState\x12\x1d\n\x19INVOICE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12INVOICE_STATE_OPEN\x10\x01\x12\x16\n\x12INVOICE_STATE_PAID\x10\x02\x12\x16\n\x12INVOICE_STATE_VOID\x10\x03\x32\xa4\x08\n\x13SubscriptionService\x12\x7f\n\x07GetPlan\x12(.foretell.subscription.v1.GetPlanRequest\x1a).foretell.subscription.v1.GetPlanResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/models/{model}/plan\x12\x8e\x01\n\nUpdatePlan\x12+.foretell.subscription.v1.UpdatePlanRequest\x1a,.foretell.subscription.v1.UpdatePlanResponse\"%\x82\xd3\xe4\x93\x02\x1f\x1a\x17/v1/models/{model}/plan:\x04plan\x12\x82\x01\n\tSubscribe\x12*.foretell.subscription.v1.SubscribeRequest\x1a+.foretell.subscription.v1.SubscribeResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/subscriptions:\x01*\x12\x97\x01\n\x11ListSubscriptions\x12\x32.foretell.subscription.v1.ListSubscriptionsRequest\x1a\x33.foretell.subscription.v1.ListSubscriptionsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/subscriptions\x12\xa9\x01\n\x12\x43\x61ncelSubscription\x12\x33.foretell.subscription.v1.CancelSubscriptionRequest\x1a\x34.foretell.subscription.v1.CancelSubscriptionResponse\"(\x82\xd3\xe4\x93\x02\"\"\x1d/v1/subscriptions/{id}:cancel:\x01*\x12\xa9\x01\n\x12ResumeSubscription\x12\x33.foretell.subscription.v1.ResumeSubscriptionRequest\x1a\x34.foretell.subscription.v1.ResumeSubscriptionResponse\"(\x82\xd3\xe4\x93\x02\"\"\x1d/v1/subscriptions/{id}:resume:\x01*\x12\x83\x01\n\x0cListInvoices\x12-.foretell.subscription.v1.ListInvoicesRequest\x1a..foretell.subscription.v1.ListInvoicesResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/invoicesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -64,44 +64,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBSCRIPTIONSERVICE'].methods_by_name['ResumeSubscription']._serialized_options = b'\202\323\344\223\002\"\"\035/v1/subscriptions/{id}:resume:\001*'
   _globals['_SUBSCRIPTIONSERVICE'].methods_by_name['ListInvoices']._loaded_options = None
   _globals['_SUBSCRIPTIONSERVICE'].methods_by_name['ListInvoices']._serialized_options = b'\202\323\344\223\002\016\022\014/v1/invoices'
-  _globals['_SUBSCRIPTIONSTATE']._serialized_start=2433
-  _globals['_SUBSCRIPTIONSTATE']._serialized_end=2685
-  _globals['_INVOICESTATE']._serialized_start=2687
-  _globals['_INVOICESTATE']._serialized_end=2804
+  _globals['_SUBSCRIPTIONSTATE']._serialized_start=2475
+  _globals['_SUBSCRIPTIONSTATE']._serialized_end=2727
+  _globals['_INVOICESTATE']._serialized_start=2729
+  _globals['_INVOICESTATE']._serialized_end=2846
   _globals['_PLAN']._serialized_start=178
   _globals['_PLAN']._serialized_end=319
   _globals['_SUBSCRIPTION']._serialized_start=322
-  _globals['_SUBSCRIPTION']._serialized_end=819
-  _globals['_INVOICE']._serialized_start=822
-  _globals['_INVOICE']._serialized_end=1300
-  _globals['_GETPLANREQUEST']._serialized_start=1302
-  _globals['_GETPLANREQUEST']._serialized_end=1339
-  _globals['_GETPLANRESPONSE']._serialized_start=1341
-  _globals['_GETPLANRESPONSE']._serialized_end=1404
-  _globals['_UPDATEPLANREQUEST']._serialized_start=1406
-  _globals['_UPDATEPLANREQUEST']._serialized_end=1498
-  _globals['_UPDATEPLANRESPONSE']._serialized_start=1500
-  _globals['_UPDATEPLANRESPONSE']._serialized_end=1566
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=1568
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1607
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=1610
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1743
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=1745
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=1825
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=1827
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=1942
-  _globals['_CANCELSUBSCRIPTIONREQUEST']._serialized_start=1944
-  _globals['_CANCELSUBSCRIPTIONREQUEST']._serialized_end=2010
-  _globals['_CANCELSUBSCRIPTIONRESPONSE']._serialized_start=2012
-  _globals['_CANCELSUBSCRIPTIONRESPONSE']._serialized_end=2102
-  _globals['_RESUMESUBSCRIPTIONREQUEST']._serialized_start=2104
-  _globals['_RESUMESUBSCRIPTIONREQUEST']._serialized_end=2149
-  _globals['_RESUMESUBSCRIPTIONRESPONSE']._serialized_start=2151
-  _globals['_RESUMESUBSCRIPTIONRESPONSE']._serialized_end=2241
-  _globals['_LISTINVOICESREQUEST']._serialized_start=2243
-  _globals['_LISTINVOICESREQUEST']._serialized_end=2328
-  _globals['_LISTINVOICESRESPONSE']._serialized_start=2330
-  _globals['_LISTINVOICESRESPONSE']._serialized_end=2430
-  _globals['_SUBSCRIPTIONSERVICE']._serialized_start=2807
-  _globals['_SUBSCRIPTIONSERVICE']._serialized_end=3867
+  _globals['_SUBSCRIPTION']._serialized_end=840
+  _globals['_INVOICE']._serialized_start=843
+  _globals['_INVOICE']._serialized_end=1342
+  _globals['_GETPLANREQUEST']._serialized_start=1344
+  _globals['_GETPLANREQUEST']._serialized_end=1381
+  _globals['_GETPLANRESPONSE']._serialized_start=1383
+  _globals['_GETPLANRESPONSE']._serialized_end=1446
+  _globals['_UPDATEPLANREQUEST']._serialized_start=1448
+  _globals['_UPDATEPLANREQUEST']._serialized_end=1540
+  _globals['_UPDATEPLANRESPONSE']._serialized_start=1542
+  _globals['_UPDATEPLANRESPONSE']._serialized_end=1608
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1610
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1649
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1652
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1785
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=1787
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=1867
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=1869
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=1984
+  _globals['_CANCELSUBSCRIPTIONREQUEST']._serialized_start=1986
+  _globals['_CANCELSUBSCRIPTIONREQUEST']._serialized_end=2052
+  _globals['_CANCELSUBSCRIPTIONRESPONSE']._serialized_start=2054
+  _globals['_CANCELSUBSCRIPTIONRESPONSE']._serialized_end=2144
+  _globals['_RESUMESUBSCRIPTIONREQUEST']._serialized_start=2146
+  _globals['_RESUMESUBSCRIPTIONREQUEST']._serialized_end=2191
+  _globals['_RESUMESUBSCRIPTIONRESPONSE']._serialized_start=2193
+  _globals['_RESUMESUBSCRIPTIONRESPONSE']._serialized_end=2283
+  _globals['_LISTINVOICESREQUEST']._serialized_start=2285
+  _globals['_LISTINVOICESREQUEST']._serialized_end=2370
+  _globals['_LISTINVOICESRESPONSE']._serialized_start=2372
+  _globals['_LISTINVOICESRESPONSE']._serialized_end=2472
+  _globals['_SUBSCRIPTIONSERVICE']._serialized_start=2849
+  _globals['_SUBSCRIPTIONSERVICE']._serialized_end=3909
 # @@protoc_insertion_point(module_scope)
