@@ -93,20 +93,21 @@ async def _axe(page: Any, label: str) -> None:
 
 
 async def check(page: Any, name: str) -> None:
-    """axe-core finds no WCAG 2.1 AA violation at 390 and 1440 px, and in the dark theme;
-    screenshots of each."""
+    """axe-core finds no WCAG 2.1 AA violation at 390 and 1440 px, in the light and the dark
+    theme, and nothing is wider than the phone's screen; screenshots of each."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     await page.wait_for_load_state("networkidle")
-    for width in WIDTHS:
-        await page.set_viewport_size({"width": width, "height": 900})
-        await page.wait_for_timeout(150)
-        await _axe(page, f"{name} at {width}px")
-        await page.screenshot(path=str(SHOTS / f"{name}-{width}.png"), full_page=True)
+    for scheme, suffix in (("light", ""), ("dark", "-dark")):
+        await page.emulate_media(color_scheme=scheme)
+        for width in WIDTHS:
+            await page.set_viewport_size({"width": width, "height": 900})
+            await page.wait_for_timeout(150)
+            await _axe(page, f"{name} at {width}px, {scheme}")
+            if width == WIDTHS[0]:
+                wider = await page.evaluate("document.documentElement.scrollWidth")
+                assert wider <= width, f"{name}: the page is {wider}px wide at {width}px"
+            await page.screenshot(path=str(SHOTS / f"{name}-{width}{suffix}.png"), full_page=True)
     await page.set_viewport_size({"width": 1440, "height": 900})
-    await page.emulate_media(color_scheme="dark")
-    await page.wait_for_timeout(150)
-    await _axe(page, f"{name} in the dark theme")
-    await page.screenshot(path=str(SHOTS / f"{name}-1440-dark.png"), full_page=True)
     await page.emulate_media(color_scheme="light")
 
 
@@ -178,6 +179,11 @@ async def test_subscriber_journey(
     assert hit_rate.strip() == f"{measures['hitRate'] * 100:.1f}%"
     sharpe = await page.locator('[data-testid="measures"] td[data-measure="sharpe"]').inner_text()
     assert sharpe.strip() == f"{measures['sharpe']:.2f}".replace("-", "-")
+    # The report's conventions, as the REST response states them.
+    await page.get_by_test_id("conventions").locator("summary").click()
+    per_year = await page.get_by_test_id("periods-per-year").inner_text()
+    assert per_year.startswith(f"{body['conventions']['periodsPerYear']:,.1f}"), per_year
+    assert body["conventions"]["realized"] in await page.get_by_test_id("conventions").inner_text()
     await page.get_by_role("button", name="Show the reliability diagram").click()
     await page.get_by_role("img", name=re.compile("Reliability diagram")).wait_for()
     await check(page, "model")
