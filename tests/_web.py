@@ -17,17 +17,28 @@ from typing import Any
 
 from google.protobuf import field_mask_pb2
 from grpc import aio
+from sqlalchemy import select
 
 from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.account.v1 import account_service_pb2_grpc as account_grpc
+from foretell.auth.policy import Role
 from foretell.calendars import CRYPTO
+from foretell.common.v1 import common_pb2
+from foretell.datafeed.v1 import datafeed_service_pb2 as feed_pb
+from foretell.datafeed.v1 import datafeed_service_pb2_grpc as feed_grpc
+from foretell.db.models import Version
 from foretell.marketdata import set_calendar
 from foretell.registry.v1 import registry_service_pb2 as reg_pb
 from foretell.registry.v1 import registry_service_pb2_grpc as reg_grpc
 from foretell.runtime import Resources
+from foretell.runtime.lanes import Lane, queue_name
+from foretell.scheduler import run_job_id
+from foretell.services.account._queries import create_user
 from foretell.subscription.v1 import subscription_service_pb2 as sub_pb
 from foretell.subscription.v1 import subscription_service_pb2_grpc as sub_grpc
+from foretell.worker import create_worker
 from tests._records import HOUR, F, Made, insert_bars, make_model, record_run, unique_symbol
+from tests._registry import push, run_builds, write_model
 from tests.conftest import PASSWORD, SignedIn, unique_email
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,20 +178,88 @@ async def _axe(page: Any, label: str) -> None:
 
 
 async def check(page: Any, name: str, *, network_idle: bool = True) -> None:
-    """axe-core finds no WCAG 2.1 AA violation at 390 and 1440 px, and in the dark theme;
-    screenshots of each. A page with an open stream is never network-idle: the caller waits
-    for what it shows instead (`network_idle=False`)."""
+    """axe-core finds no WCAG 2.1 AA violation at 390 and 1440 px, in the light and the dark
+    theme, and nothing is wider than the phone's screen; screenshots of each. A page with an
+    open stream is never network-idle: the caller waits for what it shows instead
+    (`network_idle=False`)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     if network_idle:
         await page.wait_for_load_state("networkidle")
-    for width in WIDTHS:
-        await page.set_viewport_size({"width": width, "height": 900})
-        await page.wait_for_timeout(150)
-        await _axe(page, f"{name} at {width}px")
-        await page.screenshot(path=str(SHOTS / f"{name}-{width}.png"), full_page=True)
+    for scheme, suffix in (("light", ""), ("dark", "-dark")):
+        await page.emulate_media(color_scheme=scheme)
+        for width in WIDTHS:
+            await page.set_viewport_size({"width": width, "height": 900})
+            await page.wait_for_timeout(150)
+            await _axe(page, f"{name} at {width}px, {scheme}")
+            if width == WIDTHS[0]:
+                wider = await page.evaluate("document.documentElement.scrollWidth")
+                assert wider <= width, f"{name}: the page is {wider}px wide at {width}px"
+            await page.screenshot(path=str(SHOTS / f"{name}-{width}{suffix}.png"), full_page=True)
     await page.set_viewport_size({"width": 1440, "height": 900})
-    await page.emulate_media(color_scheme="dark")
-    await page.wait_for_timeout(150)
-    await _axe(page, f"{name} in the dark theme")
-    await page.screenshot(path=str(SHOTS / f"{name}-1440-dark.png"), full_page=True)
     await page.emulate_media(color_scheme="light")
+
+
+# Version 2 of a seeded model: a real bundle, built and run by the platform.
+FRESH_MODEL = """
+from foretell.sdk import Forecast
+
+
+def predict(ctx):
+    return [
+        Forecast(s, ctx.target_time, "up", predicted_return=0.003, probability=0.77)
+        for s in ctx.symbols
+    ]
+"""
+
+
+async def fresh_run(
+    channel: aio.Channel, resources: Resources, model: WebModel, tmp: Path
+) -> datetime:
+    """A fresh forecast the way the platform makes one: the provider uploads a model, the build
+    lane builds it and the provider publishes it (version 2, live); an admin ingests the bar
+    that closes this hour's slot through DataFeedService.IngestBars; the live lane's worker
+    runs the version for that slot in the sandbox and records it. The job is the one the
+    scheduler enqueues for a due slot (a whole scheduler cycle would also run or mark missed
+    every other live model of the test session). Returns the slot (the forecast's as_of)."""
+    settings = resources.settings
+    made = model.made
+    registry = reg_grpc.RegistryServiceStub(channel)
+    folder = write_model(tmp / "fresh", source=FRESH_MODEL, symbols=(made.symbol,))
+    await push(registry, made.owner.metadata, made.name, folder)
+    await run_builds(settings)
+    await registry.PublishVersion(
+        reg_pb.PublishVersionRequest(model=made.name, number=2), metadata=made.owner.metadata
+    )
+    email = unique_email("ops")
+    await create_user(
+        resources.db, email=email, password=PASSWORD, display_name="Ops", role=Role.ADMIN,
+        now=resources.clock(),
+    )  # fmt: skip
+    login = await account_grpc.AccountServiceStub(channel).Login(
+        account_pb.LoginRequest(email=email, password=PASSWORD)
+    )
+    slot = resources.clock().replace(minute=0, second=0, microsecond=0)
+    header = feed_pb.IngestBarsHeader(symbol=made.symbol, resolution=common_pb2.RESOLUTION_1H)
+    bar = feed_pb.Bars(
+        open_times_unix=[int((slot - HOUR).timestamp())],
+        opens=[1.1], highs=[1.101], lows=[1.099], closes=[1.1005], volumes=[10.0],
+    )  # fmt: skip
+    await feed_grpc.DataFeedServiceStub(channel).IngestBars(
+        iter([feed_pb.IngestBarsRequest(header=header), feed_pb.IngestBarsRequest(bars=bar)]),
+        metadata=(("authorization", f"Bearer {login.tokens.access_token}"),),
+    )
+    async with resources.db.session() as session:
+        version = await session.scalar(
+            select(Version).where(Version.model_id == made.model_id, Version.number == 2)
+        )
+    assert version is not None and version.build_state == "ready", version
+    await resources.redis.enqueue_job(
+        "run_version", str(version.id), slot.isoformat(),
+        _job_id=run_job_id(version.id, slot), _queue_name=queue_name(settings, Lane.LIVE),
+    )  # fmt: skip
+    worker = create_worker(settings, lane=Lane.LIVE, burst=True, clock=resources.clock)
+    try:
+        await worker.async_run()
+    finally:
+        await worker.close()
+    return slot

@@ -355,9 +355,10 @@ async def test_resubscribing_never_gives_a_second_trial(
     assert again.subscription.state == pb.SUBSCRIPTION_STATE_INCOMPLETE
     assert again.invoice.amount_minor == 4900 and again.invoice.state == pb.INVOICE_STATE_OPEN
     # Canceling before paying credits the first invoice in full: nothing is owed.
-    await subs.CancelSubscription(
+    canceled = await subs.CancelSubscription(
         pb.CancelSubscriptionRequest(id=again.subscription.id), metadata=md
     )
+    assert canceled.subscription.model_title == "Test model"
     (voided,) = (
         await subs.ListInvoices(
             pb.ListInvoicesRequest(subscription_id=again.subscription.id), metadata=md
@@ -373,6 +374,10 @@ async def test_resubscribing_never_gives_a_second_trial(
         pb.SUBSCRIPTION_STATE_CANCELED,
         pb.SUBSCRIPTION_STATE_CANCELED,
     ]
+    # Every answer names the model by its title too, for people to read.
+    titles = {s.model_title for s in listed.subscriptions}
+    titles |= {first.subscription.model_title, again.invoice.model_title, voided.model_title}
+    assert titles == {"Test model"}
 
 
 async def test_the_billing_run_is_idempotent(
@@ -632,7 +637,7 @@ async def test_auto_pay_makes_a_subscription_active_at_once(
     settings = dataclasses.replace(resources.settings, billing_auto_pay="on")
     billing = _queries.Billing(settings, processor_for(settings), resources.clock())
     principal = Principal(uuid.UUID(reader.user.id), Role.SUBSCRIBER, "jwt")
-    sub, invoice = await _queries.subscribe(resources.db, principal, model.name, billing)
+    sub, invoice, _ = await _queries.subscribe(resources.db, principal, model.name, billing)
     assert sub.state == "active"
     assert invoice is not None and invoice.state == "paid"
     assert invoice.payment is not None and invoice.payment.processor == "manual"

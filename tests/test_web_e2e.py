@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +18,6 @@ from grpc import aio
 from foretell.runtime import Resources
 from tests import _web
 from tests._envoy import Envoy
-from tests._records import HOUR, F, record_run
 from tests._web import SHOTS, check
 from tests.conftest import PASSWORD, unique_email
 
@@ -86,7 +86,12 @@ async def test_bad_input_shows_the_servers_field_messages(page: Any) -> None:
 
 
 async def test_subscriber_journey(
-    page: Any, envoy: Envoy, catalog: list[_web.WebModel], resources: Resources
+    page: Any,
+    envoy: Envoy,
+    channel: aio.Channel,
+    catalog: list[_web.WebModel],
+    resources: Resources,
+    tmp_path: Path,
 ) -> None:
     judged, short = catalog
     await sign_up_in_browser(page)
@@ -123,6 +128,11 @@ async def test_subscriber_journey(
     assert hit_rate.strip() == f"{measures['hitRate'] * 100:.1f}%"
     sharpe = await page.locator('[data-testid="measures"] td[data-measure="sharpe"]').inner_text()
     assert sharpe.strip() == f"{measures['sharpe']:.2f}".replace("-", "-")
+    # The report's conventions, as the REST response states them.
+    await page.get_by_test_id("conventions").locator("summary").click()
+    per_year = await page.get_by_test_id("periods-per-year").inner_text()
+    assert per_year.startswith(f"{body['conventions']['periodsPerYear']:,.1f}"), per_year
+    assert body["conventions"]["realized"] in await page.get_by_test_id("conventions").inner_text()
     await page.get_by_role("button", name="Show the reliability diagram").click()
     await page.get_by_role("img", name=re.compile("Reliability diagram")).wait_for()
     await check(page, "model")
@@ -155,8 +165,8 @@ async def test_subscriber_journey(
     await page.get_by_role("button", name="Start the 14-day free trial").click()
     await page.get_by_test_id("subscription-state").wait_for()
     assert await page.get_by_test_id("subscription-state").inner_text() == "trialing"
-    fresh_as_of = (await _last_as_of(envoy, access, judged)) + HOUR
-    await record_run(resources, judged.made, fresh_as_of, [F("up", 0.003, 0.77)])
+    # A fresh forecast, made by the platform: built, run in the sandbox by the worker.
+    fresh_as_of = await _web.fresh_run(channel, resources, judged, tmp_path)
     async with httpx.AsyncClient(
         base_url=envoy.base_url, headers={"authorization": f"Bearer {access}"}
     ) as client:
@@ -164,6 +174,9 @@ async def test_subscriber_journey(
             await client.get(f"/v1/models/{judged.made.name}/forecasts", params={"pageSize": 1})
         ).json()
     assert listed.get("delayedSample") is not True
+    (newest,) = listed["forecasts"]
+    assert datetime.fromisoformat(newest["asOf"]) == fresh_as_of
+    assert (newest["version"], newest["probability"]) == (2, 0.77), newest
     await page.get_by_role("link", name="Play back the record").click()
     await page.locator('[data-ready="true"]').wait_for()
     assert await page.get_by_test_id("delayed").count() == 0
@@ -206,18 +219,6 @@ async def test_subscriber_journey(
     await sub.get_by_role("button", name="Resume").click()
     await sub.get_by_role("button", name="Cancel at period end").wait_for()
     assert await sub.get_by_test_id("ending").count() == 0
-
-
-async def _last_as_of(envoy: Envoy, access: str, model: _web.WebModel) -> Any:
-    from datetime import datetime
-
-    async with httpx.AsyncClient(
-        base_url=envoy.base_url, headers={"authorization": f"Bearer {access}"}
-    ) as client:
-        body = (
-            await client.get(f"/v1/models/{model.made.name}/forecasts", params={"pageSize": 1})
-        ).json()
-    return datetime.fromisoformat(body["forecasts"][0]["asOf"]) + timedelta(0)
 
 
 async def test_401_mid_session_comes_back_to_the_same_page(

@@ -3,9 +3,26 @@
 
 const locale = (): string | undefined => undefined // the browser's
 
+// Building an Intl formatter costs far more than using one, and playback formats its figures
+// on every frame: one formatter per set of options.
+const numberFormats = new Map<string, Intl.NumberFormat>()
+const dateFormats = new Map<string, Intl.DateTimeFormat>()
+function numberFormat(options: Intl.NumberFormatOptions): Intl.NumberFormat {
+  const key = JSON.stringify(options)
+  let format = numberFormats.get(key)
+  if (!format) numberFormats.set(key, (format = new Intl.NumberFormat(locale(), options)))
+  return format
+}
+function dateFormat(options: Intl.DateTimeFormatOptions): Intl.DateTimeFormat {
+  const key = JSON.stringify(options)
+  let format = dateFormats.get(key)
+  if (!format) dateFormats.set(key, (format = new Intl.DateTimeFormat(locale(), options)))
+  return format
+}
+
 export function number(value: number | undefined | null, digits = 2): string {
   if (value === undefined || value === null || !Number.isFinite(value)) return '—'
-  return new Intl.NumberFormat(locale(), {
+  return numberFormat({
     minimumFractionDigits: digits,
     maximumFractionDigits: digits,
   }).format(value)
@@ -13,12 +30,12 @@ export function number(value: number | undefined | null, digits = 2): string {
 
 export function integer(value: number | string | undefined | null): string {
   if (value === undefined || value === null || value === '') return '0'
-  return new Intl.NumberFormat(locale(), { maximumFractionDigits: 0 }).format(Number(value))
+  return numberFormat({ maximumFractionDigits: 0 }).format(Number(value))
 }
 
 export function percent(value: number | undefined | null, digits = 1): string {
   if (value === undefined || value === null || !Number.isFinite(value)) return '—'
-  return new Intl.NumberFormat(locale(), {
+  return numberFormat({
     style: 'percent',
     minimumFractionDigits: digits,
     maximumFractionDigits: digits,
@@ -28,7 +45,7 @@ export function percent(value: number | undefined | null, digits = 1): string {
 /** Minor units of the currency (int64 as a JSON string) as money: "49.00 USD" style. */
 export function money(minor: string | number | undefined, currency = 'USD'): string {
   const units = Number(minor ?? 0)
-  const format = new Intl.NumberFormat(locale(), { style: 'currency', currency })
+  const format = numberFormat({ style: 'currency', currency })
   const digits = format.resolvedOptions().maximumFractionDigits ?? 2
   return format.format(units / 10 ** digits)
 }
@@ -36,12 +53,12 @@ export function money(minor: string | number | undefined, currency = 'USD'): str
 export function dateTime(value: string | number | undefined | null): string {
   if (value === undefined || value === null || value === '') return '—'
   const date = typeof value === 'number' ? new Date(value * 1000) : new Date(value)
-  return new Intl.DateTimeFormat(locale(), { dateStyle: 'medium', timeStyle: 'short' }).format(date)
+  return dateFormat({ dateStyle: 'medium', timeStyle: 'short' }).format(date)
 }
 
 export function date(value: string | undefined | null): string {
   if (!value) return '—'
-  return new Intl.DateTimeFormat(locale(), { dateStyle: 'medium' }).format(new Date(value))
+  return dateFormat({ dateStyle: 'medium' }).format(new Date(value))
 }
 
 /** The same moment in UTC, ISO style: for title attributes. */

@@ -1964,6 +1964,8 @@ export interface components {
             paidTime?: string;
             /** @description Its credit notes, oldest first: corrections, and the unused part of a period that ended early (on a paid invoice, a refund owed). */
             creditNotes?: components["schemas"]["subscription.v1.CreditNote"][];
+            /** @description The model's title, for display beside its name. */
+            modelTitle?: string;
         };
         /**
          * @description InvoiceState is whether an invoice still wants money.
@@ -2089,6 +2091,8 @@ export interface components {
             graceEndTime?: string;
             /** @description Why it ended (CANCELED or EXPIRED), in words for the subscriber: e.g. the provider made the model private or retired it. */
             endReason?: string;
+            /** @description The model's title, for display beside its name. */
+            modelTitle?: string;
         };
         /**
          * @description SubscriptionState is where a subscription is in its life.

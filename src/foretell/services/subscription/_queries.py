@@ -41,6 +41,14 @@ from foretell.settings import Settings
 
 
 @dataclass(frozen=True)
+class Named:
+    """A model as its subscriptions and invoices show it: the name and the title."""
+
+    name: str
+    title: str
+
+
+@dataclass(frozen=True)
 class Billing:
     """What every billing operation needs besides the database."""
 
@@ -95,7 +103,7 @@ async def _live(
 
 async def subscribe(
     db: Database, principal: Principal, name: str, billing: Billing
-) -> tuple[Subscription, InvoiceStatus | None]:
+) -> tuple[Subscription, InvoiceStatus | None, Named]:
     view = await get_view(db, name, principal)
     model = view.model
     if model.owner_id == principal.user_id:
@@ -147,7 +155,7 @@ async def subscribe(
     except IntegrityError:
         # Two Subscribe calls at once: the partial unique index let one through.
         raise FailedPrecondition(f"you already subscribe to model {name!r}") from None
-    return sub, invoice
+    return sub, invoice, Named(model.name, model.title)
 
 
 def _visible(principal: Principal) -> list[ColumnElement[bool]]:
@@ -158,7 +166,7 @@ def _visible(principal: Principal) -> list[ColumnElement[bool]]:
 
 async def list_subscriptions(
     db: Database, principal: Principal, model: str, page: Page, billing: Billing
-) -> tuple[list[tuple[Subscription, str]], Keyset | None]:
+) -> tuple[list[tuple[Subscription, Named]], Keyset | None]:
     """One page of subscriptions, newest first, and where the next page starts (None on the
     last). Only the page's live subscriptions are settled, so a call costs at most a page of
     settlements however many subscriptions there are."""
@@ -169,14 +177,14 @@ async def list_subscriptions(
     if page.after is not None:
         conditions.append(after_keyset(Subscription.created_at, Subscription.id, page.after))
     selected = (
-        select(Subscription, Model.name)
+        select(Subscription, Model.name, Model.title)
         .join(Model, Model.id == Subscription.model_id)
         .where(*conditions)
         .order_by(*order)
         .limit(page.size + 1)
     )
     async with db.session() as session:
-        rows = [(row[0], row[1]) for row in (await session.execute(selected)).all()]
+        rows = [(row[0], Named(row[1], row[2])) for row in (await session.execute(selected)).all()]
     more, rows = len(rows) > page.size, rows[: page.size]
     # Settle the page's live ones, so that what is listed is true now; only those with an
     # event due are locked and written. Settling never changes created_at or id: the page
@@ -196,15 +204,16 @@ async def _own(session: AsyncSession, principal: Principal, sub_id: uuid.UUID) -
     return sub
 
 
-async def _model_name(session: AsyncSession, sub: Subscription) -> str:
-    name = await session.scalar(select(Model.name).where(Model.id == sub.model_id))
-    assert name is not None
-    return name
+async def _model_name(session: AsyncSession, sub: Subscription) -> Named:
+    row = (
+        await session.execute(select(Model.name, Model.title).where(Model.id == sub.model_id))
+    ).one()
+    return Named(row[0], row[1])
 
 
 async def cancel(
     db: Database, principal: Principal, sub_id: uuid.UUID, immediately: bool, billing: Billing
-) -> tuple[Subscription, str]:
+) -> tuple[Subscription, Named]:
     now = billing.now
     async with db.session.begin() as session:
         sub = await _own(session, principal, sub_id)
@@ -231,7 +240,7 @@ async def cancel(
 
 async def resume(
     db: Database, principal: Principal, sub_id: uuid.UUID, billing: Billing
-) -> tuple[Subscription, str]:
+) -> tuple[Subscription, Named]:
     async with db.session.begin() as session:
         sub = await _own(session, principal, sub_id)
         await settle(session, sub, billing.now, billing.settings, billing.processor)
@@ -241,7 +250,7 @@ async def resume(
 
 async def list_invoices(
     db: Database, principal: Principal, sub_id: uuid.UUID | None, page: Page
-) -> tuple[list[tuple[InvoiceStatus, str]], Keyset | None]:
+) -> tuple[list[tuple[InvoiceStatus, Named]], Keyset | None]:
     """One page of invoices, newest first, and where the next page starts (None on the
     last)."""
     conditions: list[ColumnElement[bool]] = []
@@ -260,10 +269,10 @@ async def list_invoices(
         statuses = await invoice_statuses(session, *conditions, limit=page.size + 1)
         more, statuses = len(statuses) > page.size, statuses[: page.size]
         names = {
-            row[0]: row[1]
+            row[0]: Named(row[1], row[2])
             for row in (
                 await session.execute(
-                    select(Model.id, Model.name).where(
+                    select(Model.id, Model.name, Model.title).where(
                         Model.id.in_({s.invoice.model_id for s in statuses})
                     )
                 )

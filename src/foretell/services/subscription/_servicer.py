@@ -52,10 +52,11 @@ def plan_pb(model: str, plan: Plan) -> pb.Plan:
     )
 
 
-def subscription_pb(sub: Subscription, model: str, grace: timedelta) -> pb.Subscription:
+def subscription_pb(sub: Subscription, model: _queries.Named, grace: timedelta) -> pb.Subscription:
     return pb.Subscription(
         id=str(sub.id),
-        model=model,
+        model=model.name,
+        model_title=model.title,
         subscriber_id=str(sub.subscriber_id),
         state=_STATES[sub.state],
         create_time=_ts(sub.created_at),
@@ -69,12 +70,13 @@ def subscription_pb(sub: Subscription, model: str, grace: timedelta) -> pb.Subsc
     )
 
 
-def invoice_pb(status: InvoiceStatus, model: str) -> pb.Invoice:
+def invoice_pb(status: InvoiceStatus, model: _queries.Named) -> pb.Invoice:
     invoice = status.invoice
     return pb.Invoice(
         id=str(invoice.id),
         subscription_id=str(invoice.subscription_id),
-        model=model,
+        model=model.name,
+        model_title=model.title,
         subscriber_id=str(invoice.subscriber_id),
         amount_minor=invoice.amount_minor,
         currency=invoice.currency,
@@ -173,12 +175,12 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
         self, request: pb.SubscribeRequest, context: Context
     ) -> pb.SubscribeResponse:
         name = require_name("model", request.model)
-        sub, invoice = await _queries.subscribe(
+        sub, invoice, model = await _queries.subscribe(
             self._res.db, current_principal(), name, self._billing()
         )
         return pb.SubscribeResponse(
-            subscription=subscription_pb(sub, name, self._grace),
-            invoice=invoice_pb(invoice, name) if invoice else None,
+            subscription=subscription_pb(sub, model, self._grace),
+            invoice=invoice_pb(invoice, model) if invoice else None,
         )
 
     async def ListSubscriptions(

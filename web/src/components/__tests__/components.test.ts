@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest'
 import FormField from '../FormField.vue'
 import InfoTip from '../InfoTip.vue'
 import Sparkline from '../Sparkline.vue'
+import SubscriptionStatus from '../SubscriptionStatus.vue'
 import Time from '../Time.vue'
 
 describe('components', () => {
@@ -29,5 +30,17 @@ describe('components', () => {
   it('Sparkline rises green and falls red', () => {
     expect(mount(Sparkline, { props: { values: [1, 2, 3], label: 'x' } }).find('path.up').exists()).toBe(true)
     expect(mount(Sparkline, { props: { values: [3, 2, 1], label: 'x' } }).find('path.down').exists()).toBe(true)
+  })
+  it('SubscriptionStatus says when a cancelled subscription ends', () => {
+    const trial = { state: 'SUBSCRIPTION_STATE_TRIALING', trialEndTime: '2024-05-15T12:00:00Z', currentPeriodEndTime: '2024-05-15T12:00:00Z' } as const
+    const going = mount(SubscriptionStatus, { props: { subscription: trial } })
+    expect(going.get('[data-testid="state"]').text()).toBe('trialing')
+    expect(going.find('[data-testid="ending"]').exists()).toBe(false)
+    expect(going.text()).toContain('trial ends on')
+    const ending = mount(SubscriptionStatus, { props: { subscription: { ...trial, cancelAtPeriodEnd: true }, stateTestid: 'subscription-state' } })
+    expect(ending.get('[data-testid="subscription-state"]').text()).toBe('trialing')
+    const badge = ending.get('[data-testid="ending"]')
+    expect(badge.text()).toMatch(/^ends on .+ \(cancelled at the end of the trial\)$/)
+    expect(badge.get('time').attributes('datetime')).toBe('2024-05-15T12:00:00Z')
   })
 })

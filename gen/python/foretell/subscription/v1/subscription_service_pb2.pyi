@@ -180,6 +180,7 @@ class Subscription(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     GRACE_END_TIME_FIELD_NUMBER: _builtins.int
     END_REASON_FIELD_NUMBER: _builtins.int
+    MODEL_TITLE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The subscription's id (a UUID)."""
     model: _builtins.str
@@ -194,6 +195,8 @@ class Subscription(_message.Message):
     """Why it ended (CANCELED or EXPIRED), in words for the subscriber: e.g. the
     provider made the model private or retired it.
     """
+    model_title: _builtins.str
+    """The model's title, for display beside its name."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
@@ -233,10 +236,11 @@ class Subscription(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         grace_end_time: _timestamp_pb2.Timestamp | None = ...,
         end_reason: _builtins.str = ...,
+        model_title: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "current_period_end_time", b"current_period_end_time", "current_period_start_time", b"current_period_start_time", "end_time", b"end_time", "grace_end_time", b"grace_end_time", "trial_end_time", b"trial_end_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_at_period_end", b"cancel_at_period_end", "create_time", b"create_time", "current_period_end_time", b"current_period_end_time", "current_period_start_time", b"current_period_start_time", "end_reason", b"end_reason", "end_time", b"end_time", "grace_end_time", b"grace_end_time", "id", b"id", "model", b"model", "state", b"state", "subscriber_id", b"subscriber_id", "trial_end_time", b"trial_end_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_at_period_end", b"cancel_at_period_end", "create_time", b"create_time", "current_period_end_time", b"current_period_end_time", "current_period_start_time", b"current_period_start_time", "end_reason", b"end_reason", "end_time", b"end_time", "grace_end_time", b"grace_end_time", "id", b"id", "model", b"model", "model_title", b"model_title", "state", b"state", "subscriber_id", b"subscriber_id", "trial_end_time", b"trial_end_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -265,6 +269,7 @@ class Invoice(_message.Message):
     AMOUNT_DUE_MINOR_FIELD_NUMBER: _builtins.int
     PAID_TIME_FIELD_NUMBER: _builtins.int
     CREDIT_NOTES_FIELD_NUMBER: _builtins.int
+    MODEL_TITLE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The invoice's id (a UUID)."""
     subscription_id: _builtins.str
@@ -283,6 +288,8 @@ class Invoice(_message.Message):
     """The sum of its credit notes."""
     amount_due_minor: _builtins.int
     """What is left to pay: amount minus credits (0 once paid)."""
+    model_title: _builtins.str
+    """The model's title, for display beside its name."""
     @_builtins.property
     def period_start_time(self) -> _timestamp_pb2.Timestamp:
         """The period it pays for."""
@@ -327,10 +334,11 @@ class Invoice(_message.Message):
         amount_due_minor: _builtins.int = ...,
         paid_time: _timestamp_pb2.Timestamp | None = ...,
         credit_notes: _abc.Iterable[Global___CreditNote] | None = ...,
+        model_title: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["due_time", b"due_time", "issue_time", b"issue_time", "paid_time", b"paid_time", "period_end_time", b"period_end_time", "period_start_time", b"period_start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_due_minor", b"amount_due_minor", "amount_minor", b"amount_minor", "credit_notes", b"credit_notes", "credited_minor", b"credited_minor", "currency", b"currency", "due_time", b"due_time", "id", b"id", "issue_time", b"issue_time", "model", b"model", "paid_time", b"paid_time", "period_end_time", b"period_end_time", "period_start_time", b"period_start_time", "state", b"state", "subscriber_id", b"subscriber_id", "subscription_id", b"subscription_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_due_minor", b"amount_due_minor", "amount_minor", b"amount_minor", "credit_notes", b"credit_notes", "credited_minor", b"credited_minor", "currency", b"currency", "due_time", b"due_time", "id", b"id", "issue_time", b"issue_time", "model", b"model", "model_title", b"model_title", "paid_time", b"paid_time", "period_end_time", b"period_end_time", "period_start_time", b"period_start_time", "state", b"state", "subscriber_id", b"subscriber_id", "subscription_id", b"subscription_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
