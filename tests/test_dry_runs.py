@@ -27,6 +27,7 @@ from foretell.forecast.v1 import forecast_service_pb2 as fc_pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as fc_grpc
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
+from foretell.runs import _platform as runs_platform
 from foretell.runs._execute import JAIL_ATTEMPTS
 from foretell.runtime import Resources
 from foretell.sandbox import _run as sandbox_run
@@ -282,6 +283,8 @@ async def test_a_jail_that_never_ran_is_retried_then_recorded_as_the_platforms(
     owner, name, _ = await _owned_model(registry, sign_up, settings, resources, tmp_path)
     fake = _crashing_nsjail(tmp_path, crashes)
     monkeypatch.setattr(sandbox_run, "nsjail_binary", lambda: str(fake))
+    # The cold start's retries: warm starts off (a failed template falls back to this path).
+    monkeypatch.setattr(runs_platform, "warm_templates", lambda _settings: None)
     request = fc_pb.DryRunRequest(model=name, as_of=_ts(AS_OF))
     response = await forecasts.DryRun(request, metadata=owner.metadata, timeout=120)
     assert response.recorded

@@ -459,7 +459,9 @@ async def _run(
             await session.scalars(select(Run).where(Run.model_id == model.id, Run.kind == kind))
         )
         forecasts = list(
-            await session.scalars(select(Forecast).where(Forecast.model_id == model.id))
+            await session.scalars(
+                select(Forecast).where(Forecast.model_id == model.id, Forecast.kind == kind)
+            )
         )
     return record, runs, forecasts
 

@@ -4,6 +4,8 @@ worker's templates, real nsjail), each rule of issue 13 as an attack that must f
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -13,7 +15,9 @@ from typing import TYPE_CHECKING
 import pytest
 from prometheus_client import generate_latest
 
+from foretell import metrics
 from foretell.db.models import Model, Version
+from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from foretell.runs import RunRecord, execute_run
 from foretell.runtime import Resources
 from foretell.sandbox import SandboxLimits, Template, TemplatePool, detect_cgroups, sdk_dir
@@ -22,7 +26,7 @@ from tests.conftest import MovableClock, SignUp
 from tests.test_runs import AS_OF, model_from_source
 
 if TYPE_CHECKING:
-    from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
+    from grpc import aio
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -160,9 +164,7 @@ async def templates(settings: Settings, tmp_path: Path) -> AsyncIterator[Templat
 
 
 @pytest.fixture(scope="module")
-def registry(channel: object) -> pb_grpc.RegistryServiceAsyncStub:
-    from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
-
+def registry(channel: aio.Channel) -> pb_grpc.RegistryServiceAsyncStub:
     return pb_grpc.RegistryServiceStub(channel)
 
 
@@ -184,8 +186,6 @@ async def run(
 
 
 def warm_count(result: str) -> float:
-    from foretell import metrics
-
     value = metrics.WARM_STARTS.labels(result)._value.get()
     return float(value)
 
@@ -298,9 +298,6 @@ async def test_a_hung_template_is_replaced_and_the_run_still_succeeds(
 
 def _stop(template: Template) -> None:
     """SIGSTOP to the template (the jail's PID 1, nsjail's child)."""
-    import os
-    import signal
-
     pid = template.process.pid
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     for child in children:

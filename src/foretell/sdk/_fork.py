@@ -184,7 +184,13 @@ def main() -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         return errno.EPERM
-    import foretell.sdk.run  # noqa: F401 - the runner and through it grpc and protobuf
+    # The runner and through it grpc and protobuf; grpc imports these on a process's first
+    # channel, which is every child's.
+    import grpc._channel
+    import grpc._simple_stubs
+    import grpc.experimental  # noqa: F401
+
+    import foretell.sdk.run  # noqa: F401
 
     failed = _preload(sys.argv[2:])
     # Objects that exist now are never collected again: a child's collections do not touch
