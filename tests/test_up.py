@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -330,3 +330,50 @@ def test_up_names_the_variable_of_a_taken_port_before_starting_anything(data_dir
     )
     # The port check comes first: no database was started for a run that cannot happen.
     assert not (data_dir / "postgres").exists()
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not {what} after {timeout} s"
+        time.sleep(0.1)
+
+
+def _child(up: Up, argv_tail: list[str]) -> psutil.Process:
+    for process in psutil.Process(up.proc.pid).children():
+        if process.cmdline()[-len(argv_tail) :] == argv_tail:
+            return process
+    raise AssertionError(f"no child {argv_tail}")
+
+
+@pytest.mark.timeout(150)
+def test_up_restarts_a_killed_child_and_takes_every_child_with_it_when_killed(
+    data_dir: Path,
+) -> None:
+    env = _env(data_dir)
+    base = f"http://{env['FORETELL_HTTP_ADDR']}"
+    up = Up(env)
+    try:
+        up.wait_for(BANNER_END, READY_TIMEOUT_S)
+        services = _child(up, ["serve", "all"])
+        services.kill()
+        up.wait_for("services killed by signal 9", 10)
+        up.wait_for("services restarted (pid", 10)
+        restarted = _child(up, ["serve", "all"])
+        assert restarted.pid != services.pid
+
+        def answers() -> bool:
+            return httpx.get(f"{base}/v1/auth/jwks", timeout=5).status_code == 200
+
+        _wait_until(answers, 30, "answering through Envoy again")
+
+        children = _descendants(up, data_dir)
+        postmaster = children.pop()  # pg_ctl detaches it: pgserver adopts it at the next start
+        assert {"redis-server", "envoy"} <= {p.name() for p in children}
+        up.proc.kill()
+        up.proc.wait()
+        _wait_until(lambda: not any(_alive(p) for p in children), 30, "every child gone")
+        _stop_postgres(data_dir)
+        _wait_until(lambda: not _alive(postmaster), 30, "PostgreSQL stopped")
+    finally:
+        up.close(data_dir)
