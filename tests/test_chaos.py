@@ -473,7 +473,14 @@ def _check(stack: Stack, load: Load, env: dict[str, str]) -> None:
     slots = list(load.pushed)
     assert len(slots) >= 4, f"only {len(slots)} bars pushed"
     # Every slot whose bar landed is run or recorded: at most a re-delivered job late.
-    wait_until(_every_slot_recorded(stack, slots), 120, "every slot recorded")
+    try:
+        wait_until(_every_slot_recorded(stack, slots), 120, "every slot recorded")
+    except AssertionError:
+        recorded = {r.as_of.ToDatetime(tzinfo=UTC) for r in _all_runs(stack)}
+        missing = sorted(set(slots) - recorded)
+        raise AssertionError(
+            f"slots never recorded: {missing}\nwindows: {load.windows}\n{stack.up.output[-20000:]}"
+        ) from None
 
     runs = _all_runs(stack)
     by_slot: dict[datetime, list[fc_pb.Run]] = {}
@@ -539,7 +546,10 @@ def _check(stack: Stack, load: Load, env: dict[str, str]) -> None:
         if call.error is None:
             succeeded[call.what] += 1
     assert all(succeeded.values()), succeeded
-    # The run's figures, for the log of `make chaos`.
+    # The run's figures and what the supervisor did, for the log of `make chaos`.
+    for line in stack.up.lines:
+        if any(word in line for word in ("restart", "crash-looping", "killed by", "exited")):
+            print(line.rstrip())
     print(
         f"chaos: {len(slots)} slots, outcomes {outcomes}, {len(forecasts)} forecasts, "
         f"{len(load.calls)} calls ({len(failed)} UNAVAILABLE within outages), "

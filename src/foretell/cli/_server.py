@@ -100,6 +100,8 @@ def serve(service: str) -> None:
 
 
 _LANES = ("build", "live", "dry", "replay")
+# sysexits.h: a temporary failure; the same command may succeed later.
+EX_TEMPFAIL = 75
 
 
 @click.command()
@@ -199,6 +201,12 @@ def worker(lanes: tuple[str, ...], role: str, metrics: bool) -> None:
         asyncio.run(run())
     except SettingsError as error:
         _fail(str(error), 1)
+    except RedisConnectionError as error:
+        # arq's worker does not outlive its Redis: say so in one line and exit, for the
+        # supervisor (`foretell up`, Kubernetes) to start it again once Redis answers. The
+        # jobs it had taken are delivered again (arq's in-progress keys expire).
+        log.error("redis unavailable: the worker stops, to be restarted", error=str(error))
+        sys.exit(EX_TEMPFAIL)
 
 
 @click.command("gateway-config")
