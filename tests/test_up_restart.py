@@ -165,6 +165,7 @@ def test_a_missing_program_counts_as_a_crash_not_a_stop(
     clock.now += 0.5
     supervisor.tick()
     assert "restarting in 1 s (crash 2 in a row)" in out.getvalue()
+    assert "restarted (pid" not in out.getvalue()
 
 
 def test_a_stop_ends_running_children_with_sigterm_and_records_their_codes(

@@ -149,7 +149,8 @@ class Supervisor:
                 child.restart_at = None
                 child.restarts += 1
                 self._spawn(child)
-                self._console.say(f"{child.name} restarted (pid {self.pid(child.name)})")
+                if child.process is not None:
+                    self._console.say(f"{child.name} restarted (pid {child.process.pid})")
 
     def _exited(self, child: Child, returncode: int, now: float) -> None:
         child.process = None
