@@ -1,10 +1,11 @@
 """Fault injection against the real stack: `foretell up` on private ports, with its own embedded
 PostgreSQL and Redis under a temporary data directory (never the machine's shared servers).
 
-While a steady load of reads (REST and gRPC through Envoy), bar pushes and the scheduled runs
-those pushes make due goes on, one after the other: kill -9 the services process, the live
-worker, Envoy, the embedded Redis (each restarted by `foretell up`'s supervisor), and
-PostgreSQL (killed with its backends, then started again as an operator would). Afterwards:
+While a steady load of reads (REST and gRPC through Envoy), sign-ins, bar pushes and the
+scheduled runs those pushes make due goes on, one after the other: kill -9 the services
+process, the live worker, Envoy, the embedded Redis (each restarted by `foretell up`'s
+supervisor), and PostgreSQL (killed with its backends, then started again as an operator
+would). Afterwards:
 every slot up to the last bar pushed is run or recorded, exactly once; no forecast a client saw
 is gone, none is recorded twice; `foretell verify` passes; and every error a client saw was
 UNAVAILABLE (503 over REST, or a refused connection while Envoy was down) during an outage.
@@ -53,6 +54,7 @@ pytestmark = pytest.mark.chaos
 LOAD_S = float(os.environ.get("CHAOS_LOAD_S", "60"))
 PUSH_EVERY_S = 2.0
 READ_EVERY_S = 0.2
+LOGIN_EVERY_S = 3.0
 # After a fault is repaired, how long clients may still meet its traces (a pooled connection
 # found dead, Envoy's next health check), and still count as inside the outage.
 SETTLE_S = 5.0
@@ -293,6 +295,21 @@ def _read_grpc(stack: Stack, load: Load) -> None:
         load.stop.wait(READ_EVERY_S)
 
 
+def _sign_in_again(stack: Stack, load: Load) -> None:
+    """Sign-ins (the sign-in back-off lives in Redis), below Envoy's per-client limit."""
+    accounts = account_grpc.AccountServiceStub(stack.channel)
+    request = account_pb.LoginRequest(email=stack.provider_email, password=PASSWORD)
+    while not load.stop.is_set():
+        started = time.monotonic()
+        try:
+            accounts.Login(request, timeout=10)
+        except grpc.RpcError as error:
+            load.record("login", started, _rpc_error(error))
+        else:
+            load.record("login", started, None)
+        load.stop.wait(LOGIN_EVERY_S)
+
+
 # --- the faults --------------------------------------------------------------------------------
 
 
@@ -443,7 +460,7 @@ def test_the_platform_survives_kill_9_of_every_part_under_load(data_dir: Path) -
             load = Load()
             clients = [
                 threading.Thread(target=target, args=(stack, load), daemon=True)
-                for target in (_push_bars, _read_rest, _read_grpc)
+                for target in (_push_bars, _read_rest, _read_grpc, _sign_in_again)
             ]
             for thread in clients:
                 thread.start()
@@ -541,7 +558,7 @@ def _check(stack: Stack, load: Load, env: dict[str, str]) -> None:
         + "\n".join(f"{c.what} at {c.started:.1f}: {c.error}" for c in outside[:20])
         + f"\nwindows: {load.windows}"
     )
-    succeeded = {what: 0 for what in ("push", "rest", "grpc")}
+    succeeded = {what: 0 for what in ("push", "rest", "grpc", "login")}
     for call in load.calls:
         if call.error is None:
             succeeded[call.what] += 1
