@@ -59,6 +59,12 @@ test: $(VENV_STAMP) $(PROMTOOL) web ## Run the whole test suite: pytest (real Po
 	cd $(WEB) && node_modules/.bin/vitest run
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Seconds of load the fault-injection suite keeps up while it kills each part of the stack.
+CHAOS_LOAD_S ?= 60
+
+chaos: $(VENV_STAMP) ## Fault injection: kill -9 and restart each part of a private stack under load (CHAOS_LOAD_S)
+	CHAOS_LOAD_S=$(CHAOS_LOAD_S) $(PY) -m pytest -m chaos tests/test_chaos.py -s $(PYTEST_ARGS)
+
 lint: $(VENV_STAMP) protodeps $(WEB_DEPS) ## ruff, mypy --strict, the import layers, buf lint and format, vue-tsc
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -169,4 +175,4 @@ image-lock: $(VENV_STAMP) ## Pin the image's Python packages to this virtualenv'
 clean: ## Remove the virtualenv, build leftovers and the local data directory
 	rm -rf $(VENV) .build .foretell .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help system-deps venv web-deps web run test lint fmt protodeps gen gen-check breaking docs bench manifests promtool image-tools wheels image image-test image-lock clean
+.PHONY: help system-deps venv web-deps web run test chaos lint fmt protodeps gen gen-check breaking docs bench manifests promtool image-tools wheels image image-test image-lock clean

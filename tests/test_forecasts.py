@@ -424,6 +424,56 @@ async def test_an_idle_stream_sends_a_heartbeat_at_each_recheck(
         await running.stop(0.5)
 
 
+async def _drop_feed_connections(resources: Resources) -> int:
+    """Ends the forecast feed's listening connections from the server side, as a restart of
+    PostgreSQL would (the shared server itself is never restarted by the suite)."""
+    async with resources.db.read.connect() as conn:
+        dropped = await conn.scalar(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'LISTEN%foretell_access%'"
+            )
+        )
+    return int(dropped or 0)
+
+
+async def test_a_stream_outlives_the_feeds_lost_connection_and_sends_what_it_missed_once(
+    channel: aio.Channel,
+    forecasts: pb_grpc.ForecastServiceAsyncStub,
+    registry: reg_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    resources: Resources,
+) -> None:
+    m = await make_model(registry, sign_up, resources, public=True)
+    reader = await sign_up(account_pb.ROLE_SUBSCRIBER)
+    await trial(channel, m.owner, reader, m.name)
+    stream = forecasts.StreamForecasts(
+        pb.StreamForecastsRequest(model=m.name, symbol="GOOG"), metadata=reader.metadata
+    )
+    try:
+        await asyncio.wait_for(stream.initial_metadata(), 10)
+        first = await record(resources, m, BASE + HOUR)
+        message = await asyncio.wait_for(stream.read(), 10)
+        assert isinstance(message, pb.StreamForecastsResponse)
+        assert [f.run_id for f in message.forecasts] == [str(first)]
+
+        assert await _drop_feed_connections(resources) >= 1
+        # Recorded while the feed listens again, or before: announced to no one either way
+        # unless the feed reads what it missed.
+        missed = await record(resources, m, BASE + 2 * HOUR)
+        message = await asyncio.wait_for(stream.read(), 10)
+        assert isinstance(message, pb.StreamForecastsResponse)
+        assert [f.run_id for f in message.forecasts] == [str(missed)]
+
+        # Listening again: the next run comes by notice, and the missed one is not repeated.
+        after = await record(resources, m, BASE + 3 * HOUR)
+        message = await asyncio.wait_for(stream.read(), 10)
+        assert isinstance(message, pb.StreamForecastsResponse)
+        assert [f.run_id for f in message.forecasts] == [str(after)]
+    finally:
+        stream.cancel()
+
+
 async def test_a_private_models_stream_is_not_found_for_others(
     forecasts: pb_grpc.ForecastServiceAsyncStub,
     registry: reg_grpc.RegistryServiceAsyncStub,

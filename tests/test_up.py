@@ -3,18 +3,9 @@ Redis, the services and Envoy, driven the way a person would drive it."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import queue
 import re
-import shutil
-import signal
 import socket
 import subprocess
-import sys
-import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,157 +16,38 @@ import pytest
 
 from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.account.v1 import account_service_pb2_grpc as account_grpc
-
-FORETELL = Path(sys.executable).parent / "foretell"
-BANNER = "Foretell is up"
-BANNER_END = "Ctrl-C stops everything."
-READY_TIMEOUT_S = 90.0
-GRACE_S = 2.0
-# The services drain for GRACE_S; the rest covers Envoy, Redis and stopping PostgreSQL.
-STOP_TIMEOUT_S = GRACE_S + 15.0
-
-
-def _free_port() -> int:
-    # Racy by nature, but `foretell up` checks every port itself and says which one is taken.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+from tests._up import (
+    BANNER,
+    BANNER_END,
+    FORETELL,
+    READY_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    Up,
+    alive,
+    child,
+    descendants,
+    free_port,
+    stop_postgres,
+    temp_data_dir,
+    up_env,
+    wait_until,
+)
 
 
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
-    # Short on purpose: Unix sockets (PostgreSQL's, Redis's) live under it.
-    root = Path(tempfile.mkdtemp(prefix="ftup-", dir="/tmp"))
-    yield root / "data"
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def _env(data_dir: Path, **overrides: str) -> dict[str, str]:
-    # The suite may run with FORETELL_* set (a test database, say): none of it may leak in.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORETELL_")}
-    env.update(
-        FORETELL_DATA_DIR=str(data_dir),
-        FORETELL_HTTP_ADDR=f"127.0.0.1:{_free_port()}",
-        FORETELL_ENVOY_ADMIN_ADDR=f"127.0.0.1:{_free_port()}",
-        FORETELL_GRPC_ADDR=f"127.0.0.1:{_free_port()}",
-        FORETELL_METRICS_ADDR=f"127.0.0.1:{_free_port()}",
-        FORETELL_SHUTDOWN_GRACE_S=str(GRACE_S),
-    )
-    env.update(overrides)
-    return env
-
-
-class Up:
-    """A running `foretell up` whose output is read by a thread, so that the test can wait for a
-    line with a timeout instead of sleeping."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            # The demo models' builds and replays would outlive what these tests measure.
-            [str(FORETELL), "up", "--no-demo-models"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._queue.put(line)
-        self._queue.put(None)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, text: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {text!r} after {timeout} s; output:\n{self.output}")
-            try:
-                line = self._queue.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise AssertionError(
-                    f"exited ({self.proc.wait()}) before {text!r}; output:\n{self.output}"
-                )
-            self.lines.append(line)
-            if text in line:
-                return
-
-    def stop(self, timeout: float) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=5)
-        while not self._queue.empty():
-            line = self._queue.get_nowait()
-            if line is not None:
-                self.lines.append(line)
-        return code
-
-    def close(self, data_dir: Path) -> None:
-        """After a failure: stop it the normal way, else kill everything it started, so that a
-        failing test leaves no services, Envoy or PostgreSQL behind."""
-        if self.proc.poll() is None:
-            tree = psutil.Process(self.proc.pid).children(recursive=True)
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                for process in [*tree, psutil.Process(self.proc.pid)]:
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        process.kill()
-                self.proc.wait()
-                _stop_postgres(data_dir)
-        # Closing the pipe while the reader blocks on it would hang; it ends with the writers.
-        self._reader.join(timeout=5)
-        if not self._reader.is_alive() and self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-def _stop_postgres(data_dir: Path) -> None:
-    pid_file = data_dir / "postgres" / "postmaster.pid"
-    if pid_file.exists():
-        with contextlib.suppress(psutil.NoSuchProcess, ValueError):
-            # SIGQUIT: PostgreSQL's immediate shutdown, postmaster and its workers.
-            psutil.Process(int(pid_file.read_text().split()[0])).send_signal(signal.SIGQUIT)
-
-
-def _alive(process: psutil.Process) -> bool:
-    # A zombie is dead; outside a real init nobody may reap it, so it can linger.
-    try:
-        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _descendants(up: Up, data_dir: Path) -> list[psutil.Process]:
-    """Every process `foretell up` runs: its children's trees, and the embedded PostgreSQL,
-    which pg_ctl detaches from it."""
-    processes: list[psutil.Process] = psutil.Process(up.proc.pid).children(recursive=True)
-    postmaster = (data_dir / "postgres" / "postmaster.pid").read_text().split()[0]
-    processes.append(psutil.Process(int(postmaster)))
-    return processes
+    yield from temp_data_dir()
 
 
 @pytest.mark.timeout(120)
 def test_up_serves_through_envoy_refuses_a_second_run_and_stops_cleanly(data_dir: Path) -> None:
-    env = _env(data_dir)
+    env = up_env(data_dir)
     base = f"http://{env['FORETELL_HTTP_ADDR']}"
     up = Up(env)
     try:
         up.wait_for(BANNER_END, READY_TIMEOUT_S)
         assert BANNER in up.output
-        processes = _descendants(up, data_dir)
+        processes = descendants(up, data_dir)
         names = {p.name() for p in processes}
         assert {"postgres", "redis-server", "envoy"} <= names, names
 
@@ -243,7 +115,7 @@ def test_up_serves_through_envoy_refuses_a_second_run_and_stops_cleanly(data_dir
 
         code = up.stop(STOP_TIMEOUT_S)
         assert code == 0, up.output
-        left = [f"{p.pid} {p.name()}" for p in processes if _alive(p)]
+        left = [f"{p.pid} {p.name()}" for p in processes if alive(p)]
         assert not left, f"still running: {left}\n{up.output}"
         assert "stopping embedded PostgreSQL" in up.output
     finally:
@@ -252,7 +124,7 @@ def test_up_serves_through_envoy_refuses_a_second_run_and_stops_cleanly(data_dir
 
 @pytest.mark.timeout(120)
 def test_up_split_runs_one_process_per_service(data_dir: Path) -> None:
-    env = _env(data_dir, FORETELL_TOPOLOGY="split")
+    env = up_env(data_dir, FORETELL_TOPOLOGY="split")
     # Split mode takes the five ports from each base: pick bases with room above them.
     grpc_base, metrics_base = _free_block(5), _free_block(5)
     env.update(
@@ -283,7 +155,7 @@ def test_up_split_runs_one_process_per_service(data_dir: Path) -> None:
         )
         assert created.status_code == 200, created.text
         assert up.stop(STOP_TIMEOUT_S) == 0, up.output
-        assert not [p for p in serving if _alive(p)]
+        assert not [p for p in serving if alive(p)]
     finally:
         up.close(data_dir)
 
@@ -291,7 +163,7 @@ def test_up_split_runs_one_process_per_service(data_dir: Path) -> None:
 def _free_block(size: int) -> int:
     """A port whose next `size - 1` ports are free too (at the time of asking)."""
     for _ in range(50):
-        base = _free_port()
+        base = free_port()
         if base + size > 65535:
             continue
         sockets: list[socket.socket] = []
@@ -317,7 +189,7 @@ def test_up_names_the_variable_of_a_taken_port_before_starting_anything(data_dir
         address = f"127.0.0.1:{taken.getsockname()[1]}"
         result = subprocess.run(
             [str(FORETELL), "up"],
-            env=_env(data_dir, FORETELL_HTTP_ADDR=address),
+            env=up_env(data_dir, FORETELL_HTTP_ADDR=address),
             capture_output=True,
             text=True,
             timeout=60,
@@ -330,3 +202,36 @@ def test_up_names_the_variable_of_a_taken_port_before_starting_anything(data_dir
     )
     # The port check comes first: no database was started for a run that cannot happen.
     assert not (data_dir / "postgres").exists()
+
+
+@pytest.mark.timeout(150)
+def test_up_restarts_a_killed_child_and_takes_every_child_with_it_when_killed(
+    data_dir: Path,
+) -> None:
+    env = up_env(data_dir)
+    base = f"http://{env['FORETELL_HTTP_ADDR']}"
+    up = Up(env)
+    try:
+        up.wait_for(BANNER_END, READY_TIMEOUT_S)
+        services = child(up, ["serve", "all"])
+        services.kill()
+        up.wait_for("services killed by signal 9", 10)
+        up.wait_for("services restarted (pid", 10)
+        restarted = child(up, ["serve", "all"])
+        assert restarted.pid != services.pid
+
+        def answers() -> bool:
+            return httpx.get(f"{base}/v1/auth/jwks", timeout=5).status_code == 200
+
+        wait_until(answers, 30, "answering through Envoy again")
+
+        children = descendants(up, data_dir)
+        postmaster = children.pop()  # pg_ctl detaches it: pgserver adopts it at the next start
+        assert {"redis-server", "envoy"} <= {p.name() for p in children}
+        up.proc.kill()
+        up.proc.wait()
+        wait_until(lambda: not any(alive(p) for p in children), 30, "every child gone")
+        stop_postgres(data_dir)
+        wait_until(lambda: not alive(postmaster), 30, "PostgreSQL stopped")
+    finally:
+        up.close(data_dir)

@@ -16,10 +16,11 @@ from foretell.settings import Address, Settings
 from foretell.up import AlreadyRunning, ServiceProcess, StartupError, plan_services
 from foretell.up._banner import banner
 from foretell.up._checks import Listener, check_ports, data_dir_lock, listeners, overlaps
+from foretell.up._children import orphan_proof
 from foretell.up._plan import client_address, upstreams
 from foretell.up._ready import Check, clusters_healthy, wait_until_ready
 from foretell.up._stores import Stores, safe_url
-from foretell.up._supervise import child_env, exit_status, shell
+from foretell.up._supervise import child_env, exit_status
 
 SPLIT = Settings(
     topology="split",
@@ -230,10 +231,16 @@ def test_a_child_gets_its_own_addresses_and_the_stores() -> None:
     assert base["FORETELL_GRPC_ADDR"] == "127.0.0.1:1"
 
 
-def test_commands_are_quoted_and_exec_the_program() -> None:
-    assert (
-        shell(["/opt/my dir/foretell", "serve", "all"]) == "exec '/opt/my dir/foretell' serve all"
-    )
+def test_children_get_a_parent_death_signal_where_setpriv_exists() -> None:
+    argv = ["/opt/my dir/foretell", "serve", "all"]
+    assert orphan_proof(argv, "/usr/bin/setpriv") == [
+        "/usr/bin/setpriv",
+        "--pdeathsig",
+        "TERM",
+        "--",
+        *argv,
+    ]
+    assert orphan_proof(argv, None) == argv
 
 
 # --- readiness --------------------------------------------------------------------------------
@@ -301,8 +308,6 @@ def test_a_stop_by_signal_with_a_failing_child_exits_1_and_names_it() -> None:
     )
 
 
-def test_a_child_exiting_on_its_own_exits_1_even_if_cleanly() -> None:
-    assert exit_status({"envoy": 0}, "envoy exited (rc=0)", by_signal=False) == (
-        1,
-        "stopped because envoy exited (rc=0)",
-    )
+def test_a_run_that_never_became_ready_exits_1_even_if_its_children_stop_cleanly() -> None:
+    cause = "it was not ready after 60 s (see above)"
+    assert exit_status({"envoy": 0}, cause, by_signal=False) == (1, f"stopped because {cause}")

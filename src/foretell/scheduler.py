@@ -271,6 +271,8 @@ class BarsListener:
 
     async def ensure_listening(self) -> None:
         if self._connection is None or self._connection.is_closed():
+            # Bars stored while nobody listened were announced to no one: the cron's cycle,
+            # which called this, runs right after and finds their slots.
             await self.start()
 
     def _notified(self, _connection: Any, _pid: int, _channel: str, _payload: str) -> None:

@@ -11,7 +11,8 @@ import json
 import pathlib
 import signal
 import sys
-from typing import TYPE_CHECKING, NoReturn, cast
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import click
 
@@ -101,6 +102,8 @@ def serve(service: str) -> None:
 
 
 _LANES = ("build", "live", "dry", "replay")
+# sysexits.h: a temporary failure; the same command may succeed later.
+EX_TEMPFAIL = 75
 
 
 @click.command()
@@ -147,7 +150,6 @@ def worker(lanes: tuple[str, ...], role: str, metrics: bool) -> None:
 
     from foretell.logs import get_logger
     from foretell.runtime.lanes import Lane, queue_name
-    from foretell.settings import SettingsError
     from foretell.worker import CRON_QUEUE_SUFFIX, create_worker
 
     log = get_logger("foretell.worker")
@@ -196,10 +198,28 @@ def worker(lanes: tuple[str, ...], role: str, metrics: bool) -> None:
                     # When the whole platform stops, Redis may go first: nothing left to tidy.
                     log.info("redis gone before the worker closed")
 
+    _run_workers(run)
+
+
+def _run_workers(run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    # The server stack, loaded when the command runs (see the module docstring).
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from foretell.logs import get_logger
+    from foretell.settings import SettingsError
+
     try:
         asyncio.run(run())
     except SettingsError as error:
         _fail(str(error), 1)
+    except RedisConnectionError as error:
+        # arq's worker does not outlive its Redis: say so in one line and exit, for the
+        # supervisor (`foretell up`, Kubernetes) to start it again once Redis answers. The
+        # jobs it had taken are delivered again (arq's in-progress keys expire).
+        get_logger("foretell.worker").warning(
+            "redis unavailable: the worker stops, to be restarted", error=str(error)
+        )
+        sys.exit(EX_TEMPFAIL)
 
 
 @click.command("gateway-config")

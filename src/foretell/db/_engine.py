@@ -32,9 +32,12 @@ class Database:
 
 
 def connect(url: str, *, pool_size: int = 10) -> Database:
-    # No pool_pre_ping: it costs a round trip per checkout on every RPC. Connections are
-    # recycled instead, and a dropped connection fails one request, not every one.
-    engine = create_async_engine(async_url(url), pool_size=pool_size, pool_recycle=1800)
+    # pool_pre_ping: after PostgreSQL restarts every pooled connection is dead; the ping (one
+    # round trip per checkout) finds that and reconnects, so no request after the restart
+    # fails on a stale connection. Those during the outage fail UNAVAILABLE (runtime).
+    engine = create_async_engine(
+        async_url(url), pool_size=pool_size, pool_recycle=1800, pool_pre_ping=True
+    )
     autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
     return Database(
         engine,

@@ -21,6 +21,7 @@ from foretell.auth.principal import Principal, set_principal
 from foretell.auth.tokens import TokenVerifier
 from foretell.errors import ForetellError, PermissionDenied, Unauthenticated
 from foretell.logs import get_logger
+from foretell.runtime._outage import outage
 from foretell.runtime._requests import check_request, checked_stream, lenient
 from foretell.runtime._status import error_status, internal_status
 
@@ -185,6 +186,10 @@ class _Outcome:
 
     async def fail(self, error: BaseException, context: Context) -> None:
         """Aborts the RPC for `error`; always raises."""
+        unavailable = outage(error) if isinstance(error, Exception) else None
+        if unavailable is not None:
+            log.warning("store unavailable", method=self.method, error=repr(error))
+            error = unavailable
         if isinstance(error, ForetellError):
             self.code = error.code.name
             status = error_status(error)

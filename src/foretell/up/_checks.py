@@ -23,8 +23,8 @@ def data_dir_lock(data_dir: Path) -> Iterator[None]:
     """Holds an flock on data_dir/up.lock. The kernel drops it when the process dies, so a
     crash never leaves a stale lock behind; the file keeps the holder's pid for the message.
 
-    honcho's helper processes (forked, one per child) share the lock: after a `kill -9` of
-    `foretell up` it holds for as long as the orphaned children run, whose ports are taken.
+    The children do not inherit it (subprocess closes other descriptors), and a `kill -9` of
+    `foretell up` ends them too (their parent-death signal).
     """
     path = data_dir / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

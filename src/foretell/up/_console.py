@@ -1,4 +1,5 @@
-"""The one terminal that honcho's children, our own messages and the banner share."""
+"""The one terminal that the children, our own messages and the banner share (honcho's
+Printer formats it)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ SELF = "up"
 
 
 class Console:
-    """The printer honcho writes through, shared with our own messages and the banner. A lock
-    keeps lines whole: the readiness thread writes while honcho's loop does."""
+    """The printer the children's output goes through, shared with our own messages and the
+    banner. A lock keeps lines whole: one thread per child relays its lines, and the readiness
+    thread writes too."""
 
     def __init__(self, stream: TextIO, names: Sequence[str]) -> None:
         self._stream = stream
@@ -31,7 +33,7 @@ class Console:
 
     @width.setter
     def width(self, value: int) -> None:
-        # honcho resets the width when it is created; keep lines aligned with ours from before.
+        # Never narrower than our own names: lines stay aligned.
         self._printer.width = max(value, self._min_width)
 
     def write(self, message: Any) -> None:

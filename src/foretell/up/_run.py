@@ -63,7 +63,7 @@ def run_up(settings: Settings, *, demo: bool = False, demo_models: bool = False)
 
 @contextlib.contextmanager
 def _startup_signals() -> Iterator[None]:
-    """Until honcho takes over, SIGTERM interrupts start-up like Ctrl-C does, so that the
+    """Until the supervisor takes over, SIGTERM interrupts start-up like Ctrl-C does, so that the
     embedded PostgreSQL is stopped rather than orphaned. Restores the handlers at the end."""
 
     def interrupt(_num: int, _frame: FrameType | None) -> None:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from foretell._embedded import redis_command, start_postgres
 from foretell.db.migrate import upgrade_sync
@@ -24,6 +22,8 @@ class Stores:
     # The data directories of the embedded servers; None for a server given by URL.
     embedded_postgres: Path | None
     embedded_redis: Path | None
+    # The embedded Redis's command line: a supervised child like the services.
+    redis_argv: list[str] | None = None
 
 
 def safe_url(url: str) -> str:
@@ -37,8 +37,9 @@ def safe_url(url: str) -> str:
 
 def start_stores(settings: Settings, console: Console, stack: contextlib.ExitStack) -> Stores:
     """The database (started and migrated) and Redis, embedded ones started when no URL is
-    given. Both run outside honcho and stop after its children (`stack` unwinds last): the
-    services and the worker must never see their stores vanish while they shut down."""
+    given. PostgreSQL runs outside the supervisor and stops after its children (`stack` unwinds
+    last); the embedded Redis is a supervised child that stops after the others. The services
+    and the worker must never see their stores vanish while they shut down."""
     database_url = settings.database_url
     pgdata: Path | None = None
     if database_url is None:
@@ -54,21 +55,15 @@ def start_stores(settings: Settings, console: Console, stack: contextlib.ExitSta
         database_url = postgres.url
 
     redis_dir: Path | None = None
+    redis_argv: list[str] | None = None
     redis_url = settings.redis_url
     if redis_url is None:
         try:
             embedded = redis_command(settings.data_dir / "redis")
-            log = open(embedded.directory / "redis.log", "ab")  # noqa: SIM115 - closed on stop
-            # A session of its own, like PostgreSQL's: a Ctrl-C in the terminal must not stop
-            # it before the services and the worker.
-            redis = subprocess.Popen(  # noqa: S603 - our own redis-server command line
-                embedded.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
         except OSError as error:
-            raise StartupError(f"embedded Redis cannot be started: {error}") from error
-        console.say(f"started embedded Redis in {embedded.directory} (pid {redis.pid})")
-        stack.callback(_stop_redis, redis, log, console)
-        redis_url, redis_dir = embedded.url, embedded.directory
+            raise StartupError(f"embedded Redis cannot be set up: {error}") from error
+        console.say(f"embedded Redis in {embedded.directory}")
+        redis_url, redis_dir, redis_argv = embedded.url, embedded.directory, embedded.argv
 
     console.say(f"migrating the database at {safe_url(database_url)}")
     try:
@@ -77,18 +72,7 @@ def start_stores(settings: Settings, console: Console, stack: contextlib.ExitSta
         raise StartupError(
             f"could not migrate the database at {safe_url(database_url)}: {error}"
         ) from error
-    return Stores(database_url, redis_url, pgdata, redis_dir)
-
-
-def _stop_redis(process: subprocess.Popen[bytes], log: IO[bytes], console: Console) -> None:
-    console.say("stopping embedded Redis")
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.close()
+    return Stores(database_url, redis_url, pgdata, redis_dir, redis_argv)
 
 
 def _stop_postgres(stop: Callable[[], None], console: Console) -> None:

@@ -1,94 +1,28 @@
-"""The children under honcho: their command lines, a readiness thread, and the exit code."""
+"""The children of `foretell up`: their command lines, a readiness thread, and the exit code."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import FrameType
-from typing import Any
-
-import honcho.manager
 
 from foretell.gateway import envoy_binary
 from foretell.settings import Settings
 from foretell.up._banner import banner
+from foretell.up._children import Supervisor
 from foretell.up._console import Console
 from foretell.up._plan import WORKER_LANES, ServiceProcess
 from foretell.up._ready import readiness_checks, wait_until_ready
 from foretell.up._stores import Stores
 
 READY_TIMEOUT_S = 60.0
-# Extra time, on top of the services' grace period, before honcho sends SIGKILL.
+# Extra time, on top of the services' grace period, before a child that ignores SIGTERM is killed.
 KILL_MARGIN_S = 5.0
-
-
-class Supervisor(honcho.manager.Manager):  # type: ignore[misc]
-    """honcho's Manager, plus what `foretell up` needs from it: why the run stopped (a signal,
-    a child exiting, or not becoming ready), each child's exit code, and a hook that runs once
-    every child has been forked.
-
-    honcho forks one helper process per child when its loop starts; the hook starts the
-    readiness thread only after those forks, so no gRPC thread exists while forking.
-    """
-
-    def __init__(self, console: Console, on_started: Callable[[], None]) -> None:
-        super().__init__(printer=console)
-        self._on_started = on_started
-        self._cause_lock = threading.Lock()
-        self.cause: str | None = None
-        self.by_signal = False
-
-    def _set_cause(self, cause: str, *, by_signal: bool = False) -> bool:
-        with self._cause_lock:
-            if self.cause is not None:
-                return False
-            self.cause = cause
-            self.by_signal = by_signal
-            return True
-
-    def _start(self) -> None:
-        # loop() has just installed honcho's SIGINT/SIGTERM handlers: wrap them to remember
-        # that the stop was asked for, which honcho only reports as exit code 130/143.
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            inner = signal.getsignal(signum)
-
-            def handler(num: int, frame: FrameType | None, inner: Any = inner) -> None:
-                self._set_cause(f"{signal.Signals(num).name} received", by_signal=True)
-                if callable(inner):
-                    # Not inline: the signal may have interrupted a write to the console, and
-                    # honcho's handler writes too; the console lock would deadlock and the
-                    # buffered stream refuses reentrant writes. A thread waits its turn instead.
-                    threading.Thread(target=inner, args=(num, frame), daemon=True).start()
-
-            signal.signal(signum, handler)
-        super()._start()
-        self._on_started()
-
-    def terminate(self) -> None:
-        # Reached first through a signal (cause already set) or from honcho's loop because a
-        # child stopped; in the second case, say which.
-        exited = [f"{name} exited (rc={code})" for name, code in self.returncodes().items()]
-        self._set_cause("; ".join(exited) or "a process exited")
-        super().terminate()
-
-    def fail(self, reason: str) -> None:
-        """Stops everything because of `reason` (called from the readiness thread)."""
-        self._set_cause(reason)
-        super().terminate()
-
-    def returncodes(self) -> dict[str, int]:
-        return {
-            name: process["returncode"]
-            for name, process in self._processes.items()
-            if process.get("returncode") is not None
-        }
 
 
 def foretell_command() -> list[str]:
@@ -97,11 +31,6 @@ def foretell_command() -> list[str]:
     if script.is_file():
         return [str(script)]
     return [sys.executable, "-c", "from foretell.cli import main; main()"]
-
-
-def shell(argv: Sequence[str]) -> str:
-    # honcho runs commands through `sh -c`; `exec` makes the pid honcho signals the program's.
-    return "exec " + shlex.join(argv)
 
 
 def child_env(
@@ -146,8 +75,9 @@ def supervise(
     started_at: float,
     after_ready: Callable[[], None] | None = None,
 ) -> int:
-    """Runs the children until one exits or a signal stops them; returns the exit code.
-    `after_ready` runs (on the readiness thread) once the banner is printed."""
+    """Runs the children, restarting any that crashes, until a signal stops them or they do not
+    become ready; returns the exit code. `after_ready` runs (on the readiness thread) once the
+    banner is printed."""
     stopped = threading.Event()
     deadline = time.monotonic() + READY_TIMEOUT_S
 
@@ -161,38 +91,38 @@ def supervise(
         if failing:
             detail = "; ".join(f"{check.what}: {check.last}" for check in failing)
             console.say(f"error: not ready after {READY_TIMEOUT_S:.0f} s: {detail}")
-            manager.fail(f"it was not ready after {READY_TIMEOUT_S:.0f} s (see above)")
+            supervisor.stop(f"it was not ready after {READY_TIMEOUT_S:.0f} s (see above)")
             return
         console.raw(banner(settings, plan, stores, time.monotonic() - started_at))
         if after_ready is not None:
             after_ready()
 
     watcher = threading.Thread(target=watch, name="foretell-up-ready", daemon=True)
-    manager = Supervisor(console, watcher.start)
+    supervisor = Supervisor(console, kill_wait_s=settings.shutdown_grace_s + KILL_MARGIN_S)
+    if stores.redis_argv is not None:
+        # The embedded Redis: restarted like the others when it crashes, stopped after them.
+        supervisor.add("redis", stores.redis_argv, last=True)
     for process in plan:
         argv = [*foretell_command(), "serve", process.service]
-        manager.add_process(process.name, shell(argv), env=child_env(settings, stores, process))
+        supervisor.add(process.name, argv, env=child_env(settings, stores, process))
     # One worker per lane (builds, live runs, dry runs, replays), each with its own queue and
     # concurrency; they read the same stores as the services.
     for lane in WORKER_LANES:
-        manager.add_process(
+        supervisor.add(
             f"worker-{lane}",
-            shell([*foretell_command(), "worker", "--lane", lane]),
+            [*foretell_command(), "worker", "--lane", lane],
             env=child_env(settings, stores, plan[0]),
         )
-    manager.add_process("envoy", shell(envoy_argv(envoy_binary(), envoy_yaml)))
-
-    # honcho SIGKILLs whatever is left KILL_WAIT seconds after it asked the children to stop;
-    # its default (5 s) is shorter than the services' drain time plus their shutdown.
-    honcho.manager.KILL_WAIT = max(
-        honcho.manager.KILL_WAIT, settings.shutdown_grace_s + KILL_MARGIN_S
-    )
+    supervisor.add("envoy", envoy_argv(envoy_binary(), envoy_yaml))
     try:
-        manager.loop()
+        # The readiness thread starts after the first forks, so no gRPC thread exists then.
+        supervisor.loop(on_started=watcher.start)
     finally:
         stopped.set()
     watcher.join(timeout=5)
-    code, message = exit_status(manager.returncodes(), manager.cause, by_signal=manager.by_signal)
+    code, message = exit_status(
+        supervisor.returncodes(), supervisor.cause, by_signal=supervisor.by_signal
+    )
     console.say(message)
     return code
 

@@ -77,6 +77,29 @@ async def run_forecasts(
         return [(row[0], row[1]) for row in (await session.execute(query)).all()]
 
 
+async def latest_forecast_id(db: Database, model_id: uuid.UUID) -> int:
+    """The highest forecast id of the model so far (0 for none): where a stream starts."""
+    query = select(func.coalesce(func.max(Forecast.id), 0)).where(Forecast.model_id == model_id)
+    async with db.session() as session:
+        return int((await session.execute(query)).scalar_one())
+
+
+async def forecasts_after(
+    db: Database, model_id: uuid.UUID, kind: str, symbol: str, after_id: int
+) -> Sequence[tuple[Forecast, int]]:
+    """The model's forecasts of `kind` recorded after forecast `after_id`, for a stream whose
+    notices were interrupted (the database restarted): what it missed meanwhile."""
+    query = (
+        _forecasts()
+        .where(Forecast.model_id == model_id, Forecast.kind == kind, Forecast.id > after_id)
+        .order_by(Forecast.id)
+    )
+    if symbol:
+        query = query.where(Forecast.symbol == symbol)
+    async with db.session() as session:
+        return [(row[0], row[1]) for row in (await session.execute(query)).all()]
+
+
 def _runs() -> Select[Run, int, int]:
     count = (
         select(func.count()).select_from(Forecast).where(Forecast.run_id == Run.id)

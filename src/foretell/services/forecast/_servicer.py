@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ from foretell.runs import latest_slot, request_dry_run
 from foretell.runs.outcomes import OUTCOME_ENUM
 from foretell.runtime.resources import Resources
 from foretell.services.forecast import _queries, _validate
-from foretell.services.forecast._feed import ACCESS_CHANGED, LOST, ForecastFeed
+from foretell.services.forecast._feed import ACCESS_CHANGED, LOST, RESYNC, ForecastFeed
 from foretell.services.forecast._ledger import ledger_page
 from foretell.services.forecast._performance import performance_pb
 
@@ -36,6 +37,14 @@ _DIRECTIONS = {"up": pb.DIRECTION_UP, "down": pb.DIRECTION_DOWN, "flat": pb.DIRE
 class FeedLost(ForetellError):
     code = grpc.StatusCode.UNAVAILABLE
     reason = "UNAVAILABLE"
+
+
+def _by_run(rows: Sequence[tuple[Forecast, int]]) -> list[list[tuple[Forecast, int]]]:
+    """Rows in id order, one message per run, as the notices send them."""
+    batches: dict[uuid.UUID, list[tuple[Forecast, int]]] = {}
+    for row in rows:
+        batches.setdefault(row[0].run_id, []).append(row)
+    return list(batches.values())
 
 
 def forecast_pb(model: str, forecast: Forecast, version: int) -> pb.ForecastRecord:
@@ -123,6 +132,9 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         await self._entitled(principal, view.model)
         recheck_s = max(self._res.settings.entitlement_recheck_s, 0.1)
         async with self._feed.subscribe(view.model.id) as notices:
+            # Every forecast after this one reaches the stream, by notice or, after the feed
+            # lost its connection, by reading what was recorded meanwhile (RESYNC).
+            sent = await _queries.latest_forecast_id(self._res.db, view.model.id)
             # Headers out once listening: the client knows every later run reaches it.
             await context.send_initial_metadata(())
             while True:
@@ -143,12 +155,20 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
                     # A heartbeat: a gateway ends a stream idle for minutes (Envoy's stream
                     # idle timeout), and the client learns the stream is still alive.
                     yield pb.StreamForecastsResponse()
-                if isinstance(notice, str):
+                if notice == RESYNC:
+                    rows = await _queries.forecasts_after(
+                        self._res.db, view.model.id, kind, symbol, sent
+                    )
+                elif isinstance(notice, str):
                     continue
-                rows = await _queries.run_forecasts(self._res.db, notice.run_id, symbol)
-                if rows:
+                else:
+                    rows = await _queries.run_forecasts(self._res.db, notice.run_id, symbol)
+                # Never twice: a run read at RESYNC may be announced after it too.
+                rows = [(f, number) for f, number in rows if f.id > sent]
+                for batch in _by_run(rows):
+                    sent = max(sent, max(f.id for f, _ in batch))
                     yield pb.StreamForecastsResponse(
-                        forecasts=[forecast_pb(name, f, number) for f, number in rows]
+                        forecasts=[forecast_pb(name, f, number) for f, number in batch]
                     )
 
     async def _entitled(self, principal: Principal, model: Model) -> None:
