@@ -38,9 +38,10 @@ from tests import _web
 from tests._billing import trial
 from tests._records import HOUR, insert_bars, unique_symbol
 from tests._registry import model_name, push, run_builds, running_worker, write_model
+from tests._web import check
 from tests.conftest import PASSWORD, MovableClock, SignedIn, SignUp
 from tests.test_datafeed import admin, ingest
-from tests.test_web_e2e import browser, check, page
+from tests.test_web_e2e import browser, page
 
 __all__ = ["admin", "browser", "page"]  # fixtures, imported to be shared
 

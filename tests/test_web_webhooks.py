@@ -24,9 +24,10 @@ from foretell.webhooks import verify
 from tests import _envoy, _web
 from tests._billing import sold_model
 from tests._records import BASE, record
+from tests._web import check
 from tests._webhooks import dispatching, lenient, lenient_services, receiving
 from tests.conftest import MovableClock, SignUp
-from tests.test_web_e2e import browser, check, page  # noqa: F401 - fixtures and the page check
+from tests.test_web_e2e import browser, page  # noqa: F401 - fixtures
 
 pytestmark = [
     pytest.mark.skipif(
