@@ -7,6 +7,7 @@ with each pod reaching only what it uses, and the Envoy config for this topology
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import subprocess
@@ -563,6 +564,21 @@ LANE_FUNCTIONS = {
 }
 
 
+@pytest.fixture
+def own_event_loop() -> Iterator[None]:
+    """arq's Worker takes the thread's event loop when it is made (and sets signal handlers on
+    it): outside a running loop that is a new one, closed here rather than left to the garbage
+    collector (an unclosed loop is a ResourceWarning, an error in this suite)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+@pytest.mark.usefixtures("own_event_loop")
 def test_worker_roles_split_jobs_from_periodic_jobs() -> None:
     """What each lane's `--role jobs` pod and the scheduler's `--role cron` pod run."""
     from foretell.worker import create_worker
