@@ -8,6 +8,7 @@ Redis: FORETELL_TEST_REDIS_URL, else 127.0.0.1:6379 if it answers, else an embed
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import socket
@@ -262,3 +263,17 @@ def foretell_env(settings: Settings, **variables: str) -> dict[str, str]:
 def status_code(error: grpc.RpcError) -> grpc.StatusCode:
     code: grpc.StatusCode = error.code()
     return code
+
+
+@pytest.fixture
+def own_event_loop() -> Iterator[None]:
+    """arq's Worker takes the thread's event loop when it is made (and sets signal handlers on
+    it): outside a running loop that is a new one, closed here rather than left to the garbage
+    collector (an unclosed loop is a ResourceWarning, an error in this suite)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()

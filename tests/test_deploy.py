@@ -7,7 +7,6 @@ with each pod reaching only what it uses, and the Envoy config for this topology
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import subprocess
@@ -562,20 +561,6 @@ LANE_FUNCTIONS = {
     Lane.DRY: {"dry_run"},
     Lane.REPLAY: {"replay_run"},
 }
-
-
-@pytest.fixture
-def own_event_loop() -> Iterator[None]:
-    """arq's Worker takes the thread's event loop when it is made (and sets signal handlers on
-    it): outside a running loop that is a new one, closed here rather than left to the garbage
-    collector (an unclosed loop is a ResourceWarning, an error in this suite)."""
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        yield
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 @pytest.mark.usefixtures("own_event_loop")

@@ -791,6 +791,7 @@ async def test_a_worker_killed_mid_run_takes_its_jail_along_and_the_run_is_recor
     await take_offline(registry, me, model)
 
 
+@pytest.mark.usefixtures("own_event_loop")
 def test_the_worker_runs_the_scheduler_unless_burst_or_off(settings: Settings) -> None:
     import dataclasses
 
