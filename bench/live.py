@@ -59,7 +59,7 @@ from foretell.scheduler import run_job_id
 from foretell.services.account import create_user
 from foretell.services.datafeed import admin as feeders
 from foretell.settings import Address, Settings
-from foretell.worker import create_worker
+from foretell.worker import close_worker, create_worker
 
 # A throwaway account in a throwaway database.
 PASSWORD = "bench-password-1"
@@ -265,7 +265,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 finally:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
-                    await worker.close()
+                    await close_worker(worker)
                     await server.stop(0.5)
             p50, p99 = report(parts[0])
             report(parts[1])

@@ -54,7 +54,7 @@ from foretell.runtime.resources import Resources, open_resources
 from foretell.sandbox import prepare_run_dir, sdk_dir, system_python
 from foretell.scheduler import run_job_id, schedule_runs
 from foretell.settings import Settings
-from foretell.worker import create_worker
+from foretell.worker import close_worker, create_worker
 
 MODEL_DIR = Path(__file__).parent / "models" / "realmodel"
 # The last EURUSD bar of the backtesting package's hourly data closes at 16:00 on this day.
@@ -274,7 +274,7 @@ async def slot(res: Resources, image_digest: str, manifest: Manifest, count: int
         # Before the worker's shutdown closes them.
         templates(res)
     finally:
-        await worker.close()
+        await close_worker(worker)
     async with res.db.session() as session:
         ok = await session.scalar(
             select(func.count()).where(Run.as_of == due, Run.kind == "live", Run.outcome == "ok")
@@ -385,7 +385,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 finally:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
-                    await worker.close()
+                    await close_worker(worker)
                     await warm.stop()
                 report(args.runs, timings)
                 if args.slot_models:

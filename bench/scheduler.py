@@ -40,7 +40,7 @@ from foretell.runtime.resources import Resources, open_resources
 from foretell.sandbox import sdk_dir
 from foretell.scheduler import schedule_runs
 from foretell.settings import Settings
-from foretell.worker import create_worker
+from foretell.worker import close_worker, create_worker
 
 BASE = datetime(2024, 3, 4, tzinfo=UTC)
 PUBLISHED = BASE + timedelta(hours=29, minutes=30)
@@ -85,7 +85,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 try:
                     await worker.async_run()
                 finally:
-                    await worker.close()
+                    await close_worker(worker)
                 cycle_s = time.perf_counter() - started
                 cycle = await outcomes(res, SLOT)
                 if cycle["ok"] != args.models:

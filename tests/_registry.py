@@ -17,7 +17,7 @@ from foretell.common.v1 import common_pb2
 from foretell.registry.v1 import registry_service_pb2 as pb
 from foretell.runtime.lanes import Lane
 from foretell.settings import Settings
-from foretell.worker import create_worker
+from foretell.worker import close_worker, create_worker
 
 if TYPE_CHECKING:
     from foretell.registry.v1.registry_service_pb2_grpc import RegistryServiceAsyncStub
@@ -123,7 +123,7 @@ async def run_builds(settings: Settings) -> None:
     try:
         await worker.async_run()
     finally:
-        await worker.close()
+        await close_worker(worker)
 
 
 @contextlib.asynccontextmanager
@@ -141,4 +141,4 @@ async def running_worker(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        await worker.close()
+        await close_worker(worker)

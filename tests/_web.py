@@ -36,7 +36,7 @@ from foretell.scheduler import run_job_id
 from foretell.services.account._queries import create_user
 from foretell.subscription.v1 import subscription_service_pb2 as sub_pb
 from foretell.subscription.v1 import subscription_service_pb2_grpc as sub_grpc
-from foretell.worker import create_worker
+from foretell.worker import close_worker, create_worker
 from tests._records import HOUR, F, Made, insert_bars, make_model, record_run, unique_symbol
 from tests._registry import push, run_builds, write_model
 from tests.conftest import PASSWORD, SignedIn, unique_email
@@ -261,5 +261,5 @@ async def fresh_run(
     try:
         await worker.async_run()
     finally:
-        await worker.close()
+        await close_worker(worker)
     return slot

@@ -36,7 +36,7 @@ from foretell.runtime.lanes import (
 )
 from foretell.scheduler import run_job_id
 from foretell.settings import Settings, SettingsError, load_settings
-from foretell.worker import create_worker
+from foretell.worker import close_worker, create_worker
 from tests._registry import model_name, push, running_worker, write_model
 from tests.conftest import FORETELL, MovableClock, SignUp, foretell_env
 from tests.test_scheduler import BASE, poll, published_model, set_time
@@ -209,7 +209,7 @@ async def test_builds_past_the_cap_are_refused_whole_with_a_retry_hint(
     try:
         await worker.async_run()
     finally:
-        await worker.close()
+        await close_worker(worker)
     assert await build_cap(settings).held(resources.redis, settings, me.user.id) == 0
     await push(registry, me.metadata, names[-1], write_model(tmp_path / "last"))
 
@@ -322,7 +322,7 @@ async def test_a_flood_of_builds_and_dry_runs_does_not_delay_a_live_slot(
         try:
             await live.async_run()
         finally:
-            await live.close()
+            await close_worker(live)
         async with resources.db.session() as session:
             run = await session.scalar(
                 select(Run).where(Run.version_id == version.id, Run.kind == "live")
@@ -336,3 +336,36 @@ async def test_a_flood_of_builds_and_dry_runs_does_not_delay_a_live_slot(
     assert waited < run.duration_s + 2.0, (waited, run.duration_s)
     # The flood was still going when the live run was recorded.
     assert any(state in ("queued", "building") for state in states), states
+
+
+async def test_a_worker_closed_while_a_job_is_cancelled_outside_its_handling_still_shuts_down(
+    settings: Settings,
+) -> None:
+    """arq's own close re-raises a job task cancelled before the job's error handling (as when it
+    is still reading the job from Redis) and then skips the shutdown, leaving the webhook
+    dispatcher and the bars listener running after their worker. close_worker runs it."""
+    settings = dataclasses.replace(settings, queue_name=f"close-{uuid.uuid4()}")
+    worker = create_worker(
+        settings, lane=Lane.LIVE, role="cron", scheduler=False, handle_signals=False
+    )
+    started, shut = asyncio.Event(), asyncio.Event()
+    startup, shutdown = worker.on_startup, worker.on_shutdown
+    assert startup is not None and shutdown is not None
+
+    async def record_startup(ctx: dict[str, object]) -> None:
+        await startup(ctx)
+        started.set()
+
+    async def record_shutdown(ctx: dict[str, object]) -> None:
+        await shutdown(ctx)
+        shut.set()
+
+    worker.on_startup, worker.on_shutdown = record_startup, record_shutdown
+    running = asyncio.create_task(worker.async_run())
+    await asyncio.wait_for(started.wait(), 60)
+    # A job task that has not reached its own handling: cancelling it raises CancelledError.
+    worker.tasks["stuck"] = asyncio.create_task(asyncio.Event().wait())
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+    await close_worker(worker)
+    assert shut.is_set()

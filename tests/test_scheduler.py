@@ -35,7 +35,7 @@ from foretell.scheduler import (
     schedule_runs,
 )
 from foretell.settings import Settings, SettingsError, load_settings
-from foretell.worker import create_worker
+from foretell.worker import close_worker, create_worker
 from tests._registry import model_name, push, run_builds, write_model
 from tests.conftest import FORETELL, MovableClock, SignedIn, SignUp, foretell_env
 
@@ -332,7 +332,7 @@ async def run_worker(settings: Settings, clock: MovableClock) -> None:
     try:
         await worker.async_run()
     finally:
-        await worker.close()
+        await close_worker(worker)
 
 
 async def recorded(resources: Resources, model: Model) -> tuple[list[Run], list[Forecast]]:

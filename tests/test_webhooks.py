@@ -47,7 +47,7 @@ from foretell.webhooks import (
     sign,
     verify,
 )
-from foretell.worker import create_worker
+from foretell.worker import close_worker, create_worker
 from tests._billing import sold_model
 from tests._envoy import Envoy
 from tests._errors import field_violations
@@ -246,7 +246,7 @@ async def test_the_worker_delivers(
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
-        await worker.close()
+        await close_worker(worker)
 
 
 async def test_a_delivery_whose_worker_died_is_sent_once_its_lease_has_passed(

@@ -224,3 +224,19 @@ def create_worker(
         health_check_interval=60,
         keep_result=3600,
     )
+
+
+async def close_worker(worker: Worker) -> None:
+    """Stops `worker` and runs its shutdown (templates, listeners, the webhook dispatcher).
+
+    arq's own close cancels the running jobs and then gathers them without
+    `return_exceptions`: a job cancelled before its own error handling (while it still reads
+    the job from Redis) raises CancelledError out of close, and `on_shutdown` never runs, so a
+    dispatcher or listener would outlive its worker. The jobs are cancelled and awaited here
+    first; each is delivered again after a restart, as any interrupted job is."""
+    jobs = list(worker.tasks.values())
+    for job in jobs:
+        job.cancel()
+    await asyncio.gather(*jobs, return_exceptions=True)
+    worker.tasks.clear()
+    await worker.close()

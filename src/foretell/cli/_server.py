@@ -150,7 +150,7 @@ def worker(lanes: tuple[str, ...], role: str, metrics: bool) -> None:
 
     from foretell.logs import get_logger
     from foretell.runtime.lanes import Lane, queue_name
-    from foretell.worker import CRON_QUEUE_SUFFIX, create_worker
+    from foretell.worker import CRON_QUEUE_SUFFIX, close_worker, create_worker
 
     log = get_logger("foretell.worker")
 
@@ -193,7 +193,7 @@ def worker(lanes: tuple[str, ...], role: str, metrics: bool) -> None:
         finally:
             for each in running:
                 try:
-                    await each.close()
+                    await close_worker(each)
                 except RedisConnectionError:
                     # When the whole platform stops, Redis may go first: nothing left to tidy.
                     log.info("redis gone before the worker closed")
