@@ -7,15 +7,16 @@ Measured twice in one run, on the same platform:
 
 - (a) data-driven: the worker's bars listener hears the ingest's NOTIFY and runs a scheduler
   cycle at once;
-- (b) the minute cron alone (the listener taken away): the same ingest waits for the cron's
-  next cycle at second 0 of a minute. (b) uses 100 other models on 3 other symbols, so that
-  both measure the same slot.
+- (b) the minute cron alone (the same worker with FORETELL_SCHEDULER=cron, no LISTEN): the
+  same ingest waits for the cron's next cycle at second 0 of a minute. (b) uses 100 other
+  models on 3 other symbols, so that both measure the same slot.
 
-The platform runs in this process: every service on one gRPC server (port 0) and a live-lane
-worker with the scheduler on (`foretell.worker.create_worker`, its default job concurrency),
-the runs in the sandbox. Setup, not timed: a throwaway database and Redis (`_stores`), the
-models (`_fleet`: one shared image of a trivial model, version 1 READY and live since half an
-hour before the slot), an admin whose token reads the streams, a feeder granted the symbols.
+The platform as `foretell up` runs it on one machine: every service on one gRPC server (port
+0) in this process, and a live-lane worker in a process of its own (`foretell worker --lane
+live`, its default job concurrency), the runs in the sandbox. Setup, not timed: a throwaway
+database and Redis (`_stores`), the models (`_fleet`: one shared image of a trivial model,
+version 1 READY and live since half an hour before the slot), an admin whose token reads the
+streams, a feeder granted the symbols.
 The clock is the real one: the slot is the latest hourly close, 24/7 (crypto) symbols, and the
 data deadline is two hours so the slot is still due.
 
@@ -28,13 +29,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import os
 import shutil
+import signal
 import statistics
+import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,13 +58,12 @@ from foretell.datafeed.v1 import datafeed_service_pb2 as feed_pb
 from foretell.datafeed.v1 import datafeed_service_pb2_grpc as feed_grpc
 from foretell.forecast.v1 import forecast_service_pb2 as fc_pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as fc_grpc
-from foretell.runtime.lanes import Lane, queue_name
+from foretell.runtime.lanes import Lane, concurrency, queue_name
 from foretell.runtime.resources import open_resources
 from foretell.scheduler import run_job_id
 from foretell.services.account import create_user
 from foretell.services.datafeed import admin as feeders
 from foretell.settings import Address, Settings
-from foretell.worker import close_worker, create_worker
 
 # A throwaway account in a throwaway database.
 PASSWORD = "bench-password-1"
@@ -195,11 +199,46 @@ def report(part: Part) -> tuple[float, float]:
     return p50, p99
 
 
-async def started_worker(settings: Settings) -> tuple[Any, asyncio.Task[Any]]:
-    worker = create_worker(settings, scheduler=True, handle_signals=False)
-    task = asyncio.create_task(worker.async_run())
-    await wait_for(lambda: "bars_listener" in (worker.ctx or {}), 120, "the worker to start")
-    return worker, task
+@contextlib.asynccontextmanager
+async def worker_process(settings: Settings, scheduler: str) -> AsyncIterator[None]:
+    """`foretell worker --lane live` in a process of its own, as `foretell up` starts it, on
+    this platform's database, Redis, store and queue; `scheduler` is its FORETELL_SCHEDULER
+    (`on`: woken by the ingest's NOTIFY; `cron`: the minute cron alone). Ready once it says
+    it started (after its start-up: the SDK directory, the calendars, the listener)."""
+    assert settings.database_url
+    assert settings.redis_url
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FORETELL_")},
+        "FORETELL_DATABASE_URL": settings.database_url,
+        "FORETELL_REDIS_URL": settings.redis_url,
+        "FORETELL_DATA_DIR": str(settings.data_dir),
+        "FORETELL_QUEUE_NAME": settings.queue_name,
+        "FORETELL_DATA_DEADLINE_S": str(settings.data_deadline_s),
+        "FORETELL_SCHEDULER": scheduler,
+    }
+    foretell = Path(sys.executable).with_name("foretell")
+    process = await asyncio.create_subprocess_exec(
+        str(foretell), "worker", "--lane", "live", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    started = asyncio.Event()
+
+    async def drain(stream: asyncio.StreamReader) -> None:
+        # Read to the end (a full pipe would stop the worker); only start-up is of interest.
+        async for line in stream:
+            if b"worker started" in line:
+                started.set()
+
+    draining = asyncio.create_task(drain(process.stdout))
+    try:
+        await asyncio.wait_for(started.wait(), 120)
+        yield
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        await process.wait()
+        await draining
 
 
 async def signed_in(channel: aio.Channel, res: Any) -> tuple[tuple[str, str], ...]:
@@ -245,7 +284,6 @@ async def main_async(args: argparse.Namespace) -> None:
                 )
                 feeder_key = (("authorization", f"Bearer {feeder.api_key}"),)
                 server = await start_services(res, list(SERVICES), Address("127.0.0.1", 0))
-                worker, task = await started_worker(settings)
                 try:
                     async with aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                         reader = await signed_in(channel, res)
@@ -253,19 +291,15 @@ async def main_async(args: argparse.Namespace) -> None:
                         feed = feed_grpc.DataFeedServiceStub(channel)
                         print(
                             f"{args.models} live models per part on 3 symbols, slot {slot:%H:%MZ}, "
-                            f"{worker.max_jobs} jobs at once"
+                            f"{concurrency(settings, Lane.LIVE)} jobs at once, the worker in a "
+                            "process of its own"
                         )
-                        await measure(parts[0], forecasts, feed, reader, feeder_key, slot)
-                        await job_times(parts[0], res, slot)
-                        # The wake-up off: the cron's cycle no longer has a listener to revive.
-                        listener = worker.ctx.pop("bars_listener")
-                        await listener.close()
-                        await measure(parts[1], forecasts, feed, reader, feeder_key, slot)
-                        await job_times(parts[1], res, slot)
+                        # (b) the same worker with FORETELL_SCHEDULER=cron: no LISTEN.
+                        for part, scheduler in zip(parts, ("on", "cron"), strict=True):
+                            async with worker_process(settings, scheduler):
+                                await measure(part, forecasts, feed, reader, feeder_key, slot)
+                            await job_times(part, res, slot)
                 finally:
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
-                    await close_worker(worker)
                     await server.stop(0.5)
             p50, p99 = report(parts[0])
             report(parts[1])

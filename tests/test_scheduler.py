@@ -821,3 +821,35 @@ def test_the_worker_runs_the_scheduler_unless_burst_or_off(settings: Settings) -
     assert run_job.timeout_s == settings.run_wall_s + settings.job_grace_s
     short = create_worker(dataclasses.replace(settings, run_wall_s=5, job_grace_s=2))
     assert short.functions["run_version"].timeout_s == 7
+
+
+@pytest.mark.parametrize("mode", ["on", "cron"])
+async def test_the_scheduler_listens_for_bars_unless_it_is_cron_only(
+    settings: Settings, mode: str
+) -> None:
+    """FORETELL_SCHEDULER=cron (a database behind a transaction-pooling proxy, where LISTEN
+    does not work): the minute cron runs the slots, and no connection LISTENs for bars."""
+    import dataclasses
+
+    chosen = load_settings({**foretell_env(settings), "FORETELL_SCHEDULER": mode})
+    assert chosen.scheduler == mode
+    chosen = dataclasses.replace(chosen, queue_name=f"sched-{uuid.uuid4()}")
+    worker = create_worker(chosen, role="cron", handle_signals=False)
+    assert "cron:scheduler_cycle" in [job.name for job in worker.cron_jobs]
+    started = asyncio.Event()
+    startup = worker.on_startup
+    assert startup is not None
+
+    async def record_startup(ctx: dict[str, Any]) -> None:
+        await startup(ctx)
+        started.set()
+
+    worker.on_startup = record_startup
+    running = asyncio.create_task(worker.async_run())
+    try:
+        await asyncio.wait_for(started.wait(), 60)
+        assert ("bars_listener" in worker.ctx) is (mode == "on")
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await close_worker(worker)

@@ -61,6 +61,9 @@ DATA_MISSING_DETAIL = (
 # How long the last enqueued slot of a version is remembered (it only has to outlive the
 # queue): a slot queued but not yet recorded must not be taken for a missed one.
 _LAST_TTL_S = 7 * 86400
+# Enqueues in flight at once: each is a few Redis round trips, and a slot of hundreds of
+# models would otherwise queue its last run hundreds of round trips after its first.
+_ENQUEUE_AT_ONCE = 32
 
 # One statement for every missed slot of a version; RETURNING names the rows it inserted
 # (a slot recorded meanwhile is skipped), which are the ones the ledger gets.
@@ -121,6 +124,7 @@ async def schedule_runs(ctx: dict[str, Any]) -> dict[str, int]:
     landed = await _landed(res, series)
     queued = await res.redis.mget([_last_key(row[3]) for row in rows])
     deadline = timedelta(seconds=res.settings.data_deadline_s)
+    due: list[tuple[uuid.UUID, datetime]] = []
     for (model_id, resolution, symbols, version_id, live_since, last_db), raw in zip(
         rows, queued, strict=True
     ):
@@ -143,20 +147,29 @@ async def schedule_runs(ctx: dict[str, Any]) -> dict[str, int]:
             await _record_unrun(res, model_id, version_id, resolution, plan, now)
             counts["missed"] += len(plan.missed)
             counts["data_missing"] += len(plan.data_missing)
-        if plan.due is None:
-            continue
-        job = await res.redis.enqueue_job(
-            "run_version",
-            str(version_id),
-            plan.due.isoformat(),
-            _job_id=run_job_id(version_id, plan.due),
-            _queue_name=queue_name(res.settings, Lane.LIVE),
-        )
-        await res.redis.set(_last_key(version_id), plan.due.isoformat(), ex=_LAST_TTL_S)
-        counts["enqueued"] += job is not None
+        if plan.due is not None:
+            due.append((version_id, plan.due))
+    for start in range(0, len(due), _ENQUEUE_AT_ONCE):
+        batch = due[start : start + _ENQUEUE_AT_ONCE]
+        enqueued = await asyncio.gather(*(_enqueue(res, v, as_of) for v, as_of in batch))
+        counts["enqueued"] += sum(enqueued)
     if any(counts.values()):
         log.info("scheduled", **counts)
     return counts
+
+
+async def _enqueue(res: Resources, version_id: uuid.UUID, as_of: datetime) -> bool:
+    """Queues the version's run at `as_of` (once: the job id is the slot's) and remembers the
+    slot as its last queued one."""
+    job = await res.redis.enqueue_job(
+        "run_version",
+        str(version_id),
+        as_of.isoformat(),
+        _job_id=run_job_id(version_id, as_of),
+        _queue_name=queue_name(res.settings, Lane.LIVE),
+    )
+    await res.redis.set(_last_key(version_id), as_of.isoformat(), ex=_LAST_TTL_S)
+    return job is not None
 
 
 async def _landed(

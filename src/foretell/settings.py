@@ -272,12 +272,16 @@ class Settings:
             "with a retry hint."
         ),
     )
-    # The worker's every-minute cron that runs live versions at each closed slot.
-    scheduler: Literal["on", "off"] = field(
+    # The worker's scheduler that runs live versions at each closed slot. `cron` is for a
+    # database reached through a transaction-pooling proxy (PgBouncer), where LISTEN does not
+    # work: slots then run at the next minute's cycle, not as their bars land.
+    scheduler: Literal["on", "cron", "off"] = field(
         default="on",
         metadata=_doc(
-            "The worker's scheduler (the bars listener and the every-minute cron) that runs "
-            "each live version at its calendar's slots; `off` stops it."
+            "The worker's scheduler that runs each live version at its calendar's slots: `on`, "
+            "woken as bars land (LISTEN) with an every-minute cron behind it; `cron`, the "
+            "every-minute cron alone (no LISTEN, e.g. behind a transaction-pooling proxy); "
+            "`off` stops it."
         ),
     )
     # How long after a slot's close its bars may take to land: past it, the slot is recorded
@@ -518,7 +522,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "replay_concurrency": _positive_int,
     "provider_builds": _positive_int,
     "provider_dry_runs": _positive_int,
-    "scheduler": _choice("on", "off"),
+    "scheduler": _choice("on", "cron", "off"),
     "data_deadline_s": _positive_int,
     "run_wall_s": _positive_int,
     "run_cpu_s": _positive_int,

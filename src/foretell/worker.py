@@ -141,13 +141,13 @@ def create_worker(
 ) -> Worker:
     """A worker for the jobs of `lane`, with the process's resources in ctx["resources"]
     (their clock is `clock`, for tests). The periodic jobs run on the live lane only; the
-    scheduler cron when `scheduler` is true, by default when FORETELL_SCHEDULER is on and the
-    worker is not a burst (test) worker. `role` (WorkerRole) splits the lane's jobs from the
-    periodic jobs. Several workers in one process handle signals together
-    (`handle_signals=False` for each, see `foretell worker`)."""
+    scheduler cron when `scheduler` is true, by default when FORETELL_SCHEDULER is not off and
+    the worker is not a burst (test) worker (with it `on`, bars landing wake it too). `role`
+    (WorkerRole) splits the lane's jobs from the periodic jobs. Several workers in one
+    process handle signals together (`handle_signals=False` for each, see `foretell worker`)."""
     assert settings.redis_url
     if scheduler is None:
-        scheduler = settings.scheduler == "on" and not burst
+        scheduler = settings.scheduler != "off" and not burst
     cron_timeout = settings.cron_timeout_s
     cron_jobs = [
         # Every minute at second 0; unique, so two workers never run a cycle at once. Bars
@@ -184,7 +184,7 @@ def create_worker(
         # Calendars take seconds to build: before the first job, not inside its time limit.
         await warm_calendars(ctx["resources"].db)
         periodic_here = lane is Lane.LIVE and role != "jobs"
-        if scheduler and periodic_here and not burst:
+        if scheduler and periodic_here and not burst and settings.scheduler == "on":
             listener = BarsListener(ctx)
             await listener.start()
             stack.push_async_callback(listener.close)
