@@ -1,6 +1,11 @@
-"""What `pool_pre_ping` costs: a pooled connection checked out and used for one `SELECT 1`,
-with the ping that lets the pool outlive a PostgreSQL restart (foretell.db.connect), against
-the same without it. The ping is one more round trip per checkout.
+"""What a checkout's liveness check costs: a pooled connection checked out and used for one
+`SELECT 1`, three ways, against the same PostgreSQL:
+
+- `drop_closed` (foretell.db.connect): the pool asks asyncpg whether the server ended the
+  connection (no round trip);
+- SQLAlchemy's `pool_pre_ping` (what foretell.db.connect used before): BEGIN, a statement
+  and ROLLBACK on every checkout;
+- no check at all: the floor (and a failed request after every PostgreSQL restart).
 
     .venv/bin/python bench/preping.py [--checkouts 3000] [--repeat 3]
 
@@ -17,14 +22,18 @@ import time
 from pathlib import Path
 
 from _stores import database
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from foretell.db import async_url
+from foretell.db import async_url, drop_closed
+
+WAYS = ("none", "drop_closed", "pool_pre_ping")
 
 
-async def per_checkout_us(url: str, *, ping: bool, checkouts: int) -> float:
-    engine = create_async_engine(async_url(url), pool_size=5, pool_pre_ping=ping)
+async def per_checkout_us(url: str, *, way: str, checkouts: int) -> float:
+    engine = create_async_engine(async_url(url), pool_size=5, pool_pre_ping=way == "pool_pre_ping")
+    if way == "drop_closed":
+        event.listen(engine.sync_engine, "checkout", drop_closed)
     read = engine.execution_options(isolation_level="AUTOCOMMIT")
     try:
         for _ in range(50):  # warm the pool
@@ -42,16 +51,15 @@ async def per_checkout_us(url: str, *, ping: bool, checkouts: int) -> float:
 async def main(checkouts: int, repeat: int) -> None:
     with tempfile.TemporaryDirectory() as root:
         async with database(Path(root)) as url:
-            figures: dict[bool, list[float]] = {False: [], True: []}
+            figures: dict[str, list[float]] = {way: [] for way in WAYS}
             for _ in range(repeat):
-                for ping in (False, True):
-                    figures[ping].append(await per_checkout_us(url, ping=ping, checkouts=checkouts))
-    without, with_ping = statistics.median(figures[False]), statistics.median(figures[True])
+                for way in WAYS:
+                    figures[way].append(await per_checkout_us(url, way=way, checkouts=checkouts))
+    floor = statistics.median(figures["none"])
     print(f"checkout + SELECT 1, median of {repeat} x {checkouts}:")
-    print(f"  without pre-ping   {without:7.0f} µs")
-    print(
-        f"  with pre-ping      {with_ping:7.0f} µs   (+{with_ping - without:.0f} µs per checkout)"
-    )
+    for way in WAYS:
+        median = statistics.median(figures[way])
+        print(f"  {way:<14} {median:7.0f} µs   (+{median - floor:.0f} µs per checkout)")
 
 
 if __name__ == "__main__":

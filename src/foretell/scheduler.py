@@ -240,7 +240,7 @@ async def run_version(ctx: dict[str, Any], version_id: str, as_of: str) -> str:
     if slot > res.clock():
         log.warning("slot not yet due", version_id=version_id, as_of=as_of)
         return "not_due"
-    async with res.db.session() as session:
+    async with res.db.read_session() as session:
         version = await session.get(Version, uuid.UUID(version_id))
         model = await session.get(Model, version.model_id) if version else None
     if version is None or model is None or model.live_version != version.number:

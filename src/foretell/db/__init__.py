@@ -1,6 +1,6 @@
 """PostgreSQL access: SQLAlchemy 2 async on asyncpg, schema managed by Alembic."""
 
-from foretell.db._engine import Database, async_url, connect
+from foretell.db._engine import Database, async_url, connect, drop_closed
 from foretell.db.migrate import upgrade
 from foretell.db.models import (
     ApiKey,
@@ -23,5 +23,6 @@ __all__ = [
     "Version",
     "async_url",
     "connect",
+    "drop_closed",
     "upgrade",
 ]

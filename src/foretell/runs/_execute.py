@@ -81,7 +81,7 @@ def _judge(result: SandboxResult, server: RunServer) -> tuple[str, str, list[Acc
 
 
 async def _existing(db: Database, version_id: uuid.UUID, as_of: datetime, kind: str) -> Run | None:
-    async with db.session() as session:
+    async with db.read_session() as session:
         found: Run | None = await session.scalar(
             select(Run).where(Run.version_id == version_id, Run.as_of == as_of, Run.kind == kind)
         )
