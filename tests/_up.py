@@ -78,6 +78,19 @@ class Up:
 
     @property
     def output(self) -> str:
+        """Everything printed so far, including lines no `wait_for` has read yet."""
+        pending: list[str | None] = []
+        while True:
+            try:
+                pending.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        for line in pending:
+            if line is None:
+                # The end stays for the next `wait_for`, which reports the exit.
+                self._queue.put(None)
+            else:
+                self.lines.append(line)
         return "".join(self.lines)
 
     def wait_for(self, text: str, timeout: float) -> None:

@@ -29,6 +29,7 @@ from foretell.runs import MAX_MISSED, SlotPlan, latest_slot, plan_slots
 from foretell.runtime import Resources
 from foretell.scheduler import (
     MISSED_DETAIL,
+    RUN_TRIES,
     BarsListener,
     run_job_id,
     run_version,
@@ -853,3 +854,72 @@ async def test_the_scheduler_listens_for_bars_unless_it_is_cron_only(
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
         await close_worker(worker)
+
+
+@pytest.mark.parametrize("job_try", [1, 3])
+async def test_a_live_run_whose_database_is_out_is_tried_again_later(
+    resources: Resources, job_try: int
+) -> None:
+    """The store goes away while a live run is due: the job is deferred and tried again (with
+    a longer wait each time) rather than failing, which would leave its slot queued in the
+    scheduler's eyes and never recorded."""
+    import dataclasses
+    import socket
+
+    from arq import Retry
+
+    from foretell.db import connect
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    down = connect(f"postgresql://foretell@127.0.0.1:{closed}/foretell", pool_size=1)
+    try:
+        ctx = {"resources": dataclasses.replace(resources, db=down), "job_try": job_try}
+        with pytest.raises(Retry) as retried:
+            await run_version(ctx, str(uuid.uuid4()), BASE.isoformat())
+    finally:
+        await down.close()
+    assert retried.value.defer_score == 1000 * 2 ** (job_try - 1)
+    worker = create_worker(resources.settings)
+    assert worker.functions["run_version"].max_tries == RUN_TRIES
+
+
+async def test_a_slot_whose_job_failed_for_good_is_queued_again_and_recorded(
+    registry: pb_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    settings: Settings,
+    resources: Resources,
+    clock: MovableClock,
+    tmp_path: Path,
+) -> None:
+    """The scheduler remembers the last slot it queued, so as not to queue it twice. A job
+    that failed for good (its tries spent during a long outage) recorded no run: the slot must
+    not stay 'queued' forever, a silent hole in the record."""
+    from arq.constants import default_queue_name, result_key_prefix
+    from arq.jobs import serialize_result
+
+    me, model, version = await published_model(
+        registry, sign_up, settings, resources, clock, tmp_path, BASE + timedelta(hours=40.5)
+    )
+    due = BASE + timedelta(hours=41)
+    set_time(clock, due + timedelta(minutes=2))
+    ctx: dict[str, Any] = {"resources": resources}
+    assert await schedule_runs(ctx) == {"enqueued": 1, "missed": 0, "data_missing": 0}
+    assert await schedule_runs(ctx) == {"enqueued": 0, "missed": 0, "data_missing": 0}
+    # What arq leaves of a job that raised on its last try: no job, a failed result.
+    job_id = run_job_id(version.id, due)
+    await resources.redis.zrem(settings.queue_name, job_id)
+    await resources.redis.delete(f"arq:job:{job_id}")
+    failed = serialize_result(
+        "run_version", (str(version.id), due.isoformat()), {}, 6, 0, False,
+        RuntimeError("the database was out"), 0, 0, "run_version", default_queue_name, job_id,
+    )  # fmt: skip
+    assert failed is not None
+    await resources.redis.set(result_key_prefix + job_id, failed)
+
+    assert await schedule_runs(ctx) == {"enqueued": 1, "missed": 0, "data_missing": 0}
+    await run_worker(settings, clock)
+    runs, _forecasts = await recorded(resources, model)
+    assert [(r.as_of, r.outcome) for r in runs] == [(due, "ok")]
+    await take_offline(registry, me, model)

@@ -22,11 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+from arq import Retry
+from arq.constants import result_key_prefix
+from arq.jobs import deserialize_result
 from sqlalchemy import and_, func, select, text
 from sqlalchemy.engine import make_url
 
@@ -46,12 +49,13 @@ from foretell.runs import (
     run_job_timeout_s,
     run_on_platform,
 )
+from foretell.runtime import outage
 from foretell.runtime.lanes import Lane, queue_name
 from foretell.runtime.resources import Resources
 
 log = get_logger("foretell.scheduler")
 
-__all__ = ["run_job_id", "run_job_timeout_s", "run_version", "schedule_runs"]
+__all__ = ["RUN_TRIES", "run_job_id", "run_job_timeout_s", "run_version", "schedule_runs"]
 
 MISSED_DETAIL = "missed: the platform was not running when this slot came due"
 DATA_MISSING_DETAIL = (
@@ -122,7 +126,10 @@ async def schedule_runs(ctx: dict[str, Any]) -> dict[str, int]:
     series = sorted({(sym, row[1]) for row in rows for sym in row[2]})
     names = await calendar_names(res.db, sorted({sym for sym, _ in series}))
     landed = await _landed(res, series)
-    queued = await res.redis.mget([_last_key(row[3]) for row in rows])
+    recorded = [(row[3], row[5]) for row in rows]
+    queued = await _still_queued(
+        res, recorded, await res.redis.mget([_last_key(v) for v, _ in recorded])
+    )
     deadline = timedelta(seconds=res.settings.data_deadline_s)
     due: list[tuple[uuid.UUID, datetime]] = []
     for (model_id, resolution, symbols, version_id, live_since, last_db), raw in zip(
@@ -156,6 +163,36 @@ async def schedule_runs(ctx: dict[str, Any]) -> dict[str, int]:
     if any(counts.values()):
         log.info("scheduled", **counts)
     return counts
+
+
+async def _still_queued(
+    res: Resources,
+    last: Sequence[tuple[uuid.UUID, datetime | None]],
+    queued: list[bytes | None],
+) -> list[bytes | None]:
+    """`queued` (each version's last queued slot, from Redis, beside its last recorded slot
+    in `last`) without the slots whose job has
+    failed for good (arq keeps its result): no run was recorded for them, and taken as queued
+    they would never be run nor recorded missed. Their job's result is removed so that the
+    slot can be queued again (while its deadline allows; then it is recorded missed)."""
+    pending: list[tuple[int, str]] = []
+    for i, ((version_id, recorded), raw) in enumerate(zip(last, queued, strict=True)):
+        if raw is None:
+            continue
+        slot = datetime.fromisoformat(raw.decode())
+        if recorded is None or slot > recorded:
+            pending.append((i, run_job_id(version_id, slot)))
+    if not pending:
+        return queued
+    results = await res.redis.mget([result_key_prefix + job_id for _i, job_id in pending])
+    kept = list(queued)
+    for (i, job_id), raw_result in zip(pending, results, strict=True):
+        if raw_result is None or deserialize_result(raw_result).success:
+            continue
+        log.warning("a live run's job failed: its slot is planned again", job_id=job_id)
+        await res.redis.delete(result_key_prefix + job_id, _last_key(last[i][0]))
+        kept[i] = None
+    return kept
 
 
 async def _enqueue(res: Resources, version_id: uuid.UUID, as_of: datetime) -> bool:
@@ -232,9 +269,31 @@ async def _record_unrun(
     metrics.SLOTS.labels("data_missing").inc(len(plan.data_missing))
 
 
+# A live run whose database or Redis went away is tried again this many times in all (arq's
+# max_tries), after 1, 2, 4, 8 and 16 s: half a minute covers a store's restart, and the
+# slot's bars are read as of the slot, so a run a few seconds late forecasts the same.
+RUN_TRIES = 6
+
+
 async def run_version(ctx: dict[str, Any], version_id: str, as_of: str) -> str:
     """Runs a live version at one slot and records it (once). Records nothing when the version
-    is no longer its model's live version, is not built, or the slot has not come yet."""
+    is no longer its model's live version, is not built, or the slot has not come yet. When a
+    store is out meanwhile, the job is tried again later (arq's Retry): a slot whose job just
+    failed would otherwise stay queued in the scheduler's eyes and never be recorded."""
+    try:
+        return await _run_version(ctx, version_id, as_of)
+    except Exception as error:
+        if outage(error) is None:
+            raise
+        tried: int = ctx.get("job_try", 1)
+        log.warning(
+            "store unavailable during a live run: tried again later",
+            version_id=version_id, as_of=as_of, job_try=tried, error=repr(error),
+        )  # fmt: skip
+        raise Retry(defer=2 ** (tried - 1)) from error
+
+
+async def _run_version(ctx: dict[str, Any], version_id: str, as_of: str) -> str:
     res: Resources = ctx["resources"]
     slot = datetime.fromisoformat(as_of)
     if slot > res.clock():

@@ -31,7 +31,7 @@ from foretell.runs import close_warm_templates, dry_run, replay_run, run_job_tim
 from foretell.runtime.lanes import Lane, concurrency, queue_name
 from foretell.runtime.resources import open_resources
 from foretell.sandbox import SandboxUnavailable, detect_cgroups, sdk_dir, sweep_stale_run_cgroups
-from foretell.scheduler import BarsListener, run_version, schedule_runs
+from foretell.scheduler import RUN_TRIES, BarsListener, run_version, schedule_runs
 from foretell.settings import Settings
 from foretell.webhooks import Dispatcher
 
@@ -122,7 +122,7 @@ def _functions(settings: Settings, lane: Lane) -> list[Any]:
     run_timeout = run_job_timeout_s(settings)
     return {
         Lane.BUILD: [func(build_version, timeout=build_job_timeout_s(settings), max_tries=3)],
-        Lane.LIVE: [func(run_version, timeout=run_timeout, max_tries=3)],
+        Lane.LIVE: [func(run_version, timeout=run_timeout, max_tries=RUN_TRIES)],
         # A dry run's caller waits for it: a retry would come too late to answer, so one try.
         Lane.DRY: [func(dry_run, timeout=run_timeout, max_tries=1)],
         Lane.REPLAY: [func(replay_run, timeout=run_timeout, max_tries=3)],
