@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc import aio
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.db.models import WebhookDelivery
@@ -581,3 +581,30 @@ async def test_https_is_verified_against_the_host_name_not_the_address(tmp_path:
         with pytest.raises(SendFailed, match="TLS failed"):
             await post(good, loopback, {}, b"{}", 5)
     assert len(receiver.received) == 1
+
+
+_LISTENERS = text(
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+    "AND query LIKE 'LISTEN%foretell_webhooks%'"
+)
+
+
+async def test_the_dispatcher_listens_again_after_its_connection_ended(
+    hooks_resources: Resources,
+) -> None:
+    """As after a PostgreSQL restart: the dispatcher's LISTEN connection ends; it opens another
+    (meanwhile its one-second tick still finds due deliveries)."""
+    async with dispatching(hooks_resources):
+        async with hooks_resources.db.read.connect() as conn:
+            before = set((await conn.scalars(_LISTENERS)).all())
+            assert before
+            for pid in before:
+                await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        deadline = time.monotonic() + 10
+        while True:
+            async with hooks_resources.db.read.connect() as conn:
+                now = set((await conn.scalars(_LISTENERS)).all())
+            if now - before:
+                break
+            assert time.monotonic() < deadline, "the dispatcher never listened again"
+            await asyncio.sleep(0.1)

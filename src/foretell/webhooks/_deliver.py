@@ -242,12 +242,23 @@ class Dispatcher:
         self._connection: Any = None
 
     async def start(self) -> None:
+        await self._listen()
+        self._task = asyncio.create_task(self._loop(), name="foretell-webhooks")
+
+    async def _listen(self) -> None:
         assert self._settings.database_url
         url = make_url(self._settings.database_url).set(drivername="postgresql")
-        self._connection = await asyncpg.connect(url.render_as_string(hide_password=False))
+        connection = await asyncpg.connect(url.render_as_string(hide_password=False))
         for channel in (FORECASTS_CHANNEL, WEBHOOKS_CHANNEL):
-            await self._connection.add_listener(channel, self._notified)
-        self._task = asyncio.create_task(self._loop(), name="foretell-webhooks")
+            await connection.add_listener(channel, self._notified)
+        self._connection = connection
+
+    async def _listening(self) -> None:
+        """LISTEN again after PostgreSQL restarted (the connection ended with it); meanwhile
+        the one-second tick still finds every due delivery."""
+        if self._connection is None or self._connection.is_closed():
+            self._connection = None
+            await self._listen()
 
     def _notified(self, *_args: object) -> None:
         self._wake.set()
@@ -272,6 +283,7 @@ class Dispatcher:
         while True:
             self._wake.clear()
             try:
+                await self._listening()
                 await self._cycle()
             except Exception:  # logged; the next wake or tick tries again
                 log.exception("webhook dispatch cycle failed")
