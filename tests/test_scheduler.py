@@ -923,3 +923,41 @@ async def test_a_slot_whose_job_failed_for_good_is_queued_again_and_recorded(
     runs, _forecasts = await recorded(resources, model)
     assert [(r.as_of, r.outcome) for r in runs] == [(due, "ok")]
     await take_offline(registry, me, model)
+
+
+async def test_a_live_worker_starts_templates_for_the_live_layers_before_its_first_job(
+    registry: pb_grpc.RegistryServiceAsyncStub,
+    sign_up: SignUp,
+    settings: Settings,
+    resources: Resources,
+    clock: MovableClock,
+    tmp_path: Path,
+) -> None:
+    """After a start or restart, the first slot's runs fork from templates already up: the
+    worker fills its bound with templates of the live versions' layers before its first job."""
+    from prometheus_client import REGISTRY
+
+    from foretell.runs import close_warm_templates, prewarm_templates, warm_templates
+
+    me, model, _version = await published_model(
+        registry, sign_up, settings, resources, clock, tmp_path, BASE + timedelta(hours=44.5)
+    )
+    await close_warm_templates()  # as in a new worker process
+    started = await prewarm_templates(resources.db, resources.store, settings)
+    pool = warm_templates(settings)
+    assert pool is not None
+    assert started == len(pool.templates) == settings.warm_templates
+    assert all(t.alive and not t.busy for t in pool.templates)
+
+    def count(kind: str) -> float:
+        return REGISTRY.get_sample_value("foretell_warm_starts_total", {"result": kind}) or 0.0
+
+    before = {kind: count(kind) for kind in ("warm", "started", "cold")}
+    set_time(clock, BASE + timedelta(hours=45, minutes=1))
+    assert (await schedule_runs({"resources": resources}))["enqueued"] >= 1
+    await run_worker(settings, clock)
+    runs, _forecasts = await recorded(resources, model)
+    assert [(r.as_of, r.outcome) for r in runs] == [(BASE + timedelta(hours=45), "ok")]
+    assert count("warm") > before["warm"]
+    assert (count("started"), count("cold")) == (before["started"], before["cold"])
+    await take_offline(registry, me, model)

@@ -27,7 +27,13 @@ from foretell.clock import Clock, utc_now
 from foretell.ledger import chain
 from foretell.logs import get_logger
 from foretell.marketdata import warm_calendars
-from foretell.runs import close_warm_templates, dry_run, replay_run, run_job_timeout_s
+from foretell.runs import (
+    close_warm_templates,
+    dry_run,
+    prewarm_templates,
+    replay_run,
+    run_job_timeout_s,
+)
 from foretell.runtime.lanes import Lane, concurrency, queue_name
 from foretell.runtime.resources import open_resources
 from foretell.sandbox import SandboxUnavailable, detect_cgroups, sdk_dir, sweep_stale_run_cgroups
@@ -183,6 +189,11 @@ def create_worker(
             stack.push_async_callback(close_warm_templates)
         # Calendars take seconds to build: before the first job, not inside its time limit.
         await warm_calendars(ctx["resources"].db)
+        if lane is Lane.LIVE and role != "cron" and not burst:
+            # The next slot's runs fork from templates that are already up.
+            res = ctx["resources"]
+            started = await prewarm_templates(res.db, res.store, settings)
+            log.info("warm templates started", count=started)
         periodic_here = lane is Lane.LIVE and role != "jobs"
         if scheduler and periodic_here and not burst and settings.scheduler == "on":
             listener = BarsListener(ctx)

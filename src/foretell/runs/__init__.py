@@ -21,6 +21,7 @@ from foretell.runs._jobs import (
 from foretell.runs._local import LocalResult, run_folder
 from foretell.runs._platform import (
     close_warm_templates,
+    prewarm_templates,
     run_job_timeout_s,
     run_limits,
     run_on_platform,
@@ -55,6 +56,7 @@ __all__ = [
     "execute_run",
     "latest_slot",
     "plan_slots",
+    "prewarm_templates",
     "replay_job_id",
     "replay_run",
     "request_dry_run",

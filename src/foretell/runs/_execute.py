@@ -130,7 +130,9 @@ def _argv(scope: RunScope, manifest: Mapping[str, Any]) -> list[str]:
 _site_digests: dict[str, str] = {}
 
 
-def _site_digest(image: Path, image_digest: str) -> str:
+def site_digest(image: Path, image_digest: str) -> str:
+    """The digest of the verified image's site-packages (its dependency layer), computed once
+    per image in this process."""
     if (found := _site_digests.get(image_digest)) is None:
         found = _site_digests[image_digest] = tree_digest(image / "site-packages")
     return found
@@ -155,7 +157,7 @@ async def _warm(
     """The run forked from a template of its layer, or None when it must start cold: no
     template could be had, or the template failed before the run ended (what its child did,
     and the server it talked to, are dropped)."""
-    site = await asyncio.to_thread(_site_digest, image, warm.image_digest)
+    site = await asyncio.to_thread(site_digest, image, warm.image_digest)
     try:
         async with warm.pool.acquire(image, site, limits) as template:
             if template is None:

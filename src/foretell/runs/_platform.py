@@ -3,15 +3,22 @@ settings in one place for the scheduler, dry runs and the demo replay."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from sqlalchemy import func, select
+
+from foretell.build import BuildState
 from foretell.db import Database
 from foretell.db.models import Model, Version
-from foretell.runs._execute import RunKind, RunRecord, execute_run
+from foretell.logs import get_logger
+from foretell.runs._execute import RunKind, RunRecord, execute_run, site_digest
 from foretell.sandbox import (
     SandboxLimits,
     SandboxUnavailable,
@@ -20,7 +27,7 @@ from foretell.sandbox import (
     sdk_dir,
 )
 from foretell.settings import Settings
-from foretell.store import ArtifactStore
+from foretell.store import ArtifactCorrupt, ArtifactStore
 
 
 def run_job_timeout_s(settings: Settings) -> int:
@@ -72,6 +79,72 @@ def warm_templates(settings: Settings) -> TemplatePool | None:
             max_memory_bytes=settings.warm_memory_mib * 1024 * 1024,
         )
     return pool
+
+
+_log = get_logger("foretell.runs")
+
+# The live versions' images, most used first: their layers are the ones the next slot needs.
+_LIVE_IMAGES = (
+    select(Version.image_digest, func.count())
+    .join(Model, (Model.id == Version.model_id) & (Model.live_version == Version.number))
+    .where(Version.build_state == BuildState.READY, Version.image_digest.is_not(None))
+    .group_by(Version.image_digest)
+    .order_by(func.count().desc(), Version.image_digest)
+)
+
+
+async def prewarm_templates(
+    db: Database, store: ArtifactStore, settings: Settings, *, within_s: float = 60.0
+) -> int:
+    """Starts warm templates for the layers of the live versions before the worker takes its
+    first job, so that the first slot after a start or a restart does not wait for templates
+    to import the SDK and the wheels. Every layer in use gets one template, most used first,
+    and the rest of the bound goes round them again in that order (the runs of a slot share
+    a few layers, and each template serves one run at a time).
+    Returns how many templates were started; a template that does not start is no fault (its
+    runs start cold, as they would have)."""
+    pool = warm_templates(settings)
+    if pool is None:
+        return 0
+    async with db.read.connect() as conn:
+        rows = (await conn.execute(_LIVE_IMAGES)).all()
+    layers: Counter[tuple[Path, str]] = Counter()
+    for image_digest, versions in rows:
+        if image_digest is None:
+            continue
+        try:
+            image = await asyncio.to_thread(store.verified_image, image_digest)
+            site = await asyncio.to_thread(site_digest, image, image_digest)
+        except (ArtifactCorrupt, OSError):
+            continue  # a run of it is refused with the reason
+        layers[(image, site)] += versions
+    if not layers:
+        return 0
+    ranked = [layer for layer, _versions in layers.most_common()]
+    # One per layer first, then round the most used again while the bound allows.
+    chosen = list(itertools.islice(itertools.cycle(ranked), pool.max_templates))
+    limits = run_limits(settings)
+    held = 0
+    all_held = asyncio.Event()
+
+    async def hold(image: Path, site: str) -> bool:
+        # Each holds its template until all have one: the same layer gets as many as chosen.
+        nonlocal held
+        async with pool.acquire(image, site, limits) as template:
+            held += 1
+            if held == len(chosen):
+                all_held.set()
+            await all_held.wait()
+            return template is not None
+
+    try:
+        started = await asyncio.wait_for(
+            asyncio.gather(*(hold(image, site) for image, site in chosen)), within_s
+        )
+    except TimeoutError:
+        _log.warning("warm templates not ready in time: the first runs may start cold")
+        return 0
+    return sum(started)
 
 
 async def close_warm_templates() -> None:
