@@ -149,9 +149,13 @@ async def _supervise(run: RunPaths, argv: Sequence[str], limits: SandboxLimits) 
             duration_s=duration,
         )
     except JailDidNotRun as error:
-        # Kept whole for the operator: how nsjail itself ended (a negative status is the
-        # signal that killed it) and everything it logged.
-        raise JailDidNotRun(error.reason, process.returncode, log) from None
+        # Kept whole for the operator: how and when nsjail itself ended (a negative status is
+        # the signal that killed it), everything it logged, and its stderr, where it writes
+        # what happens before its log file is open.
+        why = error.why if log.strip() else "nsjail's log is empty: it ended before its first line"
+        raise JailDidNotRun(
+            why, process.returncode, log, stderr=stderr.text(), duration_s=duration
+        ) from None
     return SandboxResult(
         outcome=outcome,
         detail=detail,
