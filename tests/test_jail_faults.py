@@ -1,10 +1,17 @@
-"""When nsjail itself fails, the error says how: the signal or status nsjail ended with, how
-soon after it was started, its whole log and its stderr. nsjail is replaced by stand-ins that
-fail the ways the real one can (a crash before its first log line, a kill after it started the
-model's process, a refusal it logs), then hand over to the real binary for the run after."""
+"""Faults of the jail itself, not of the model.
+
+nsjail is started the same way whatever event loop runs the sandbox: uvloop's own subprocess
+support forks and runs Python and gRPC's fork handlers in the child, which sometimes crashed
+before exec (nsjail "did not run the model", status -11, empty log). And when nsjail itself
+fails, the error says how: the signal or status nsjail ended with, how soon after it was
+started, its whole log and its stderr. nsjail is replaced by stand-ins that fail the ways the
+real one can (a crash before its first log line, a kill after it started the model's process, a
+refusal it logs), then hand over to the real binary for the run after."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
 import signal
 import tempfile
@@ -14,12 +21,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvloop
 
 import foretell.sandbox
 from foretell.sandbox import JailDidNotRun, SandboxLimits, nsjail_binary, run_in_sandbox
 from foretell.sandbox import _run as sandbox_run
 
 LIMITS = SandboxLimits(wall_seconds=10, cpu_seconds=10, memory_mib=256)
+
+# Where a child that runs Python's after-fork hooks says so, while a test watches.
+_forked_marker: Path | None = None
+
+
+def _after_fork_in_child() -> None:
+    if _forked_marker is not None:
+        fd = os.open(_forked_marker, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.close(fd)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +143,19 @@ async def test_an_error_nsjail_logs_is_the_reason_with_its_exit_status(
     assert error.exit_status == 255 and error.signal is None
     assert error.reason.startswith(refused)
     assert "nsjail exited with status 255" in error.reason
+
+
+def test_a_jail_started_from_uvloop_runs_no_python_between_fork_and_exec(
+    image_dir: Path, run_dir: Path
+) -> None:
+    """uvloop's subprocess_exec forks and runs the interpreter's after-fork hooks (and gRPC's
+    fork handlers) in the child, which is what crashed; the jail's start must run none."""
+    global _forked_marker
+    _forked_marker = run_dir.parent / f"forked-{uuid.uuid4().hex[:8]}"
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            result = runner.run(run_in_sandbox(image_dir, run_dir, ["-c", "print(42)"], LIMITS))
+    finally:
+        marker, _forked_marker = _forked_marker, None
+    assert result.stdout.strip() == "42"
+    assert not marker.exists(), "Python ran in the child between fork and exec"
