@@ -116,6 +116,14 @@ def cpu_limit_reachable(limits: SandboxLimits, duration_s: float) -> bool:
     return duration_s >= 0.95 * earliest
 
 
+def _why_not_run(ending: Ending) -> str:
+    if ending.errors:
+        return "; ".join(ending.errors)
+    if ending.started:
+        return "the model's process was started but nsjail logged no end for it"
+    return "nsjail logged no error and did not start the model's process"
+
+
 def classify(
     ending: Ending, stderr: str, limits: SandboxLimits, *, killed_from_outside: bool, oom: bool,
     duration_s: float,
@@ -125,7 +133,7 @@ def classify(
     if killed_from_outside or ending.time_limit:
         return Outcome.TIMEOUT, f"stopped after the {limits.wall_seconds} s wall-clock limit"
     if not ending.started or (ending.exit_code is None and ending.signal is None):
-        raise JailDidNotRun("; ".join(ending.errors) or "nsjail logged no error", None, "")
+        raise JailDidNotRun(_why_not_run(ending), None, "")
     if ending.seccomp or ending.signal == signal.SIGSYS:
         return Outcome.KILLED_BY_POLICY, "killed by the sandbox policy: a forbidden system call"
     if ending.signal == signal.SIGKILL and oom:

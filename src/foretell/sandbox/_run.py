@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import stat
@@ -25,6 +24,7 @@ from foretell.sandbox._host import (
 from foretell.sandbox._limits import DEFAULT_USER, JailUser, SandboxLimits
 from foretell.sandbox._outcome import SandboxResult, classify, read_ending
 from foretell.sandbox._policy import SOCKET_NAME, RunPaths, render_policy
+from foretell.sandbox._spawn import JailProcess, spawn_jail
 
 # nsjail checks its time limit about once a second; the outside deadline leaves it room to do
 # so (and to log it) before we kill it ourselves.
@@ -107,16 +107,10 @@ async def run_in_sandbox(
 
 async def _supervise(run: RunPaths, argv: Sequence[str], limits: SandboxLimits) -> SandboxResult:
     started = time.monotonic()
-    process = await asyncio.create_subprocess_exec(
+    process = await spawn_jail([
         *die_with_parent(), nsjail_binary(), "--config", str(run.config_file), "--",
         str(run.runtime.executable), *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={},
-    )  # fmt: skip
-    assert process.stdout is not None
-    assert process.stderr is not None
+    ])  # fmt: skip
     stdout, stderr = CappedOutput(limits.output_bytes), CappedOutput(limits.output_bytes)
     readers = [
         asyncio.create_task(stdout.drain(process.stdout)),
@@ -130,9 +124,7 @@ async def _supervise(run: RunPaths, argv: Sequence[str], limits: SandboxLimits) 
             killed_from_outside = True
     finally:
         # Synchronous and first: a cancelled job (arq's timeout) must not leave nsjail running.
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+        process.kill()
         await asyncio.shield(_reap(process, readers))
     duration = time.monotonic() - started
     if (peak := run.cgroups.memory_peak()) is not None:
@@ -149,9 +141,13 @@ async def _supervise(run: RunPaths, argv: Sequence[str], limits: SandboxLimits) 
             duration_s=duration,
         )
     except JailDidNotRun as error:
-        # Kept whole for the operator: how nsjail itself ended (a negative status is the
-        # signal that killed it) and everything it logged.
-        raise JailDidNotRun(error.reason, process.returncode, log) from None
+        # Kept whole for the operator: how and when nsjail itself ended (a negative status is
+        # the signal that killed it), everything it logged, and its stderr, where it writes
+        # what happens before its log file is open.
+        why = error.why if log.strip() else "nsjail's log is empty: it ended before its first line"
+        raise JailDidNotRun(
+            why, process.returncode, log, stderr=stderr.text(), duration_s=duration
+        ) from None
     return SandboxResult(
         outcome=outcome,
         detail=detail,
@@ -166,7 +162,7 @@ async def _supervise(run: RunPaths, argv: Sequence[str], limits: SandboxLimits) 
     )
 
 
-async def _reap(process: asyncio.subprocess.Process, readers: list[asyncio.Task[None]]) -> None:
+async def _reap(process: JailProcess, readers: list[asyncio.Task[None]]) -> None:
     await process.wait()
     # The jail's first process is PID 1 of its namespace and dies with nsjail, taking the rest
     # with it; the pipes then reach EOF, and reading them to the end closes the transports.
@@ -174,3 +170,4 @@ async def _reap(process: asyncio.subprocess.Process, readers: list[asyncio.Task[
     for task in pending:
         task.cancel()
     await asyncio.gather(*readers, return_exceptions=True)
+    process.close_pipes()
