@@ -423,7 +423,7 @@ async def test_a_live_run_the_platform_failed_is_chained_and_never_counted(
     monkeypatch.setattr(sandbox_run, "nsjail_binary", lambda: str(crashing))
     result = await run(resources, settings, model, version, clock)
     assert result.outcome == "platform_error"
-    assert "status -11" in result.detail
+    assert "nsjail was killed by SIGSEGV (status -11)" in result.detail
     runs, forecasts = await recorded(resources, model)
     assert [r.outcome for r in runs] == ["platform_error"] and forecasts == []
     # Chained in the ledger like any live run.

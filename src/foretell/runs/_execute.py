@@ -33,6 +33,7 @@ from foretell.sandbox import (
     SandboxResult,
     TemplateFailed,
     TemplatePool,
+    how_nsjail_ended,
     prepare_run_dir,
     run_in_sandbox,
 )
@@ -248,7 +249,7 @@ async def _attempts(
         except SandboxError as error:
             _log.error("the sandbox cannot run models", error=str(error))
             return "the platform's sandbox is unavailable; the model was not run"
-    ended = f"nsjail ended with status {status}" if status is not None else "nsjail failed"
+    ended = how_nsjail_ended(status)
     return (
         f"the platform could not start the model's sandbox ({ended} before the model ran; "
         f"tried {JAIL_ATTEMPTS} times). This is the platform's fault: the run does not count "

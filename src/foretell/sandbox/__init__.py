@@ -37,7 +37,12 @@ from foretell.sandbox._cgroups import (
     detect_cgroups,
     sweep_stale_run_cgroups,
 )
-from foretell.sandbox._errors import JailDidNotRun, SandboxError, SandboxUnavailable
+from foretell.sandbox._errors import (
+    JailDidNotRun,
+    SandboxError,
+    SandboxUnavailable,
+    how_nsjail_ended,
+)
 from foretell.sandbox._host import PythonRuntime, nsjail_binary, system_python
 from foretell.sandbox._limits import JailUser, SandboxLimits
 from foretell.sandbox._outcome import Outcome, SandboxResult
@@ -80,6 +85,7 @@ __all__ = [
     "TemplatePool",
     "create_run_cgroups",
     "detect_cgroups",
+    "how_nsjail_ended",
     "nsjail_binary",
     "prepare_run_dir",
     "read_preload",
