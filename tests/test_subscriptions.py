@@ -466,7 +466,10 @@ async def test_nobody_reads_or_changes_anothers_subscriptions_and_invoices(
     assert not (
         await subs.ListSubscriptions(pb.ListSubscriptionsRequest(), metadata=bob.metadata)
     ).subscriptions
+    got = await subs.GetSubscription(pb.GetSubscriptionRequest(id=sub_id), metadata=alice.metadata)
+    assert got.subscription == mine.subscription
     for call in (
+        subs.GetSubscription(pb.GetSubscriptionRequest(id=sub_id), metadata=bob.metadata),
         subs.ListInvoices(pb.ListInvoicesRequest(subscription_id=sub_id), metadata=bob.metadata),
         subs.CancelSubscription(pb.CancelSubscriptionRequest(id=sub_id), metadata=bob.metadata),
         subs.ResumeSubscription(pb.ResumeSubscriptionRequest(id=sub_id), metadata=bob.metadata),
@@ -562,6 +565,7 @@ async def test_bad_input_names_the_fields(
         ),
         (subs.Subscribe(pb.SubscribeRequest(model=""), metadata=md), {"model": ""}),
         (subs.GetPlan(pb.GetPlanRequest(model="x"), metadata=md), {"model": ""}),
+        (subs.GetSubscription(pb.GetSubscriptionRequest(id="nope"), metadata=md), {"id": ""}),
         (subs.CancelSubscription(pb.CancelSubscriptionRequest(id="nope"), metadata=md), {"id": ""}),
         (subs.ResumeSubscription(pb.ResumeSubscriptionRequest(id=""), metadata=md), {"id": ""}),
         (
@@ -874,3 +878,27 @@ async def test_listing_a_page_settles_only_the_subscriptions_on_it(
     assert page.subscriptions[0].state == pb.SUBSCRIPTION_STATE_ACTIVE
     assert await stored(older) == "active"
     assert not page.next_page_token
+
+
+async def test_getting_a_subscription_settles_it_first(
+    channel: aio.Channel,
+    subs: pb_grpc.SubscriptionServiceAsyncStub,
+    sign_up: SignUp,
+    resources: Resources,
+    clock: MovableClock,
+) -> None:
+    model = await sold_model(channel, sign_up, resources, trial_days=3)
+    reader = await sign_up(account_pb.ROLE_SUBSCRIBER)
+    started = await subs.Subscribe(pb.SubscribeRequest(model=model.name), metadata=reader.metadata)
+    assert started.subscription.state == pb.SUBSCRIPTION_STATE_TRIALING
+    clock.advance(4 * DAY)  # the trial has ended; no billing run has seen it
+    got = await subs.GetSubscription(
+        pb.GetSubscriptionRequest(id=started.subscription.id), metadata=reader.metadata
+    )
+    assert got.subscription.state == pb.SUBSCRIPTION_STATE_ACTIVE
+    assert got.subscription.model_title == "Test model"
+    with pytest.raises(grpc.RpcError) as caught:
+        await subs.GetSubscription(
+            pb.GetSubscriptionRequest(id=str(uuid.uuid4())), metadata=reader.metadata
+        )
+    assert status_code(caught.value) == grpc.StatusCode.NOT_FOUND

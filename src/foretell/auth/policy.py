@@ -113,6 +113,7 @@ POLICY: dict[str, Policy] = {
     _SUBSCRIPTION + "ResumeSubscription": SIGNED_IN,
     # The caller's own (an admin's: everyone's); API keys may read them, for scripts.
     _SUBSCRIPTION + "ListSubscriptions": SIGNED_IN_READ,
+    _SUBSCRIPTION + "GetSubscription": SIGNED_IN_READ,
     _SUBSCRIPTION + "ListInvoices": SIGNED_IN_READ,
     # Webhooks of the caller's own subscriptions (the service checks). Registering an
     # endpoint hands out a signing secret, so it needs a session like API keys do; the lists

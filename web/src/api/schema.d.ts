@@ -462,6 +462,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/subscriptions/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * One of the caller's subscriptions (an admin: anyone's), settled first so that its state is true now
+         * @description One of the caller's subscriptions (an admin: anyone's), settled first so that its state is true now. NOT_FOUND for another user's.
+         */
+        get: operations["SubscriptionService_GetSubscription"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/subscriptions/{id}:cancel": {
         parameters: {
             query?: never;
@@ -1908,6 +1928,11 @@ export interface components {
             /** @description The plan. */
             plan?: components["schemas"]["subscription.v1.Plan"];
         };
+        /** @description Response for SubscriptionService.GetSubscription. */
+        "subscription.v1.GetSubscriptionResponse": {
+            /** @description The subscription, as of now. */
+            subscription?: components["schemas"]["subscription.v1.Subscription"];
+        };
         /** @description Invoice is one billed period of a subscription. Issued invoices never change: corrections are credit notes, payments are separate records. */
         "subscription.v1.Invoice": {
             /** @description The invoice's id (a UUID). */
@@ -3202,6 +3227,39 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["subscription.v1.SubscribeResponse"];
+                };
+            };
+            /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["google.rpc.Status"];
+                    "text/plain": string;
+                };
+            };
+        };
+    };
+    SubscriptionService_GetSubscription: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The subscription's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["subscription.v1.GetSubscriptionResponse"];
                 };
             };
             /** @description An error: the gRPC status mapped to its HTTP code (400 INVALID_ARGUMENT and FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ALREADY_EXISTS and ABORTED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE) with a `google.rpc.Status` body. A request the gateway cannot map to the RPC (an unknown query parameter or JSON field, a value of the wrong type) gets a 400 with a plain-text reason. */

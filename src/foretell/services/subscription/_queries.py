@@ -197,6 +197,25 @@ async def list_subscriptions(
     return listed, last
 
 
+async def get_subscription(
+    db: Database, principal: Principal, sub_id: uuid.UUID, billing: Billing
+) -> tuple[Subscription, Named]:
+    """One subscription the caller may see, settled if an event of it is due."""
+    selected = (
+        select(Subscription, Model.name, Model.title)
+        .join(Model, Model.id == Subscription.model_id)
+        .where(Subscription.id == sub_id, *_visible(principal))
+    )
+    async with db.session() as session:
+        row = (await session.execute(selected)).one_or_none()
+    if row is None:
+        raise NotFound(f"no subscription {str(sub_id)!r}")
+    sub, _changed = await settle_if_due(
+        db, row[0], billing.now, billing.settings, billing.processor
+    )
+    return sub, Named(row[1], row[2])
+
+
 async def _own(session: AsyncSession, principal: Principal, sub_id: uuid.UUID) -> Subscription:
     sub = await locked_subscription(session, sub_id)
     if principal.role != Role.ADMIN and sub.subscriber_id != principal.user_id:

@@ -197,6 +197,15 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
             else "",
         )
 
+    async def GetSubscription(
+        self, request: pb.GetSubscriptionRequest, context: Context
+    ) -> pb.GetSubscriptionResponse:
+        sub_id = _validate.subscription_id(request)
+        sub, name = await _queries.get_subscription(
+            self._res.db, current_principal(), sub_id, self._billing()
+        )
+        return pb.GetSubscriptionResponse(subscription=subscription_pb(sub, name, self._grace))
+
     async def CancelSubscription(
         self, request: pb.CancelSubscriptionRequest, context: Context
     ) -> pb.CancelSubscriptionResponse:

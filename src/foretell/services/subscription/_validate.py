@@ -65,7 +65,9 @@ def list_subscriptions(
 
 
 def subscription_id(
-    request: pb.CancelSubscriptionRequest | pb.ResumeSubscriptionRequest,
+    request: pb.GetSubscriptionRequest
+    | pb.CancelSubscriptionRequest
+    | pb.ResumeSubscriptionRequest,
 ) -> uuid.UUID:
     v = Violations()
     found = _id(v, "id", request.id, required=True)

@@ -67,6 +67,11 @@ class SubscriptionServiceStub:
                 request_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListSubscriptionsRequest.SerializeToString,
                 response_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListSubscriptionsResponse.FromString,
                 _registered_method=True)
+        self.GetSubscription = channel.unary_unary(
+                '/foretell.subscription.v1.SubscriptionService/GetSubscription',
+                request_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.GetSubscriptionRequest.SerializeToString,
+                response_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.GetSubscriptionResponse.FromString,
+                _registered_method=True)
         self.CancelSubscription = channel.unary_unary(
                 '/foretell.subscription.v1.SubscriptionService/CancelSubscription',
                 request_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.CancelSubscriptionRequest.SerializeToString,
@@ -158,6 +163,14 @@ class SubscriptionServiceServicer:
         """Lists the caller's subscriptions, newest first (an admin: everyone's), a
         page at a time. The live subscriptions of the page are settled first, so
         each is listed in its state as of now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSubscription(self, request, context):
+        """One of the caller's subscriptions (an admin: anyone's), settled first so
+        that its state is true now. NOT_FOUND for another user's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -258,6 +271,11 @@ def add_SubscriptionServiceServicer_to_server(servicer, server):
                     servicer.ListSubscriptions,
                     request_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListSubscriptionsRequest.FromString,
                     response_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListSubscriptionsResponse.SerializeToString,
+            ),
+            'GetSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSubscription,
+                    request_deserializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.GetSubscriptionRequest.FromString,
+                    response_serializer=foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.GetSubscriptionResponse.SerializeToString,
             ),
             'CancelSubscription': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelSubscription,
@@ -421,6 +439,33 @@ class SubscriptionService:
             '/foretell.subscription.v1.SubscriptionService/ListSubscriptions',
             foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListSubscriptionsRequest.SerializeToString,
             foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.ListSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.subscription.v1.SubscriptionService/GetSubscription',
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.GetSubscriptionRequest.SerializeToString,
+            foretell_dot_subscription_dot_v1_dot_subscription__service__pb2.GetSubscriptionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,6 +68,10 @@ class SubscriptionServiceStub:
     page at a time. The live subscriptions of the page are settled first, so
     each is listed in its state as of now.
     """
+    GetSubscription: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.GetSubscriptionRequest, _subscription_service_pb2.GetSubscriptionResponse]
+    """One of the caller's subscriptions (an admin: anyone's), settled first so
+    that its state is true now. NOT_FOUND for another user's.
+    """
     CancelSubscription: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.CancelSubscriptionRequest, _subscription_service_pb2.CancelSubscriptionResponse]
     """Cancels one of the caller's subscriptions: at the end of the current
     period by default (access until then; ResumeSubscription undoes it), or
@@ -149,6 +153,10 @@ class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
     """Lists the caller's subscriptions, newest first (an admin: everyone's), a
     page at a time. The live subscriptions of the page are settled first, so
     each is listed in its state as of now.
+    """
+    GetSubscription: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.GetSubscriptionRequest, _subscription_service_pb2.GetSubscriptionResponse]  # type: ignore[assignment]
+    """One of the caller's subscriptions (an admin: anyone's), settled first so
+    that its state is true now. NOT_FOUND for another user's.
     """
     CancelSubscription: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.CancelSubscriptionRequest, _subscription_service_pb2.CancelSubscriptionResponse]  # type: ignore[assignment]
     """Cancels one of the caller's subscriptions: at the end of the current
@@ -252,6 +260,16 @@ class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists the caller's subscriptions, newest first (an admin: everyone's), a
         page at a time. The live subscriptions of the page are settled first, so
         each is listed in its state as of now.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSubscription(
+        self,
+        request: _subscription_service_pb2.GetSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_service_pb2.GetSubscriptionResponse, _abc.Awaitable[_subscription_service_pb2.GetSubscriptionResponse]]:
+        """One of the caller's subscriptions (an admin: anyone's), settled first so
+        that its state is true now. NOT_FOUND for another user's.
         """
 
     @_abc_1.abstractmethod
