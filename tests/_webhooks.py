@@ -31,6 +31,11 @@ class Receiver:
     script: list[int] = dataclasses.field(default_factory=list)
     received: list[Received] = dataclasses.field(default_factory=list)
     changed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    # While cleared, each request is kept (received) but not answered: a stalled endpoint.
+    answering: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.answering.set()
 
     @property
     def url(self) -> str:
@@ -46,6 +51,8 @@ class Receiver:
             }
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             self.received.append(Received(request_line.split(" ")[1], headers, body, time.time()))
+            self.changed.set()
+            await self.answering.wait()
             status = self.script.pop(0) if self.script else 200
             writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n".encode())
             await writer.drain()

@@ -219,6 +219,38 @@ async def test_a_failing_receiver_is_retried_then_never_sent_the_event_again(
         assert len(receiver.received) == 2
 
 
+async def test_a_stalled_endpoint_delays_only_its_own_deliveries(
+    channel: aio.Channel,
+    hooks: pb_grpc.SubscriptionServiceAsyncStub,
+    hooks_resources: Resources,
+    sign_up: SignUp,
+    resources: Resources,
+) -> None:
+    """One subscriber's endpoint takes requests and never answers, with a backlog of
+    deliveries: it holds at most FORETELL_WEBHOOK_ENDPOINT_CONCURRENCY of the dispatcher's
+    POSTs, and another subscriber's delivery goes out meanwhile."""
+    settings = dataclasses.replace(
+        hooks_resources.settings, webhook_concurrency=2, webhook_endpoint_concurrency=1,
+        webhook_timeout_s=30,
+    )  # fmt: skip
+    res = dataclasses.replace(hooks_resources, settings=settings)
+    slow = await _subscribed(channel, sign_up, resources)
+    fast = await _subscribed(channel, sign_up, resources)
+    async with receiving() as stalled, receiving() as healthy:
+        stalled.answering.clear()
+        await _endpoint(hooks, slow, stalled.url)
+        await _endpoint(hooks, fast, healthy.url)
+        for hour in range(3):  # six deliveries: two symbols a run
+            await record(resources, slow.model, BASE + hour * HOUR)
+        async with dispatching(res):
+            await stalled.wait_for(lambda got: len(got) >= 1)
+            await record(resources, fast.model, BASE, symbols=("EURUSD",))
+            await healthy.wait_for(lambda got: len(got) == 1)
+            assert len(stalled.received) == 1
+            stalled.answering.set()
+            await stalled.wait_for(lambda got: len(got) == 6)
+
+
 async def test_the_worker_delivers(
     channel: aio.Channel,
     hooks: pb_grpc.SubscriptionServiceAsyncStub,

@@ -393,6 +393,15 @@ class Settings:
         default=32,
         metadata=_doc("Webhook POSTs one worker has in flight at once."),
     )
+    # A slow or stalled endpoint holds at most this many of them: it delays its own
+    # deliveries, never everyone's.
+    webhook_endpoint_concurrency: int = field(
+        default=2,
+        metadata=_doc(
+            "Webhook POSTs one worker has in flight at once to any one endpoint (of "
+            "FORETELL_WEBHOOK_CONCURRENCY)."
+        ),
+    )
     # How long past its own limit (a build's timeout, a run's wall clock) a job may go before
     # arq cancels it, which kills its jail. A worker that died mid-job has its job delivered
     # again once the longest job timeout plus 10 s has passed (arq's in-progress key).
@@ -541,6 +550,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "webhook_backoff_s": _seconds,
     "webhook_timeout_s": _seconds,
     "webhook_concurrency": _positive_int,
+    "webhook_endpoint_concurrency": _positive_int,
     "job_grace_s": _positive_int,
     "cron_timeout_s": _positive_int,
 }

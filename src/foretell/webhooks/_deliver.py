@@ -16,6 +16,8 @@ import contextlib
 import random
 import time
 import uuid
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -62,11 +64,24 @@ def backoff_s(settings: Settings, attempts: int) -> float:
 
 
 _ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
+# The due deliveries, oldest first, at most `cap` per endpoint less those of it already in
+# flight (window functions cannot take FOR UPDATE: the rows are locked by id outside them).
 _CLAIM = text("""
 UPDATE webhook_deliveries SET next_attempt_at = :lease_until
 WHERE id IN (
   SELECT id FROM webhook_deliveries
-  WHERE state = 'pending' AND next_attempt_at <= :now
+  WHERE id IN (
+    SELECT ranked.id FROM (
+      SELECT d.id, d.endpoint_id,
+             row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id)
+               AS n
+      FROM webhook_deliveries d
+      WHERE d.state = 'pending' AND d.next_attempt_at <= :now
+    ) ranked
+    LEFT JOIN unnest(CAST(:busy_ids AS uuid[]), CAST(:busy_counts AS int[]))
+      AS busy(endpoint_id, n) ON busy.endpoint_id = ranked.endpoint_id
+    WHERE ranked.n <= :cap - COALESCE(busy.n, 0)
+  )
   ORDER BY next_attempt_at
   LIMIT :limit
   FOR UPDATE SKIP LOCKED
@@ -75,14 +90,27 @@ RETURNING id
 """)
 
 
-async def claim(db: Database, settings: Settings, now: datetime, limit: int) -> list[uuid.UUID]:
+async def claim(
+    db: Database,
+    settings: Settings,
+    now: datetime,
+    limit: int,
+    in_flight: Mapping[uuid.UUID, int] | None = None,
+) -> list[uuid.UUID]:
+    """Leases up to `limit` due deliveries, oldest first, and no more of one endpoint than
+    FORETELL_WEBHOOK_ENDPOINT_CONCURRENCY less its deliveries `in_flight` (by endpoint id):
+    an endpoint that answers slowly, or not at all, delays its own deliveries only."""
     lease = timedelta(seconds=settings.webhook_timeout_s + 30)
+    busy = dict(in_flight or {})
+    params = {
+        "now": now, "lease_until": now + lease, "limit": limit,
+        "cap": settings.webhook_endpoint_concurrency,
+        "busy_ids": list(busy), "busy_counts": list(busy.values()),
+    }  # fmt: skip
     async with db.session.begin() as session:
         # A lost lease is harmless: the delivery is claimed again.
         await session.execute(_ASYNC_COMMIT)
-        rows = await session.execute(
-            _CLAIM, {"now": now, "lease_until": now + lease, "limit": limit}
-        )
+        rows = await session.execute(_CLAIM, params)
         return [row[0] for row in rows]
 
 
@@ -237,7 +265,7 @@ class Dispatcher:
     def __init__(self, db: Database, settings: Settings, clock: Clock) -> None:
         self._db, self._settings, self._clock = db, settings, clock
         self._wake = asyncio.Event()
-        self._inflight: set[asyncio.Task[str]] = set()
+        self._inflight: dict[asyncio.Task[str], uuid.UUID] = {}  # task -> its endpoint
         self._task: asyncio.Task[None] | None = None
         self._connection: Any = None
 
@@ -264,7 +292,7 @@ class Dispatcher:
         self._wake.set()
 
     def _done(self, task: asyncio.Task[str]) -> None:
-        self._inflight.discard(task)
+        self._inflight.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("webhook delivery failed", error=repr(task.exception()))
         self._wake.set()
@@ -273,10 +301,11 @@ class Dispatcher:
         free = self._settings.webhook_concurrency - len(self._inflight)
         if free <= 0:
             return
-        claimed = await claim(self._db, self._settings, self._clock(), free)
+        per_endpoint = Counter(self._inflight.values())
+        claimed = await claim(self._db, self._settings, self._clock(), free, per_endpoint)
         for job in await load(self._db, claimed):
             task = asyncio.create_task(send(self._db, self._settings, self._clock, job))
-            self._inflight.add(task)
+            self._inflight[task] = job.endpoint.id
             task.add_done_callback(self._done)
 
     async def _loop(self) -> None:
