@@ -176,6 +176,7 @@ def test_the_public_api_is_pinned() -> None:
         "prepare_run_dir", "render_policy", "render_template", "run_in_sandbox", "sdk_dir",
         "sweep_stale_run_cgroups", "system_python", "template_parameters",
         "PRELOAD_FILE", "Template", "TemplateFailed", "TemplatePool", "read_preload",
+        "how_nsjail_ended",
     }  # fmt: skip
 
 
