@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
+import types
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +23,7 @@ from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from foretell.runs import RunRecord, execute_run
 from foretell.runtime import Resources
 from foretell.sandbox import SandboxLimits, Template, TemplatePool, detect_cgroups, sdk_dir
+from foretell.sdk import _fork
 from foretell.settings import Settings
 from tests.conftest import MovableClock, SignUp
 from tests.test_runs import AS_OF, model_from_source
@@ -329,3 +332,16 @@ async def test_templates_are_bounded_evicted_and_reported(
     assert record.outcome == "ok"
     assert templates.templates == ()
     assert "foretell_warm_templates 0.0" in generate_latest().decode()
+
+
+def test_first_use_modules_are_preloaded_only_with_all_their_packages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The template adds a wheel's first-use modules from a fixed table, keyed by packages it
+    already imported: what a layer's template holds depends on the layer alone, never on runs."""
+    monkeypatch.setattr(_fork, "ON_FIRST_USE", {("ft_wheel", "ft_frames"): ("ft_wheel.frames",)})
+    monkeypatch.setitem(sys.modules, "ft_wheel", types.ModuleType("ft_wheel"))
+    monkeypatch.delitem(sys.modules, "ft_frames", raising=False)
+    assert _fork._first_use() == []
+    monkeypatch.setitem(sys.modules, "ft_frames", types.ModuleType("ft_frames"))
+    assert _fork._first_use() == ["ft_wheel.frames"]
