@@ -299,6 +299,40 @@ async def test_a_hung_template_is_replaced_and_the_run_still_succeeds(
     assert template not in templates.templates and not template.alive
 
 
+async def test_the_next_runs_child_killed_while_it_waits_is_replaced(
+    registry: pb_grpc.RegistryServiceAsyncStub, sign_up: SignUp, settings: Settings,
+    resources: Resources, tmp_path: Path, clock: MovableClock, templates: TemplatePool,
+) -> None:  # fmt: skip
+    """After each run the template forks the next run's child ahead of it; if that child is
+    gone by then, the template forks another and the run still starts warm."""
+    pair = await model_from_source(registry, sign_up, settings, resources, tmp_path, CLEAN)
+    await run(resources, settings, pair, clock, templates, 3)
+    [template] = templates.templates
+    [first] = _children(template.process.pid)
+    waiting = await _waiting_child(first)
+    os.kill(waiting, signal.SIGKILL)
+    cold_before = warm_count("cold")
+    record = await run(resources, settings, pair, clock, templates, 2)
+    assert record.outcome == "ok", record.detail + record.log
+    assert templates.templates == (template,) and template.alive
+    assert warm_count("cold") == cold_before
+    assert await _waiting_child(first) != waiting
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+async def _waiting_child(template_pid: int) -> int:
+    """The template's one child between runs: forked just after it reported the last run."""
+    deadline = time.monotonic() + 10
+    while not (children := _children(template_pid)):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    [child] = children
+    return child
+
+
 def _stop(template: Template) -> None:
     """SIGSTOP to the template (the jail's PID 1, nsjail's child)."""
     pid = template.process.pid
