@@ -15,7 +15,11 @@ Measured in one run, each repeated and interleaved, median and spread printed:
   everything (the floor: what a warm start could reach at best);
 
 and a slot of `--slot-models` live versions of the model sharing the image, all due at once:
-time from the scheduler cycle to the last run recorded, and the worker's peak memory.
+time from the scheduler cycle to the last run recorded, the worker's peak memory and the
+templates' memory, and the CPU each run cost in the worker process, in the templates and in
+the runs' own processes (the figure that bounds runs per second on this machine's cores). The
+load average is printed with each part: other work on the machine slows the jails first (they
+run at nice 19).
 
     .venv/bin/python bench/realmodel.py [--runs 7] [--slot-models 20]
         [--index-url file:///opt/pypi/simple]
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -81,6 +86,11 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def spread(values: list[float]) -> str:
@@ -253,6 +263,26 @@ class Warm:
         await self.process.wait()
 
 
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds of a process itself and of the children it reaped."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    utime, stime, cutime, cstime = (int(f) / os.sysconf("SC_CLK_TCK") for f in fields[11:15])
+    return utime + stime, cutime + cstime
+
+
+def jail_cpu(res: Resources) -> dict[int, tuple[float, float]]:
+    """Per template (the first process of each template's nsjail), its own CPU seconds and its
+    reaped runs'."""
+    pool = warm_templates(res.settings)
+    found = {}
+    for template in pool.templates if pool is not None else ():
+        nsjail = template.process.pid
+        with contextlib.suppress(OSError):
+            for child in Path(f"/proc/{nsjail}/task/{nsjail}/children").read_text().split():
+                found[int(child)] = _cpu_s(int(child))
+    return found
+
+
 async def slot(res: Resources, image_digest: str, manifest: Manifest, count: int) -> None:
     """`count` live versions sharing the image, one slot due for all: the scheduler cycle, then
     the live lane's worker until every run is recorded."""
@@ -265,12 +295,17 @@ async def slot(res: Resources, image_digest: str, manifest: Manifest, count: int
     clock.now = due - timedelta(minutes=30)
     await add_versions(res, image_digest, manifest, count, due - timedelta(minutes=30))
     clock.now = due + timedelta(seconds=5)
+    print(f"slot of {count}: {load()} before")
+    jails_before = jail_cpu(res)
+    worker_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     scheduled = await schedule_runs({"resources": res})
     worker = create_worker(res.settings, lane=Lane.LIVE, burst=True, clock=clock)
     try:
         await worker.async_run()
         elapsed = time.perf_counter() - started
+        worker_after = resource.getrusage(resource.RUSAGE_SELF)
+        jails_after = jail_cpu(res)
         # Before the worker's shutdown closes them.
         templates(res)
     finally:
@@ -285,7 +320,22 @@ async def slot(res: Resources, image_digest: str, manifest: Manifest, count: int
         f"{elapsed:.1f} s with {res.settings.live_concurrency} jobs at once "
         f"({count / elapsed:.2f} runs/s; 1,000 would take {1000 / (count / elapsed):.0f} s); "
         f"peak RSS of this process (the worker) {peak_mib:.0f} MiB; each jail has its own "
-        f"memory limit ({res.settings.run_memory_mib} MiB)"
+        f"memory limit ({res.settings.run_memory_mib} MiB); {load()} after"
+    )
+    in_worker = sum(
+        getattr(worker_after, f) - getattr(worker_before, f) for f in ("ru_utime", "ru_stime")
+    )
+    own = runs = 0.0
+    for pid, (after_own, after_runs) in jails_after.items():
+        before_own, before_runs = jails_before.get(pid, (0.0, 0.0))
+        own, runs = own + after_own - before_own, runs + after_runs - before_runs
+    started_templates = len(set(jails_after) - set(jails_before))
+    per_run = [1000 * x / count for x in (in_worker, own, runs)]
+    print(
+        f"CPU per run: worker process {per_run[0]:.1f} ms, templates {per_run[1]:.1f} ms "
+        f"(with starting {started_templates} of them), the runs' processes {per_run[2]:.1f} ms: "
+        f"{sum(per_run):.0f} ms in all, at most {2000 / sum(per_run):.0f} runs/s on 2 cores "
+        "(PostgreSQL and Redis not counted)"
     )
 
 
@@ -355,7 +405,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 except Exception:
                     print(build_log.text()[-3000:], file=sys.stderr)
                     raise
-                print(f"build: {time.perf_counter() - started:.1f} s, image {digest[:19]}")
+                built_s = time.perf_counter() - started
+                print(f"build: {built_s:.1f} s, image {digest[:19]}; {load()}")
                 image = res.store.verified_image(digest)
                 cold_digest = without_bytecode(res, image)
                 (_m, pyc_version), (_n, cold_version) = [
@@ -382,6 +433,7 @@ async def main_async(args: argparse.Namespace) -> None:
                         )
                         timings["c"].append(await warm.run(res, runs_root, as_of, manifest))
                     templates(res)
+                    print(f"timed runs done: {load()}")
                 finally:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)

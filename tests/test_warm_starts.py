@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
+import types
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +23,7 @@ from foretell.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from foretell.runs import RunRecord, execute_run
 from foretell.runtime import Resources
 from foretell.sandbox import SandboxLimits, Template, TemplatePool, detect_cgroups, sdk_dir
+from foretell.sdk import _fork
 from foretell.settings import Settings
 from tests.conftest import MovableClock, SignUp
 from tests.test_runs import AS_OF, model_from_source
@@ -296,6 +299,40 @@ async def test_a_hung_template_is_replaced_and_the_run_still_succeeds(
     assert template not in templates.templates and not template.alive
 
 
+async def test_the_next_runs_child_killed_while_it_waits_is_replaced(
+    registry: pb_grpc.RegistryServiceAsyncStub, sign_up: SignUp, settings: Settings,
+    resources: Resources, tmp_path: Path, clock: MovableClock, templates: TemplatePool,
+) -> None:  # fmt: skip
+    """After each run the template forks the next run's child ahead of it; if that child is
+    gone by then, the template forks another and the run still starts warm."""
+    pair = await model_from_source(registry, sign_up, settings, resources, tmp_path, CLEAN)
+    await run(resources, settings, pair, clock, templates, 3)
+    [template] = templates.templates
+    [first] = _children(template.process.pid)
+    waiting = await _waiting_child(first)
+    os.kill(waiting, signal.SIGKILL)
+    cold_before = warm_count("cold")
+    record = await run(resources, settings, pair, clock, templates, 2)
+    assert record.outcome == "ok", record.detail + record.log
+    assert templates.templates == (template,) and template.alive
+    assert warm_count("cold") == cold_before
+    assert await _waiting_child(first) != waiting
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+async def _waiting_child(template_pid: int) -> int:
+    """The template's one child between runs: forked just after it reported the last run."""
+    deadline = time.monotonic() + 10
+    while not (children := _children(template_pid)):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    [child] = children
+    return child
+
+
 def _stop(template: Template) -> None:
     """SIGSTOP to the template (the jail's PID 1, nsjail's child)."""
     pid = template.process.pid
@@ -329,3 +366,16 @@ async def test_templates_are_bounded_evicted_and_reported(
     assert record.outcome == "ok"
     assert templates.templates == ()
     assert "foretell_warm_templates 0.0" in generate_latest().decode()
+
+
+def test_first_use_modules_are_preloaded_only_with_all_their_packages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The template adds a wheel's first-use modules from a fixed table, keyed by packages it
+    already imported: what a layer's template holds depends on the layer alone, never on runs."""
+    monkeypatch.setattr(_fork, "ON_FIRST_USE", {("ft_wheel", "ft_frames"): ("ft_wheel.frames",)})
+    monkeypatch.setitem(sys.modules, "ft_wheel", types.ModuleType("ft_wheel"))
+    monkeypatch.delitem(sys.modules, "ft_frames", raising=False)
+    assert _fork._first_use() == []
+    monkeypatch.setitem(sys.modules, "ft_frames", types.ModuleType("ft_frames"))
+    assert _fork._first_use() == ["ft_wheel.frames"]

@@ -4,11 +4,14 @@ foretell.sandbox's warm starts). Never imported by a model.
 It imports the runner and the given modules of the image's wheels once, never anything of the
 provider's app (/image/app, empty while it imports), then serves one run at a time on the
 control socket the worker passed as fd FD (SOCK_SEQPACKET): each request is a JSON message with
-the runner's argv and two fds, the run's stdout and stderr. For each it forks a child that
-becomes the runner; when the child has ended it kills every other process of the jail (what the
-child left behind), removes SysV IPC and everything under /tmp, and reports the child's status.
-The child never holds the control socket, and the template is PID 1 of the jail's PID namespace
-with no signal handler, so nothing the child does can signal, trace or impersonate it.
+the runner's argv and two fds, the run's stdout and stderr. Each run's child is forked ahead
+of its request, once the previous run is cleaned up (so it starts gRPC before its run, see
+`_wait_for_run`), is handed the request and becomes the runner; when the child has ended the
+template kills every other process of the jail (what the child left behind), removes SysV IPC
+and everything under /tmp, reports the child's status and forks the next run's child. A child
+never holds the control socket, nor another child's, and the template is PID 1 of the jail's
+PID namespace with no signal handler, so nothing a child does can signal, trace or impersonate
+it.
 """
 
 from __future__ import annotations
@@ -27,11 +30,31 @@ import signal
 import socket
 import sys
 import traceback
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import grpc
 
 _PR_SET_DUMPABLE = 4
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _SITE = "/image/site-packages/"
 _TMP = "/tmp"  # noqa: S108 - the jail's own tmpfs
+# Modules a wheel imports only on first use, imported here too when the template preloaded
+# every package of the key: each run would otherwise pay for them in `predict`. A fixed table
+# of wheel code, the same for every run of a layer: never learned from runs, whose imports
+# depend on the data they saw (a template shared by later runs would carry that over).
+# narwhals (scikit-learn's dataframe layer) loads its pandas backend the first time it is
+# handed a pandas object: ~20 modules, ~7 ms of each run of a scikit-learn model on pandas.
+ON_FIRST_USE: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("narwhals", "pandas"): (
+        "narwhals._pandas_like.dataframe",
+        "narwhals._pandas_like.namespace",
+        "narwhals._pandas_like.series",
+        "narwhals._interchange.dataframe",
+        "narwhals._namespace",
+        "narwhals.stable.v2._namespace",
+    ),
+}
 
 
 def _preload(names: list[str]) -> list[str]:
@@ -55,10 +78,97 @@ def _preload(names: list[str]) -> list[str]:
     return failed
 
 
-def _child(argv: list[str], out: int, err: int, control: socket.socket) -> None:
-    code = 1
+def _first_use() -> list[str]:
+    """The modules of `ON_FIRST_USE` whose packages the template has imported."""
+    return [
+        name
+        for packages, names in ON_FIRST_USE.items()
+        if all(package in sys.modules for package in packages)
+        for name in names
+    ]
+
+
+def _fork_waiting(control: socket.socket) -> tuple[int, socket.socket]:
+    """Forks the next run's child ahead of its run (`_wait_for_run`); returns its pid and the
+    template's end of the socket pair its run's request will come by."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        _wait_for_run(theirs, control)
+    theirs.close()
+    return pid, ours
+
+
+def _wait_for_run(handoff: socket.socket, control: socket.socket) -> None:
+    """A child forked from the template after the previous run's clean-up, for the next run
+    only. Before its run it opens its channel to the run's socket: a process's first channel
+    starts gRPC and its threads, which then cost the run nothing; the channel connects only at
+    the run's first call, once the worker serves that run's own server there. Then it waits for
+    the run's argv and fds. Never returns."""
     try:
         control.close()
+        channel = _channel()
+        while True:
+            try:
+                message, fds, _flags, _addr = socket.recv_fds(handoff, 1 << 16, 2)
+                break
+            except InterruptedError:
+                continue
+        handoff.close()
+        if len(fds) != 2:
+            os._exit(1)
+        argv = list(json.loads(message)["argv"])
+    except BaseException:  # noqa: BLE001 - the template reports the run's end, whatever it is
+        os._exit(1)
+    _child(argv, fds[0], fds[1], channel)
+
+
+def _channel() -> grpc.Channel | None:
+    try:
+        import grpc
+
+        return grpc.insecure_channel("unix://" + os.environ["FORETELL_SOCKET"])
+    except Exception:  # noqa: BLE001 - the runner opens its own
+        return None
+
+
+def _hand_over(
+    waiting: tuple[int, socket.socket], message: bytes, fds: list[int], control: socket.socket
+) -> int:
+    """Gives the run's request and fds to the waiting child (another, forked now, if that one is
+    gone); returns the run's pid."""
+    pid, handoff = waiting
+    try:
+        try:
+            socket.send_fds(handoff, [message], fds)
+        except OSError:
+            handoff.close()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _reap(pid)
+            pid, handoff = _fork_waiting(control)
+            socket.send_fds(handoff, [message], fds)
+    finally:
+        handoff.close()
+        for fd in fds:
+            os.close(fd)
+    return pid
+
+
+def _reap(pid: int) -> int:
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except InterruptedError:
+            continue
+
+
+def _child(argv: list[str], out: int, err: int, channel: grpc.Channel | None) -> None:
+    code = 1
+    try:
         os.dup2(out, 1)
         os.dup2(err, 2)
         os.close(out)
@@ -72,7 +182,7 @@ def _child(argv: list[str], out: int, err: int, control: socket.socket) -> None:
 
         sys.argv = ["foretell.sdk.run", *argv]
         try:
-            code = run.main(argv)
+            code = run.main(argv, channel=channel)
         except SystemExit as stop:
             if stop.code is None or isinstance(stop.code, int):
                 code = stop.code or 0
@@ -141,6 +251,7 @@ def _status(raw: int) -> dict[str, int]:
 
 
 def serve(control: socket.socket) -> None:
+    waiting = _fork_waiting(control)
     while True:
         try:
             message, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, 2)
@@ -148,31 +259,20 @@ def serve(control: socket.socket) -> None:
             continue
         if not message:
             return
-        request = json.loads(message)
         if len(fds) != 2:
             for fd in fds:
                 os.close(fd)
             control.send(json.dumps({"error": "a run needs two fds"}).encode())
             continue
-        out, err = fds
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            _child(list(request["argv"]), out, err, control)
-        os.close(out)
-        os.close(err)
+        pid = _hand_over(waiting, message, fds, control)
         control.send(json.dumps({"started": pid}).encode())
-        while True:
-            try:
-                _pid, raw = os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
+        raw = _reap(pid)
         _kill_the_rest()
         _remove_ipc()
         _wipe_tmp()
         control.send(json.dumps(_status(raw)).encode())
+        # After the clean-up: the next run's child is forked from the template alone.
+        waiting = _fork_waiting(control)
 
 
 def main() -> int:
@@ -193,6 +293,7 @@ def main() -> int:
     import foretell.sdk.run  # noqa: F401
 
     failed = _preload(sys.argv[2:])
+    failed += _preload(_first_use())
     # Objects that exist now are never collected again: a child's collections do not touch
     # (and so copy) the template's pages.
     gc.collect()

@@ -38,12 +38,15 @@ def _arguments(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, channel: grpc.Channel | None = None) -> int:
+    """`channel`: the channel to the run's socket, opened in advance (a warm start's child
+    opens it before its run, see foretell.sdk._fork); by default opened here."""
     args = _arguments(sys.argv[1:] if argv is None else argv)
     module_name, _, function_name = args.entrypoint.partition(":")
     predict = getattr(importlib.import_module(module_name), function_name)
-    target = "unix://" + os.environ["FORETELL_SOCKET"]
-    with grpc.insecure_channel(target) as channel:
+    if channel is None:
+        channel = grpc.insecure_channel("unix://" + os.environ["FORETELL_SOCKET"])
+    with channel:
         ctx = Context(
             channel,
             as_of=args.as_of,
