@@ -37,6 +37,10 @@ class JailProcess:
     _pipes: list[asyncio.BaseTransport] = field(default_factory=list)
 
     @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
     def returncode(self) -> int | None:
         """None while it runs; then its exit status, or minus the signal that killed it."""
         return self.popen.returncode

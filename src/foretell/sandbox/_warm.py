@@ -35,6 +35,7 @@ from foretell.sandbox._host import PythonRuntime, check_reachable, die_with_pare
 from foretell.sandbox._limits import JailUser, SandboxLimits
 from foretell.sandbox._outcome import Ending, SandboxResult, classify
 from foretell.sandbox._policy import SOCKET_NAME, RunPaths, policy_values, render_template
+from foretell.sandbox._spawn import JailProcess, spawn_jail
 
 # A template answers a fork request at once; longer means it hangs.
 FORK_TIMEOUT_S = 5.0
@@ -88,7 +89,7 @@ def _empty(slot: Path) -> None:
 class Template:
     key: str
     directory: Path
-    process: asyncio.subprocess.Process
+    process: JailProcess
     control: socket.socket
     cgroups: RunCgroups
     user: JailUser
@@ -108,7 +109,8 @@ class Template:
 
     @property
     def alive(self) -> bool:
-        return self.process.returncode is None
+        # Popen learns of the end only when asked (the loop's child watcher is not involved).
+        return self.process.popen.poll() is None
 
     def measure(self) -> int:
         self.memory_bytes = self.cgroups.memory_usage() or 0
@@ -236,9 +238,14 @@ class Template:
             if self._drain is not None:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(self._drain, _DRAIN_TIMEOUT_S)
+            self.process.close_pipes()
         finally:
             await asyncio.shield(self.cgroups.remove())
             await asyncio.to_thread(shutil.rmtree, self.directory, True)
+
+
+async def _drain_both(sink: CappedOutput, process: JailProcess) -> None:
+    await asyncio.gather(sink.drain(process.stderr), sink.drain(process.stdout))
 
 
 async def _drain_fd(fd: int, sink: CappedOutput) -> None:
@@ -293,22 +300,18 @@ async def start_template(spec: TemplateSpec, root: Path, timeout_s: float) -> Te
         paths.config_file.write_text(render_template(values))
         paths.config_file.chmod(0o600)
         fd = theirs.fileno()
-        process = await asyncio.create_subprocess_exec(
+        # As a cold run's jail: started by subprocess.Popen whatever loop runs (_spawn).
+        process = await spawn_jail([
             *die_with_parent(), nsjail_binary(), "--config", str(paths.config_file),
             "--pass_fd", str(fd), "--",
             str(spec.runtime.executable), "-B", "-m", "foretell.sdk._fork", str(fd),
             *spec.preload,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            pass_fds=(fd,),
-            env={},
-        )  # fmt: skip
+        ], pass_fds=(fd,))  # fmt: skip
         theirs.close()
         ours.setblocking(False)
         template = Template(spec.key, directory, process, ours, run_cgroups, spec.user, spec.limits)
-        assert process.stderr is not None
-        template._drain = asyncio.create_task(template._stderr.drain(process.stderr))
+        # Both of its own streams in the diagnostics (a run's go to the run's pipes).
+        template._drain = asyncio.create_task(_drain_both(template._stderr, process))
         await _ready(ours, timeout_s)
         template.measure()
     except BaseException as error:
