@@ -331,3 +331,19 @@ async def test_jwks_verifies_issued_tokens(
     )
     assert claims["sub"] == me.user.id
     assert claims["role"] == "provider"
+
+
+async def test_admin_commands_find_an_account_by_its_email_in_any_form(
+    resources: Resources,
+) -> None:
+    """`foretell admin feeders grant` and friends look accounts up as sign-up stores them:
+    fullwidth letters and capitals name the same account."""
+    from foretell.auth.policy import Role
+    from foretell.services.account.admin import create_account, find_user
+
+    email = unique_email("feed")
+    created = await create_account(resources.settings, email, PASSWORD, "Feed", "provider")
+    fullwidth = unicodedata.normalize("NFKC", email).upper().replace("F", "\uff26", 1)
+    assert await find_user(resources.settings, fullwidth, Role.PROVIDER) == created
+    with pytest.raises(ValueError, match="no subscriber account"):
+        await find_user(resources.settings, email, Role.SUBSCRIBER)

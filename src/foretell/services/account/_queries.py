@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import ColumnElement, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,6 +19,7 @@ from foretell.auth.tokens import TokenIssuer
 from foretell.db import ApiKey, Database, OutboxMessage, RefreshToken, User
 from foretell.errors import AlreadyExists, NotFound, ResourceExhausted, Unauthenticated
 from foretell.runtime.resources import Resources
+from foretell.services.account._validate import normal_email
 
 REFRESH_PREFIX = "ftr_"
 MAX_API_KEYS = 50
@@ -60,13 +61,16 @@ _TAKEN_BODY = (
 )
 
 
+def _email_is(email: str) -> ColumnElement[bool]:
+    """The account of `email` as sign-up stored it: normalised, then case-insensitively."""
+    return func.lower(User.email) == func.lower(normal_email(email))
+
+
 async def notify_owner(db: Database, email: str, now: datetime) -> None:
     """Leaves a notice for the owner of `email` (through the outbox) that someone tried to
     sign up with it."""
     async with db.session.begin() as session:
-        owner = await session.scalar(
-            select(User.email).where(func.lower(User.email) == func.lower(email))
-        )
+        owner = await session.scalar(select(User.email).where(_email_is(email)))
         session.add(
             OutboxMessage(
                 id=uuid.uuid4(),
@@ -81,9 +85,7 @@ async def notify_owner(db: Database, email: str, now: datetime) -> None:
 
 async def user_by_email(db: Database, email: str) -> User | None:
     async with db.session() as session:
-        found: User | None = await session.scalar(
-            select(User).where(func.lower(User.email) == func.lower(email.strip()))
-        )
+        found: User | None = await session.scalar(select(User).where(_email_is(email)))
     return found
 
 
@@ -117,7 +119,7 @@ async def login(res: Resources, email: str, password: str, client: str) -> Sessi
             locked_ms / 1000,
         )
     async with res.db.session() as session:
-        user = await session.scalar(select(User).where(func.lower(User.email) == func.lower(email)))
+        user = await session.scalar(select(User).where(_email_is(email)))
     if not await verify_password(user.password_hash if user else None, password) or user is None:
         await _record_failure(res, failures_key, lock_key)
         raise Unauthenticated("email or password is wrong")
