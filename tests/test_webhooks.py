@@ -640,3 +640,22 @@ async def test_the_dispatcher_listens_again_after_its_connection_ended(
                 break
             assert time.monotonic() < deadline, "the dispatcher never listened again"
             await asyncio.sleep(0.1)
+
+
+async def test_an_endpoint_that_answers_no_status_line_is_a_failed_attempt() -> None:
+    """A status line past the stream's limit (or none at all) is SendFailed like any other
+    endpoint that does not speak HTTP, so the attempt is counted and retried, never left
+    leased for ever."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 " + b"x" * 100_000)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        target = parse_url(f"http://127.0.0.1:{port}/in", allow_private=True)
+        with pytest.raises(SendFailed, match="did not answer HTTP"):
+            await post(target, [ipaddress.ip_address("127.0.0.1")], {}, b"{}", 5)
