@@ -410,6 +410,10 @@ async def test_private_and_reserved_endpoints_are_refused(
             await _endpoint(subs, who, url)
         assert status_code(caught.value) == grpc.StatusCode.INVALID_ARGUMENT, url
         assert "url" in field_violations(caught.value), url
+    # What a name resolves to inside the platform's network is not told to the subscriber.
+    with pytest.raises(grpc.RpcError) as caught:
+        await _endpoint(subs, who, "https://localhost/hook")
+    assert "127.0.0.1" not in field_violations(caught.value)["url"]
     for address in ("100.64.0.1", "192.168.1.1", "fe80::1", "240.0.0.1", "fc00::1"):
         with pytest.raises(EndpointRefused):
             check_address(ipaddress.ip_address(address), allow_private=False)

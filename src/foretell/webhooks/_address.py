@@ -80,10 +80,12 @@ def _public(address: IPAddress) -> bool:
 
 
 def check_address(address: IPAddress, *, allow_private: bool) -> None:
+    # The message does not name the address: what a name resolves to inside the platform's
+    # network is not the subscriber's to learn.
     if not allow_private and not _public(address):
         raise EndpointRefused(
-            f"resolves to {address}, a loopback, private, link-local, multicast or reserved "
-            "address: the platform sends webhooks to public addresses only"
+            "resolves to a loopback, private, link-local, multicast or reserved address: "
+            "the platform sends webhooks to public addresses only"
         )
 
 
