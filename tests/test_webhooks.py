@@ -414,10 +414,14 @@ async def test_private_and_reserved_endpoints_are_refused(
     with pytest.raises(grpc.RpcError) as caught:
         await _endpoint(subs, who, "https://localhost/hook")
     assert "127.0.0.1" not in field_violations(caught.value)["url"]
-    for address in ("100.64.0.1", "192.168.1.1", "fe80::1", "240.0.0.1", "fc00::1"):
+    for address in (
+        "100.64.0.1", "192.168.1.1", "fe80::1", "240.0.0.1", "fc00::1", "2002:7f00:1::",
+        "2002:a01:203::",
+    ):  # fmt: skip
         with pytest.raises(EndpointRefused):
             check_address(ipaddress.ip_address(address), allow_private=False)
     check_address(ipaddress.ip_address("93.184.215.14"), allow_private=False)
+    check_address(ipaddress.ip_address("2002:5db8:d70e::"), allow_private=False)
 
 
 async def test_an_endpoint_that_turned_private_is_refused_at_delivery(

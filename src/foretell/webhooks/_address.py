@@ -66,8 +66,12 @@ def parse_url(url: str, *, allow_private: bool) -> Target:
 
 
 def _public(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return _public(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address):
+        # An IPv4 address inside an IPv6 one (mapped, or 6to4's 2002::/16, which Python
+        # counts global) is judged by the IPv4 address it reaches.
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is not None:
+            return _public(embedded)
     # is_global alone lets multicast through (224.0.0.0/4 is "global"), hence the others.
     return address.is_global and not (
         address.is_private
