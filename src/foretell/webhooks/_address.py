@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 MAX_URL_CHARS = 2048
+# How long a name may take to resolve. Bounded so a delivery stays within its lease (the POST's
+# time limit and 30 s, foretell.webhooks._deliver.claim) however slow the subscriber's DNS is,
+# and a registration does not hang on it.
+RESOLVE_S = 10.0
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -106,9 +110,14 @@ async def resolve(target: Target, *, allow_private: bool) -> list[IPAddress]:
     else:
         loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(
-                target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-            )
+            async with asyncio.timeout(RESOLVE_S):
+                infos = await loop.getaddrinfo(
+                    target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+                )
+        except TimeoutError:  # before OSError, of which it is one
+            raise EndpointRefused(
+                f"the host {target.host!r} did not resolve within {RESOLVE_S:g} s"
+            ) from None
         except (OSError, UnicodeError):
             raise EndpointRefused(f"the host {target.host!r} does not resolve") from None
         addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
