@@ -476,12 +476,14 @@ async def test_bad_input_over_grpc(
             pb.ListWebhookDeliveriesRequest(subscription_id=who.subscription.id, page_token="x"),
             "page_token",
         ),
+        (pb.ListWebhookEndpointsRequest(subscription_id=""), "subscription_id"),
         (pb.SendTestWebhookRequest(id=""), "id"),
         (pb.DeleteWebhookEndpointRequest(id="zz"), "id"),
     ]
     methods = {
         pb.CreateWebhookEndpointRequest: hooks.CreateWebhookEndpoint,
         pb.ListWebhookDeliveriesRequest: hooks.ListWebhookDeliveries,
+        pb.ListWebhookEndpointsRequest: hooks.ListWebhookEndpoints,
         pb.SendTestWebhookRequest: hooks.SendTestWebhook,
         pb.DeleteWebhookEndpointRequest: hooks.DeleteWebhookEndpoint,
     }
