@@ -471,6 +471,18 @@ async def test_bad_input_over_grpc(
             ),
             "description",
         ),
+        (
+            pb.CreateWebhookEndpointRequest(
+                subscription_id=who.subscription.id, url="https://[::1/x"
+            ),
+            "url",
+        ),
+        (
+            pb.CreateWebhookEndpointRequest(
+                subscription_id=who.subscription.id, url="https://[x]/"
+            ),
+            "url",
+        ),
         (pb.ListWebhookDeliveriesRequest(subscription_id="1"), "subscription_id"),
         (
             pb.ListWebhookDeliveriesRequest(subscription_id=who.subscription.id, page_token="x"),

@@ -50,7 +50,10 @@ def parse_url(url: str, *, allow_private: bool) -> Target:
         raise EndpointRefused(f"at most {MAX_URL_CHARS} characters")
     if any(ord(c) < 33 or ord(c) == 127 for c in url) or not url.isascii():
         raise EndpointRefused("no spaces, control or non-ASCII characters (percent-encode them)")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced or invalid [IPv6] host
+        raise EndpointRefused("not a valid URL (an IPv6 host goes between [ and ])") from None
     allowed = ("https", "http") if allow_private else ("https",)
     if parts.scheme not in allowed:
         raise EndpointRefused("an https:// URL" if not allow_private else "an http(s):// URL")
