@@ -416,7 +416,7 @@ async def test_private_and_reserved_endpoints_are_refused(
     assert "127.0.0.1" not in field_violations(caught.value)["url"]
     for address in (
         "100.64.0.1", "192.168.1.1", "fe80::1", "240.0.0.1", "fc00::1", "2002:7f00:1::",
-        "2002:a01:203::",
+        "2002:a01:203::", "fec0::1",
     ):  # fmt: skip
         with pytest.raises(EndpointRefused):
             check_address(ipaddress.ip_address(address), allow_private=False)

@@ -79,6 +79,9 @@ def _public(address: IPAddress) -> bool:
         embedded = address.ipv4_mapped or address.sixtofour
         if embedded is not None:
             return _public(embedded)
+        # fec0::/10, deprecated but still routed inside some networks; Python counts it global.
+        if address.is_site_local:
+            return False
     # is_global alone lets multicast through (224.0.0.0/4 is "global"), hence the others.
     return address.is_global and not (
         address.is_private
