@@ -15,14 +15,15 @@ import grpc
 import httpx
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
+from sqlalchemy import select
 
 from foretell.account.v1 import account_service_pb2 as account_pb
 from foretell.auth.policy import Role
 from foretell.auth.principal import Principal
-from foretell.billing.entitlement import Reach, forecast_access
+from foretell.billing.entitlement import Reach, forecast_access, still_entitled
 from foretell.billing.payments import processor_for
 from foretell.billing.settle import locked_subscription, run_billing
-from foretell.db.models import Model
+from foretell.db.models import Model, Subscription
 from foretell.errors import PermissionDenied
 from foretell.forecast.v1 import forecast_service_pb2 as pb
 from foretell.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
@@ -157,6 +158,34 @@ async def test_a_read_with_nothing_due_takes_no_lock(
         await locked_subscription(session, uuid.UUID(sub.id))
         runs = await asyncio.wait_for(_grpc_runs(forecasts, m.name, reader), 10)
     assert runs == {old, new}
+
+
+async def test_still_entitled_settles_once_the_period_is_over(
+    channel: aio.Channel,
+    registry: reg_grpc.RegistryServiceAsyncStub,
+    subs: sub_grpc.SubscriptionServiceAsyncStub,
+    sign_up: SignUp,
+    resources: Resources,
+) -> None:
+    """What the webhook worker asks before each POST: a trial canceled at its end entitles
+    until then; after it, the subscription is settled (canceled) and entitles no more."""
+    m = await make_model(registry, sign_up, resources, public=True)
+    reader = await sign_up(account_pb.ROLE_SUBSCRIBER)
+    sub = await trial(channel, m.owner, reader, m.name)
+    await subs.CancelSubscription(
+        sub_pb.CancelSubscriptionRequest(id=sub.id), metadata=reader.metadata
+    )
+    db, settings = resources.db, resources.settings
+    async with db.session() as session:
+        row = await session.get(Subscription, uuid.UUID(sub.id))
+    assert row is not None and row.cancel_at_period_end
+    assert await still_entitled(db, settings, row, row.period_end - DAY)
+    assert not await still_entitled(db, settings, row, row.period_end + DAY)
+    async with db.session() as session:
+        assert (
+            await session.scalar(select(Subscription.state).where(Subscription.id == row.id))
+            == "canceled"
+        )
 
 
 async def test_without_the_delayed_sample_others_are_refused(

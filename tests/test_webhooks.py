@@ -410,10 +410,18 @@ async def test_private_and_reserved_endpoints_are_refused(
             await _endpoint(subs, who, url)
         assert status_code(caught.value) == grpc.StatusCode.INVALID_ARGUMENT, url
         assert "url" in field_violations(caught.value), url
-    for address in ("100.64.0.1", "192.168.1.1", "fe80::1", "240.0.0.1", "fc00::1"):
+    # What a name resolves to inside the platform's network is not told to the subscriber.
+    with pytest.raises(grpc.RpcError) as caught:
+        await _endpoint(subs, who, "https://localhost/hook")
+    assert "127.0.0.1" not in field_violations(caught.value)["url"]
+    for address in (
+        "100.64.0.1", "192.168.1.1", "fe80::1", "240.0.0.1", "fc00::1", "2002:7f00:1::",
+        "2002:a01:203::", "fec0::1",
+    ):  # fmt: skip
         with pytest.raises(EndpointRefused):
             check_address(ipaddress.ip_address(address), allow_private=False)
     check_address(ipaddress.ip_address("93.184.215.14"), allow_private=False)
+    check_address(ipaddress.ip_address("2002:5db8:d70e::"), allow_private=False)
 
 
 async def test_an_endpoint_that_turned_private_is_refused_at_delivery(
@@ -463,17 +471,31 @@ async def test_bad_input_over_grpc(
             ),
             "description",
         ),
+        (
+            pb.CreateWebhookEndpointRequest(
+                subscription_id=who.subscription.id, url="https://[::1/x"
+            ),
+            "url",
+        ),
+        (
+            pb.CreateWebhookEndpointRequest(
+                subscription_id=who.subscription.id, url="https://[x]/"
+            ),
+            "url",
+        ),
         (pb.ListWebhookDeliveriesRequest(subscription_id="1"), "subscription_id"),
         (
             pb.ListWebhookDeliveriesRequest(subscription_id=who.subscription.id, page_token="x"),
             "page_token",
         ),
+        (pb.ListWebhookEndpointsRequest(subscription_id=""), "subscription_id"),
         (pb.SendTestWebhookRequest(id=""), "id"),
         (pb.DeleteWebhookEndpointRequest(id="zz"), "id"),
     ]
     methods = {
         pb.CreateWebhookEndpointRequest: hooks.CreateWebhookEndpoint,
         pb.ListWebhookDeliveriesRequest: hooks.ListWebhookDeliveries,
+        pb.ListWebhookEndpointsRequest: hooks.ListWebhookEndpoints,
         pb.SendTestWebhookRequest: hooks.SendTestWebhook,
         pb.DeleteWebhookEndpointRequest: hooks.DeleteWebhookEndpoint,
     }
@@ -640,3 +662,22 @@ async def test_the_dispatcher_listens_again_after_its_connection_ended(
                 break
             assert time.monotonic() < deadline, "the dispatcher never listened again"
             await asyncio.sleep(0.1)
+
+
+async def test_an_endpoint_that_answers_no_status_line_is_a_failed_attempt() -> None:
+    """A status line past the stream's limit (or none at all) is SendFailed like any other
+    endpoint that does not speak HTTP, so the attempt is counted and retried, never left
+    leased for ever."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 " + b"x" * 100_000)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        target = parse_url(f"http://127.0.0.1:{port}/in", allow_private=True)
+        with pytest.raises(SendFailed, match="did not answer HTTP"):
+            await post(target, [ipaddress.ip_address("127.0.0.1")], {}, b"{}", 5)

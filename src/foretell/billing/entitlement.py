@@ -59,6 +59,26 @@ async def entitled(
     return State(sub.state) in ENTITLED
 
 
+async def still_entitled(
+    db: Database, settings: Settings, sub: Subscription, now: datetime
+) -> bool:
+    """Whether `sub` (read without a lock) entitles its subscriber at `now`, for a caller that
+    asks on every event it sends (webhooks): within its period, and a past-due one within its
+    grace, no event of the state machine can end the entitlement (an overdue invoice only makes
+    an active subscription past due), so the answer costs no query; otherwise it is settled."""
+    state = State(sub.state)
+    if state not in ENTITLED:
+        return False
+    grace = timedelta(days=settings.billing_grace_days)
+    if now < sub.period_end and (
+        state is not State.PAST_DUE
+        or (sub.past_due_since is not None and now < sub.past_due_since + grace)
+    ):
+        return True
+    sub, _ = await settle_if_due(db, sub, now, settings, processor_for(settings))
+    return State(sub.state) in ENTITLED
+
+
 async def forecast_access(
     db: Database, principal: Principal, model: Model, now: datetime, settings: Settings
 ) -> Access:

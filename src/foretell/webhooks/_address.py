@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 MAX_URL_CHARS = 2048
+# How long a name may take to resolve. Bounded so a delivery stays within its lease (the POST's
+# time limit and 30 s, foretell.webhooks._deliver.claim) however slow the subscriber's DNS is,
+# and a registration does not hang on it.
+RESOLVE_S = 10.0
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -46,7 +50,10 @@ def parse_url(url: str, *, allow_private: bool) -> Target:
         raise EndpointRefused(f"at most {MAX_URL_CHARS} characters")
     if any(ord(c) < 33 or ord(c) == 127 for c in url) or not url.isascii():
         raise EndpointRefused("no spaces, control or non-ASCII characters (percent-encode them)")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced or invalid [IPv6] host
+        raise EndpointRefused("not a valid URL (an IPv6 host goes between [ and ])") from None
     allowed = ("https", "http") if allow_private else ("https",)
     if parts.scheme not in allowed:
         raise EndpointRefused("an https:// URL" if not allow_private else "an http(s):// URL")
@@ -66,8 +73,15 @@ def parse_url(url: str, *, allow_private: bool) -> Target:
 
 
 def _public(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return _public(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address):
+        # An IPv4 address inside an IPv6 one (mapped, or 6to4's 2002::/16, which Python
+        # counts global) is judged by the IPv4 address it reaches.
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is not None:
+            return _public(embedded)
+        # fec0::/10, deprecated but still routed inside some networks; Python counts it global.
+        if address.is_site_local:
+            return False
     # is_global alone lets multicast through (224.0.0.0/4 is "global"), hence the others.
     return address.is_global and not (
         address.is_private
@@ -80,10 +94,12 @@ def _public(address: IPAddress) -> bool:
 
 
 def check_address(address: IPAddress, *, allow_private: bool) -> None:
+    # The message does not name the address: what a name resolves to inside the platform's
+    # network is not the subscriber's to learn.
     if not allow_private and not _public(address):
         raise EndpointRefused(
-            f"resolves to {address}, a loopback, private, link-local, multicast or reserved "
-            "address: the platform sends webhooks to public addresses only"
+            "resolves to a loopback, private, link-local, multicast or reserved address: "
+            "the platform sends webhooks to public addresses only"
         )
 
 
@@ -100,9 +116,14 @@ async def resolve(target: Target, *, allow_private: bool) -> list[IPAddress]:
     else:
         loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(
-                target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-            )
+            async with asyncio.timeout(RESOLVE_S):
+                infos = await loop.getaddrinfo(
+                    target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+                )
+        except TimeoutError:  # before OSError, of which it is one
+            raise EndpointRefused(
+                f"the host {target.host!r} did not resolve within {RESOLVE_S:g} s"
+            ) from None
         except (OSError, UnicodeError):
             raise EndpointRefused(f"the host {target.host!r} does not resolve") from None
         addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))

@@ -26,9 +26,7 @@ import asyncpg
 from sqlalchemy import DateTime, Integer, insert, literal, select, text, update
 from sqlalchemy.engine import make_url
 
-from foretell.billing.machine import ENTITLED, State
-from foretell.billing.payments import processor_for
-from foretell.billing.settle import settle_if_due
+from foretell.billing.entitlement import still_entitled
 from foretell.clock import Clock
 from foretell.db import Database
 from foretell.db.models import (
@@ -140,23 +138,6 @@ async def load(db: Database, delivery_ids: list[uuid.UUID]) -> list[_Job]:
     return [_Job(row[0], row[1], row[2], row[3], row[4]) for row in rows]
 
 
-async def _entitled(db: Database, settings: Settings, sub: Subscription, now: datetime) -> bool:
-    state = State(sub.state)
-    if state not in ENTITLED:
-        return False
-    # Within its period (and a past-due one within its grace), no event of the state machine
-    # can end the entitlement (an overdue invoice only makes an active subscription past due):
-    # no need to settle, which costs queries on every POST.
-    grace = timedelta(days=settings.billing_grace_days)
-    if now < sub.period_end and (
-        state is not State.PAST_DUE
-        or (sub.past_due_since is not None and now < sub.past_due_since + grace)
-    ):
-        return True
-    sub, _ = await settle_if_due(db, sub, now, settings, processor_for(settings))
-    return State(sub.state) in ENTITLED
-
-
 async def _finish(
     db: Database,
     settings: Settings,
@@ -217,7 +198,7 @@ async def send(db: Database, settings: Settings, clock: Clock, job: _Job) -> str
         return "gone"
     delivery_id = job.delivery.id
     now = clock()
-    if not await _entitled(db, settings, job.subscription, now):
+    if not await still_entitled(db, settings, job.subscription, now):
         await _cancel(db, delivery_id, "the subscription is no longer entitled to forecasts")
         return "canceled"
     allow = settings.webhooks_allow_private == "on"

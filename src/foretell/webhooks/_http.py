@@ -42,7 +42,10 @@ async def _exchange(
     try:
         writer.write(request)
         await writer.drain()
+        # A status line longer than the reader's limit raises ValueError: not HTTP either.
         status_line = await reader.readline()
+    except ValueError:
+        raise SendFailed("the endpoint did not answer HTTP") from None
     finally:
         writer.close()
     parts = status_line.split(b" ", 2)

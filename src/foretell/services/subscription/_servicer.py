@@ -200,7 +200,7 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
     async def GetSubscription(
         self, request: pb.GetSubscriptionRequest, context: Context
     ) -> pb.GetSubscriptionResponse:
-        sub_id = _validate.subscription_id(request)
+        sub_id = _validate.required_id("id", request.id)
         sub, name = await _queries.get_subscription(
             self._res.db, current_principal(), sub_id, self._billing()
         )
@@ -209,7 +209,7 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
     async def CancelSubscription(
         self, request: pb.CancelSubscriptionRequest, context: Context
     ) -> pb.CancelSubscriptionResponse:
-        sub_id = _validate.subscription_id(request)
+        sub_id = _validate.required_id("id", request.id)
         sub, name = await _queries.cancel(
             self._res.db, current_principal(), sub_id, request.immediately, self._billing()
         )
@@ -218,7 +218,7 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
     async def ResumeSubscription(
         self, request: pb.ResumeSubscriptionRequest, context: Context
     ) -> pb.ResumeSubscriptionResponse:
-        sub_id = _validate.subscription_id(request)
+        sub_id = _validate.required_id("id", request.id)
         sub, name = await _queries.resume(
             self._res.db, current_principal(), sub_id, self._billing()
         )
@@ -250,21 +250,21 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
     async def ListWebhookEndpoints(
         self, request: pb.ListWebhookEndpointsRequest, context: Context
     ) -> pb.ListWebhookEndpointsResponse:
-        sub_id = _validate.subscription_of(request)
+        sub_id = _validate.required_id("subscription_id", request.subscription_id)
         found = await _webhooks.list_endpoints(self._res.db, current_principal(), sub_id)
         return pb.ListWebhookEndpointsResponse(endpoints=[endpoint_pb(e) for e in found])
 
     async def DeleteWebhookEndpoint(
         self, request: pb.DeleteWebhookEndpointRequest, context: Context
     ) -> pb.DeleteWebhookEndpointResponse:
-        endpoint_id = _validate.endpoint_id(request)
+        endpoint_id = _validate.required_id("id", request.id)
         await _webhooks.delete_endpoint(self._res.db, current_principal(), endpoint_id)
         return pb.DeleteWebhookEndpointResponse()
 
     async def SendTestWebhook(
         self, request: pb.SendTestWebhookRequest, context: Context
     ) -> pb.SendTestWebhookResponse:
-        endpoint_id = _validate.endpoint_id(request)
+        endpoint_id = _validate.required_id("id", request.id)
         delivery = await _webhooks.send_test(
             self._res.db, current_principal(), endpoint_id, self._res.clock()
         )

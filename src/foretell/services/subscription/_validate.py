@@ -64,13 +64,10 @@ def list_subscriptions(
     return name, page
 
 
-def subscription_id(
-    request: pb.GetSubscriptionRequest
-    | pb.CancelSubscriptionRequest
-    | pb.ResumeSubscriptionRequest,
-) -> uuid.UUID:
+def required_id(field: str, text: str) -> uuid.UUID:
+    """The one id a request names (`field`: a subscription's, an endpoint's)."""
     v = Violations()
-    found = _id(v, "id", request.id, required=True)
+    found = _id(v, field, text, required=True)
     v.raise_if_any()
     assert found is not None
     return found
@@ -118,24 +115,6 @@ def create_webhook_endpoint(
     assert sub_id is not None
     assert target is not None
     return EndpointInput(sub_id, target, description)
-
-
-def subscription_of(
-    request: pb.ListWebhookEndpointsRequest,
-) -> uuid.UUID:
-    v = Violations()
-    found = _id(v, "subscription_id", request.subscription_id, required=True)
-    v.raise_if_any()
-    assert found is not None
-    return found
-
-
-def endpoint_id(request: pb.DeleteWebhookEndpointRequest | pb.SendTestWebhookRequest) -> uuid.UUID:
-    v = Violations()
-    found = _id(v, "id", request.id, required=True)
-    v.raise_if_any()
-    assert found is not None
-    return found
 
 
 def list_webhook_deliveries(

@@ -29,8 +29,10 @@ from foretell.webhooks import TEST, WEBHOOKS_CHANNEL, EndpointRefused, new_secre
 MAX_ENDPOINTS = 5
 
 
-async def _own(session: AsyncSession, principal: Principal, sub_id: uuid.UUID) -> Subscription:
-    sub = await session.get(Subscription, sub_id)
+async def _own(
+    session: AsyncSession, principal: Principal, sub_id: uuid.UUID, *, lock: bool = False
+) -> Subscription:
+    sub = await session.get(Subscription, sub_id, with_for_update=lock)
     if sub is None or sub.subscriber_id != principal.user_id:
         raise NotFound(f"no subscription {str(sub_id)!r}")
     return sub
@@ -63,8 +65,7 @@ async def create_endpoint(
         raise InvalidArgument([FieldViolation("url", str(refused))]) from None
     secret = new_secret()
     async with db.session.begin() as session:
-        sub = await _own(session, principal, given.subscription_id)
-        await session.refresh(sub, with_for_update=True)
+        sub = await _own(session, principal, given.subscription_id, lock=True)
         if State(sub.state) not in LIVE:
             raise FailedPrecondition(f"subscription {sub.id} has ended ({sub.state})")
         count = await session.scalar(
