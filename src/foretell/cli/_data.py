@@ -87,6 +87,9 @@ class CsvBars:
         prices = [self.opens, self.highs, self.lows, self.closes, self.volumes]
         return [self.times, *prices, self.lines]
 
+    def slice(self, start: int, stop: int) -> CsvBars:
+        return CsvBars(*(column[start:stop] for column in self.columns()))
+
     def batch(self, start: int) -> pb.Bars:
         end = start + BATCH_BARS
         return pb.Bars(

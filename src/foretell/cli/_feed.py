@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import sys
-from array import array
 from pathlib import Path
 
 import click
@@ -30,10 +29,6 @@ from foretell.datafeed.v1 import datafeed_service_pb2_grpc as pb_grpc
 from foretell.resolutions import RESOLUTIONS, TO_ENUM
 
 STDIN = "-"
-
-
-def _slice(bars: CsvBars, start: int, stop: int) -> CsvBars:
-    return CsvBars(*(array(c.typecode, c[start:stop]) for c in bars.columns()))
 
 
 def _read(source: str) -> tuple[CsvBars, str]:
@@ -95,7 +90,7 @@ def push(
     with connect(url) as client:
         stub = pb_grpc.DataFeedServiceStub(client.channel)
         for start in range(0, len(bars), batch_size):
-            part = _slice(bars, start, start + batch_size)
+            part = bars.slice(start, start + batch_size)
 
             def send(metadata: Metadata, part: CsvBars = part) -> pb.IngestBarsResponse:
                 return stub.IngestBars(
