@@ -145,11 +145,12 @@ def time_option(text: str | None, name: str) -> timestamp_pb2.Timestamp | None:
         raise CliError(f"--{name} {text!r}: not an ISO 8601 time ({error})", Exit.USAGE) from None
 
 
-def read_csv(path: Path) -> CsvBars:
-    """Every row of a CSV file with a header, or a CliError listing the rows that fail."""
+def read_csv(path: Path, *, headerless: bool = False) -> CsvBars:
+    """Every row of a CSV file with a header (see `read_rows` for `headerless`), or a
+    CliError listing the rows that fail."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as source:
-            return read_rows(source, path)
+            return read_rows(source, path, headerless=headerless)
     except OSError as error:
         raise CliError(f"cannot read {path}: {error}", Exit.USAGE) from None
 

@@ -17,6 +17,7 @@ from foretell.cli._data import (
     CsvBars,
     ingest_error,
     ingest_requests,
+    read_csv,
     read_rows,
     time_option,
     when,
@@ -38,11 +39,7 @@ def _read(source: str) -> tuple[CsvBars, str]:
     path = Path(source)
     if not path.is_file():
         raise CliError(f"{source}: no such file (use - for standard input)", Exit.USAGE)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            return read_rows(handle, path, headerless=True), str(path)
-    except OSError as error:
-        raise CliError(f"cannot read {path}: {error}", Exit.USAGE) from None
+    return read_csv(path, headerless=True), str(path)
 
 
 @click.command("push", short_help="Push bars from a CSV file or stdin (data feeders).")
