@@ -1,6 +1,6 @@
 """Live models for the benchmarks: one image of a trivial model (one forecast per symbol, no
 bars read) put in the store once, and models whose READY version 1 (rows inserted directly)
-shares it and is live."""
+shares it and is live. `add_live` does the same for any stored image and manifests."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import uuid
 from array import array
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from foretell.db.models import Model, User, Version
 from foretell.marketdata import BarColumns, ingest_bars
@@ -29,7 +30,7 @@ class FixedClock:
         return self.now
 
 
-def manifest(symbols: list[str]) -> dict[str, object]:
+def manifest(symbols: list[str]) -> dict[str, Any]:
     return {
         "entrypoint": "model:predict",
         "symbols": symbols,
@@ -53,6 +54,16 @@ async def add_models(
     (built / "site-packages").mkdir(mode=0o755)
     (built / "app" / "model.py").write_text(MODEL_PY)
     image_digest = res.store.put_image(built)
+    manifests = [manifest(symbols(i)) for i in range(count)]
+    return await add_live(res, image_digest, manifests, published)
+
+
+async def add_live(
+    res: Resources, image_digest: str, manifests: list[dict[str, Any]], published: datetime
+) -> list[tuple[Model, Version]]:
+    """A model per manifest (its symbols, resolution and horizon), one owner for them all,
+    each with a version 1 READY on the stored image `image_digest` and live since
+    `published`."""
     now = datetime.now(UTC)
     tag = uuid.uuid4().hex[:8]
     async with res.db.session.begin() as session:
@@ -73,16 +84,16 @@ async def add_models(
                 owner_id=owner.id,
                 title="Bench",
                 description="",
-                symbols=symbols(i),
-                resolution="1h",
-                horizon=1,
+                symbols=list(m["symbols"]),
+                resolution=m["resolution"],
+                horizon=m["horizon"],
                 tags=[],
                 visibility="public",
                 live_version=None,
                 created_at=now,
                 updated_at=now,
             )
-            for i in range(count)
+            for i, m in enumerate(manifests)
         ]
         session.add_all(models)
         await session.flush()
@@ -93,7 +104,7 @@ async def add_models(
                 number=1,
                 digest=f"sha256:{uuid.uuid4().hex * 2}",
                 bundle_size=1,
-                manifest=manifest(model.symbols),
+                manifest=m,
                 created_at=now,
                 build_state="ready",
                 failure_reason="",
@@ -102,7 +113,7 @@ async def add_models(
                 build_log="",
                 published_at=published,
             )
-            for model in models
+            for model, m in zip(models, manifests, strict=True)
         ]
         session.add_all(versions)
         await session.flush()

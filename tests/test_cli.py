@@ -765,3 +765,33 @@ async def test_a_failed_build_is_exit_8(
 def _fails_after_output(result: subprocess.CompletedProcess[str], code: Exit) -> None:
     assert result.returncode == code, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("stdin", "expected"),
+    [
+        # One bad bar from a feeder's script is named as such, not as a missing header.
+        (
+            "2026-12-07T09:00Z,1.05,abc,1,1,1\n",
+            "stdin: line 1 is neither a bar nor a header:\n"
+            "  as a bar: High 'abc' is not a number\n"
+            "  as a header: no Open, High, Low, Close, Volume column",
+        ),
+        ("2026-12-07T09:00Z;1;1;1;1;1\n", "as a bar: 1 columns, not the 6 needed"),
+        (
+            "\n2026-12-07T09:00Z,1,1,1,1,1\n2026-12-07T10:00Z,1\n",
+            "stdin: rows that cannot be read:\n  line 3: 2 columns, not the 6 needed",
+        ),
+        ("\n\n", "stdin is empty"),
+    ],
+)
+def test_data_push_names_what_is_wrong_with_its_input(
+    tmp_path: Path, stdin: str, expected: str
+) -> None:
+    result = CliRunner(env={"FORETELL_CONFIG_DIR": str(tmp_path)}).invoke(
+        cli,
+        ["data", "push", "-", "--symbol", "EURUSD", "--resolution", "1h", "--url", "127.0.0.1:1"],
+        input=stdin,
+    )
+    assert result.exit_code == Exit.USAGE, result.output
+    assert expected in result.stderr

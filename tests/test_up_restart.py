@@ -13,6 +13,7 @@ import pytest
 from foretell.up._children import Supervisor
 from foretell.up._console import Console
 from foretell.up._restart import RestartPolicy, after_exit, describe
+from foretell.up._supervise import exit_status
 
 POLICY = RestartPolicy(
     first_delay_s=0.5, factor=2.0, max_delay_s=4.0, healthy_after_s=60.0, crash_loop_after=4
@@ -179,3 +180,20 @@ def test_a_stop_ends_running_children_with_sigterm_and_records_their_codes(
     supervisor.shutdown()
     assert supervisor.returncodes() == {"crasher": -15}
     assert supervisor.cause == "asked"
+
+
+def test_a_child_down_after_a_crash_when_the_stop_comes_counts_as_unclean(
+    supervised: tuple[Supervisor, FakeClock, io.StringIO],
+) -> None:
+    supervisor, _clock, _out = supervised
+    supervisor.add("crasher", [sys.executable, "-c", "raise SystemExit(3)"])
+    supervisor.start()
+    _exits(supervisor)
+    supervisor.tick()  # noted, and waiting for its back-off
+    supervisor.stop("SIGINT received", by_signal=True)
+    supervisor.shutdown()
+    assert supervisor.returncodes() == {"crasher": 3}
+    assert exit_status(supervisor.returncodes(), supervisor.cause, by_signal=True) == (
+        1,
+        "stopped (SIGINT received), but not cleanly: crasher (rc=3)",
+    )

@@ -171,10 +171,10 @@ async def _still_queued(
     queued: list[bytes | None],
 ) -> list[bytes | None]:
     """`queued` (each version's last queued slot, from Redis, beside its last recorded slot
-    in `last`) without the slots whose job has
-    failed for good (arq keeps its result): no run was recorded for them, and taken as queued
-    they would never be run nor recorded missed. Their job's result is removed so that the
-    slot can be queued again (while its deadline allows; then it is recorded missed)."""
+    in `last`) without the slots whose job has failed for good (arq keeps its result): no run
+    was recorded for them, and taken as queued they would never be run nor recorded missed.
+    Their job's result is removed so that the slot can be queued again (while its deadline
+    allows; then it is recorded missed)."""
     pending: list[tuple[int, str]] = []
     for i, ((version_id, recorded), raw) in enumerate(zip(last, queued, strict=True)):
         if raw is None:

@@ -367,7 +367,7 @@ class Settings:
     )
     # Webhooks (foretell.webhooks): subscribers' endpoints, delivered by the live lane's
     # periodic worker with retries and exponential back-off.
-    webhooks_allow_private: str = field(
+    webhooks_allow_private: Literal["on", "off"] = field(
         default="off",
         metadata=_doc(
             "on: webhook endpoints may resolve to loopback, private, link-local or reserved "

@@ -87,6 +87,9 @@ class CsvBars:
         prices = [self.opens, self.highs, self.lows, self.closes, self.volumes]
         return [self.times, *prices, self.lines]
 
+    def slice(self, start: int, stop: int) -> CsvBars:
+        return CsvBars(*(column[start:stop] for column in self.columns()))
+
     def batch(self, start: int) -> pb.Bars:
         end = start + BATCH_BARS
         return pb.Bars(
@@ -142,11 +145,12 @@ def time_option(text: str | None, name: str) -> timestamp_pb2.Timestamp | None:
         raise CliError(f"--{name} {text!r}: not an ISO 8601 time ({error})", Exit.USAGE) from None
 
 
-def read_csv(path: Path) -> CsvBars:
-    """Every row of a CSV file with a header, or a CliError listing the rows that fail."""
+def read_csv(path: Path, *, headerless: bool = False) -> CsvBars:
+    """Every row of a CSV file with a header (see `read_rows` for `headerless`), or a
+    CliError listing the rows that fail."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as source:
-            return read_rows(source, path)
+            return read_rows(source, path, headerless=headerless)
     except OSError as error:
         raise CliError(f"cannot read {path}: {error}", Exit.USAGE) from None
 
@@ -162,15 +166,26 @@ def read_rows(source: Iterable[str], path: Path | str, *, headerless: bool = Fal
     problems: list[str] = []
     try:
         reader = csv.reader(source)
-        header = next(reader, None)
+        header = next((row for row in reader if any(cell.strip() for cell in row)), None)
         if header is None:
             raise CliError(f"{path} is empty", Exit.USAGE)
-        plain = list(range(len(_LABELS)))
-        if headerless and not _read_row(CsvBars.empty(), header, plain, _LABELS, 1):
-            positions = plain
-            _read_row(bars, header, positions, _LABELS, reader.line_num)
-        else:
-            positions = _header_columns(header, path)
+        positions = list(range(len(_LABELS)))
+        # Headerless: a first row that reads as a bar is one (and is kept); any other is the
+        # header, and when it is not one either, both reasons are given: a feeder's one bad bar
+        # is not reported as a missing header alone.
+        first = _read_row(bars, header, positions, _LABELS, reader.line_num) if headerless else ""
+        if first or not headerless:
+            try:
+                positions = _header_columns(header, path)
+            except CliError as error:
+                if not headerless:
+                    raise
+                header_problem = error.message.removeprefix(f"{path}: ")
+                raise CliError(
+                    f"{path}: line {reader.line_num} is neither a bar nor a header:\n"
+                    f"  as a bar: {first}\n  as a header: {header_problem}",
+                    Exit.USAGE,
+                ) from None
         for row in reader:
             if not any(cell.strip() for cell in row):
                 continue
@@ -193,7 +208,7 @@ def _read_row(
     bars: CsvBars, row: list[str], positions: list[int], labels: list[str], line: int
 ) -> str:
     if len(row) <= max(positions):
-        return f"{len(row)} columns, the header has more"
+        return f"{len(row)} columns, not the {max(positions) + 1} needed"
     cells = [row[i] for i in positions]
     try:
         time = parse_time(cells[0])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import sys
-from array import array
 from pathlib import Path
 
 import click
@@ -18,6 +17,7 @@ from foretell.cli._data import (
     CsvBars,
     ingest_error,
     ingest_requests,
+    read_csv,
     read_rows,
     time_option,
     when,
@@ -32,10 +32,6 @@ from foretell.resolutions import RESOLUTIONS, TO_ENUM
 STDIN = "-"
 
 
-def _slice(bars: CsvBars, start: int, stop: int) -> CsvBars:
-    return CsvBars(*(array(c.typecode, c[start:stop]) for c in bars.columns()))
-
-
 def _read(source: str) -> tuple[CsvBars, str]:
     if source == STDIN:
         text = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="")
@@ -43,11 +39,7 @@ def _read(source: str) -> tuple[CsvBars, str]:
     path = Path(source)
     if not path.is_file():
         raise CliError(f"{source}: no such file (use - for standard input)", Exit.USAGE)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            return read_rows(handle, path, headerless=True), str(path)
-    except OSError as error:
-        raise CliError(f"cannot read {path}: {error}", Exit.USAGE) from None
+    return read_csv(path, headerless=True), str(path)
 
 
 @click.command("push", short_help="Push bars from a CSV file or stdin (data feeders).")
@@ -95,7 +87,7 @@ def push(
     with connect(url) as client:
         stub = pb_grpc.DataFeedServiceStub(client.channel)
         for start in range(0, len(bars), batch_size):
-            part = _slice(bars, start, start + batch_size)
+            part = bars.slice(start, start + batch_size)
 
             def send(metadata: Metadata, part: CsvBars = part) -> pb.IngestBarsResponse:
                 return stub.IngestBars(

@@ -427,13 +427,6 @@ async def all_calendar_names(db: Database) -> dict[str, str]:
     return {row[0]: row[1] for row in rows}
 
 
-async def stored_calendar(db: Database, symbol: str) -> str | None:
-    """The symbol's stored calendar; None before its first bars."""
-    async with db.read.connect() as conn:
-        found = await conn.scalar(_STORED_CALENDAR, {"symbol": symbol})
-    return None if found is None else str(found)
-
-
 async def calendar_names(db: Database, symbols: list[str]) -> dict[str, str]:
     """Each symbol's calendar name: the one stored, or its default while it has no bars."""
     async with db.read.connect() as conn:

@@ -61,6 +61,8 @@ class Child:
     crashes: int = 0
     restart_at: float | None = None
     restarts: int = 0
+    # How its last run ended; while it waits for its restart, how the run ends for it.
+    returncode: int | None = None
     readers: list[threading.Thread] = field(default_factory=list)
 
 
@@ -112,7 +114,8 @@ class Supervisor:
         return {name: child.restarts for name, child in self._children.items()}
 
     def returncodes(self) -> dict[str, int]:
-        """The exit code of each child that was running when the stop came."""
+        """How each child ended: its exit code when the stop came, or, for one that had
+        crashed and was waiting for its restart, that crash's."""
         return dict(self._final)
 
     def pid(self, name: str) -> int | None:
@@ -153,7 +156,7 @@ class Supervisor:
                     self._console.say(f"{child.name} restarted (pid {child.process.pid})")
 
     def _exited(self, child: Child, returncode: int, now: float) -> None:
-        child.process = None
+        child.process, child.returncode = None, returncode
         restart = after_exit(
             self._policy, crashes_before=child.crashes, started_at=child.started_at, exited_at=now
         )
@@ -222,6 +225,9 @@ class Supervisor:
             if child.process is not None and child.process.poll() is not None:
                 # Exited since the last tick: its code is part of how the run ended.
                 self._final[child.name] = child.process.returncode
+            elif child.process is None and child.returncode is not None:
+                # Down since a crash, waiting for its restart: it did not stop cleanly.
+                self._final[child.name] = child.returncode
         for child in running:
             assert child.process is not None
             with contextlib.suppress(ProcessLookupError):

@@ -103,8 +103,7 @@ class DataFeedServicer(pb_grpc.DataFeedServiceServicer):
         Checked before any bar is read: a feeder learns nothing of a symbol not granted."""
         if not await feeders.may_push(self._res.db, principal.user_id, header.symbol):
             raise PermissionDenied(f"this data feeder was not granted {header.symbol}")
-        stored = await queries.stored_calendar(self._res.db, header.symbol)
-        name = stored or calendars.default_for(header.symbol)
+        name = (await queries.calendar_names(self._res.db, [header.symbol]))[header.symbol]
         if header.calendar and header.calendar != name:
             raise PermissionDenied(
                 f"{header.symbol} trades on the {name} calendar; a data feeder does not choose "

@@ -3,9 +3,12 @@ account and its API key), grant and revoke symbols, list them."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from foretell.auth.policy import Role
 from foretell.clock import utc_now
-from foretell.db import connect
+from foretell.db import Database, connect
 from foretell.errors import Violations
 from foretell.marketdata import feeders, validate
 from foretell.marketdata.feeders import Feeder
@@ -33,37 +36,37 @@ async def create(
     """A new feeder granted `symbols`; ValueError with a readable message on bad input."""
     chosen = checked_symbols(symbols)
     account = await create_feeder(settings, email, display_name)
-    await grant(settings, email, chosen)
+    async with _database(settings) as db:
+        await feeders.grant(db, account.user_id, chosen, by=_BY_CLI, now=utc_now())
     return account
 
 
 async def grant(settings: Settings, email: str, symbols: list[str]) -> list[str]:
     chosen = checked_symbols(symbols)
     user_id = await find_user(settings, email, Role.FEEDER)
-    assert settings.database_url
-    db = connect(settings.database_url, pool_size=1)
-    try:
+    async with _database(settings) as db:
         await feeders.grant(db, user_id, chosen, by=_BY_CLI, now=utc_now())
-    finally:
-        await db.close()
     return chosen
 
 
 async def revoke(settings: Settings, email: str, symbols: list[str]) -> int:
     chosen = checked_symbols(symbols)
     user_id = await find_user(settings, email, Role.FEEDER)
-    assert settings.database_url
-    db = connect(settings.database_url, pool_size=1)
-    try:
+    async with _database(settings) as db:
         return await feeders.revoke(db, user_id, chosen)
-    finally:
-        await db.close()
 
 
 async def list_all(settings: Settings) -> list[Feeder]:
+    async with _database(settings) as db:
+        return await feeders.list_feeders(db)
+
+
+@contextlib.asynccontextmanager
+async def _database(settings: Settings) -> AsyncIterator[Database]:
+    # One connection for one command of the server's command line.
     assert settings.database_url
     db = connect(settings.database_url, pool_size=1)
     try:
-        return await feeders.list_feeders(db)
+        yield db
     finally:
         await db.close()
