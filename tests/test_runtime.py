@@ -129,6 +129,11 @@ def test_grpc_codes_are_labelled_as_go_spells_them(name: str, go: str) -> None:
         ("FORETELL_LOG_FORMAT", "xml"),
         ("FORETELL_DATABASE_URL", "mysql://x"),
         ("FORETELL_HTTP_ADRR", "127.0.0.1:8080"),
+        # Every POST would fail at once; a retry would never wait.
+        ("FORETELL_WEBHOOK_TIMEOUT_S", "0"),
+        ("FORETELL_WEBHOOK_BACKOFF_S", "0"),
+        ("FORETELL_SHUTDOWN_GRACE_S", "inf"),
+        ("FORETELL_ENTITLEMENT_RECHECK_S", "nan"),
     ],
 )
 def test_a_bad_setting_fails_with_its_name(name: str, value: str) -> None:

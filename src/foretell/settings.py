@@ -7,6 +7,7 @@ variable's name, never later with a confusing error deep in a service.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -461,8 +462,17 @@ def _seconds(name: str, raw: str) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name}={raw!r}: expected seconds") from None
-    if not value >= 0:
+    if not math.isfinite(value):
+        raise SettingsError(f"{name}={raw!r}: expected a finite number of seconds")
+    if value < 0:
         raise SettingsError(f"{name}={raw!r}: must be zero or more")
+    return value
+
+
+def _positive_seconds(name: str, raw: str) -> float:
+    value = _seconds(name, raw)
+    if value <= 0:
+        raise SettingsError(f"{name}={raw!r}: must be more than zero")
     return value
 
 
@@ -547,8 +557,8 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "entitlement_recheck_s": _seconds,
     "webhooks_allow_private": _choice("on", "off"),
     "webhook_max_attempts": _positive_int,
-    "webhook_backoff_s": _seconds,
-    "webhook_timeout_s": _seconds,
+    "webhook_backoff_s": _positive_seconds,
+    "webhook_timeout_s": _positive_seconds,
     "webhook_concurrency": _positive_int,
     "webhook_endpoint_concurrency": _positive_int,
     "job_grace_s": _positive_int,
