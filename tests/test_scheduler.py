@@ -37,7 +37,7 @@ from foretell.scheduler import (
 )
 from foretell.settings import Settings, SettingsError, load_settings
 from foretell.worker import close_worker, create_worker
-from tests._registry import model_name, push, run_builds, write_model
+from tests._registry import model_name, push, run_builds, running_worker, write_model
 from tests.conftest import FORETELL, MovableClock, SignedIn, SignUp, foretell_env
 
 if TYPE_CHECKING:
@@ -937,26 +937,37 @@ async def test_a_live_worker_starts_templates_for_the_live_layers_before_its_fir
     worker fills its bound with templates of the live versions' layers before its first job."""
     from prometheus_client import REGISTRY
 
-    from foretell.runs import close_warm_templates, prewarm_templates, warm_templates
+    from foretell.runs import close_warm_templates, warm_templates
+    from foretell.runtime.lanes import Lane
 
     me, model, _version = await published_model(
         registry, sign_up, settings, resources, clock, tmp_path, BASE + timedelta(hours=44.5)
     )
     await close_warm_templates()  # as in a new worker process
-    started = await prewarm_templates(resources.db, resources.store, settings)
-    pool = warm_templates(settings)
-    assert pool is not None
-    assert started == len(pool.templates) == settings.warm_templates
-    assert all(t.alive and not t.busy for t in pool.templates)
 
     def count(kind: str) -> float:
         return REGISTRY.get_sample_value("foretell_warm_starts_total", {"result": kind}) or 0.0
 
-    before = {kind: count(kind) for kind in ("warm", "started", "cold")}
-    set_time(clock, BASE + timedelta(hours=45, minutes=1))
-    assert (await schedule_runs({"resources": resources}))["enqueued"] >= 1
-    await run_worker(settings, clock)
-    runs, _forecasts = await recorded(resources, model)
+    async with running_worker(settings, Lane.LIVE, clock) as worker:
+
+        async def all_up() -> bool | None:
+            pool = warm_templates(settings)
+            full = pool is not None and len(pool.templates) == settings.warm_templates
+            return True if full and worker.ctx.get("resources") else None
+
+        await poll("the worker's templates", all_up, 60)
+        pool = warm_templates(settings)
+        assert pool is not None
+        assert all(t.alive and not t.busy for t in pool.templates)
+        before = {kind: count(kind) for kind in ("warm", "started", "cold")}
+        set_time(clock, BASE + timedelta(hours=45, minutes=1))
+        assert (await schedule_runs({"resources": resources}))["enqueued"] >= 1
+
+        async def ran() -> list[Run] | None:
+            runs, _forecasts = await recorded(resources, model)
+            return runs or None
+
+        runs = await poll("the slot's run", ran, 60)
     assert [(r.as_of, r.outcome) for r in runs] == [(BASE + timedelta(hours=45), "ok")]
     assert count("warm") > before["warm"]
     assert (count("started"), count("cold")) == (before["started"], before["cold"])
