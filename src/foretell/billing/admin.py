@@ -19,7 +19,7 @@ from foretell.billing.settle import (
     record_payment,
 )
 from foretell.clock import Clock, utc_now
-from foretell.db import connect
+from foretell.db import connected
 from foretell.db.models import Invoice, Model, User
 from foretell.errors import ForetellError
 from foretell.settings import Settings
@@ -60,14 +60,9 @@ async def _lines(session: AsyncSession, statuses: list[InvoiceStatus]) -> list[I
 
 
 async def list_invoices(settings: Settings, *, open_only: bool, limit: int) -> list[InvoiceLine]:
-    assert settings.database_url
-    db = connect(settings.database_url, pool_size=1)
-    try:
-        async with db.session() as session:
-            conditions = [is_open()] if open_only else []
-            return await _lines(session, await invoice_statuses(session, *conditions, limit=limit))
-    finally:
-        await db.close()
+    async with connected(settings.database_url) as db, db.session() as session:
+        conditions = [is_open()] if open_only else []
+        return await _lines(session, await invoice_statuses(session, *conditions, limit=limit))
 
 
 async def pay_invoice(
@@ -93,11 +88,9 @@ async def _change(
     reference: str = "",
     credit: tuple[int, str] | None = None,
 ) -> InvoiceLine:
-    assert settings.database_url
     invoice_id = _invoice_id(text)
-    db = connect(settings.database_url, pool_size=1)
     try:
-        async with db.session.begin() as session:
+        async with connected(settings.database_url) as db, db.session.begin() as session:
             if credit is None:
                 await record_payment(
                     session,
@@ -115,5 +108,3 @@ async def _change(
             return line
     except ForetellError as error:
         raise ValueError(error.message) from None
-    finally:
-        await db.close()

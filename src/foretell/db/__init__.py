@@ -1,6 +1,6 @@
 """PostgreSQL access: SQLAlchemy 2 async on asyncpg, schema managed by Alembic."""
 
-from foretell.db._engine import Database, async_url, connect, drop_closed
+from foretell.db._engine import Database, async_url, connect, connected, drop_closed
 from foretell.db.migrate import upgrade
 from foretell.db.models import (
     ApiKey,
@@ -23,6 +23,7 @@ __all__ = [
     "Version",
     "async_url",
     "connect",
+    "connected",
     "drop_closed",
     "upgrade",
 ]

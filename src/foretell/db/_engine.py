@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,3 +63,15 @@ def connect(url: str, *, pool_size: int = 10) -> Database:
         autocommit,
         async_sessionmaker(autocommit, expire_on_commit=False),
     )
+
+
+@asynccontextmanager
+async def connected(url: str | None) -> AsyncIterator[Database]:
+    """One connection for one short task (a command of the server's command line), closed
+    after it."""
+    assert url, "FORETELL_DATABASE_URL is checked before any command reaches the database"
+    db = connect(url, pool_size=1)
+    try:
+        yield db
+    finally:
+        await db.close()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from foretell.account.v1 import account_service_pb2 as pb
 from foretell.auth.policy import Role
 from foretell.clock import utc_now
-from foretell.db import connect
+from foretell.db import connected
 from foretell.errors import ForetellError, InvalidArgument
 from foretell.services.account import _queries, _validate
 from foretell.settings import Settings
@@ -36,20 +36,18 @@ async def create_account(
         email, display_name, _ = _validate.create_user(request)
     except InvalidArgument as error:
         raise ValueError(error.message) from None
-    db = connect(settings.database_url, pool_size=1)
-    try:
-        user = await _queries.create_user(
-            db,
-            email=email,
-            password=password,
-            display_name=display_name,
-            role=Role(role),
-            now=utc_now(),
-        )
-    except ForetellError as error:
-        raise ValueError(error.message) from None
-    finally:
-        await db.close()
+    async with connected(settings.database_url) as db:
+        try:
+            user = await _queries.create_user(
+                db,
+                email=email,
+                password=password,
+                display_name=display_name,
+                role=Role(role),
+                now=utc_now(),
+            )
+        except ForetellError as error:
+            raise ValueError(error.message) from None
     return user.id
 
 
@@ -57,25 +55,17 @@ async def create_feeder(settings: Settings, email: str, display_name: str) -> Fe
     """A data feeder's account and its API key (shown once, here). The account has a random
     password nobody is told: a vendor's script signs in with the key alone. Raises ValueError
     with a readable message when the input breaks a rule."""
-    assert settings.database_url
     password = secrets.token_urlsafe(32)
     user_id = await create_account(settings, email, password, display_name, Role.FEEDER.value)
-    db = connect(settings.database_url, pool_size=1)
-    try:
+    async with connected(settings.database_url) as db:
         _key, secret = await _queries.create_api_key(db, user_id, "data feed", utc_now())
-    finally:
-        await db.close()
     return FeederAccount(user_id, secret)
 
 
 async def find_user(settings: Settings, email: str, role: Role) -> uuid.UUID:
     """The id of the account with `email` and `role`; ValueError when there is none."""
-    assert settings.database_url
-    db = connect(settings.database_url, pool_size=1)
-    try:
+    async with connected(settings.database_url) as db:
         user = await _queries.user_by_email(db, email)
-    finally:
-        await db.close()
     if user is None or user.role != role.value:
         raise ValueError(f"no {role.value} account with the email {email}")
     return user.id

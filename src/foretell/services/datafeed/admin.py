@@ -3,12 +3,9 @@ account and its API key), grant and revoke symbols, list them."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-
 from foretell.auth.policy import Role
 from foretell.clock import utc_now
-from foretell.db import Database, connect
+from foretell.db import connected
 from foretell.errors import Violations
 from foretell.marketdata import feeders, validate
 from foretell.marketdata.feeders import Feeder
@@ -36,7 +33,7 @@ async def create(
     """A new feeder granted `symbols`; ValueError with a readable message on bad input."""
     chosen = checked_symbols(symbols)
     account = await create_feeder(settings, email, display_name)
-    async with _database(settings) as db:
+    async with connected(settings.database_url) as db:
         await feeders.grant(db, account.user_id, chosen, by=_BY_CLI, now=utc_now())
     return account
 
@@ -44,7 +41,7 @@ async def create(
 async def grant(settings: Settings, email: str, symbols: list[str]) -> list[str]:
     chosen = checked_symbols(symbols)
     user_id = await find_user(settings, email, Role.FEEDER)
-    async with _database(settings) as db:
+    async with connected(settings.database_url) as db:
         await feeders.grant(db, user_id, chosen, by=_BY_CLI, now=utc_now())
     return chosen
 
@@ -52,21 +49,10 @@ async def grant(settings: Settings, email: str, symbols: list[str]) -> list[str]
 async def revoke(settings: Settings, email: str, symbols: list[str]) -> int:
     chosen = checked_symbols(symbols)
     user_id = await find_user(settings, email, Role.FEEDER)
-    async with _database(settings) as db:
+    async with connected(settings.database_url) as db:
         return await feeders.revoke(db, user_id, chosen)
 
 
 async def list_all(settings: Settings) -> list[Feeder]:
-    async with _database(settings) as db:
+    async with connected(settings.database_url) as db:
         return await feeders.list_feeders(db)
-
-
-@contextlib.asynccontextmanager
-async def _database(settings: Settings) -> AsyncIterator[Database]:
-    # One connection for one command of the server's command line.
-    assert settings.database_url
-    db = connect(settings.database_url, pool_size=1)
-    try:
-        yield db
-    finally:
-        await db.close()
