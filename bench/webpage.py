@@ -177,6 +177,28 @@ def shown_bytes(traffic: Traffic) -> tuple[int, int, int]:
     return size, forecasts, bars
 
 
+def streaming(request: Any) -> bool:
+    return ":stream" in request.url
+
+
+class InFlight:
+    """A page's requests in flight but the stream of new forecasts, which the model page keeps
+    open: with it, the page is never "networkidle" as Playwright means it."""
+
+    def __init__(self, page: Any) -> None:
+        self.requests: set[Any] = set()
+        page.on("request", lambda r: None if streaming(r) else self.requests.add(r))
+        page.on("requestfinished", lambda r: self.requests.discard(r))
+        page.on("requestfailed", lambda r: self.requests.discard(r))
+
+    async def idle(self) -> None:
+        """Until nothing (but the stream) has been in flight for 500 ms, as "networkidle"."""
+        quiet = 0
+        while quiet < 5:
+            await asyncio.sleep(0.1)
+            quiet = 0 if self.requests else quiet + 1
+
+
 def _chromium_cpu_s() -> float:
     """CPU seconds (user + system) used so far by this process's Chromium processes (browser,
     renderers, GPU): a frame's cost that other load on the machine does not inflate, unlike
@@ -221,10 +243,13 @@ async def browse(base_url: str, name: str, email: str, loads: int) -> None:
         page = await context.new_page()
         traffic = Traffic()
         pending: list[asyncio.Task[None]] = []
+        inflight = InFlight(page)
 
         async def take(response: Any) -> None:
             if "/v1/" not in response.url or response.request.method == "OPTIONS":
                 return
+            if streaming(response.request):
+                return  # its body ends only when the page is left
             try:
                 body = await response.body()
                 sizes = await response.request.sizes()
@@ -236,7 +261,7 @@ async def browse(base_url: str, name: str, email: str, loads: int) -> None:
         page.on("response", lambda r: pending.append(asyncio.ensure_future(take(r))))
 
         async def settle() -> Traffic:
-            await page.wait_for_load_state("networkidle")
+            await inflight.idle()
             await asyncio.gather(*pending)
             pending.clear()
             taken = dataclasses.replace(traffic, bodies=list(traffic.bodies))
