@@ -6,6 +6,7 @@ import { ApiError } from '../api/errors'
 import type { ForecastRecord } from '../api/types'
 import type { LedgerJson, Verdict } from '../ledger/verify'
 import type { VerifyRequest } from '../ledger/verify.worker'
+import { listForecasts } from './useRecord'
 
 const PAGE = 1000
 
@@ -25,19 +26,12 @@ export async function fetchLedger(model: string): Promise<LedgerJson> {
 
 /** Every live forecast the caller may read (null: none, PERMISSION_DENIED). */
 export async function fetchReadable(model: string): Promise<ForecastRecord[] | null> {
-  const out: ForecastRecord[] = []
-  let pageToken = ''
   try {
-    do {
-      const page = await call(api.GET('/v1/models/{model}/forecasts', { params: { path: { model }, query: { pageSize: PAGE, pageToken } } }))
-      out.push(...(page.forecasts ?? []))
-      pageToken = page.nextPageToken ?? ''
-    } while (pageToken)
+    return (await listForecasts(model, {})).forecasts
   } catch (e) {
     if (e instanceof ApiError && e.status === 403) return null
     throw e
   }
-  return out
 }
 
 function memoryKey(model: string): string {
