@@ -15,30 +15,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from _stores import database, redis
+from grpc import aio
 from playwright.async_api import async_playwright
-from sqlalchemy import select
-from webpage import seed
+from webpage import gateway, seed, stack
 
-from foretell.composition import SERVICES, start_services
-from foretell.db.models import Model, Version
 from foretell.ledger import chain
-from foretell.runtime import Resources, open_resources
-from foretell.settings import Address, Settings
+from foretell.runtime import Resources
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests._envoy import running_envoy
 from tests._records import HOUR, F, Made, record_run
 from tests._web import chromium_path
 from tests.conftest import FORETELL, PASSWORD
@@ -82,9 +75,9 @@ async def run_cli(base_url: str, config: Path, *args: str, stdin: str = "") -> t
 
 
 async def measure(
-    base_url: str, resources: Resources, made: Made, email: str, loads: int, runs: int, root: Path
+    base_url: str, resources: Resources, made: Made, loads: int, runs: int, root: Path
 ) -> None:
-    name = made.name
+    name, email = made.name, made.owner.email
     config = root / "cli"
     await run_cli(base_url, config, "login", "--email", email, "--password-stdin", stdin=PASSWORD)
     cli_times: list[float] = []
@@ -184,16 +177,6 @@ async def measure(
     print(f"  target: p50 <= {DELAY_TARGET_MS:.0f} ms: {verdict}")
 
 
-async def _made(resources: Resources, name: str, symbol: str) -> Made:
-    """The seeded model as `record_run` takes it (its owner is not needed there)."""
-    async with resources.db.session() as session:
-        model = await session.scalar(select(Model).where(Model.name == name))
-        assert model is not None
-        version = await session.scalar(select(Version).where(Version.model_id == model.id))
-        assert version is not None
-    return Made(None, name, model.id, {1: version.id}, (symbol,))  # type: ignore[arg-type]
-
-
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=6000)
@@ -206,42 +189,15 @@ async def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ftl-", dir="/tmp") as tmp:
         root = Path(tmp)
         root.chmod(0o711)
-        async with database(root) as db_url, redis(root) as redis_url:
-            settings = dataclasses.replace(
-                Settings(),
-                data_dir=root / "data",
-                database_url=db_url,
-                redis_url=redis_url,
-                auth_rate_limit_per_min=100_000,
-                auth_rate_limit_per_client_per_min=100_000,
-                expensive_rate_limit_per_min=100_000,
-                expensive_rate_limit_per_client_per_min=100_000,
-                shutdown_grace_s=0.5,
-                queue_name=f"foretell-bench:{uuid.uuid4().hex[:8]}",
-            )
-            async with open_resources(settings) as resources:
-                server = await start_services(resources, list(SERVICES), Address("127.0.0.1", 0))
-                try:
-                    from grpc import aio
-
-                    async with aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-                        t0 = time.monotonic()
-                        name, email, symbol = await seed(channel, resources, args.entries)
-                        made = await _made(resources, name, symbol)
-                        await chain.checkpoint(
-                            resources.db, settings.ledger_keys_dir, resources.clock
-                        )
-                        took = time.monotonic() - t0
-                        print(f"recorded {args.entries} ledgered runs in {took:.0f} s")
-                    upstream = Address("127.0.0.1", server.port)
-                    async with running_envoy(
-                        settings, dict.fromkeys(SERVICES, upstream), root / "envoy"
-                    ) as gateway:
-                        await measure(
-                            gateway.base_url, resources, made, email, args.loads, args.runs, root
-                        )
-                finally:
-                    await server.stop(0.5)
+        async with stack(root) as (resources, port):
+            async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                t0 = time.monotonic()
+                made = await seed(channel, resources, args.entries)
+                settings = resources.settings
+                await chain.checkpoint(resources.db, settings.ledger_keys_dir, resources.clock)
+                print(f"recorded {args.entries} ledgered runs in {time.monotonic() - t0:.0f} s")
+            async with gateway(resources, port, root) as envoy:
+                await measure(envoy.base_url, resources, made, args.loads, args.runs, root)
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
@@ -22,12 +23,15 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from _stores import database, redis
 from google.protobuf import field_mask_pb2
+from grpc import aio
 from playwright.async_api import async_playwright
 
 from foretell.account.v1 import account_service_pb2_grpc as account_grpc
@@ -40,8 +44,8 @@ from foretell.runtime import Resources, open_resources
 from foretell.settings import Address, Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests._envoy import running_envoy
-from tests._records import HOUR, F, insert_bars, make_model, record_run, unique_symbol
+from tests._envoy import Envoy, running_envoy
+from tests._records import HOUR, F, Made, insert_bars, make_model, record_run, unique_symbol
 from tests._web import chromium_path, signed_up
 from tests.conftest import PASSWORD
 
@@ -89,9 +93,9 @@ async ([ms, whilePlaying]) => {
 """
 
 
-async def seed(channel: Any, resources: Resources, runs: int) -> tuple[str, str, str]:
+async def seed(channel: Any, resources: Resources, runs: int) -> Made:
     """A published model of a new provider, `runs` hourly live runs (one forecast each) on
-    synthetic round-the-clock bars; returns (model name, owner email, symbol)."""
+    synthetic round-the-clock bars."""
     account = account_grpc.AccountServiceStub(channel)
     registry = reg_grpc.RegistryServiceStub(channel)
 
@@ -125,7 +129,7 @@ async def seed(channel: Any, resources: Resources, runs: int) -> tuple[str, str,
             "up" if up else "down", 0.002 if up else -0.002, round(0.5 + rng.random() * 0.4, 3)
         )
         await record_run(resources, made, as_of, [forecast], recorded_at=as_of + HOUR)
-    return made.name, made.owner.email, symbol
+    return made
 
 
 @dataclasses.dataclass
@@ -173,6 +177,28 @@ def shown_bytes(traffic: Traffic) -> tuple[int, int, int]:
     return size, forecasts, bars
 
 
+def streaming(request: Any) -> bool:
+    return ":stream" in request.url
+
+
+class InFlight:
+    """A page's requests in flight but the stream of new forecasts, which the model page keeps
+    open: with it, the page is never "networkidle" as Playwright means it."""
+
+    def __init__(self, page: Any) -> None:
+        self.requests: set[Any] = set()
+        page.on("request", lambda r: None if streaming(r) else self.requests.add(r))
+        page.on("requestfinished", lambda r: self.requests.discard(r))
+        page.on("requestfailed", lambda r: self.requests.discard(r))
+
+    async def idle(self) -> None:
+        """Until nothing (but the stream) has been in flight for 500 ms, as "networkidle"."""
+        quiet = 0
+        while quiet < 5:
+            await asyncio.sleep(0.1)
+            quiet = 0 if self.requests else quiet + 1
+
+
 def _chromium_cpu_s() -> float:
     """CPU seconds (user + system) used so far by this process's Chromium processes (browser,
     renderers, GPU): a frame's cost that other load on the machine does not inflate, unlike
@@ -217,10 +243,13 @@ async def browse(base_url: str, name: str, email: str, loads: int) -> None:
         page = await context.new_page()
         traffic = Traffic()
         pending: list[asyncio.Task[None]] = []
+        inflight = InFlight(page)
 
         async def take(response: Any) -> None:
             if "/v1/" not in response.url or response.request.method == "OPTIONS":
                 return
+            if streaming(response.request):
+                return  # its body ends only when the page is left
             try:
                 body = await response.body()
                 sizes = await response.request.sizes()
@@ -232,7 +261,7 @@ async def browse(base_url: str, name: str, email: str, loads: int) -> None:
         page.on("response", lambda r: pending.append(asyncio.ensure_future(take(r))))
 
         async def settle() -> Traffic:
-            await page.wait_for_load_state("networkidle")
+            await inflight.idle()
             await asyncio.gather(*pending)
             pending.clear()
             taken = dataclasses.replace(traffic, bodies=list(traffic.bodies))
@@ -377,6 +406,37 @@ async def browse(base_url: str, name: str, email: str, loads: int) -> None:
     print(f"  target: playback >= {FPS_TARGET:.0f} fps (median): {verdict}")
 
 
+@contextlib.asynccontextmanager
+async def stack(root: Path) -> AsyncIterator[tuple[Resources, int]]:
+    """PostgreSQL, Redis and every service in this process, under `root`, with the rate limits
+    out of the way: the resources and the services' port."""
+    async with database(root) as db_url, redis(root) as redis_url:
+        settings = dataclasses.replace(
+            Settings(),
+            data_dir=root / "data",
+            database_url=db_url,
+            redis_url=redis_url,
+            auth_rate_limit_per_min=100_000,
+            auth_rate_limit_per_client_per_min=100_000,
+            expensive_rate_limit_per_min=100_000,
+            expensive_rate_limit_per_client_per_min=100_000,
+            shutdown_grace_s=0.5,
+            queue_name=f"foretell-bench:{uuid.uuid4().hex[:8]}",
+        )
+        async with open_resources(settings) as resources:
+            server = await start_services(resources, list(SERVICES), Address("127.0.0.1", 0))
+            try:
+                yield resources, server.port
+            finally:
+                await server.stop(0.5)
+
+
+def gateway(resources: Resources, port: int, root: Path) -> AbstractAsyncContextManager[Envoy]:
+    """Envoy in front of the services on `port`, serving the built app."""
+    upstream = Address("127.0.0.1", port)
+    return running_envoy(resources.settings, dict.fromkeys(SERVICES, upstream), root / "envoy")
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--forecasts", type=int, default=6000)
@@ -388,38 +448,15 @@ async def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ftw-", dir="/tmp") as tmp:
         root = Path(tmp)
         root.chmod(0o711)
-        async with database(root) as db_url, redis(root) as redis_url:
-            settings = dataclasses.replace(
-                Settings(),
-                data_dir=root / "data",
-                database_url=db_url,
-                redis_url=redis_url,
-                auth_rate_limit_per_min=100_000,
-                auth_rate_limit_per_client_per_min=100_000,
-                expensive_rate_limit_per_min=100_000,
-                expensive_rate_limit_per_client_per_min=100_000,
-                shutdown_grace_s=0.5,
-                queue_name=f"foretell-bench:{uuid.uuid4().hex[:8]}",
-            )
-            async with open_resources(settings) as resources:
-                server = await start_services(resources, list(SERVICES), Address("127.0.0.1", 0))
-                try:
-                    from grpc import aio
-
-                    async with aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-                        t0 = time.monotonic()
-                        name, email, _ = await seed(channel, resources, args.forecasts)
-                        print(
-                            f"recorded {args.forecasts} hourly forecasts in "
-                            f"{time.monotonic() - t0:.0f} s"
-                        )
-                    upstream = Address("127.0.0.1", server.port)
-                    async with running_envoy(
-                        settings, dict.fromkeys(SERVICES, upstream), root / "envoy"
-                    ) as gateway:
-                        await browse(gateway.base_url, name, email, args.loads)
-                finally:
-                    await server.stop(0.5)
+        async with stack(root) as (resources, port):
+            async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                t0 = time.monotonic()
+                made = await seed(channel, resources, args.forecasts)
+                print(
+                    f"recorded {args.forecasts} hourly forecasts in {time.monotonic() - t0:.0f} s"
+                )
+            async with gateway(resources, port, root) as envoy:
+                await browse(envoy.base_url, made.name, made.owner.email, args.loads)
     return 0
 
 

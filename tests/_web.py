@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from google.protobuf import field_mask_pb2
 from grpc import aio
 from sqlalchemy import select
@@ -37,6 +38,7 @@ from foretell.services.account._queries import create_user
 from foretell.subscription.v1 import subscription_service_pb2 as sub_pb
 from foretell.subscription.v1 import subscription_service_pb2_grpc as sub_grpc
 from foretell.worker import close_worker, create_worker
+from tests._envoy import Envoy
 from tests._records import HOUR, F, Made, insert_bars, make_model, record_run, unique_symbol
 from tests._registry import push, run_builds, write_model
 from tests.conftest import PASSWORD, SignedIn, unique_email
@@ -129,19 +131,34 @@ async def seed_model(
     return WebModel(made, title, runs)
 
 
-async def open_browser() -> AsyncIterator[object]:
+# The browser tests' marks: each module adds its own timeout to these.
+NEEDS_BROWSER = [
+    pytest.mark.skipif(chromium_path() is None, reason="no chromium (apt-get install chromium)"),
+    pytest.mark.skipif(
+        not (ROOT / "web/dist/index.html").exists(), reason="web app not built (make web)"
+    ),
+]
+
+
+# The fixtures `browser` and `page`, for the browser tests to import (with `__all__` naming
+# them, so that the import counts as used).
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Any]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium_path())
-        yield browser
-        await browser.close()
+        opened = await playwright.chromium.launch(executable_path=chromium_path())
+        yield opened
+        await opened.close()
 
 
-async def open_page(browser: Any, base_url: str) -> AsyncIterator[Any]:
-    """A page on `base_url` with axe-core loaded; fails the test on a page error or a CSP
+@pytest.fixture
+async def page(browser: Any, envoy: Envoy) -> AsyncIterator[Any]:
+    """A page on the gateway with axe-core loaded; fails the test on a page error or a CSP
     refusal, and photographs the last page."""
-    context = await browser.new_context(base_url=base_url, viewport={"width": 1440, "height": 900})
+    context = await browser.new_context(
+        base_url=envoy.base_url, viewport={"width": 1440, "height": 900}
+    )
     # Injected through the DevTools protocol, so the page's CSP (no inline scripts) holds.
     await context.add_init_script(path=str(AXE))
     await context.grant_permissions(["clipboard-read", "clipboard-write"])
@@ -177,6 +194,14 @@ async def _axe(page: Any, label: str) -> None:
     assert violations == [], f"{label}: {json.dumps(violations)}"
 
 
+# After a resize or a change of theme: the resize observers and media-query listeners run
+# before the next frame, and the charts they tell draw in the frame after it.
+NEXT_FRAMES = (
+    "() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(() => "
+    "requestAnimationFrame(done))))"
+)
+
+
 async def check(page: Any, name: str, *, network_idle: bool = True) -> None:
     """axe-core finds no WCAG 2.1 AA violation at 390 and 1440 px, in the light and the dark
     theme, and nothing is wider than the phone's screen; screenshots of each. A page with an
@@ -189,7 +214,7 @@ async def check(page: Any, name: str, *, network_idle: bool = True) -> None:
         await page.emulate_media(color_scheme=scheme)
         for width in WIDTHS:
             await page.set_viewport_size({"width": width, "height": 900})
-            await page.wait_for_timeout(150)
+            await page.evaluate(NEXT_FRAMES)
             await _axe(page, f"{name} at {width}px, {scheme}")
             if width == WIDTHS[0]:
                 wider = await page.evaluate("document.documentElement.scrollWidth")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,37 +28,19 @@ from tests import _web
 from tests._envoy import Envoy
 from tests._records import HOUR, Made, make_model, record_run
 from tests._registry import model_name, run_builds
-from tests._web import check
+from tests._web import browser, check, page
 from tests.conftest import PASSWORD, SignedIn
 from tests.test_cli import _ok, _run
 from tests.test_runs import AS_OF, add_bars, symbols
 
-pytestmark = [
-    pytest.mark.skipif(
-        _web.chromium_path() is None, reason="no chromium (apt-get install chromium)"
-    ),
-    pytest.mark.skipif(
-        not (_web.ROOT / "web/dist/index.html").exists(), reason="web app not built (make web)"
-    ),
-    pytest.mark.timeout(300),
-]
+__all__ = ["browser", "page"]  # fixtures, imported to be shared
+
+pytestmark = [*_web.NEEDS_BROWSER, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(autouse=True)
 def _dry_lane(dry_lane: None) -> None:
     """The console's dry runs run on the dry lane's workers."""
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Any]:
-    async for opened in _web.open_browser():
-        yield opened
-
-
-@pytest.fixture
-async def page(browser: Any, envoy: Envoy) -> AsyncIterator[Any]:
-    async for opened in _web.open_page(browser, envoy.base_url):
-        yield opened
 
 
 async def _sign_in(page: Any, who: SignedIn) -> None:

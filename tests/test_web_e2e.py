@@ -6,7 +6,6 @@ Every page is checked with axe-core (WCAG 2.1 AA) and photographed at 390 and 14
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,18 +17,12 @@ from grpc import aio
 from foretell.runtime import Resources
 from tests import _web
 from tests._envoy import Envoy
-from tests._web import SHOTS, check
+from tests._web import SHOTS, browser, check, page
 from tests.conftest import PASSWORD, unique_email
 
-pytestmark = [
-    pytest.mark.skipif(
-        _web.chromium_path() is None, reason="no chromium (apt-get install chromium)"
-    ),
-    pytest.mark.skipif(
-        not (_web.ROOT / "web/dist/index.html").exists(), reason="web app not built (make web)"
-    ),
-    pytest.mark.timeout(240),
-]
+__all__ = ["browser", "page"]  # fixtures, imported to be shared
+
+pytestmark = [*_web.NEEDS_BROWSER, pytest.mark.timeout(240)]
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +34,6 @@ async def catalog(channel: aio.Channel, resources: Resources) -> list[_web.WebMo
         channel, resources, title="Web newcomer", runs=20, price_minor=1500, trial_days=0, seed=2
     )
     return [judged, short]
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Any]:
-    async for opened in _web.open_browser():
-        yield opened
-
-
-@pytest.fixture
-async def page(browser: Any, envoy: Envoy) -> AsyncIterator[Any]:
-    async for opened in _web.open_page(browser, envoy.base_url):
-        yield opened
 
 
 async def sign_up_in_browser(page: Any, next_path: str = "/") -> str:

@@ -38,22 +38,13 @@ from tests import _web
 from tests._billing import trial
 from tests._records import HOUR, insert_bars, unique_symbol
 from tests._registry import model_name, push, run_builds, running_worker, write_model
-from tests._web import check
+from tests._web import browser, check, page
 from tests.conftest import PASSWORD, MovableClock, SignedIn, SignUp
 from tests.test_datafeed import admin, ingest
-from tests.test_web_e2e import browser, page
 
 __all__ = ["admin", "browser", "page"]  # fixtures, imported to be shared
 
-pytestmark = [
-    pytest.mark.skipif(
-        _web.chromium_path() is None, reason="no chromium (apt-get install chromium)"
-    ),
-    pytest.mark.skipif(
-        not (_web.ROOT / "web/dist/index.html").exists(), reason="web app not built (make web)"
-    ),
-    pytest.mark.timeout(240),
-]
+pytestmark = [*_web.NEEDS_BROWSER, pytest.mark.timeout(240)]
 
 MOMENTUM = """
 from foretell.sdk import Forecast

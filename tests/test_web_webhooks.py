@@ -1,7 +1,7 @@
 """The webhooks page in Chromium against the real stack, through an Envoy of its own in front of
 services that allow endpoints on 127.0.0.1: a subscriber adds an endpoint (its secret shown
 once), sends a test event that fails once and is retried, and reads the delivery log; axe and
-screenshots at 390 and 1440 px (the page, browser and checks of tests/test_web_e2e.py)."""
+screenshots at 390 and 1440 px (the page, browser and checks of tests/_web.py)."""
 
 from __future__ import annotations
 
@@ -24,20 +24,13 @@ from foretell.webhooks import verify
 from tests import _envoy, _web
 from tests._billing import sold_model
 from tests._records import BASE, record
-from tests._web import check
+from tests._web import browser, check, page
 from tests._webhooks import dispatching, lenient, lenient_services, receiving
 from tests.conftest import MovableClock, SignUp
-from tests.test_web_e2e import browser, page  # noqa: F401 - fixtures
 
-pytestmark = [
-    pytest.mark.skipif(
-        _web.chromium_path() is None, reason="no chromium (apt-get install chromium)"
-    ),
-    pytest.mark.skipif(
-        not (_web.ROOT / "web/dist/index.html").exists(), reason="web app not built (make web)"
-    ),
-    pytest.mark.timeout(240),
-]
+__all__ = ["browser", "page"]  # fixtures, imported to be shared
+
+pytestmark = [*_web.NEEDS_BROWSER, pytest.mark.timeout(240)]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +55,7 @@ async def envoy(
 
 
 async def test_delivery_log_and_test_event(
-    page: Any,  # noqa: F811 - the fixture imported above
+    page: Any,
     channel: aio.Channel,
     hooks_stack: tuple[Resources, int],
     sign_up: SignUp,

@@ -6,8 +6,12 @@ import { ApiError } from '../api/errors'
 import type { ForecastRecord } from '../api/types'
 import type { LedgerJson, Verdict } from '../ledger/verify'
 import type { VerifyRequest } from '../ledger/verify.worker'
+import { listForecasts } from './useRecord'
 
 const PAGE = 1000
+
+/** The check itself could not run in this browser (its message is for the reader). */
+export class CheckFailed extends Error {}
 
 export async function fetchLedger(model: string): Promise<LedgerJson> {
   const ledger: LedgerJson = { entries: [], checkpoints: [], keys: [], unledgeredRunIds: [] }
@@ -25,19 +29,12 @@ export async function fetchLedger(model: string): Promise<LedgerJson> {
 
 /** Every live forecast the caller may read (null: none, PERMISSION_DENIED). */
 export async function fetchReadable(model: string): Promise<ForecastRecord[] | null> {
-  const out: ForecastRecord[] = []
-  let pageToken = ''
   try {
-    do {
-      const page = await call(api.GET('/v1/models/{model}/forecasts', { params: { path: { model }, query: { pageSize: PAGE, pageToken } } }))
-      out.push(...(page.forecasts ?? []))
-      pageToken = page.nextPageToken ?? ''
-    } while (pageToken)
+    return (await listForecasts(model, {})).forecasts
   } catch (e) {
     if (e instanceof ApiError && e.status === 403) return null
     throw e
   }
-  return out
 }
 
 function memoryKey(model: string): string {
@@ -65,11 +62,11 @@ export function verifyInWorker(request: VerifyRequest): Promise<Verdict> {
     worker.onmessage = (event: MessageEvent<{ verdict?: Verdict; error?: string }>) => {
       worker.terminate()
       if (event.data.verdict) resolve(event.data.verdict)
-      else reject(new Error(event.data.error ?? 'the check failed'))
+      else reject(new CheckFailed(event.data.error ?? 'the check failed'))
     }
     worker.onerror = (event) => {
       worker.terminate()
-      reject(new Error(event.message || 'the check could not run'))
+      reject(new CheckFailed(event.message || 'the check could not run'))
     }
     worker.postMessage(request)
   })
@@ -77,7 +74,7 @@ export function verifyInWorker(request: VerifyRequest): Promise<Verdict> {
 
 /** Fetches, checks and remembers; the verdict and how long the check took in the browser. */
 export async function checkLedger(model: string): Promise<{ verdict: Verdict; ms: number }> {
-  if (!globalThis.crypto?.subtle) throw new Error('this browser offers no WebCrypto here (the page must be served over HTTPS or from localhost)')
+  if (!globalThis.crypto?.subtle) throw new CheckFailed('this browser offers no WebCrypto here (the page must be served over HTTPS or from localhost)')
   const [ledger, forecasts] = await Promise.all([fetchLedger(model), fetchReadable(model)])
   const remembered = loadRemembered(model)
   const started = performance.now()

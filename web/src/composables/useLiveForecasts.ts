@@ -4,10 +4,10 @@
 // is lost or shown twice. Stops, with the reason, when the server refuses the caller (the
 // subscription lapsed, the model went private, the session ended).
 import { onScopeDispose, ref, type Ref } from 'vue'
-import { api, call } from '../api/client'
 import { ApiError } from '../api/errors'
 import { streamMessages } from '../api/stream'
 import type { ForecastRecord } from '../api/types'
+import { listForecasts } from './useRecord'
 
 export type LiveState = 'connecting' | 'live' | 'reconnecting' | 'stopped'
 
@@ -42,21 +42,6 @@ export function stopReason(error: unknown): string | null {
   if (error.status === 404) return 'Live forecasts stopped: this model is no longer visible to you.'
   if (error.status === 400 || error.status === 409) return `Live forecasts stopped: ${error.message}.`
   return null
-}
-
-async function listSince(model: string, symbol: string, since: string | undefined): Promise<ForecastRecord[]> {
-  const out: ForecastRecord[] = []
-  let pageToken = ''
-  do {
-    const page = await call(
-      api.GET('/v1/models/{model}/forecasts', {
-        params: { path: { model }, query: { symbol, pageSize: 1000, pageToken, ...(since ? { startTime: since } : {}) } },
-      }),
-    )
-    out.push(...(page.forecasts ?? []))
-    pageToken = page.nextPageToken ?? ''
-  } while (pageToken)
-  return out.reverse()
 }
 
 function byAsOf(a: ForecastRecord, b: ForecastRecord): number {
@@ -99,7 +84,8 @@ export function useLiveForecasts(options: LiveOptions): {
   async function fillGap(): Promise<void> {
     // From the newest as_of held, inclusive (a run of that slot may have recorded more); with
     // none held (the page's record was empty), every forecast listed is new.
-    deliver(await listSince(options.model, options.symbol ?? '', latest))
+    const query = { symbol: options.symbol ?? '', ...(latest ? { startTime: latest } : {}) }
+    deliver((await listForecasts(options.model, query)).forecasts)
   }
 
   function pause(ms: number): Promise<void> {

@@ -1,6 +1,7 @@
 // A model's forecasts and the bars they are about, as playback and the reliability diagram
 // need them: forecasts paged through (oldest first), bars of the span they cover.
 import { api, call } from '../api/client'
+import type { operations } from '../api/schema'
 import type { ForecastRecord, Resolution, RunKind } from '../api/types'
 
 export interface Candle {
@@ -17,7 +18,10 @@ export interface Forecasts {
   sampleRecordedBefore?: string
 }
 
-export async function fetchForecasts(model: string, kind: RunKind, symbol: string, limit = 10_000): Promise<Forecasts> {
+export type ForecastsQuery = Omit<NonNullable<operations['ForecastService_ListForecasts']['parameters']['query']>, 'pageSize' | 'pageToken'>
+
+/** ListForecasts paged through (oldest first), until its last page or `limit` forecasts. */
+export async function listForecasts(model: string, query: ForecastsQuery, limit = Infinity): Promise<Forecasts> {
   const forecasts: ForecastRecord[] = []
   let pageToken = ''
   let delayedSample = false
@@ -25,7 +29,7 @@ export async function fetchForecasts(model: string, kind: RunKind, symbol: strin
   do {
     const page = await call(
       api.GET('/v1/models/{model}/forecasts', {
-        params: { path: { model }, query: { kind, symbol, pageSize: 1000, pageToken } },
+        params: { path: { model }, query: { ...query, pageSize: 1000, pageToken } },
       }),
     )
     forecasts.push(...(page.forecasts ?? []))
@@ -35,6 +39,10 @@ export async function fetchForecasts(model: string, kind: RunKind, symbol: strin
   } while (pageToken && forecasts.length < limit)
   forecasts.reverse()
   return { forecasts, delayedSample, sampleRecordedBefore }
+}
+
+export function fetchForecasts(model: string, kind: RunKind, symbol: string, limit = 10_000): Promise<Forecasts> {
+  return listForecasts(model, { kind, symbol }, limit)
 }
 
 export const RESOLUTION_SECONDS: Record<string, number> = { RESOLUTION_1H: 3600, RESOLUTION_4H: 14400, RESOLUTION_1D: 86400 }
