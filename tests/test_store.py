@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import foretell._inotify
 import foretell.store
 from foretell.store import ArtifactCorrupt, ArtifactStore
 
@@ -59,7 +60,7 @@ def watching(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     """Both ways a process checks an image again: with inotify watches, and without (inotify
     refused: every check fingerprints the tree)."""
     if request.param == "fingerprint only":
-        monkeypatch.setattr(foretell.store._Watcher, "watch", lambda _self, _root: False)
+        monkeypatch.setattr(foretell._inotify.Watcher, "watch", lambda _self, _root: False)
     return str(request.param)
 
 
@@ -136,7 +137,7 @@ def test_a_watched_image_is_fingerprinted_again_only_after_a_while(
 def test_an_unwatched_image_is_fingerprinted_at_every_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(foretell.store._Watcher, "watch", lambda _self, _root: False)
+    monkeypatch.setattr(foretell._inotify.Watcher, "watch", lambda _self, _root: False)
     store = ArtifactStore(tmp_path / "store")
     digest = _image(store, tmp_path)
     taken = _counting_fingerprints(monkeypatch)
