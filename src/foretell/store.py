@@ -42,6 +42,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -67,7 +68,14 @@ def tree_digest(root: Path) -> str:
     """Digest of a directory tree: every regular file's relative path, executable bit and
     content, in sorted order. Timestamps and owners do not count, so the same build inputs
     give the same digest. Anything but files and directories is refused."""
+    return _tree_digests(root, ())[0]
+
+
+def _tree_digests(root: Path, parts: Collection[str]) -> tuple[str, dict[str, str]]:
+    """`tree_digest(root)`, and `tree_digest(root / part)` of each top-level directory in
+    `parts`, from one read of the files: a part's lines are the root's under its prefix."""
     outer = hashlib.sha256()
+    inner = {part: hashlib.sha256() for part in parts}
     entries: list[tuple[str, Path]] = []
     for directory, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -81,8 +89,15 @@ def tree_digest(root: Path) -> str:
         ]
     for relative, path in sorted(entries, key=lambda e: e[0].encode()):
         executable = "x" if path.stat().st_mode & 0o111 else "-"
-        outer.update(f"{relative}\0{executable}\0{sha256_file(path)}\n".encode())
-    return f"sha256:{outer.hexdigest()}"
+        rest = f"\0{executable}\0{sha256_file(path)}\n"
+        outer.update(f"{relative}{rest}".encode())
+        top, slash, below = relative.partition("/")
+        if slash and (part := inner.get(top)) is not None:
+            # Dropping a common prefix keeps the sorted order.
+            part.update(f"{below}{rest}".encode())
+    return f"sha256:{outer.hexdigest()}", {
+        name: f"sha256:{h.hexdigest()}" for name, h in inner.items()
+    }
 
 
 def tree_fingerprint(root: Path) -> str:
@@ -125,6 +140,8 @@ class _Verified:
     root: tuple[int, int]
     checked_at: float
     watched: bool
+    # tree_digest of each top-level directory, from the same hash as `digest`.
+    parts: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 _verified: dict[Path, _Verified] = {}
@@ -248,6 +265,16 @@ class ArtifactStore:
                 return path
             return _verify(path, image_digest)
 
+    def verified_part(self, image_digest: str, name: str) -> str:
+        """`tree_digest` of the image's top-level directory `name` (its site-packages: the
+        layer warm templates share), as of the last full hash of the image in this process;
+        call it after `verified_image`. Hashed here only when this process has no such hash."""
+        path = self.image_path(image_digest)
+        record = _verified.get(path)
+        if record is not None and record.digest == image_digest and name in record.parts:
+            return record.parts[name]
+        return tree_digest(path / name)
+
 
 def _verify(path: Path, image_digest: str) -> Path:
     if not path.is_dir():
@@ -269,8 +296,14 @@ def _check(path: Path, image_digest: str) -> _Verified:
     st = os.stat(path)
     fingerprint = tree_fingerprint(path)
     record = _verified.get(path)
-    if record is None or (record.digest, record.fingerprint) != (image_digest, fingerprint):
+    if record is not None and (record.digest, record.fingerprint) == (image_digest, fingerprint):
+        parts = record.parts
+    else:
         _verified.pop(path, None)
-        if tree_digest(path) != image_digest:
+        tops = [e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+        digest, parts = _tree_digests(path, tops)
+        if digest != image_digest:
             raise ArtifactCorrupt(f"image {image_digest} is missing or was modified")
-    return _Verified(image_digest, fingerprint, (st.st_dev, st.st_ino), time.monotonic(), False)
+    return _Verified(
+        image_digest, fingerprint, (st.st_dev, st.st_ino), time.monotonic(), False, parts
+    )
