@@ -35,7 +35,7 @@ from foretell.sandbox._host import PythonRuntime, check_reachable, die_with_pare
 from foretell.sandbox._limits import JailUser, SandboxLimits
 from foretell.sandbox._outcome import Ending, SandboxResult, classify
 from foretell.sandbox._policy import SOCKET_NAME, RunPaths, policy_values, render_template
-from foretell.sandbox._spawn import JailProcess, spawn_jail
+from foretell.sandbox._spawn import JailProcess, read_pipe, spawn_jail
 
 # A template answers a fork request at once; longer means it hangs.
 FORK_TIMEOUT_S = 5.0
@@ -233,12 +233,7 @@ async def _drain_both(sink: CappedOutput, process: JailProcess) -> None:
 
 
 async def _drain_fd(fd: int, sink: CappedOutput) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    pipe = os.fdopen(fd, "rb", buffering=0)
-    transport, _protocol = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), pipe
-    )
+    reader, transport = await read_pipe(os.fdopen(fd, "rb", buffering=0))
     try:
         await sink.drain(reader)
     finally:
