@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import foretell._inotify
 import foretell.store
 from foretell.store import ArtifactCorrupt, ArtifactStore
 
@@ -59,7 +60,7 @@ def watching(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     """Both ways a process checks an image again: with inotify watches, and without (inotify
     refused: every check fingerprints the tree)."""
     if request.param == "fingerprint only":
-        monkeypatch.setattr(foretell.store._Watcher, "watch", lambda _self, _root: False)
+        monkeypatch.setattr(foretell._inotify.Watcher, "watch", lambda _self, _root: False)
     return str(request.param)
 
 
@@ -87,11 +88,7 @@ def test_a_change_after_a_verification_is_caught(
         store.verified_image(digest)
 
 
-def test_an_unchanged_image_is_hashed_once_per_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = ArtifactStore(tmp_path / "store")
-    digest = _image(store, tmp_path)
+def _counting_hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     hashed: list[Path] = []
     original = foretell.store.sha256_file
 
@@ -100,11 +97,35 @@ def test_an_unchanged_image_is_hashed_once_per_process(
         return original(path)
 
     monkeypatch.setattr(foretell.store, "sha256_file", counting)
+    return hashed
+
+
+def test_an_unchanged_image_is_hashed_once_per_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    digest = _image(store, tmp_path)
+    hashed = _counting_hashes(monkeypatch)
     store.verified_image(digest)
     assert len(hashed) == 2
     # Another store object over the same directory (resources build one per use): no re-hash.
     ArtifactStore(tmp_path / "store").verified_image(digest)
     assert len(hashed) == 2
+
+
+def test_a_part_s_digest_comes_from_the_image_s_own_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The digest of a top-level directory (site-packages: the layer warm templates share) is
+    the one tree_digest gives, taken from the hash that verified the image, not a second read."""
+    store = ArtifactStore(tmp_path / "store")
+    digest = _image(store, tmp_path)
+    image = store.verified_image(digest)
+    hashed = _counting_hashes(monkeypatch)
+    part = store.verified_part(digest, "pkg")
+    assert hashed == []
+    assert part == foretell.store.tree_digest(image / "pkg")
+    assert part not in (digest, foretell.store.tree_digest(tmp_path / "empty"))
 
 
 def _counting_fingerprints(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
@@ -136,7 +157,7 @@ def test_a_watched_image_is_fingerprinted_again_only_after_a_while(
 def test_an_unwatched_image_is_fingerprinted_at_every_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(foretell.store._Watcher, "watch", lambda _self, _root: False)
+    monkeypatch.setattr(foretell._inotify.Watcher, "watch", lambda _self, _root: False)
     store = ArtifactStore(tmp_path / "store")
     digest = _image(store, tmp_path)
     taken = _counting_fingerprints(monkeypatch)

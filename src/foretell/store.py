@@ -12,9 +12,9 @@ only root able to reset the system clock could slip past, and root owns the work
 Even the fingerprint (one lstat per entry: ~7,000 to 11,000 for numpy, pandas and
 scikit-learn, 30-100 ms of CPU) is too much before every run of a slot of a thousand versions
 sharing an image on two cores. So, after a full check, the process also watches every
-directory of the image with inotify (one instance per process, at most `WATCH_BUDGET` watches,
-least recently verified images dropped first), and a check is then one read of the inotify
-queue and one stat of the image's root:
+directory of the image with inotify (foretell._inotify: one instance per process, at most
+`WATCH_BUDGET` watches, least recently verified images dropped first), and a check is then one
+read of the inotify queue and one stat of the image's root:
 - every write, truncation, chmod, chown, utime, creation, removal or rename made through the
   image's own paths queues an event on the watch of its directory before the call returns, so
   the next check sees it, fingerprints the tree again (and hashes it when that changed), as
@@ -33,20 +33,21 @@ queue and one stat of the image's root:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import hashlib
 import os
 import shutil
 import stat
-import struct
 import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+
+from foretell import _inotify
 
 _CHUNK = 1024 * 1024
 
@@ -67,7 +68,14 @@ def tree_digest(root: Path) -> str:
     """Digest of a directory tree: every regular file's relative path, executable bit and
     content, in sorted order. Timestamps and owners do not count, so the same build inputs
     give the same digest. Anything but files and directories is refused."""
+    return _tree_digests(root, ())[0]
+
+
+def _tree_digests(root: Path, parts: Collection[str]) -> tuple[str, dict[str, str]]:
+    """`tree_digest(root)`, and `tree_digest(root / part)` of each top-level directory in
+    `parts`, from one read of the files: a part's lines are the root's under its prefix."""
     outer = hashlib.sha256()
+    inner = {part: hashlib.sha256() for part in parts}
     entries: list[tuple[str, Path]] = []
     for directory, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -81,8 +89,15 @@ def tree_digest(root: Path) -> str:
         ]
     for relative, path in sorted(entries, key=lambda e: e[0].encode()):
         executable = "x" if path.stat().st_mode & 0o111 else "-"
-        outer.update(f"{relative}\0{executable}\0{sha256_file(path)}\n".encode())
-    return f"sha256:{outer.hexdigest()}"
+        rest = f"\0{executable}\0{sha256_file(path)}\n"
+        outer.update(f"{relative}{rest}".encode())
+        top, slash, below = relative.partition("/")
+        if slash and (part := inner.get(top)) is not None:
+            # Dropping a common prefix keeps the sorted order.
+            part.update(f"{below}{rest}".encode())
+    return f"sha256:{outer.hexdigest()}", {
+        name: f"sha256:{h.hexdigest()}" for name, h in inner.items()
+    }
 
 
 def tree_fingerprint(root: Path) -> str:
@@ -114,94 +129,6 @@ def _fields(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 # Seconds after which a watched image is fingerprinted again whatever inotify said (module doc).
 REFINGERPRINT_S = 60.0
-# inotify watches (one per directory) this process holds at most over all images: the kernel's
-# limit (fs.inotify.max_user_watches) is shared by every process of the user.
-WATCH_BUDGET = 16_384
-
-# inotify(7): what a change to a directory's entries or to the directory itself queues.
-_IN_MODIFY, _IN_ATTRIB, _IN_CLOSE_WRITE = 0x2, 0x4, 0x8
-_IN_MOVED_FROM, _IN_MOVED_TO, _IN_CREATE, _IN_DELETE = 0x40, 0x80, 0x100, 0x200
-_IN_DELETE_SELF, _IN_MOVE_SELF, _IN_Q_OVERFLOW = 0x400, 0x800, 0x4000
-_IN_ONLYDIR, _IN_DONT_FOLLOW = 0x01000000, 0x02000000
-_CHANGES = (
-    _IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MOVED_FROM | _IN_MOVED_TO | _IN_CREATE
-    | _IN_DELETE | _IN_DELETE_SELF | _IN_MOVE_SELF
-)  # fmt: skip
-_EVENT = struct.Struct("iIII")  # wd, mask, cookie, length of the name that follows
-
-
-class _Watcher:
-    """The process's inotify instance: watches on every directory of the images it verified.
-    An event on any of them (IN_IGNORED too: a directory removed) marks its image changed."""
-
-    def __init__(self) -> None:
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1")
-        self._fd: int = fd
-        self._image_of: dict[int, Path] = {}
-        # Least recently verified first.
-        self._watches: dict[Path, list[int]] = {}
-        self.changed: set[Path] = set()
-
-    def watch(self, root: Path) -> bool:
-        """Watches every directory of `root`, each before it is listed (so one created meanwhile
-        shows as an event); False, and nothing of `root` watched, when the budget or the kernel
-        refuses."""
-        self.unwatch(root)
-        watches: list[int] = []
-        self._watches[root] = watches
-        stack = [os.fsencode(root)]
-        while stack:
-            directory = stack.pop()
-            while len(self._image_of) >= WATCH_BUDGET:
-                oldest = next(iter(self._watches))
-                if oldest == root:
-                    self.unwatch(root)
-                    return False
-                self.unwatch(oldest)
-            wd = self._libc.inotify_add_watch(
-                self._fd, directory, _CHANGES | _IN_ONLYDIR | _IN_DONT_FOLLOW
-            )
-            if wd < 0:
-                self.unwatch(root)
-                return False
-            watches.append(wd)
-            self._image_of[wd] = root
-            try:
-                with os.scandir(directory) as scan:
-                    stack += [e.path for e in scan if e.is_dir(follow_symlinks=False)]
-            except OSError:
-                self.unwatch(root)
-                return False
-        return True
-
-    def unwatch(self, root: Path) -> None:
-        for wd in self._watches.pop(root, []):
-            del self._image_of[wd]
-            self._libc.inotify_rm_watch(self._fd, wd)
-        self.changed.discard(root)
-
-    def unchanged(self, root: Path) -> bool:
-        """Whether `root` is watched and no event came for it since it was watched."""
-        self._drain()
-        return root in self._watches and root not in self.changed
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                data = os.read(self._fd, 64 * 1024)
-            except BlockingIOError:
-                return
-            offset = 0
-            while offset < len(data):
-                wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
-                offset += _EVENT.size + length
-                if mask & _IN_Q_OVERFLOW:
-                    self.changed.update(self._watches)
-                elif (root := self._image_of.get(wd)) is not None:
-                    self.changed.add(root)
 
 
 @dataclass(frozen=True)
@@ -213,31 +140,13 @@ class _Verified:
     root: tuple[int, int]
     checked_at: float
     watched: bool
+    # tree_digest of each top-level directory, from the same hash as `digest`.
+    parts: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 _verified: dict[Path, _Verified] = {}
 # One check of an image at a time: concurrent runs of one image wait for one hash.
 _image_locks: defaultdict[Path, threading.Lock] = defaultdict(threading.Lock)
-_watch_lock = threading.Lock()
-_watcher: _Watcher | None = None
-_no_watcher = False
-
-
-def _watch(path: Path) -> bool:
-    global _watcher, _no_watcher
-    with _watch_lock:
-        if _watcher is None and not _no_watcher:
-            try:
-                _watcher = _Watcher()
-            except (OSError, AttributeError):  # no inotify here: every check fingerprints
-                _no_watcher = True
-        return _watcher is not None and _watcher.watch(path)
-
-
-def _unwatch(path: Path) -> None:
-    with _watch_lock:
-        if _watcher is not None:
-            _watcher.unwatch(path)
 
 
 def _still_verified(path: Path, digest: str) -> bool:
@@ -248,9 +157,8 @@ def _still_verified(path: Path, digest: str) -> bool:
         return False
     if time.monotonic() - record.checked_at >= REFINGERPRINT_S:
         return False
-    with _watch_lock:
-        if _watcher is None or not _watcher.unchanged(path):
-            return False
+    if not _inotify.unchanged(path):
+        return False
     try:
         st = os.stat(path)
     except OSError:
@@ -357,18 +265,28 @@ class ArtifactStore:
                 return path
             return _verify(path, image_digest)
 
+    def verified_part(self, image_digest: str, name: str) -> str:
+        """`tree_digest` of the image's top-level directory `name` (its site-packages: the
+        layer warm templates share), as of the last full hash of the image in this process;
+        call it after `verified_image`. Hashed here only when this process has no such hash."""
+        path = self.image_path(image_digest)
+        record = _verified.get(path)
+        if record is not None and record.digest == image_digest and name in record.parts:
+            return record.parts[name]
+        return tree_digest(path / name)
+
 
 def _verify(path: Path, image_digest: str) -> Path:
     if not path.is_dir():
-        _unwatch(path)
+        _inotify.unwatch(path)
         raise ArtifactCorrupt(f"image {image_digest} is missing or was modified")
     # Watched before the fingerprint, the fingerprint taken before hashing: a change after
     # either makes the next check look again.
-    watched = _watch(path)
+    watched = _inotify.watch(path)
     try:
         record = _check(path, image_digest)
     except BaseException:
-        _unwatch(path)
+        _inotify.unwatch(path)
         raise
     _verified[path] = dataclasses.replace(record, watched=watched)
     return path
@@ -378,8 +296,14 @@ def _check(path: Path, image_digest: str) -> _Verified:
     st = os.stat(path)
     fingerprint = tree_fingerprint(path)
     record = _verified.get(path)
-    if record is None or (record.digest, record.fingerprint) != (image_digest, fingerprint):
+    if record is not None and (record.digest, record.fingerprint) == (image_digest, fingerprint):
+        parts = record.parts
+    else:
         _verified.pop(path, None)
-        if tree_digest(path) != image_digest:
+        tops = [e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+        digest, parts = _tree_digests(path, tops)
+        if digest != image_digest:
             raise ArtifactCorrupt(f"image {image_digest} is missing or was modified")
-    return _Verified(image_digest, fingerprint, (st.st_dev, st.st_ino), time.monotonic(), False)
+    return _Verified(
+        image_digest, fingerprint, (st.st_dev, st.st_ino), time.monotonic(), False, parts
+    )

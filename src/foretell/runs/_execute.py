@@ -37,7 +37,7 @@ from foretell.sandbox import (
     prepare_run_dir,
     run_in_sandbox,
 )
-from foretell.store import ArtifactCorrupt, ArtifactStore, tree_digest
+from foretell.store import ArtifactCorrupt, ArtifactStore
 
 _log = get_logger("foretell.runs")
 
@@ -126,25 +126,22 @@ def _argv(scope: RunScope, manifest: Mapping[str, Any]) -> list[str]:
     ]  # fmt: skip
 
 
-# image digest -> the digest of its site-packages tree (the image was verified whole, and an
-# image's content never changes under its digest).
-_site_digests: dict[str, str] = {}
-
-
-def site_digest(image: Path, image_digest: str) -> str:
-    """The digest of the verified image's site-packages (its dependency layer), computed once
-    per image in this process."""
-    if (found := _site_digests.get(image_digest)) is None:
-        found = _site_digests[image_digest] = tree_digest(image / "site-packages")
-    return found
+def verified_image(store: ArtifactStore, image_digest: str) -> tuple[Path, str]:
+    """The image's directory, checked against its digest (`ArtifactStore.verified_image`), and
+    the digest of its site-packages (its dependency layer, which warm templates share), from
+    the same hash: the files are not read again for it."""
+    image = store.verified_image(image_digest)
+    return image, store.verified_part(image_digest, "site-packages")
 
 
 @dataclasses.dataclass(frozen=True)
 class WarmStart:
-    """Where a run may start warm: the worker's templates and the image's digest."""
+    """Where a run may start warm: the worker's templates, the image's digest and its
+    site-packages' digest."""
 
     pool: TemplatePool
     image_digest: str
+    site_digest: str
 
 
 async def _warm(
@@ -158,9 +155,8 @@ async def _warm(
     """The run forked from a template of its layer, or None when it must start cold: no
     template could be had, or the template failed before the run ended (what its child did,
     and the server it talked to, are dropped)."""
-    site = await asyncio.to_thread(site_digest, image, warm.image_digest)
     try:
-        async with warm.pool.acquire(image, site, limits) as template:
+        async with warm.pool.acquire(image, warm.site_digest, limits) as template:
             if template is None:
                 return None
             socket_path = template.socket_path
@@ -319,7 +315,7 @@ async def execute_run(
         # Re-verified before every run: an image changed on disk must never run.
         # Off the event loop: walking a large image's tree takes a while, and other runs of
         # the worker go on meanwhile.
-        image = await asyncio.to_thread(store.verified_image, version.image_digest)
+        image, site = await asyncio.to_thread(verified_image, store, version.image_digest)
     except (ArtifactCorrupt, OSError) as error:
         raise NotRunnable(str(error)) from None
     calendar = await model_calendar(db, list(model.symbols))
@@ -327,7 +323,7 @@ async def execute_run(
         scope = RunScope(tuple(model.symbols), model.resolution, model.horizon, as_of, calendar)
     except ValueError as error:
         raise NotRunnable(str(error)) from None
-    warm = WarmStart(templates, version.image_digest) if templates is not None else None
+    warm = WarmStart(templates, version.image_digest, site) if templates is not None else None
     attempt = await _attempts(
         image, scope, version.manifest, DatabaseBars(db), run_root, sdk, limits, warm
     )

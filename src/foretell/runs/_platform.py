@@ -18,7 +18,7 @@ from foretell.build import BuildState
 from foretell.db import Database
 from foretell.db.models import Model, Version
 from foretell.logs import get_logger
-from foretell.runs._execute import RunKind, RunRecord, execute_run, site_digest
+from foretell.runs._execute import RunKind, RunRecord, execute_run, verified_image
 from foretell.sandbox import (
     SandboxLimits,
     SandboxUnavailable,
@@ -113,8 +113,7 @@ async def prewarm_templates(
         if image_digest is None:
             continue
         try:
-            image = await asyncio.to_thread(store.verified_image, image_digest)
-            site = await asyncio.to_thread(site_digest, image, image_digest)
+            image, site = await asyncio.to_thread(verified_image, store, image_digest)
         except (ArtifactCorrupt, OSError):
             continue  # a run of it is refused with the reason
         layers[(image, site)] += versions

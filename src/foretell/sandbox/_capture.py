@@ -57,3 +57,13 @@ class CappedOutput:
         """Reads to EOF: the rest is counted and dropped, never left to block the writer."""
         while chunk := await stream.read(_CHUNK):
             self.add(chunk)
+
+
+async def finish_drains(readers: list[asyncio.Task[None]], timeout_s: float) -> None:
+    """Lets the readers of a jail's pipes reach EOF for up to `timeout_s` (once the jail is
+    gone nothing holds the pipes open for long; this only guards a hang), then cancels the
+    rest."""
+    _done, pending = await asyncio.wait(readers, timeout=timeout_s)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)

@@ -14,6 +14,7 @@ import re
 import signal
 from dataclasses import dataclass
 
+from foretell.sandbox._capture import CappedOutput
 from foretell.sandbox._errors import JailDidNotRun
 from foretell.sandbox._limits import SandboxLimits
 
@@ -47,6 +48,32 @@ class SandboxResult:
     duration_s: float
     # nsjail's own log, for operators only: it names host paths.
     log: str
+
+    @classmethod
+    def captured(
+        cls,
+        judged: tuple[Outcome, str],
+        ending: Ending,
+        stdout: CappedOutput,
+        stderr: CappedOutput,
+        duration_s: float,
+        log: str = "",
+    ) -> SandboxResult:
+        """The result of a run judged by `classify`, from what was captured of it (a cold
+        run's and a warm one's alike)."""
+        outcome, detail = judged
+        return cls(
+            outcome=outcome,
+            detail=detail,
+            stdout=stdout.text(),
+            stderr=stderr.text(),
+            stdout_truncated=stdout.truncated,
+            stderr_truncated=stderr.truncated,
+            exit_code=ending.exit_code,
+            signal=ending.signal,
+            duration_s=duration_s,
+            log=log,
+        )
 
     def invalid_output(self, reason: str) -> SandboxResult:
         """The same run, judged by its output: only a run that ended OK can be invalid."""

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from foretell import metrics
-from foretell.sandbox._capture import CappedOutput
+from foretell.sandbox._capture import CappedOutput, finish_drains
 from foretell.sandbox._cgroups import CgroupHost, create_run_cgroups, detect_cgroups
 from foretell.sandbox._errors import JailDidNotRun, SandboxUnavailable
 from foretell.sandbox._host import (
@@ -132,7 +132,7 @@ async def _supervise(run: RunPaths, argv: Sequence[str], limits: SandboxLimits) 
     log = run.log_file.read_text(errors="replace") if run.log_file.exists() else ""
     ending = read_ending(log)
     try:
-        outcome, detail = classify(
+        judged = classify(
             ending,
             stderr.text(),
             limits,
@@ -148,26 +148,12 @@ async def _supervise(run: RunPaths, argv: Sequence[str], limits: SandboxLimits) 
         raise JailDidNotRun(
             why, process.returncode, log, stderr=stderr.text(), duration_s=duration
         ) from None
-    return SandboxResult(
-        outcome=outcome,
-        detail=detail,
-        stdout=stdout.text(),
-        stderr=stderr.text(),
-        stdout_truncated=stdout.truncated,
-        stderr_truncated=stderr.truncated,
-        exit_code=ending.exit_code,
-        signal=ending.signal,
-        duration_s=duration,
-        log=log,
-    )
+    return SandboxResult.captured(judged, ending, stdout, stderr, duration, log)
 
 
 async def _reap(process: JailProcess, readers: list[asyncio.Task[None]]) -> None:
     await process.wait()
     # The jail's first process is PID 1 of its namespace and dies with nsjail, taking the rest
     # with it; the pipes then reach EOF, and reading them to the end closes the transports.
-    _done, pending = await asyncio.wait(readers, timeout=_DRAIN_TIMEOUT_S)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*readers, return_exceptions=True)
+    await finish_drains(readers, _DRAIN_TIMEOUT_S)
     process.close_pipes()

@@ -83,12 +83,18 @@ class JailProcess:
             transport.close()
 
 
-async def _reader(pipe: IO[bytes], transports: list[asyncio.BaseTransport]) -> asyncio.StreamReader:
+async def read_pipe(pipe: IO[bytes]) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+    """`pipe` as a stream reader of the running loop, and its transport (to close)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     transport, _protocol = await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), pipe
     )
+    return reader, transport
+
+
+async def _reader(pipe: IO[bytes], transports: list[asyncio.BaseTransport]) -> asyncio.StreamReader:
+    reader, transport = await read_pipe(pipe)
     transports.append(transport)
     return reader
 

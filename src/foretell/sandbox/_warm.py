@@ -28,14 +28,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from foretell.sandbox._capture import CappedOutput
+from foretell.sandbox._capture import CappedOutput, finish_drains
 from foretell.sandbox._cgroups import CgroupHost, RunCgroups, create_run_cgroups
 from foretell.sandbox._errors import SandboxError
 from foretell.sandbox._host import PythonRuntime, check_reachable, die_with_parent, nsjail_binary
 from foretell.sandbox._limits import JailUser, SandboxLimits
 from foretell.sandbox._outcome import Ending, SandboxResult, classify
 from foretell.sandbox._policy import SOCKET_NAME, RunPaths, policy_values, render_template
-from foretell.sandbox._spawn import JailProcess, spawn_jail
+from foretell.sandbox._spawn import JailProcess, read_pipe, spawn_jail
 
 # A template answers a fork request at once; longer means it hangs.
 FORK_TIMEOUT_S = 5.0
@@ -169,10 +169,7 @@ class Template:
             # Killing the jail ends the run's pipes too (a hung template holds their ends).
             if killed_from_outside or failed or not self.alive:
                 await self.kill()
-            _done, pending = await asyncio.wait(readers, timeout=_DRAIN_TIMEOUT_S)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
+            await finish_drains(readers, _DRAIN_TIMEOUT_S)
         duration = time.monotonic() - started
         self.last_used = time.monotonic()
         exit_code = message.get("exit") if not killed_from_outside else None
@@ -188,7 +185,7 @@ class Template:
         oom = killed_by == signal.SIGKILL and (
             self.cgroups.oom_kills() > ooms or self.cgroups.out_of_memory(limits.memory_bytes)
         )
-        outcome, detail = classify(
+        judged = classify(
             ending,
             stderr.text(),
             limits,
@@ -196,18 +193,7 @@ class Template:
             oom=oom,
             duration_s=duration,
         )
-        return SandboxResult(
-            outcome=outcome,
-            detail=detail,
-            stdout=stdout.text(),
-            stderr=stderr.text(),
-            stdout_truncated=stdout.truncated,
-            stderr_truncated=stderr.truncated,
-            exit_code=ending.exit_code,
-            signal=ending.signal,
-            duration_s=duration,
-            log="",
-        )
+        return SandboxResult.captured(judged, ending, stdout, stderr, duration)
 
     async def _await_end(
         self, limits: SandboxLimits, started: float
@@ -225,9 +211,7 @@ class Template:
             raise
 
     async def kill(self) -> None:
-        if self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
+        self.process.kill()
         await self.process.wait()
 
     async def close(self) -> None:
@@ -249,12 +233,7 @@ async def _drain_both(sink: CappedOutput, process: JailProcess) -> None:
 
 
 async def _drain_fd(fd: int, sink: CappedOutput) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    pipe = os.fdopen(fd, "rb", buffering=0)
-    transport, _protocol = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), pipe
-    )
+    reader, transport = await read_pipe(os.fdopen(fd, "rb", buffering=0))
     try:
         await sink.drain(reader)
     finally:

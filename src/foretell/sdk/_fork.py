@@ -111,12 +111,7 @@ def _wait_for_run(handoff: socket.socket, control: socket.socket) -> None:
     try:
         control.close()
         channel = _channel()
-        while True:
-            try:
-                message, fds, _flags, _addr = socket.recv_fds(handoff, 1 << 16, 2)
-                break
-            except InterruptedError:
-                continue
+        message, fds, _flags, _addr = socket.recv_fds(handoff, 1 << 16, 2)
         handoff.close()
         if len(fds) != 2:
             os._exit(1)
@@ -159,11 +154,8 @@ def _hand_over(
 
 
 def _reap(pid: int) -> int:
-    while True:
-        try:
-            return os.waitpid(pid, 0)[1]
-        except InterruptedError:
-            continue
+    # No EINTR loops here: Python retries a system call a signal interrupts (PEP 475).
+    return os.waitpid(pid, 0)[1]
 
 
 def _child(argv: list[str], out: int, err: int, channel: grpc.Channel | None) -> None:
@@ -203,13 +195,9 @@ def _kill_the_rest() -> None:
     """Kills every process of the jail but this one (PID 1) and reaps them."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(-1, signal.SIGKILL)
-    while True:
-        try:
+    with contextlib.suppress(ChildProcessError):
+        while True:
             os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
-        except InterruptedError:
-            continue
 
 
 def _remove_ipc() -> None:
@@ -253,10 +241,7 @@ def _status(raw: int) -> dict[str, int]:
 def serve(control: socket.socket) -> None:
     waiting = _fork_waiting(control)
     while True:
-        try:
-            message, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, 2)
-        except InterruptedError:
-            continue
+        message, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, 2)
         if not message:
             return
         if len(fds) != 2:
