@@ -173,6 +173,10 @@ async def test_a_subscriber_sees_a_forecast_arrive_live_and_the_stream_stop_on_c
     assert await arrived.count() == 1
     assert m.symbol in await arrived.first.inner_text()
     assert "up" in await arrived.first.inner_text()
+    # The live run grew the chain: the badge checks it again rather than stay "nothing yet".
+    detail = page.get_by_test_id("ledger-badge").get_by_test_id("ledger-detail")
+    await detail.wait_for()
+    assert "1 entry recomputed" in await detail.inner_text()
     await check(page, "live-forecast-arrived", network_idle=False)
     # The playback extends: the new forecast is drawn and counted at the cursor (the end).
     await playback.locator('.controls[data-ready="true"]').wait_for()
