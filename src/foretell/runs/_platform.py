@@ -101,15 +101,30 @@ async def prewarm_templates(
     to import the SDK and the wheels. Every layer in use gets one template, most used first,
     and the rest of the bound goes round them again in that order (the runs of a slot share
     a few layers, and each template serves one run at a time).
-    Returns how many templates were started; a template that does not start is no fault (its
-    runs start cold, as they would have)."""
+    Returns how many templates were started; a template that does not start, or all of it
+    taking longer than `within_s`, is no fault (those runs start cold, as they would have)."""
     pool = warm_templates(settings)
     if pool is None:
         return 0
+    try:
+        async with asyncio.timeout(within_s):
+            return await _prewarm(db, store, settings, pool)
+    except TimeoutError:
+        _log.warning("warm templates not ready in time: the first runs may start cold")
+        return 0
+
+
+async def _prewarm(
+    db: Database, store: ArtifactStore, settings: Settings, pool: TemplatePool
+) -> int:
     async with db.read.connect() as conn:
         rows = (await conn.execute(_LIVE_IMAGES)).all()
     layers: Counter[tuple[Path, str]] = Counter()
     for image_digest, versions in rows:
+        # Most used images first: once the bound's worth of layers is found, the rest would
+        # get no template, and verifying them (a full hash each) would only delay the start.
+        if len(layers) >= pool.max_templates:
+            break
         if image_digest is None:
             continue
         try:
@@ -136,13 +151,7 @@ async def prewarm_templates(
             await all_held.wait()
             return template is not None
 
-    try:
-        started = await asyncio.wait_for(
-            asyncio.gather(*(hold(image, site) for image, site in chosen)), within_s
-        )
-    except TimeoutError:
-        _log.warning("warm templates not ready in time: the first runs may start cold")
-        return 0
+    started = await asyncio.gather(*(hold(image, site) for image, site in chosen))
     return sum(started)
 
 
