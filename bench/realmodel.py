@@ -46,12 +46,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from _fleet import add_live
 from _stores import database, redis
 from sqlalchemy import func, select
 
 from foretell.build import MemoryLog, NativeBuilder
 from foretell.bundle import Manifest, pack_dir, parse_manifest
-from foretell.db.models import Model, Run, User, Version
+from foretell.db.models import Model, Run, Version
 from foretell.demo import load_demo_bars
 from foretell.runs import DatabaseBars, RunScope, RunServer, warm_templates
 from foretell.runtime.lanes import Lane, queue_name
@@ -110,59 +111,8 @@ def without_bytecode(res: Resources, image: Path) -> str:
 async def add_versions(
     res: Resources, image_digest: str, manifest: Manifest, count: int, live_since: datetime
 ) -> list[tuple[Model, Version]]:
-    now = datetime.now(UTC)
-    tag = uuid.uuid4().hex[:8]
-    async with res.db.session.begin() as session:
-        owner = User(
-            id=uuid.uuid4(), email=f"bench-{tag}@example.com", display_name="Bench",
-            role="provider", password_hash="!", created_at=now,  # noqa: S106 - no sign-in
-        )  # fmt: skip
-        session.add(owner)
-        await session.flush()
-        models = [
-            Model(
-                id=uuid.uuid4(),
-                name=f"real-{tag}-{i}",
-                owner_id=owner.id,
-                title="Bench",
-                description="",
-                symbols=["EURUSD"],
-                resolution="1h",
-                horizon=1,
-                tags=[],
-                visibility="public",
-                live_version=None,
-                created_at=now,
-                updated_at=now,
-            )
-            for i in range(count)
-        ]
-        session.add_all(models)
-        await session.flush()
-        versions = [
-            Version(
-                id=uuid.uuid4(),
-                model_id=model.id,
-                number=1,
-                digest=f"sha256:{uuid.uuid4().hex * 2}",
-                bundle_size=1,
-                manifest=manifest.to_json(),
-                created_at=now,
-                build_state="ready",
-                failure_reason="",
-                image_digest=image_digest,
-                build_finished_at=now,
-                build_log="",
-                published_at=live_since,
-            )
-            for model in models
-        ]
-        session.add_all(versions)
-        await session.flush()
-        for model in models:
-            model.live_version = 1
-            model.live_since = live_since
-    return list(zip(models, versions, strict=True))
+    """`count` live models of `manifest` on the stored image."""
+    return await add_live(res, image_digest, [manifest.to_json()] * count, live_since)
 
 
 def runner_argv(as_of: datetime, manifest: Manifest) -> list[str]:
