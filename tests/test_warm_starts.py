@@ -311,9 +311,8 @@ async def test_the_next_runs_child_killed_while_it_waits_is_replaced(
     [first] = _children(template.process.pid)
     waiting = await _waiting_child(first)
     os.kill(waiting, signal.SIGKILL)
-    # kill() returns before the child has died: the template learns of its death from the
-    # child's closed socket, so the run starts once the child has let go of its files.
-    await _dead(waiting)
+    # Not waited for: a child killed but not yet dead may still accept the run's request into
+    # its socket; the template gives the run only to a child that says it took it.
     cold_before = warm_count("cold")
     record = await run(resources, settings, pair, clock, templates, 2)
     assert record.outcome == "ok", record.detail + record.log
@@ -334,22 +333,6 @@ async def _waiting_child(template_pid: int) -> int:
         await asyncio.sleep(0.01)
     [child] = children
     return child
-
-
-def _state(pid: int) -> str:
-    """The process's state letter (proc(5)), "X" once it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except FileNotFoundError:
-        return "X"
-
-
-async def _dead(pid: int) -> None:
-    """Waits until `pid` has exited (a zombie, its files closed) or is gone."""
-    deadline = time.monotonic() + 10
-    while (state := _state(pid)) not in ("Z", "X"):
-        assert time.monotonic() < deadline, f"{pid} still {state}"
-        await asyncio.sleep(0.01)
 
 
 def _stop(template: Template) -> None:

@@ -88,6 +88,10 @@ def _first_use() -> list[str]:
     ]
 
 
+# What a waiting child answers once it has the run's request.
+_TAKEN = b"taken"
+
+
 def _fork_waiting(control: socket.socket) -> tuple[int, socket.socket]:
     """Forks the next run's child ahead of its run (`_wait_for_run`); returns its pid and the
     template's end of the socket pair its run's request will come by."""
@@ -112,6 +116,8 @@ def _wait_for_run(handoff: socket.socket, control: socket.socket) -> None:
         control.close()
         channel = _channel()
         message, fds, _flags, _addr = socket.recv_fds(handoff, 1 << 16, 2)
+        # Taken: the template counts the run as this process's only from here.
+        handoff.send(_TAKEN)
         handoff.close()
         if len(fds) != 2:
             os._exit(1)
@@ -134,23 +140,32 @@ def _hand_over(
     waiting: tuple[int, socket.socket], message: bytes, fds: list[int], control: socket.socket
 ) -> int:
     """Gives the run's request and fds to the waiting child (another, forked now, if that one is
-    gone); returns the run's pid."""
+    gone or dies before taking it); returns the run's pid. Only a child that said it took the
+    request runs it: one killed between runs (the OOM killer, an operator) may still accept
+    the message into its socket while it dies, and its end must not be the run's."""
     pid, handoff = waiting
     try:
-        try:
-            socket.send_fds(handoff, [message], fds)
-        except OSError:
+        if not _taken(handoff, message, fds):
             handoff.close()
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             _reap(pid)
             pid, handoff = _fork_waiting(control)
-            socket.send_fds(handoff, [message], fds)
+            if not _taken(handoff, message, fds):
+                raise RuntimeError("two children in a row died before taking the run")
     finally:
         handoff.close()
         for fd in fds:
             os.close(fd)
     return pid
+
+
+def _taken(handoff: socket.socket, message: bytes, fds: list[int]) -> bool:
+    try:
+        socket.send_fds(handoff, [message], fds)
+        return handoff.recv(len(_TAKEN)) == _TAKEN
+    except OSError:
+        return False
 
 
 def _reap(pid: int) -> int:
